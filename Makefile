@@ -1,0 +1,50 @@
+# medseg: two commands do everything on a fresh machine.
+#   make run   - set up if needed, then start the app on http://localhost:8501 (bundled sample case)
+#   make test  - set up if needed (incl. Debian chromium + playwright), then run the whole suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --disable-pip-version-check -q
+PORT ?= 8501
+export PYTHONPATH := $(CURDIR)
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup setup-test run test test-fast fuzz bench checkpoints clean help
+
+help:
+	@echo "make run | make test | make test-fast | make fuzz | make bench | make checkpoints | make clean"
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.runtime.stamp: requirements.txt constraints.txt | $(VENV)/bin/python
+	$(PIP) -r requirements.txt -c constraints.txt
+	@touch $@
+
+$(VENV)/.dev.stamp: requirements-dev.txt constraints.txt $(VENV)/.runtime.stamp
+	$(PIP) -r requirements-dev.txt -c constraints.txt
+	@touch $@
+
+/usr/bin/chromium:
+	@if [ "$$(id -u)" = "0" ]; then SUDO=""; else SUDO="sudo"; fi; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+
+setup: $(VENV)/.runtime.stamp
+
+setup-test: $(VENV)/.dev.stamp /usr/bin/chromium
+
+run: setup
+	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true
+
+test: setup-test
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-fast: setup-test
+	$(PY) -m pytest -q -p no:cacheprovider -m "not browser and not slow" tests
+
+fuzz: setup-test
+	MEDSEG_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q -p no:cacheprovider tests -k fuzz
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-artifacts

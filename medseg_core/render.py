@@ -1,0 +1,66 @@
+"""Slice pictures for the app (no Streamlit here): window/level, aspect-correct RGB frames.
+
+All pictures come from :func:`medseg_core.io.display_slice`, so they are in radiological
+convention; :func:`aspect_correct` resamples a picture so that each screen pixel is square in mm.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .io.orientation import EDGE_LABELS, display_aspect, display_slice
+
+#: Window presets as (width, level). CT values are HU.
+CT_PRESETS = {
+    "Soft tissue": (400.0, 40.0),
+    "Abdomen (liver/spleen)": (350.0, 50.0),
+    "Lung": (1500.0, -600.0),
+    "Bone": (1800.0, 400.0),
+    "Brain": (80.0, 40.0),
+}
+
+
+def auto_window(array: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.0) -> tuple[float, float]:
+    """(width, level) spanning the ``lo_pct``..``hi_pct`` percentiles of the non-constant voxels."""
+    sample = array[:: max(1, array.shape[0] // 16)].ravel()
+    if sample.size > 2_000_000:
+        sample = sample[:: sample.size // 2_000_000]
+    lo, hi = np.percentile(sample, [lo_pct, hi_pct])
+    if hi <= lo:
+        hi = lo + 1.0
+    return float(hi - lo), float((hi + lo) / 2)
+
+
+def apply_window(img: np.ndarray, width: float, level: float) -> np.ndarray:
+    """Map intensities to uint8 grey: ``level - width/2`` is black, ``level + width/2`` white."""
+    width = max(float(width), 1e-6)
+    lo = level - width / 2.0
+    out = (np.asarray(img, np.float32) - lo) * (255.0 / width)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def aspect_correct(picture: np.ndarray, row_mm: float, col_mm: float, order: int = 0) -> np.ndarray:
+    """Resample rows or columns so that one output pixel is square (the finer spacing is kept).
+
+    ``order`` 0 (nearest) is used for labels and for grey pictures alike so nothing is invented.
+    """
+    if abs(row_mm - col_mm) / max(row_mm, col_mm) < 1e-3:
+        return picture
+    h, w = picture.shape[:2]
+    px = min(row_mm, col_mm)
+    new_h = max(1, int(round(h * row_mm / px)))
+    new_w = max(1, int(round(w * col_mm / px)))
+    ri = np.minimum((np.arange(new_h) + 0.5) * h / new_h, h - 1).astype(int)
+    ci = np.minimum((np.arange(new_w) + 0.5) * w / new_w, w - 1).astype(int)
+    return picture[ri][:, ci]
+
+
+def grey_frame(array: np.ndarray, spacing, plane: str, index: int, width: float, level: float) -> np.ndarray:
+    """An aspect-correct uint8 grey picture of one slice."""
+    pic = apply_window(display_slice(array, plane, index), width, level)
+    r, c = display_aspect(spacing, plane)
+    return aspect_correct(pic, r, c)
+
+
+def edge_labels(plane: str) -> dict[str, str]:
+    """Orientation letters for the picture's edges (e.g. axial: left 'R', right 'L')."""
+    return dict(EDGE_LABELS[plane])
