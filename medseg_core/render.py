@@ -64,3 +64,60 @@ def grey_frame(array: np.ndarray, spacing, plane: str, index: int, width: float,
 def edge_labels(plane: str) -> dict[str, str]:
     """Orientation letters for the picture's edges (e.g. axial: left 'R', right 'L')."""
     return dict(EDGE_LABELS[plane])
+
+
+#: Default label colours (RGB), distinguishable for the common colour-vision deficiencies
+#: (Okabe-Ito palette).
+LABEL_COLOURS = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
+                 (213, 94, 0), (204, 121, 167)]
+#: TP / FP / FN colours for comparing a prediction with the reference.
+COMPARE_COLOURS = {"tp": (0, 200, 120), "fp": (235, 60, 60), "fn": (70, 140, 255)}
+
+
+def outline(mask2d: np.ndarray) -> np.ndarray:
+    """One-pixel inner boundary of a binary picture."""
+    m = mask2d.astype(bool)
+    if not m.any():
+        return m
+    inner = m.copy()
+    inner[1:, :] &= m[:-1, :]
+    inner[:-1, :] &= m[1:, :]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    return m & ~inner
+
+
+def overlay(grey: np.ndarray, layers: list[tuple[np.ndarray, tuple[int, int, int]]], alpha: float = 0.4,
+            mode: str = "fill") -> np.ndarray:
+    """Blend binary layers onto a uint8 grey picture; returns uint8 RGB.
+
+    ``mode`` "fill" tints each label with opacity ``alpha`` and draws its outline opaque;
+    "outline" draws only the outline (the anatomy stays fully visible). Background stays grey.
+    """
+    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    for mask, colour in layers:
+        m = mask.astype(bool)
+        if not m.any():
+            continue
+        col = np.array(colour, np.float32)
+        if mode == "fill" and alpha > 0:
+            rgb[m] = rgb[m] * (1 - alpha) + col * alpha
+        rgb[outline(m)] = col
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def compare_layers(pred2d: np.ndarray, ref2d: np.ndarray) -> list[tuple[np.ndarray, tuple[int, int, int]]]:
+    """TP / FP / FN layers of a prediction against a reference, in :data:`COMPARE_COLOURS`."""
+    p, r = pred2d.astype(bool), ref2d.astype(bool)
+    return [(p & r, COMPARE_COLOURS["tp"]), (p & ~r, COMPARE_COLOURS["fp"]), (~p & r, COMPARE_COLOURS["fn"])]
+
+
+def overlay_frame(array: np.ndarray, spacing, plane: str, index: int, width: float, level: float,
+                  masks: list[tuple[np.ndarray, tuple[int, int, int]]], alpha: float = 0.4,
+                  mode: str = "fill") -> np.ndarray:
+    """Aspect-correct RGB picture of one slice with label overlays (masks are (Z, Y, X) volumes)."""
+    grey = apply_window(display_slice(array, plane, index), width, level)
+    layers = [(display_slice(m, plane, index), c) for m, c in masks]
+    rgb = overlay(grey, layers, alpha=alpha, mode=mode)
+    r, c = display_aspect(spacing, plane)
+    return aspect_correct(rgb, r, c)

@@ -1,7 +1,7 @@
 """Load case: upload NIfTI / DICOM / an image, or pick a bundled sample; show geometry."""
 import streamlit as st
 
-from medseg_core.io import InputError, display_aspect, list_series, load_mask, load_volume, n_slices
+from medseg_core.io import InputError, display_aspect, list_series, load_volume, n_slices
 from medseg_core.render import apply_window, auto_window, aspect_correct
 from medseg_core.io.orientation import display_slice
 from medseg_core.samples import list_samples
@@ -20,10 +20,11 @@ samples = list_samples()
 if samples:
     names = {s.title: s for s in samples}
     choice = st.selectbox("Bundled sample", ["(none)"] + list(names))
+    if choice != "(none)":
+        st.caption(names[choice].description)
     if choice != "(none)" and st.button("Open sample"):
-        s = names[choice]
-        vol = load_volume(s.image)
-        _set_case(vol, load_mask(s.mask, like=vol) if s.mask else None)
+        vol, mask, _extras = names[choice].load()
+        _set_case(vol, mask)
 
 files = st.file_uploader("Upload image file(s)", accept_multiple_files=True, key="upload")
 if files:

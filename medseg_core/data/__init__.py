@@ -1,0 +1,1 @@
+"""Data: synthetic phantoms (:mod:`.synthetic`), dataset adapters (:mod:`.datasets`), splits."""
