@@ -106,8 +106,13 @@ def _denoiser(**kw):
 def _unetpp(encoder_name="efficientnet-b3", classes=3, decoder_channels=(256, 128, 64, 32, 16), **kw):
     import segmentation_models_pytorch as smp
 
-    return smp.UnetPlusPlus(encoder_name=encoder_name, encoder_weights=None, in_channels=1, classes=classes,
-                            decoder_channels=tuple(decoder_channels), **kw)
+    m = smp.UnetPlusPlus(encoder_name=encoder_name, encoder_weights=None, in_channels=1, classes=classes,
+                         decoder_channels=tuple(decoder_channels), **kw)
+    # The EfficientNet encoder keeps its ImageNet classifier's dropout, which segmentation never
+    # calls; left in place it would make MC dropout "work" while every sample is identical.
+    if hasattr(m.encoder, "_dropout"):
+        m.encoder._dropout = nn.Identity()
+    return m
 
 
 def _unet2d_monai(channels=(16, 32, 64, 128, 256), dropout=0.0, num_res_units=2):
