@@ -460,7 +460,11 @@ def _finish(pred: Prediction, loaded: LoadedModel, volume: Volume, options: Pred
     if "score" in out:
         pred.slice_probabilities = out["score"]
     if "image" in out:
-        lo, hi = float(volume.array.min()), float(volume.array.max())
+        pre = options.preprocessing or spec.preprocessing
+        if pre == "scale255":
+            lo, hi = 0.0, 255.0
+        else:
+            lo, hi = float(volume.array.min()), float(volume.array.max())
         pred.restored = (np.clip(out["image"], 0, 1) * (hi - lo) + lo).astype(np.float32)
     if "boxes" in out:
         pred.boxes = out["boxes"]

@@ -8,6 +8,7 @@ name           what it does
 none           unchanged (float32)
 plain          z-score per axial slice (report 000 "plain"): (x - mean) / std, std floor 1e-6
 minmax         linear to [0, 1] from the array's min/max (ultrasound and micro-US grey)
+scale255       x / 255 clipped to [0, 1] (fixed scale for the annotation-removal model)
 raovseg        RAovSeg: clip to the 1st/99th percentile of the whole array, rescale to [0, 1],
                remap with o1 = 0.24, o2 = 0.30 (``x<o1 -> x``; ``o1<x<=o2 -> 1``;
                ``o2<x<=0.5 -> x``; ``x>0.5 -> 1-x``)
@@ -50,6 +51,12 @@ def minmax(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     lo, hi = float(x.min()), float(x.max())
     return np.zeros_like(x) if hi <= lo else ((x - lo) / (hi - lo)).astype(np.float32)
+
+
+def scale255(x: np.ndarray) -> np.ndarray:
+    """8-bit grey to [0, 1] with a fixed scale (x / 255, clipped): annotated and clean copies of one
+    ultrasound image stay comparable (the annotation-removal model needs that)."""
+    return np.clip(np.asarray(x, np.float32) / 255.0, 0, 1)
 
 
 def percentile_clip(x: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.0) -> np.ndarray:
@@ -107,7 +114,7 @@ def ct_window(x: np.ndarray, lo_hu: float = -57.0, hi_hu: float = 164.0) -> np.n
 
 
 PREPROCESSING: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "none": none, "plain": zscore_per_slice, "minmax": minmax, "raovseg": raovseg, "raovseg_sharp": raovseg_sharp,
+    "none": none, "plain": zscore_per_slice, "minmax": minmax, "scale255": scale255, "raovseg": raovseg, "raovseg_sharp": raovseg_sharp,
     "clahe": clahe, "ct_window": ct_window,
 }
 

@@ -1,0 +1,724 @@
+"""``python -m medseg_core.train --config configs/<name>.yaml [key=value ...]``
+
+Trains any registry model on a dataset read through :mod:`medseg_core.data.datasets` (real data
+or a synthetic dataset in the same layout, generated on first use), with a patient-level split,
+the report's loss and optimiser, augmentation, best-checkpoint selection (validation Dice, or
+validation loss where the report says so), early stopping, a fixed seed, a progress bar, a
+per-epoch CSV log (optional TensorBoard) and resume. The same command under
+``torchrun --nproc_per_node N`` trains with DistributedDataParallel (gloo on CPU, NCCL on GPU) and
+a distributed sampler; rank 0 writes everything.
+
+Output: ``<out>/<name>.safetensors`` + ``<out>/<name>.json`` (model card), ``<name>_log.csv`` and
+``<name>_last.safetensors`` / ``_last.json`` (state to resume from).
+
+Samples are prepared with exactly the preprocessing and resizing that
+:func:`medseg_core.inference.predict` applies, so training and inference cannot drift apart.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+
+from . import losses as L
+from . import metrics as M
+from .checkpoints import LoadedModel, RESEARCH_NOTICE, save_checkpoint
+from .data import datasets as D
+from .models import build_model, count_parameters, get_spec, model_kwargs
+from .preprocessing import SliceResize, apply_side_masking, preprocess
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DEFAULTS: dict[str, Any] = {
+    "name": None, "model": None, "variant": "demo", "overrides": {}, "input_size": None, "report": "",
+    "data": {"adapter": None, "root": None, "synthetic": None, "split": {"fractions": [0.7, 0.15, 0.15], "seed": 0},
+             "positive_slices_only": False, "negative_fraction": 0.0, "label_map": {}, "max_cases": None},
+    "preprocessing": None, "side_masking_train": "none",
+    "loss": {"name": "bce", "params": {}},
+    "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9},
+    "train": {"epochs": 20, "batch_size": 8, "patience": 10, "select_by": "val_dice", "seed": 0,
+              "max_steps_per_epoch": None, "val_every": 1},
+    "augment": {"flip": True, "vflip": False, "rotate_deg": 10.0, "translate": 0.05, "intensity": 0.1},
+    "roi": None, "samples_per_volume": 4,
+    "log": {"tensorboard": False},
+    "evaluate_test": True, "out": "checkpoints", "fp16": False,
+}
+
+
+# ----------------------------------------------------------------------------- config
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in (b or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _set_dotted(cfg: dict, key: str, value: str) -> None:
+    parts = key.split(".")
+    d = cfg
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+    d[parts[-1]] = yaml.safe_load(value)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    cfg = _merge(DEFAULTS, raw)
+    for ov in overrides:
+        if "=" not in ov:
+            raise SystemExit(f"override {ov!r} is not key=value")
+        k, v = ov.split("=", 1)
+        _set_dotted(cfg, k, v)
+    if not cfg.get("model"):
+        raise SystemExit("config needs 'model: <registry name>'")
+    cfg["name"] = cfg.get("name") or cfg["model"]
+    return cfg
+
+
+# ----------------------------------------------------------------------------- distributed
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = f"cuda:{local}" if cuda else "cpu"
+    if cuda:
+        torch.cuda.set_device(local)
+    return Dist(rank, world, local, device)
+
+
+def _log(d: Dist, *a):
+    if d.main:
+        print(*a, flush=True)
+
+
+# ----------------------------------------------------------------------------- data
+def kind_of(spec, cfg) -> str:
+    if spec.dims == "3d":
+        return "seg3d"
+    if spec.name == "us_cascade":
+        return "cascade"
+    if spec.task == "segmentation+classification":
+        return "mtl"
+    if spec.task == "classification":
+        return "cls2d"
+    if spec.task == "restoration":
+        return "restore"
+    return "seg2d"
+
+
+def ensure_data(cfg: dict) -> Path:
+    """The dataset root; a configured synthetic dataset is generated there on first use."""
+    data = cfg["data"]
+    root = Path(data["root"])
+    if not root.is_absolute():
+        root = ROOT / root
+    syn = data.get("synthetic")
+    if syn and not (root / ".complete").exists():
+        from .data import make_synthetic as MS
+
+        root.mkdir(parents=True, exist_ok=True)
+        if syn["kind"] == "us":
+            MS.write_us(root, int(syn["n"]), int(syn.get("seed", 0)), annotate=bool(syn.get("annotate", False)))
+        else:
+            MS.WRITERS[syn["kind"]](root, int(syn["n"]), int(syn.get("seed", 0)))
+        (root / ".complete").write_text(json.dumps(syn))
+    return root
+
+
+def load_cases(cfg: dict) -> list:
+    root = ensure_data(cfg)
+    adapter = D.ADAPTERS[cfg["data"]["adapter"]]
+    cases = adapter(root)
+    n = cfg["data"].get("max_cases")
+    return cases[: int(n)] if n else cases
+
+
+def _label_masks(spec, masks: dict, label_map: dict) -> list[np.ndarray]:
+    out = []
+    for lab in spec.labels:
+        key = label_map.get(lab, lab)
+        if key not in masks:
+            if len(masks) == 1:
+                key = next(iter(masks))
+            else:
+                raise KeyError(f"dataset has no mask '{key}' for label '{lab}' (has {list(masks)}); set data.label_map")
+        out.append((masks[key] > 0).astype(np.uint8))
+    return out
+
+
+def prepare_2d(cases, spec, cfg, size, training: bool) -> dict[str, np.ndarray]:
+    """Slices on the model grid, prepared exactly as predict() prepares them."""
+    pre = cfg["preprocessing"] or spec.preprocessing
+    dcfg = cfg["data"]
+    kind = kind_of(spec, cfg)
+    X, Y, EXTRA, LAB, CLIN, PID, CASE = [], [], [], [], [], [], []
+    rng = np.random.default_rng(cfg["train"]["seed"])
+    for case in cases:
+        vol, masks = case.load()
+        x = preprocess(pre, vol.array)
+        if kind == "restore":
+            clean_path = Path(case.image).parent.parent / "clean" / f"{case.case_id}.PNG"
+            from .io import load_volume
+
+            clean = preprocess(pre, load_volume(clean_path, modality="US").array)
+            rs = SliceResize(x.shape[-2:], size)
+            X.append(rs.forward(x))
+            Y.append(rs.forward(clean)[:, None])
+            PID += [case.patient_id] * x.shape[0]
+            CASE += [case.case_id] * x.shape[0]
+            continue
+        ys = _label_masks(spec, masks, dcfg.get("label_map", {})) if kind != "cls2d" else [
+            (next(iter(masks.values())) > 0).astype(np.uint8)]
+        if cfg.get("side_masking_train", "none") == "oracle":
+            x, _ = apply_side_masking(x, vol, "oracle", ys[0])
+        rs = SliceResize(x.shape[-2:], size)
+        xr = rs.forward(x)
+        yr = np.stack([(rs.forward(y.astype(np.float32), order=0) > 0.5) for y in ys], axis=1).astype(np.uint8)
+        extra = None
+        if "non_expert" in masks:
+            extra = (rs.forward(masks["non_expert"].astype(np.float32), order=0) > 0.5).astype(np.uint8)[:, None]
+        keep = np.ones(x.shape[0], bool)
+        if dcfg.get("positive_slices_only") and kind in ("seg2d",):
+            pos = yr.reshape(yr.shape[0], -1).any(1)
+            neg = ~pos & (rng.random(x.shape[0]) < float(dcfg.get("negative_fraction", 0.0)))
+            keep = pos | neg
+        X.append(xr[keep])
+        Y.append(yr[keep])
+        if extra is not None:
+            EXTRA.append(extra[keep])
+        if kind in ("mtl", "cascade"):
+            LAB += [int(case.extra.get("malignant", 0))] * int(keep.sum())
+            CLIN += [[float(case.extra.get("menopausal", 0)), float(case.extra.get("oncology_center", 0))]] * int(keep.sum())
+        PID += [case.patient_id] * int(keep.sum())
+        CASE += [case.case_id] * int(keep.sum())
+    out = {"x": np.concatenate(X)[:, None].astype(np.float32), "y": np.concatenate(Y).astype(np.float32),
+           "pid": np.array(PID), "case": np.array(CASE)}
+    if EXTRA:
+        out["non_expert"] = np.concatenate(EXTRA).astype(np.float32)
+    if LAB:
+        out["label"] = np.array(LAB, np.int64)
+        out["clinical"] = np.array(CLIN, np.float32)
+    if kind == "cls2d":
+        out["label"] = out["y"].reshape(out["y"].shape[0], -1).max(1).astype(np.int64)
+    return out
+
+
+def prepare_3d(cases, spec, cfg) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Volumes preprocessed and resampled to the model spacing (as predict() does)."""
+    pre = cfg["preprocessing"] or spec.preprocessing
+    out = []
+    for case in cases:
+        vol, masks = case.load()
+        x = torch.from_numpy(preprocess(pre, vol.array))[None, None]
+        y = torch.from_numpy(_label_masks(spec, masks, cfg["data"].get("label_map", {}))[0].astype(np.float32))[None, None]
+        shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(vol.shape, vol.spacing, spec.target_spacing))
+        x = F.interpolate(x, size=shape, mode="trilinear", align_corners=False)
+        y = F.interpolate(y, size=shape, mode="nearest")
+        out.append((x[0].numpy(), y[0].numpy()))
+    return out
+
+
+# ----------------------------------------------------------------------------- augmentation
+def augment_2d(x: torch.Tensor, ys: list[torch.Tensor], a: dict, gen: torch.Generator):
+    """Random flips, small rotation/translation (same for image and masks), intensity jitter."""
+    n = x.shape[0]
+    if a.get("flip"):
+        f = torch.rand(n, generator=gen) < 0.5
+        x = torch.where(f[:, None, None, None], x.flip(-1), x)
+        ys = [torch.where(f[:, None, None, None], y.flip(-1), y) for y in ys]
+    if a.get("vflip"):
+        f = torch.rand(n, generator=gen) < 0.5
+        x = torch.where(f[:, None, None, None], x.flip(-2), x)
+        ys = [torch.where(f[:, None, None, None], y.flip(-2), y) for y in ys]
+    deg, tr = float(a.get("rotate_deg", 0)), float(a.get("translate", 0))
+    if deg or tr:
+        th = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(deg)
+        t = (torch.rand(n, 2, generator=gen) * 2 - 1) * tr * 2
+        mat = torch.zeros(n, 2, 3)
+        mat[:, 0, 0], mat[:, 0, 1], mat[:, 1, 0], mat[:, 1, 1] = th.cos(), -th.sin(), th.sin(), th.cos()
+        mat[:, :, 2] = t
+        grid = F.affine_grid(mat, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        ys = [F.grid_sample(y, grid, mode="nearest", padding_mode="zeros", align_corners=False) for y in ys]
+    j = float(a.get("intensity", 0))
+    if j:
+        scale = 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * j
+        shift = (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * j * x.std()
+        x = x * scale + shift
+    return x, ys
+
+
+def random_crops_3d(vols, roi, n_per_volume, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Crops of ``roi`` centred on foreground (half) or anywhere (half), as MONAI's
+    RandCropByPosNegLabel(pos=1, neg=1); volumes smaller than roi are zero-padded."""
+    xs, ys = [], []
+    for x, y in vols:
+        pad = [(0, 0)] + [(0, max(0, r - s)) for s, r in zip(x.shape[1:], roi)]
+        x, y = np.pad(x, pad), np.pad(y, pad)
+        fg = np.argwhere(y[0] > 0)
+        for k in range(n_per_volume):
+            if k % 2 == 0 and len(fg):
+                c = fg[rng.integers(len(fg))]
+            else:
+                c = np.array([rng.integers(s) for s in x.shape[1:]])
+            start = [int(np.clip(ci - r // 2, 0, s - r)) for ci, r, s in zip(c, roi, x.shape[1:])]
+            sl = (slice(None),) + tuple(slice(s0, s0 + r) for s0, r in zip(start, roi))
+            xs.append(x[sl])
+            ys.append(y[sl])
+    return np.stack(xs), np.stack(ys)
+
+
+# ----------------------------------------------------------------------------- losses
+def make_loss(cfg, spec):
+    name = cfg["loss"]["name"]
+    params = cfg["loss"].get("params") or {}
+    if name == "dice_softmax":
+        from monai.losses import DiceLoss
+
+        return DiceLoss(to_onehot_y=True, softmax=True, **params)
+    if name == "cross_entropy":
+        return torch.nn.CrossEntropyLoss(weight=torch.tensor(params.get("class_weights", [1.0, 2.0])))
+    return L.LOSSES[name](**params)
+
+
+# ----------------------------------------------------------------------------- state
+def save_training_state(path: Path, model, optim, epoch: int, best: float, history: list) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    sd = optim.state_dict()
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous()
+    save_file(tensors, str(path))
+    meta = {"epoch": epoch, "best": best, "history": history, "param_groups": sd["param_groups"]}
+    path.with_suffix(".json").write_text(json.dumps(meta, default=float))
+
+
+def load_training_state(path: Path, model, optim) -> tuple[int, float, list]:
+    from safetensors.torch import load_file
+
+    t = load_file(str(path))
+    model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
+    meta = json.loads(path.with_suffix(".json").read_text())
+    state: dict = {}
+    for k, v in t.items():
+        if k.startswith("optim."):
+            _, pid, key = k.split(".", 2)
+            state.setdefault(int(pid), {})[key] = v
+    optim.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return int(meta["epoch"]), float(meta["best"]), list(meta["history"])
+
+
+# ----------------------------------------------------------------------------- training
+def _optimizer(cfg, params):
+    o = cfg["optim"]
+    if o["name"] == "adam":
+        return torch.optim.Adam(params, lr=float(o["lr"]), weight_decay=float(o.get("weight_decay", 0)))
+    if o["name"] == "adamw":
+        return torch.optim.AdamW(params, lr=float(o["lr"]), weight_decay=float(o.get("weight_decay", 0.01)))
+    if o["name"] == "sgd":
+        return torch.optim.SGD(params, lr=float(o["lr"]), momentum=float(o.get("momentum", 0.9)),
+                               weight_decay=float(o.get("weight_decay", 0)))
+    if o["name"] == "rmsprop":
+        return torch.optim.RMSprop(params, lr=float(o["lr"]), momentum=float(o.get("momentum", 0.9)))
+    raise SystemExit(f"unknown optimiser {o['name']}")
+
+
+def _forward_loss(kind, model, loss_fn, batch, spec):
+    x = batch["x"]
+    if kind == "seg3d":
+        return loss_fn(model(x), batch["y"])
+    if kind == "mtl":
+        out = model(x, batch["clinical"])
+        return loss_fn(out, batch["y"], batch["label"])
+    if kind == "cls2d":
+        return F.binary_cross_entropy_with_logits(model(x)[:, 0], batch["label"].float())
+    if kind == "restore":
+        return loss_fn(model(x), batch["y"], x)
+    if kind == "cascade_seg":
+        return loss_fn(model(x), batch["y"])
+    if kind == "cascade_cls":
+        return loss_fn(model(x, batch["clinical"]), batch["label"])
+    logits = model(x)
+    if isinstance(loss_fn, (L.AGBCELoss, L.AdaptiveFocalLoss)):
+        return loss_fn(logits, batch["y"], batch["non_expert"])
+    return loss_fn(logits, batch["y"])
+
+
+def _batches(arrays: dict, idx: np.ndarray, bs: int, device):
+    for i in range(0, len(idx), bs):
+        sel = idx[i:i + bs]
+        yield {k: torch.from_numpy(v[sel]).to(device) for k, v in arrays.items() if k not in ("pid", "case")}
+
+
+@torch.no_grad()
+def validate_2d(kind, model, loss_fn, arrays, device, bs=16) -> dict:
+    model.eval()
+    losses, dices, probs, labels = [], [], [], []
+    idx = np.arange(len(arrays["x"]))
+    for b in _batches(arrays, idx, bs, device):
+        losses.append(float(_forward_loss(kind, model, loss_fn, b, None)) * len(b["x"]))
+        if kind in ("seg2d", "mtl", "cascade_seg"):
+            out = model(b["x"], b["clinical"]) if kind == "mtl" else model(b["x"])
+            seg = out["seg"] if isinstance(out, dict) else out
+            p = (torch.sigmoid(seg) > 0.5).cpu().numpy()
+            y = b["y"].cpu().numpy() > 0.5
+            for i in range(len(p)):
+                if y[i].any():
+                    dices.append(M.dice(p[i], y[i]))
+            if kind == "mtl":
+                probs += torch.softmax(out["cls"], 1)[:, 1].cpu().tolist()
+                labels += b["label"].cpu().tolist()
+        if kind in ("cls2d",):
+            probs += torch.sigmoid(model(b["x"])[:, 0]).cpu().tolist()
+            labels += b["label"].cpu().tolist()
+        if kind == "cascade_cls":
+            probs += torch.softmax(model(b["x"], b["clinical"]), 1)[:, 1].cpu().tolist()
+            labels += b["label"].cpu().tolist()
+    out = {"val_loss": sum(losses) / max(len(idx), 1)}
+    if dices:
+        out["val_dice"] = float(np.mean(dices))
+    if probs:
+        out["val_auc"] = M.roc_auc(labels, probs)
+    return out
+
+
+def validate_3d(model, spec, cfg, cases, size, device) -> dict:
+    from .inference import PredictOptions, predict
+
+    model.eval()
+    lm = LoadedModel(spec, model, {}, device, tuple(size))
+    dices = []
+    for case in cases:
+        vol, masks = case.load()
+        p = predict(lm, vol, PredictOptions(postprocessing=()))
+        dices.append(M.dice(p.mask, _label_masks(spec, masks, cfg["data"].get("label_map", {}))[0]))
+    return {"val_dice": float(np.nanmean(dices)) if dices else float("nan")}
+
+
+def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -> dict:
+    d = setup_distributed()
+    seed = int(cfg["train"]["seed"])
+    torch.manual_seed(seed + d.rank)
+    np.random.seed(seed)
+    spec = get_spec(cfg["model"])
+    kind = kind_of(spec, cfg)
+    size = tuple(cfg["input_size"] or spec.input_size)
+    over = dict(cfg["overrides"] or {})
+    if spec.name == "unetr3d":
+        over.setdefault("img_size", list(size))
+    t_start = time.time()
+    cases = load_cases(cfg)
+    split = D.patient_split(cases, tuple(cfg["data"]["split"]["fractions"]), int(cfg["data"]["split"]["seed"]))
+    _log(d, f"[{cfg['name']}] {len(cases)} cases: {len(split['train'])} train / {len(split['val'])} val / "
+            f"{len(split['test'])} test; kind={kind}; world={d.world}")
+    torch.manual_seed(seed)  # identical initial weights on every rank
+    model = build_model(spec.name, cfg["variant"], **over).to(d.device)
+    loss_fn = make_loss(cfg, spec)
+    if hasattr(loss_fn, "to"):
+        loss_fn = loss_fn.to(d.device)
+    out_dir = Path(cfg["out"])
+    if not out_dir.is_absolute():
+        out_dir = ROOT / out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = cfg["name"]
+
+    if kind == "seg3d":
+        train_vols = prepare_3d(split["train"], spec, cfg)
+        roi = tuple(cfg["roi"] or size)
+        val_arrays = None
+    else:
+        train_arrays = prepare_2d(split["train"], spec, cfg, size, True)
+        val_arrays = prepare_2d(split["val"], spec, cfg, size, False)
+        _log(d, f"[{name}] {len(train_arrays['x'])} training / {len(val_arrays['x'])} validation slices at {size}")
+
+    stages = [("main", kind)]
+    if kind == "cascade":
+        stages = [("segmenter", "cascade_seg"), ("classifier", "cascade_cls")]
+    history: list[dict] = []
+    best_overall = {}
+    for stage_name, stage_kind in stages:
+        net = model if stage_kind not in ("cascade_seg", "cascade_cls") else (
+            model.segmenter if stage_kind == "cascade_seg" else model.classifier)
+        s_loss = loss_fn
+        if stage_kind == "cascade_seg":
+            s_loss = L.CompoundLoss(0.5, 0.5)
+            tr = {k: v for k, v in train_arrays.items()}
+            va = {k: v for k, v in val_arrays.items()}
+        elif stage_kind == "cascade_cls":
+            s_loss = torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0], device=d.device))
+            tr, va = _cascade_crops(train_arrays, model), _cascade_crops(val_arrays, model)
+        elif kind != "seg3d":
+            tr, va = train_arrays, val_arrays
+        ddp_net = net
+        if d.world > 1:
+            ddp_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[d.local_rank] if "cuda" in d.device else None)
+        optim = _optimizer(cfg, net.parameters())
+        start_epoch, best, patience_left = 0, -math.inf, int(cfg["train"]["patience"])
+        select = cfg["train"]["select_by"] if stage_kind != "cascade_cls" else "val_auc"
+        if resume and stage_name == stages[-1][0]:
+            start_epoch, best, history = load_training_state(Path(resume), net, optim)
+            scored = [h for h in history if h.get(select) is not None and h["stage"] == stage_name]
+            if scored:
+                top = max(scored, key=lambda h: -h["val_loss"] if select == "val_loss" else h[select])
+                best_metrics_resumed = {k: v for k, v in top.items() if k.startswith("val_")}
+                best_metrics_resumed["best_epoch"] = top["epoch"]
+            _log(d, f"[{name}] resumed at epoch {start_epoch} (weights of the last epoch; best so far {best:.4f})")
+        best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        best_metrics: dict = dict(locals().get("best_metrics_resumed", {}))
+        gen = torch.Generator().manual_seed(seed + 1000 * d.rank)
+        rng = np.random.default_rng(seed + d.rank)
+        log_path = out_dir / f"{name}_log.csv"
+        writer = _tensorboard(cfg, out_dir, name) if d.main else None
+        epochs = int(cfg["train"]["epochs"])
+        for epoch in range(start_epoch, epochs):
+            t0 = time.time()
+            net.train()
+            if stage_kind == "seg3d":
+                xs, ys = random_crops_3d(train_vols, roi, int(cfg["samples_per_volume"]), rng)
+                arrays = {"x": xs.astype(np.float32), "y": ys.astype(np.float32)}
+            else:
+                arrays = tr
+            n = len(arrays["x"])
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).numpy()
+            order = order[d.rank::d.world]  # distributed sampler: a disjoint shard per rank
+            bs = int(cfg["train"]["batch_size"])
+            max_steps = cfg["train"].get("max_steps_per_epoch")
+            steps = math.ceil(len(order) / bs)
+            if max_steps:
+                steps = min(steps, int(max_steps))
+            total = 0.0
+            from tqdm import tqdm
+
+            bar = tqdm(range(steps), desc=f"{name} {stage_name} ep{epoch + 1}/{epochs}", leave=False,
+                       disable=not d.main or not sys.stderr.isatty())
+            for step in bar:
+                sel = order[step * bs:(step + 1) * bs]
+                b = {k: torch.from_numpy(v[sel]).to(d.device) for k, v in arrays.items() if k not in ("pid", "case")}
+                if stage_kind in ("seg2d", "mtl", "cascade_seg") or stage_kind == "cls2d":
+                    ys_aug = [b["y"]] + ([b["non_expert"]] if "non_expert" in b else [])
+                    x, ys_aug = augment_2d(b["x"].cpu(), [y.cpu() for y in ys_aug], cfg["augment"], gen)
+                    b["x"], b["y"] = x.to(d.device), ys_aug[0].to(d.device)
+                    if "non_expert" in b:
+                        b["non_expert"] = ys_aug[1].to(d.device)
+                elif stage_kind == "seg3d" and cfg["augment"].get("flip"):
+                    for ax in (-1, -2, -3):
+                        if torch.rand(1, generator=gen).item() < 0.5:
+                            b["x"], b["y"] = b["x"].flip(ax), b["y"].flip(ax)
+                loss = _forward_loss(stage_kind, ddp_net, s_loss, b, spec)
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+                total += loss.item()
+                bar.set_postfix(loss=f"{float(loss):.4f}")
+            train_loss = total / max(steps, 1)
+            if d.world > 1:
+                # DDP syncs parameters, but each rank's last forward updated its own batch-norm
+                # running statistics: take rank 0's so every rank validates the same network.
+                for buf in net.buffers():
+                    dist.broadcast(buf.data, 0)
+                tl = torch.tensor([train_loss], device=d.device)
+                dist.all_reduce(tl)
+                train_loss = float(tl) / d.world
+            every = max(1, int(cfg["train"].get("val_every", 1)))
+            if (epoch + 1) % every and epoch + 1 < epochs:
+                val = {}
+            elif stage_kind == "seg3d":
+                val = validate_3d(net, spec, cfg, split["val"], size, d.device)
+            else:
+                val = validate_2d(stage_kind, net, s_loss, va, d.device)
+            row = {"stage": stage_name, "epoch": epoch + 1, "train_loss": train_loss, **val,
+                   "lr": optim.param_groups[0]["lr"], "seconds": time.time() - t0}
+            history.append(row)
+            score = -val.get("val_loss", math.nan) if select == "val_loss" else val.get(select, float("nan"))
+            if val and math.isnan(score) and "val_loss" in val:  # e.g. AUC with one class present
+                score = -val["val_loss"] - 1e6
+            improved = not math.isnan(score) and score > best
+            if d.world > 1:  # rank 0 decides, so every rank keeps the same best weights
+                flag = torch.tensor([1 if improved else 0])
+                dist.broadcast(flag, 0)
+                improved = bool(flag.item())
+                if improved and math.isnan(score):
+                    score = best
+            if improved:
+                best = score
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                best_metrics = dict(val, best_epoch=epoch + 1)
+                patience_left = int(cfg["train"]["patience"])
+            elif val:
+                patience_left -= 1
+            if d.main:
+                _write_csv(log_path, history)
+                if writer:
+                    for k, v in row.items():
+                        if isinstance(v, (int, float)) and k != "epoch":
+                            writer.add_scalar(f"{stage_name}/{k}", v, epoch + 1)
+                save_training_state(out_dir / f"{name}_last.safetensors", net, optim, epoch + 1, best, history)
+                print(f"[{name}] {stage_name} epoch {epoch + 1}: " + ", ".join(
+                    f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float)), flush=True)
+            stop = torch.tensor([1 if patience_left <= 0 else 0])
+            if d.world > 1:
+                dist.broadcast(stop, 0)
+            if int(stop):
+                _log(d, f"[{name}] early stop after epoch {epoch + 1}")
+                break
+        net.load_state_dict(best_state)
+        best_overall[stage_name] = best_metrics
+    model.eval()
+    result = {"val": best_overall, "history": history}
+    if d.main:
+        test_metrics = evaluate_split(model, spec, cfg, split["test"], size, d.device) if cfg.get("evaluate_test") else {}
+        card = {
+            "model": spec.name, "title": spec.title, "report": cfg.get("report") or spec.report, "variant": cfg["variant"],
+            "overrides": over, "architecture_kwargs": model_kwargs(spec.name, cfg["variant"], **over),
+            "input_size": list(size), "input_contract": spec.contract(), "preprocessing": cfg["preprocessing"] or spec.preprocessing,
+            "postprocessing": list(spec.postprocessing), "labels": list(spec.labels),
+            "training_data": {"adapter": cfg["data"]["adapter"], "root": str(cfg["data"]["root"]),
+                              "synthetic": cfg["data"].get("synthetic"), "n_cases": len(cases)},
+            "split": {k: sorted({c.patient_id for c in v}) for k, v in split.items()},
+            "loss": cfg["loss"], "optimiser": cfg["optim"], "augmentation": cfg["augment"],
+            "command": "python -m medseg_core.train " + " ".join(shlex.quote(a) for a in (argv or [])),
+            "seed": seed, "epochs_run": len([h for h in history if h["stage"] == stages[-1][0]]),
+            "validation": best_overall, "test": test_metrics, "parameters": count_parameters(model),
+            "training_seconds": round(time.time() - t_start, 1), "device": d.device, "world_size": d.world,
+            "notes": (f"Demo configuration ({cfg['variant']}), narrower than the paper where CPU training demands it; "
+                      "trained and evaluated on synthetic phantoms only.") if cfg["variant"] == "demo" else "",
+            "notice": RESEARCH_NOTICE,
+        }
+        save_checkpoint(model, name, card, out_dir, fp16=bool(cfg.get("fp16")))
+        result["test"] = test_metrics
+        print(f"[{name}] saved {out_dir / (name + '.safetensors')}; val={best_overall}; test={test_metrics}", flush=True)
+    if d.world > 1:
+        h = _state_hash(model)
+        (out_dir / f"{name}_rank{d.rank}.sha256").write_text(h)
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def _state_hash(model) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _cascade_crops(arrays: dict, model) -> dict:
+    """Reference-mask crops (1 % padding, square, crop size) for training the cascade classifier."""
+    from .models.ultrasound import lesion_crop_box, square_crop
+
+    xs = []
+    for i in range(len(arrays["x"])):
+        box = lesion_crop_box(arrays["y"][i, 0]) or (0, arrays["x"].shape[-2], 0, arrays["x"].shape[-1])
+        xs.append(square_crop(torch.from_numpy(arrays["x"][i]), box, model.crop_size).numpy())
+    return {"x": np.stack(xs).astype(np.float32), "label": arrays["label"], "clinical": arrays["clinical"],
+            "y": np.zeros((len(xs), 1), np.float32)}
+
+
+def evaluate_split(model, spec, cfg, cases, size, device) -> dict:
+    """Held-out metrics through the real predict() pipeline (recorded in the model card)."""
+    from .inference import PredictOptions, predict
+
+    if not cases:
+        return {}
+    lm = LoadedModel(spec, model, {}, device, tuple(size))
+    dices, dices_any, probs, labels, mse = [], [], [], [], []
+    for case in cases:
+        vol, masks = case.load()
+        opts = PredictOptions(menopausal=int(case.extra.get("menopausal", 0)),
+                              oncology_center=int(case.extra.get("oncology_center", 0)))
+        p = predict(lm, vol, opts)
+        if spec.task == "restoration":
+            continue
+        if spec.task == "classification":
+            y = (next(iter(masks.values())) > 0).reshape(vol.shape[0], -1).any(1)
+            probs += list(p.slice_probabilities)
+            labels += list(y.astype(int))
+            continue
+        refs = _label_masks(spec, masks, cfg["data"].get("label_map", {}))
+        per_label = [M.dice(p.masks[lab], r) for lab, r in zip(spec.labels, refs) if r.any()]
+        dices.append(float(np.mean(per_label)) if per_label else float("nan"))
+        if "ovary_other" in masks:
+            both = (refs[0] > 0) | (masks["ovary_other"] > 0)
+            dices_any.append(M.dice(p.mask, both))
+        if p.class_probabilities is not None:
+            probs.append(float(p.class_probabilities[1]))
+            labels.append(int(case.extra.get("malignant", 0)))
+    out: dict = {"n_cases": len(cases)}
+    if dices:
+        out["dice"] = M.nanmean(dices)
+    if dices_any:
+        out["dice_vs_both_ovaries"] = M.nanmean(dices_any)
+    if probs:
+        out["auc"] = M.roc_auc(labels, probs)
+    return out
+
+
+def _tensorboard(cfg, out_dir, name):
+    if not cfg["log"].get("tensorboard"):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:
+        print("TensorBoard is not installed; logging to CSV only", flush=True)
+        return None
+    return SummaryWriter(str(out_dir / "tb" / name))
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    keys = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description="Train a registry model (see the module docstring).")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--resume", default=None, help="a <name>_last.safetensors written by an earlier run")
+    ap.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.epochs=5 optim.lr=1e-4")
+    a = ap.parse_args(argv)
+    cfg = load_config(a.config, a.overrides)
+    train(cfg, resume=a.resume, argv=argv)
+
+
+if __name__ == "__main__":
+    main()
