@@ -57,3 +57,11 @@ MODELS ?= ovary_slice_classifier ovary_unet ovary_attention_unet ovary_tl5 prost
 checkpoints: setup
 	@for m in $(MODELS); do echo "== $$m"; $(PY) -m medseg_core.train --config configs/demo/$$m.yaml || exit 1; done
 	@rm -f checkpoints/*_last.safetensors checkpoints/*_last.json
+
+# Reproduce a report's table on the real dataset (place it under data/, see configs/reproduce/*.yaml):
+#   make reproduce-000          lists the commands, one per table row
+#   make reproduce-000 RUN=1    runs them
+reproduce-%: setup
+	@for c in configs/reproduce/$*_*.yaml; do \
+	  echo "$(PY) -m medseg_core.train --config $$c"; \
+	  if [ -n "$(RUN)" ]; then $(PY) -m medseg_core.train --config $$c || exit 1; fi; done

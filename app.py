@@ -1,24 +1,47 @@
-"""medseg review app: navigation, sidebar (current case) and the research-use notice.
+"""medseg review app: navigation, the sidebar (current case, chosen model) and the research-use notice.
 
-Pages live in ``pages/`` and are thin: widgets plus calls into ``medseg_core``.
+Pages live in ``pages/`` and are thin: widgets plus calls into ``medseg_core``. The sidebar is drawn
+before the page runs (a page may stop early); actions that change the case rerun the app.
 """
 import streamlit as st
 
-st.set_page_config(page_title="medseg review", page_icon=None, layout="wide")
+from medseg_core.models import get_spec
+from medseg_core.review import compatible_models
+from pages._shared import ensure_state
 
-pages = [
-    st.Page("pages/load_case.py", title="Load case", default=True),
-]
-nav = st.navigation(pages)
-nav.run()
+st.set_page_config(page_title="medseg review", layout="wide")
+ensure_state()
+ss = st.session_state
 
-# The sidebar is drawn after the page so it shows the case the page has just loaded.
 with st.sidebar:
     st.markdown("### medseg")
-    vol = st.session_state.get("volume")
+    vol = ss.get("volume")
     if vol is not None:
         st.markdown(f"**Case:** {vol.name}")
-        st.caption(f"{vol.modality} · {' x '.join(map(str, vol.shape))} voxels")
+        st.caption(f"{vol.modality} · {' x '.join(map(str, vol.shape))} voxels · "
+                   f"{' x '.join(f'{s:.3g}' for s in vol.spacing)} mm")
+        st.caption("Reference mask loaded" if ss.get("gt_mask") is not None else "No reference mask")
+        choices = compatible_models(vol)
+        names = [c.name for c in choices if c.ok]
+        if names:
+            if ss.get("model_name") not in names:
+                ss["model_name"] = names[0]
+            st.selectbox("Model", names, key="model_name", format_func=lambda n: f"{get_spec(n).title} · {n}")
+        unfit = [c for c in choices if not c.ok]
+        if unfit:
+            with st.expander(f"Not available for this case ({len(unfit)})"):
+                for c in unfit:
+                    st.markdown(f"<span style='color:#888'>{c.name}: {c.reason}</span>", unsafe_allow_html=True)
     else:
         st.caption("No case loaded.")
-    st.warning("Research use only. Not a medical device; not for diagnosis.", icon=None)
+    st.warning("Research use only. Not a medical device; not for diagnosis.")
+
+pages = [
+    st.Page("pages/load_case.py", title="Load case", url_path="load"),
+    st.Page("pages/segment.py", title="Segment & review", default=True),
+    st.Page("pages/uncertainty.py", title="Uncertainty", url_path="uncertainty"),
+    st.Page("pages/ultrasound.py", title="Ultrasound", url_path="ultrasound"),
+    st.Page("pages/gallery.py", title="Failure gallery", url_path="gallery"),
+    st.Page("pages/models.py", title="Models", url_path="models"),
+]
+st.navigation(pages).run()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ class LoadedModel:
     card: dict = field(default_factory=dict)
     device: str = "cpu"
     input_size: tuple[int, ...] | None = None  # overrides spec.input_size (e.g. UNETR demo img_size)
+    # One prediction at a time per model: the app shares loaded models between sessions, and MC
+    # sampling switches dropout layers to train mode while it runs.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def name(self) -> str:

@@ -183,14 +183,15 @@ def predict(model, volume: Volume, options: PredictOptions | None = None, progre
     x = preprocess(pre_name, volume.array)
     timings["preprocess_s"] = time.perf_counter() - t
     prog(0.05, f"preprocessed ({pre_name})")
-    if spec.dims == "3d":
-        out = _run_3d(loaded, x, volume, options, prog, timings)
-    elif options.side_masking == "two_pass":
-        out = _two_pass(loaded, x, volume, options, prog, timings, pred)
-    else:
-        xm, info = apply_side_masking(x, volume, options.side_masking, reference)
-        pred.side_info = info
-        out = _run_2d(loaded, xm, volume, options, prog, timings, 0.1, 0.9)
+    with loaded.lock:
+        if spec.dims == "3d":
+            out = _run_3d(loaded, x, volume, options, prog, timings)
+        elif options.side_masking == "two_pass":
+            out = _two_pass(loaded, x, volume, options, prog, timings, pred)
+        else:
+            xm, info = apply_side_masking(x, volume, options.side_masking, reference)
+            pred.side_info = info
+            out = _run_2d(loaded, xm, volume, options, prog, timings, 0.1, 0.9)
     _finish(pred, loaded, volume, options, out, timings)
     prog(1.0, "done")
     timings["total_s"] = time.perf_counter() - t0

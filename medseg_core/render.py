@@ -121,3 +121,69 @@ def overlay_frame(array: np.ndarray, spacing, plane: str, index: int, width: flo
     rgb = overlay(grey, layers, alpha=alpha, mode=mode)
     r, c = display_aspect(spacing, plane)
     return aspect_correct(rgb, r, c)
+
+
+def heat_overlay(grey: np.ndarray, values: np.ndarray, vmin: float, vmax: float, alpha: float = 0.6,
+                 floor: float | None = None, colorscale: str = "Inferno") -> np.ndarray:
+    """Blend a scalar map (probability, entropy, MI) onto a grey picture with a colour scale.
+
+    Pixels at or below ``floor`` (default ``vmin``) stay grey, so the background is not tinted."""
+    from plotly.colors import get_colorscale, sample_colorscale
+
+    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    v = np.clip((np.asarray(values, np.float32) - vmin) / max(vmax - vmin, 1e-9), 0, 1)
+    show = np.asarray(values) > (vmin if floor is None else floor)
+    if show.any():
+        lut = np.array([_rgb(c) for c in sample_colorscale(get_colorscale(colorscale), list(np.linspace(0, 1, 256)))],
+                       np.float32)
+        cols = lut[(v[show] * 255).astype(int)]
+        rgb[show] = rgb[show] * (1 - alpha) + cols * alpha
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def _rgb(s: str) -> tuple[float, float, float]:
+    s = s.strip()
+    if s.startswith("#"):
+        return tuple(int(s[i:i + 2], 16) for i in (1, 3, 5))
+    inner = s[s.index("(") + 1: s.index(")")]
+    return tuple(float(x) for x in inner.split(",")[:3])
+
+
+def slice_figure(rgb: np.ndarray, plane: str, title: str | None = None, height: int = 620,
+                 colorbar: dict | None = None):
+    """A plotly figure of an aspect-correct RGB picture sent as a compressed image
+    (``binary_string``), square pixels, orientation letters on the edges.
+
+    ``colorbar`` = {"title", "vmin", "vmax", "colorscale"} adds a colour bar for heat overlays."""
+    import plotly.express as px
+    import plotly.graph_objects as go
+
+    h, w = rgb.shape[:2]
+    fig = px.imshow(rgb, binary_string=True, binary_format="png")
+    fig.update_xaxes(visible=False, range=[-0.5, w - 0.5])
+    fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", scaleratio=1)
+    labels = edge_labels(plane)
+    style = dict(font=dict(color="#ffd54f", size=18), showarrow=False)
+    fig.add_annotation(x=4, y=h / 2, text=labels["left"], xanchor="left", **style)
+    fig.add_annotation(x=w - 4, y=h / 2, text=labels["right"], xanchor="right", **style)
+    fig.add_annotation(x=w / 2, y=4, text=labels["top"], yanchor="top", **style)
+    fig.add_annotation(x=w / 2, y=h - 4, text=labels["bottom"], yanchor="bottom", **style)
+    if colorbar:
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
+                                 marker=dict(colorscale=colorbar.get("colorscale", "Inferno"), cmin=colorbar["vmin"],
+                                             cmax=colorbar["vmax"], color=[colorbar["vmin"]], showscale=True,
+                                             colorbar=dict(title=colorbar.get("title", ""), thickness=14))))
+    fig.update_layout(height=height, margin=dict(l=0, r=0, t=30 if title else 0, b=0), title=title,
+                      paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="black", dragmode="pan")
+    return fig
+
+
+def frame_png(rgb: np.ndarray) -> bytes:
+    """PNG bytes of a picture (the "export current view" download)."""
+    import io as _io
+
+    from PIL import Image
+
+    buf = _io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,57 +1,76 @@
-"""Load case: upload NIfTI / DICOM / an image, or pick a bundled sample; show geometry."""
+"""Load case: a bundled sample, or an upload (NIfTI, DICOM files or zip, ultrasound image), plus an
+optional reference mask; shows the geometry and any warnings from loading."""
 import streamlit as st
 
-from medseg_core.io import InputError, display_aspect, list_series, load_volume, n_slices
-from medseg_core.render import apply_window, auto_window, aspect_correct
-from medseg_core.io.orientation import display_slice
+from medseg_core.io import InputError, list_series, load_mask, load_volume
+from medseg_core.io.orientation import display_aspect, display_slice
+from medseg_core.render import apply_window, aspect_correct, auto_window
+from medseg_core.review import initial_slice
 from medseg_core.samples import list_samples
+from pages._shared import open_sample, set_case
 
 st.title("Load case")
-st.caption("NIfTI (.nii, .nii.gz), DICOM (files or a .zip of a series), or an image (PNG, JPEG, TIFF, BMP).")
-
-
-def _set_case(vol, mask=None):
-    st.session_state["volume"] = vol
-    st.session_state["gt_mask"] = mask
-    st.session_state.pop("load_error", None)
-
+ss = st.session_state
 
 samples = list_samples()
-if samples:
-    names = {s.title: s for s in samples}
-    choice = st.selectbox("Bundled sample", ["(none)"] + list(names))
-    if choice != "(none)":
-        st.caption(names[choice].description)
-    if choice != "(none)" and st.button("Open sample"):
-        vol, mask, _extras = names[choice].load()
-        _set_case(vol, mask)
+tab_sample, tab_upload = st.tabs(["Bundled sample", "Upload"])
+with tab_sample:
+    titles = {s.title: s for s in samples}
+    pick = st.selectbox("Sample case", list(titles), key="sample_pick")
+    st.caption(titles[pick].description)
+    if st.button("Open sample", key="open_sample"):
+        open_sample(titles[pick].key)
+        st.rerun()  # redraw the sidebar for the new case
 
-files = st.file_uploader("Upload image file(s)", accept_multiple_files=True, key="upload")
-if files:
-    try:
-        series = list_series(files if len(files) > 1 else files[0])
-        key = None
-        image_series = [s for s in series if s.has_pixels]
-        if len(image_series) > 1:
-            labels = {s.label(): s.key for s in image_series}
-            key = labels[st.selectbox("Series", list(labels))]
-        vol = load_volume(files if len(files) > 1 else files[0], series=key)
-        _set_case(vol)
-    except InputError as e:
-        st.session_state["load_error"] = str(e)
+with tab_upload:
+    st.caption("NIfTI (.nii, .nii.gz), DICOM (files or a .zip of a series), or an image (PNG, JPEG, TIFF, BMP). "
+               "Files are read in memory and never shared with other sessions.")
+    files = st.file_uploader("Image file(s)", accept_multiple_files=True, key="upload")
+    modality = st.selectbox("Modality of an image file", ["US", "MR", "CT", "OT"], key="img_modality",
+                            help="Only used for PNG/JPEG/TIFF/BMP; NIfTI is guessed, DICOM says.")
+    if files:
+        src = files if len(files) > 1 else files[0]
+        sig = tuple((f.name, f.size) for f in files)
+        try:
+            series = [s for s in list_series(src) if s.has_pixels]
+            key = None
+            if len(series) > 1:
+                labels = {s.label(): s.key for s in series}
+                key = labels[st.selectbox("This upload holds several series: choose one", list(labels), key="series")]
+            if ss.get("upload_sig") != (sig, key, modality):
+                vol = load_volume(src, series=key, modality=modality if _is_image(files) else None)
+                set_case(vol)
+                ss["upload_sig"] = (sig, key, modality)
+                st.rerun()
+        except InputError as e:
+            ss["load_error"] = str(e)
+    gt_file = st.file_uploader("Reference mask (optional, same grid as the image)", key="gt_upload")
+    if gt_file is not None and ss.get("volume") is not None and ss.get("gt_sig") != (gt_file.name, gt_file.size, ss.get("case_key")):
+        try:
+            ss["gt_mask"] = (load_mask(gt_file, like=ss["volume"]) > 0).astype("uint8")
+            ss["gt_sig"] = (gt_file.name, gt_file.size, ss.get("case_key"))
+            ss["predictions"].clear()
+        except InputError as e:
+            ss["load_error"] = str(e)
 
-if st.session_state.get("load_error"):
-    st.error(st.session_state["load_error"])
 
-vol = st.session_state.get("volume")
+def _is_image(fs) -> bool:
+    return all(f.name.lower().rsplit(".", 1)[-1] in ("png", "jpg", "jpeg", "tif", "tiff", "bmp") for f in fs)
+
+
+if ss.get("load_error"):
+    st.error(ss["load_error"])
+
+vol = ss.get("volume")
 if vol is None:
     st.info("Choose a sample or upload a file to begin.")
-else:
-    for w in vol.warnings:
-        st.warning(w)
-    st.table({k: [v] for k, v in vol.describe().items()})
-    width, level = auto_window(vol.array)
-    mid = n_slices(vol.shape, "axial") // 2
-    pic = apply_window(display_slice(vol.array, "axial", mid), width, level)
-    r, c = display_aspect(vol.spacing, "axial")
-    st.image(aspect_correct(pic, r, c), caption=f"Axial slice {mid + 1} (R on the left, L on the right)", clamp=True)
+    st.stop()
+for w in vol.warnings:
+    st.warning(w)
+st.table({k: [v] for k, v in vol.describe().items()})
+z = initial_slice(vol.shape, "axial", ss.get("gt_mask"))
+pic = apply_window(display_slice(vol.array, "axial", z), *auto_window(vol.array))
+st.image(aspect_correct(pic, *display_aspect(vol.spacing, "axial")),
+         caption=f"Axial slice {z + 1} of {vol.shape[0]} · patient's right on the image left", width=420)
+if ss.get("gt_mask") is not None:
+    st.caption("A reference mask is loaded: metrics and TP / FP / FN colouring are available on the review page.")

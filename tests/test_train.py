@@ -111,3 +111,18 @@ def test_every_demo_config_names_a_registry_model():
 
     names = {yaml.safe_load(p.read_text())["model"] for p in (ROOT / "configs" / "demo").glob("*.yaml")}
     assert names == set(list_models())
+
+
+def test_reproduce_configs_cover_every_report_row():
+    from medseg_core.losses import LOSSES
+    from medseg_core.models import list_models
+
+    cfgs = {p.stem: T.load_config(p) for p in (ROOT / "configs" / "reproduce").glob("*.yaml")}
+    assert {"000_m1", "000_m2", "000_m3", "000_m4", "000_m5", "000_tl5", "000_m7"} <= set(cfgs)
+    assert {"003_unet3d", "003_vnet3d", "003_unetr3d", "004_focal", "004_agbce", "004_adaptive_focal",
+            "002_unetpp_effb3"} <= set(cfgs)
+    assert sum(k.startswith("001_") for k in cfgs) >= 5
+    for name, c in cfgs.items():
+        assert c["model"] in list_models() and c["variant"] == "paper"
+        assert c["loss"]["name"] in set(LOSSES) | {"dice_softmax"}
+    assert cfgs["000_m7"]["side_masking_train"] == "oracle" and cfgs["000_m4"]["train"]["epochs"] == 50

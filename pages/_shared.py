@@ -1,0 +1,72 @@
+"""Streamlit glue shared by the pages: session state, cached model loading, running predictions.
+
+All numerical work is in medseg_core; this module only keeps state and draws progress.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from medseg_core.checkpoints import load_model
+from medseg_core.inference import PredictOptions, predict
+from medseg_core.review import PredictionCache, case_key
+from medseg_core.samples import get_sample, list_samples
+
+DEFAULT_SAMPLE = "pelvic"
+
+
+@st.cache_resource(show_spinner="Loading model weights...")
+def cached_model(name: str):
+    """One loaded model per process, shared read-only by all sessions (predict() locks it)."""
+    return load_model(name)
+
+
+def set_case(volume, gt=None, extras=None, sample=None) -> None:
+    """Make ``volume`` the session's case; earlier predictions and uploads are dropped."""
+    ss = st.session_state
+    ss["volume"] = volume
+    ss["gt_mask"] = gt
+    ss["extra_masks"] = extras or {}
+    ss["sample"] = sample
+    ss["case_key"] = case_key(volume)
+    ss["predictions"] = PredictionCache()
+    ss.pop("current", None)
+    ss.pop("load_error", None)
+    ss["clinical"] = dict((sample.extra.get("clinical") if sample else None) or {"menopausal": 0, "oncology_center": 0})
+
+
+def open_sample(key: str) -> None:
+    s = get_sample(key)
+    vol, mask, extras = s.load()
+    set_case(vol, mask, extras, s)
+    st.session_state["sample_key"] = key
+
+
+def ensure_state() -> None:
+    """First visit of a session: open the default bundled sample so the app is never empty."""
+    ss = st.session_state
+    if "initialised" not in ss:
+        ss["initialised"] = True
+        if list_samples():
+            open_sample(DEFAULT_SAMPLE)
+
+
+def run(model_name: str, options: PredictOptions, reference=None):
+    """The cached prediction for (case, model, options), computing it with a progress bar once."""
+    ss = st.session_state
+    cache: PredictionCache = ss["predictions"]
+    key = cache.key(ss["case_key"], model_name, options)
+    pred = cache.get(key)
+    if pred is None:
+        bar = st.progress(0.0, text=f"Running {model_name}...")
+        pred = predict(cached_model(model_name), ss["volume"], options,
+                       progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m), reference=reference)
+        bar.empty()
+        cache.put(key, pred)
+    ss["current"] = key
+    return pred
+
+
+def current_prediction():
+    ss = st.session_state
+    key = ss.get("current")
+    return ss["predictions"].get(key) if key and "predictions" in ss else None

@@ -1,0 +1,167 @@
+"""Segment & review: choose a model and options, run once, then browse overlays and metrics."""
+import streamlit as st
+
+from medseg_core.inference import PredictOptions
+from medseg_core.io import display_slice, mask_nifti_bytes, n_slices
+from medseg_core.io.errors import InputError
+from medseg_core.models import get_spec
+from medseg_core.preprocessing import PREPROCESSING
+from medseg_core.render import (CT_PRESETS, LABEL_COLOURS, apply_window, aspect_correct, auto_window,
+                                compare_layers, frame_png, overlay, slice_figure)
+from medseg_core.io.orientation import display_aspect
+from medseg_core.review import (initial_slice, metrics_csv, metrics_table, preprocessing_preview,
+                                slice_metrics)
+from pages._shared import current_prediction, run
+
+st.title("Segment & review")
+ss = st.session_state
+vol = ss.get("volume")
+if vol is None:
+    st.info("Load a case first (Load case page).")
+    st.stop()
+gt = ss.get("gt_mask")
+
+# ------------------------------------------------------------------ model and options
+name = ss.get("model_name")
+if name is None:
+    st.warning("No model fits this case (see the sidebar).")
+    st.stop()
+spec = get_spec(name)
+st.caption(f"Model: **{spec.title}** ({name}, chosen in the sidebar) · input {spec.contract()}")
+right = st.container()
+with right:
+    c1, c2, c3 = st.columns(3)
+    pre_names = list(PREPROCESSING)
+    pre = c1.selectbox("Preprocessing", pre_names, index=pre_names.index(spec.preprocessing), key=f"pre_{name}",
+                       help="The model was trained with its default; others show how sensitive it is.")
+    side_modes = ["none"]
+    if spec.family == "ovary" and spec.task == "segmentation":
+        side_modes = ["none", "left", "right", "two_pass"] + (["oracle"] if gt is not None else [])
+    side = c2.selectbox("Ovary-side masking", side_modes, key="side_mode",
+                        help="Sides are the patient's (from the file's orientation). 'oracle' uses the reference "
+                             "mask: evaluation only.") if len(side_modes) > 1 else "none"
+    post_opts = {"model default": None, "none": (), "largest component per slice": ("largest_2d",),
+                 "largest component 3D": ("largest_3d",), "RAovSeg closing + largest 3D": ("raovseg",)}
+    post_label = c3.selectbox("Post-processing", list(post_opts), key="post_mode")
+    c4, c5 = st.columns(2)
+    thr = c4.slider("Threshold", 0.05, 0.95, float(spec.threshold), 0.05, key="thr")
+    clin = {}
+    if spec.clinical_inputs:
+        cl = ss.get("clinical", {"menopausal": 0, "oncology_center": 0})
+        clin["menopausal"] = int(c5.toggle("Postmenopausal", value=bool(cl.get("menopausal")), key="meno"))
+        clin["oncology_center"] = int(c5.toggle("Oncology centre", value=bool(cl.get("oncology_center")), key="onco"))
+
+options = PredictOptions(preprocessing=pre, side_masking=side, postprocessing=post_opts[post_label], threshold=thr, **clin)
+
+if st.toggle("Preprocessing preview (before / after)", key="preview"):
+    z0 = initial_slice(vol.shape, "axial", gt)
+    r_mm, c_mm = display_aspect(vol.spacing, "axial")
+    before, after = preprocessing_preview(vol, pre, z0)
+    p1, p2 = st.columns(2)
+    p1.image(aspect_correct(apply_window(before, *auto_window(before[None])), r_mm, c_mm), caption="before", clamp=True)
+    p2.image(aspect_correct(apply_window(after, *auto_window(after[None])), r_mm, c_mm), caption=f"after: {pre}", clamp=True)
+
+if st.button("Run model", type="primary"):
+    try:
+        run(name, options, reference=gt if side == "oracle" else None)
+    except InputError as e:
+        st.error(str(e))
+
+pred = current_prediction()
+if pred is None or pred.model != name:
+    st.info("Choose options and press **Run model**. Results are cached: browsing never re-runs the model.")
+    st.stop()
+if pred.options != options:
+    st.caption("Showing the last run; the options above have changed since. Press Run model to apply them.")
+for w in pred.warnings:
+    st.warning(w)
+
+
+# ------------------------------------------------------------------ viewer
+@st.fragment
+def viewer():
+    col_img, col_ctl = st.columns([3, 1])
+    with col_ctl:
+        plane = st.radio("Plane", ["axial", "coronal", "sagittal"], horizontal=True, key="plane")
+        presets = (["Auto (1-99 %)"] + list(CT_PRESETS)) if vol.modality == "CT" else ["Auto (1-99 %)"]
+        preset = st.selectbox("Window", presets + ["Manual"], key="wl_preset")
+        if preset in CT_PRESETS:
+            width, level = CT_PRESETS[preset]
+        else:
+            width, level = auto_window(vol.array)
+        if preset == "Manual":
+            lo, hi = float(vol.array.min()), float(vol.array.max())
+            width = st.slider("Width", 1.0, max(hi - lo, 2.0), float(width), key="wl_w")
+            level = st.slider("Level", lo, hi, float(level), key="wl_l")
+        alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.35, 0.05, key="alpha")
+        mode = st.radio("Overlay", ["fill", "outline"], horizontal=True, key="ovmode")
+        shown = [lab for k, lab in enumerate(pred.masks)
+                 if st.checkbox(lab, True, key=f"show_{lab}")]
+        compare = st.toggle("Compare with reference (TP / FP / FN)", value=gt is not None, disabled=gt is None,
+                            key="compare")
+        show_removed = st.toggle("Show what post-processing removed", value=False, key="show_removed")
+        show_sides = bool(pred.sides) and st.toggle("Colour two-pass sides", value=True, key="sides")
+    n = n_slices(vol.shape, plane)
+    if f"slice_{plane}" not in st.session_state:
+        st.session_state[f"slice_{plane}"] = initial_slice(vol.shape, plane, pred.mask, gt)
+    with col_img:
+        idx = st.slider("Slice", 0, n - 1, key=f"slice_{plane}") if n > 1 else 0
+        layers = []
+        if compare and gt is not None and pred.mask is not None:
+            layers = compare_layers(display_slice(pred.mask, plane, idx), display_slice(gt, plane, idx))
+        elif show_sides:
+            layers = [(display_slice(pred.sides[s]["mask"], plane, idx), LABEL_COLOURS[k]) for k, s in enumerate(("left", "right"))]
+        else:
+            for k, lab in enumerate(pred.masks):
+                if lab in shown:
+                    layers.append((display_slice(pred.masks[lab], plane, idx), LABEL_COLOURS[k % len(LABEL_COLOURS)]))
+        if show_removed:
+            for lab in shown:
+                layers.append((display_slice(pred.removed[lab], plane, idx), (255, 0, 255)))
+        grey = apply_window(display_slice(vol.array, plane, idx), width, level)
+        rgb = overlay(grey, layers, alpha=alpha, mode=mode)
+        r_mm, c_mm = display_aspect(vol.spacing, plane)
+        rgb = aspect_correct(rgb, r_mm, c_mm)
+        st.plotly_chart(slice_figure(rgb, plane, title=f"{plane} {idx + 1}/{n}"), width="stretch",
+                        config={"displaylogo": False}, key="viewer_fig")
+        legend = ("TP green · FP red · FN blue" if compare and gt is not None else
+                  "left side orange · right side blue" if show_sides else
+                  " · ".join(f"{lab}" for lab in shown))
+        st.caption(f"{legend}{' · removed by post-processing: magenta' if show_removed else ''}. "
+                   "Radiological convention: patient's right on the image left.")
+        if gt is not None and plane == "axial" and pred.mask is not None:
+            sm = slice_metrics(pred.mask, gt, vol.spacing, idx)
+            st.caption("This slice: " + ", ".join(f"{k} {v:.3g}" for k, v in sm.items()))
+        st.download_button("Export this view (PNG)", frame_png(rgb), file_name=f"view_{plane}_{idx + 1}.png",
+                           mime="image/png", key="dl_png")
+
+
+viewer()
+
+# ------------------------------------------------------------------ results, metrics, export
+st.subheader("Results")
+cols = st.columns(4)
+vox_ml = vol.voxel_volume_ml
+for k, (lab, m) in enumerate(pred.masks.items()):
+    cols[k % 4].metric(f"{lab} volume", f"{m.sum() * vox_ml:.2f} mL" if not vol.is_2d else f"{m.sum() * vol.spacing[1] * vol.spacing[2]:.0f} mm²")
+if pred.class_probabilities is not None:
+    cols[-1].metric("p(malignant)", f"{pred.class_probabilities[1]:.2f}", "malignant" if pred.malignant else "benign")
+if pred.sides:
+    st.caption("Two-pass: " + "; ".join(f"{s}: confidence {v['confidence']:.2f}, {v['volume_ml']:.2f} mL"
+                                         for s, v in pred.sides.items()))
+removed = {lab: int(r.sum()) for lab, r in pred.removed.items() if r.any()}
+if removed:
+    st.caption("Post-processing removed " + ", ".join(f"{v} voxels of {k}" for k, v in removed.items()) + ".")
+rows = []
+if gt is not None and pred.mask is not None:
+    rows = metrics_table(pred, gt, vol.spacing)
+    st.dataframe(rows, hide_index=True)
+timing = ", ".join(f"{k.replace('_s', '')} {v:.2f} s" for k, v in pred.timings.items() if k.endswith("_s"))
+st.caption(f"Timings: {timing}.")
+e1, e2 = st.columns(2)
+if pred.mask is not None:
+    e1.download_button("Export mask (NIfTI, source affine)", mask_nifti_bytes(pred.mask, vol),
+                       file_name=f"{name}_mask.nii.gz", mime="application/gzip", key="dl_nii")
+if rows:
+    e2.download_button("Export metrics (CSV)", metrics_csv(rows, {"model": name}), file_name=f"{name}_metrics.csv",
+                       mime="text/csv", key="dl_csv")
