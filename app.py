@@ -25,7 +25,9 @@ with st.sidebar:
         names = [c.name for c in choices if c.ok]
         if names:
             if ss.get("model_name") not in names:
-                ss["model_name"] = names[0]
+                family = getattr(ss.get("sample"), "family", None)
+                same = [n for n in names if get_spec(n).family == family]
+                ss["model_name"] = (same or names)[0]  # a bundled case opens with its own family's model
             st.selectbox("Model", names, key="model_name", format_func=lambda n: f"{get_spec(n).title} · {n}")
         unfit = [c for c in choices if not c.ok]
         if unfit:
@@ -37,7 +39,7 @@ with st.sidebar:
     st.warning("Research use only. Not a medical device; not for diagnosis.")
 
 pages = [
-    st.Page("pages/load_case.py", title="Load case", url_path="load"),
+    st.Page("pages/load_case.py", title="Load case", url_path="load_case"),
     st.Page("pages/segment.py", title="Segment & review", default=True),
     st.Page("pages/uncertainty.py", title="Uncertainty", url_path="uncertainty"),
     st.Page("pages/ultrasound.py", title="Ultrasound", url_path="ultrasound"),

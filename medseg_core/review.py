@@ -149,3 +149,14 @@ def preprocessing_preview(volume: Volume, name: str, z: int) -> tuple[np.ndarray
     from .preprocessing import preprocess
 
     return display_slice(volume.array, "axial", z), display_slice(preprocess(name, volume.array), "axial", z)
+
+
+def contract_of(name: str, directory=CHECKPOINT_DIR) -> str:
+    """The input contract of the shipped checkpoint (its card's input size where it has one)."""
+    spec = get_spec(name)
+    card = read_card(name, directory) or {}
+    size = card.get("input_size")
+    text = spec.contract()
+    if size:
+        text += f" (this checkpoint: {' x '.join(map(str, size))}, {card.get('variant', '')} variant)"
+    return text

@@ -9,6 +9,10 @@ from medseg_core.review import initial_slice
 from medseg_core.samples import list_samples
 from pages._shared import open_sample, set_case
 
+def _is_image(fs) -> bool:
+    return all(f.name.lower().rsplit(".", 1)[-1] in ("png", "jpg", "jpeg", "tif", "tiff", "bmp") for f in fs)
+
+
 st.title("Load case")
 ss = st.session_state
 
@@ -52,10 +56,6 @@ with tab_upload:
             ss["predictions"].clear()
         except InputError as e:
             ss["load_error"] = str(e)
-
-
-def _is_image(fs) -> bool:
-    return all(f.name.lower().rsplit(".", 1)[-1] in ("png", "jpg", "jpeg", "tif", "tiff", "bmp") for f in fs)
 
 
 if ss.get("load_error"):

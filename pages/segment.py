@@ -9,7 +9,7 @@ from medseg_core.preprocessing import PREPROCESSING
 from medseg_core.render import (CT_PRESETS, LABEL_COLOURS, apply_window, aspect_correct, auto_window,
                                 compare_layers, frame_png, overlay, slice_figure)
 from medseg_core.io.orientation import display_aspect
-from medseg_core.review import (initial_slice, metrics_csv, metrics_table, preprocessing_preview,
+from medseg_core.review import (contract_of, initial_slice, metrics_csv, metrics_table, preprocessing_preview,
                                 slice_metrics)
 from pages._shared import current_prediction, run
 
@@ -27,7 +27,7 @@ if name is None:
     st.warning("No model fits this case (see the sidebar).")
     st.stop()
 spec = get_spec(name)
-st.caption(f"Model: **{spec.title}** ({name}, chosen in the sidebar) · input {spec.contract()}")
+st.caption(f"Model: **{spec.title}** ({name}, chosen in the sidebar) · {contract_of(name)}")
 right = st.container()
 with right:
     c1, c2, c3 = st.columns(3)
