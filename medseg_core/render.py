@@ -187,3 +187,13 @@ def frame_png(rgb: np.ndarray) -> bytes:
     buf = _io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def hex_to_rgb(value: str) -> tuple[int, int, int]:
+    """'#e69f00' -> (230, 159, 0)."""
+    v = value.lstrip("#")
+    return tuple(int(v[i:i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
+
+
+def rgb_to_hex(rgb) -> str:
+    return "#" + "".join(f"{int(c):02x}" for c in rgb[:3])

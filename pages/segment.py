@@ -6,7 +6,7 @@ from medseg_core.io import display_slice, mask_nifti_bytes, n_slices
 from medseg_core.io.errors import InputError
 from medseg_core.models import get_spec
 from medseg_core.preprocessing import PREPROCESSING
-from medseg_core.render import (CT_PRESETS, LABEL_COLOURS, apply_window, aspect_correct, auto_window,
+from medseg_core.render import (CT_PRESETS, LABEL_COLOURS, apply_window, aspect_correct, auto_window, hex_to_rgb, rgb_to_hex,
                                 compare_layers, frame_png, overlay, slice_figure)
 from medseg_core.io.orientation import display_aspect
 from medseg_core.review import (contract_of, initial_slice, metrics_csv, metrics_table, preprocessing_preview,
@@ -95,8 +95,13 @@ def viewer():
             level = st.slider("Level", lo, hi, float(level), key="wl_l")
         alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.35, 0.05, key="alpha")
         mode = st.radio("Overlay", ["fill", "outline"], horizontal=True, key="ovmode")
-        shown = [lab for k, lab in enumerate(pred.masks)
-                 if st.checkbox(lab, True, key=f"show_{lab}")]
+        shown, colours = [], {}
+        for k, lab in enumerate(pred.masks):
+            cb, cp = st.columns([3, 1])
+            if cb.checkbox(lab, True, key=f"show_{lab}"):
+                shown.append(lab)
+            colours[lab] = hex_to_rgb(cp.color_picker(f"{lab} colour", rgb_to_hex(LABEL_COLOURS[k % len(LABEL_COLOURS)]),
+                                                      key=f"colour_{lab}", label_visibility="collapsed"))
         compare = st.toggle("Compare with reference (TP / FP / FN)", value=gt is not None, disabled=gt is None,
                             key="compare")
         show_removed = st.toggle("Show what post-processing removed", value=False, key="show_removed")
@@ -112,9 +117,9 @@ def viewer():
         elif show_sides:
             layers = [(display_slice(pred.sides[s]["mask"], plane, idx), LABEL_COLOURS[k]) for k, s in enumerate(("left", "right"))]
         else:
-            for k, lab in enumerate(pred.masks):
+            for lab in pred.masks:
                 if lab in shown:
-                    layers.append((display_slice(pred.masks[lab], plane, idx), LABEL_COLOURS[k % len(LABEL_COLOURS)]))
+                    layers.append((display_slice(pred.masks[lab], plane, idx), colours[lab]))
         if show_removed:
             for lab in shown:
                 layers.append((display_slice(pred.removed[lab], plane, idx), (255, 0, 255)))
