@@ -75,3 +75,58 @@ def test_browser_review_flow_and_bad_upload(tmp_path):
         page.get_by_text("cut short").wait_for(timeout=60_000)
         assert _exceptions(page) == 0
         page.screenshot(path=str(ARTIFACTS / "load_error.png"), full_page=True)
+
+
+@pytest.mark.slow
+def test_apptest_review_toggles_and_uncertainty():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()
+    assert at.session_state["model_name"].startswith("ovary_")
+    [b for b in at.button if b.label == "Run model"][0].click().run()
+    assert not at.exception
+    pred = at.session_state["predictions"].get(at.session_state["current"])
+    assert pred.mask.shape == (24, 256, 256)
+    assert at.dataframe, "metrics table against the reference"
+    n_before = len(at.session_state["predictions"])
+    # viewer widgets live in an st.fragment, which AppTest cannot rerun on its own: set them through
+    # session state and rerun the whole script (the code paths are the same)
+    for key, value in (("ovmode", "outline"), ("plane", "coronal"), ("show_removed", True), ("compare", False),
+                       ("wl_preset", "Manual"), ("plane", "sagittal")):
+        at.session_state[key] = value
+        at.run()
+        assert not at.exception, key
+    assert at.session_state["plane"] == "sagittal" and at.session_state["ovmode"] == "outline"
+    assert len(at.session_state["predictions"]) == n_before  # browsing never re-runs the model
+    at.switch_page("pages/models.py").run()
+    assert not at.exception and at.expander
+
+
+@pytest.mark.slow
+def test_apptest_uncertainty_page():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()
+    at.session_state["unc_n"] = 3
+    at.switch_page("pages/uncertainty.py").run()
+    [b for b in at.button if b.label == "Compute uncertainty"][0].click().run()
+    assert not at.exception
+    unc = at.session_state["predictions"].get(at.session_state["unc_key"])
+    assert unc.uncertainty_method == "mc_dropout" and unc.uncertainty["mutual_information"].shape == (24, 256, 256)
+    assert unc.options.mc_samples == 3 and unc.uncertainty["variance"].max() > 0
+
+
+def test_apptest_load_ultrasound_sample():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()
+    at.switch_page("pages/load_case.py").run()
+    at.selectbox(key="sample_pick").set_value("Transvaginal ultrasound (synthetic): benign lesion").run()
+    [b for b in at.button if b.label == "Open sample"][0].click().run()
+    assert not at.exception
+    vol = at.session_state["volume"]
+    from medseg_core.samples import get_sample
+
+    assert vol.modality == "US" and vol.is_2d
+    assert at.session_state["clinical"] == get_sample("us_benign").extra["clinical"]
+    assert at.session_state["gt_mask"] is not None
