@@ -1,0 +1,59 @@
+"""``python benchmarks/mc_prefix.py``: what computing the encoder once saves in MC dropout.
+
+For each model with decoder-only dropout (``spec.mc_prefix``), times N = 10 MC samples computed
+naively (N full passes, what report 003 did) and with the cached encoder, on the same input and
+seed, checks the results are equal, and prints the median of 3 runs and the ratio.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from medseg_core import uncertainty as U  # noqa: E402
+from medseg_core.models import build_model, get_spec, list_models  # noqa: E402
+
+SIZES = {"ovary_unet": (24, 96, 96), "ovary_attention_unet": (24, 96, 96), "ovary_tl5": (24, 96, 96),
+         "us_mtl_effb0": (1, 168, 272), "us_mtl_unet": (1, 168, 272)}
+
+
+def main(n: int = 10, repeats: int = 3) -> list[dict]:
+    torch.set_num_threads(torch.get_num_threads())
+    rows = []
+    for name in [m for m in list_models() if get_spec(m).mc_prefix and m in SIZES]:
+        spec = get_spec(name)
+        torch.manual_seed(0)
+        model = build_model(name, "demo").eval()
+        b, h, w = SIZES[name]
+        x = torch.randn(b, 1, h, w)
+        clin = torch.tensor([[1.0, 0.0]] * b)
+        if spec.clinical_inputs:
+            full = lambda t: torch.sigmoid(model(t, clin)["seg"])  # noqa: E731
+            head = lambda s: torch.sigmoid(model.decode(s, clin, size=(h, w))["seg"])  # noqa: E731
+        else:
+            full = lambda t: torch.sigmoid(model(t))  # noqa: E731
+            head = None
+        t_naive, t_prefix = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a = U.mc_samples_naive(full, model, x, n, seed=1)
+            t_naive.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            c = U.mc_samples_prefix(model, x, n, seed=1, head=head)
+            t_prefix.append(time.perf_counter() - t0)
+        equal = bool(torch.allclose(a, c, atol=1e-5))
+        rows.append({"model": name, "input": f"{b} x {h} x {w}", "samples": n, "naive_s": round(statistics.median(t_naive), 3),
+                     "cached_encoder_s": round(statistics.median(t_prefix), 3),
+                     "ratio": round(statistics.median(t_prefix) / statistics.median(t_naive), 3), "equal": equal})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
