@@ -10,7 +10,7 @@ st.caption("Every model in the registry. Shipped checkpoints are demo versions t
 for name in list_models():
     s = model_card_summary(name)
     card = s["card"]
-    status = "checkpoint verified (SHA-256)" if s["checkpoint"] == "ok" else s["checkpoint"]
+    status = {"ok": "checkpoint verified (SHA-256)", "missing": "no checkpoint shipped yet"}.get(s["checkpoint"], s["checkpoint"])
     with st.expander(f"{s['title']}  ·  {name}  ·  {status}", expanded=False):
         st.markdown(f"**Report** {s['report']} · **Task** {s['task']}  \n**Input** {s['contract']}  \n"
                     f"**Dropout** {s['dropout']}")
