@@ -16,7 +16,6 @@ and rank 0 gathers and writes the results.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -26,6 +25,7 @@ import numpy as np
 import yaml
 
 from . import metrics as M
+from .tables import write_csv
 from .checkpoints import CHECKPOINT_DIR, load_model
 from .data import datasets as D
 from .inference import PredictOptions, predict
@@ -131,14 +131,6 @@ def summary_markdown(summary: dict, model: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
 
 
 def main(argv=None) -> dict | None:
@@ -181,9 +173,9 @@ def main(argv=None) -> dict | None:
     out.mkdir(parents=True, exist_ok=True)
     rows.sort(key=lambda r: (r["case"], r["label"]))
     slices.sort(key=lambda r: (r["case"], r["label"], r["slice"]))
-    _write_csv(out / "per_case.csv", rows)
+    write_csv(out / "per_case.csv", rows)
     if slices:
-        _write_csv(out / "per_slice.csv", slices)
+        write_csv(out / "per_slice.csv", slices)
     thr = options.class_threshold if options.class_threshold is not None else (lm.spec.class_threshold or 0.5)
     summary = summarise(rows, cls, thr)
     summary["model"] = a.model

@@ -26,7 +26,6 @@ from . import uncertainty as unc
 from .checkpoints import LoadedModel, load_model
 from .io import Volume
 from .io.errors import InputError
-from .models import get_spec
 from .preprocessing import SIDE_MODES, SliceResize, apply_side_masking, preprocess, side_mask
 
 Progress = Callable[[float, str], None]
@@ -277,7 +276,6 @@ def _stack_samples(samples: list[dict]):
 
 
 def _run_2d(loaded: LoadedModel, x: np.ndarray, volume: Volume, options: PredictOptions, prog, timings, f0, f1):
-    spec = loaded.spec
     device = loaded.device
     z, h, w = x.shape
     size = tuple(loaded.size)

@@ -17,14 +17,13 @@ Samples are prepared with exactly the preprocessing and resizing that
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ import yaml
 
 from . import losses as L
 from . import metrics as M
+from .tables import write_csv
 from .checkpoints import LoadedModel, RESEARCH_NOTICE, save_checkpoint
 from .data import datasets as D
 from .models import build_model, count_parameters, get_spec, model_kwargs
@@ -579,7 +579,7 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
             elif val:
                 patience_left -= 1
             if d.main:
-                _write_csv(log_path, history)
+                write_csv(log_path, history)
                 if writer:
                     for k, v in row.items():
                         if isinstance(v, (int, float)) and k != "epoch":
@@ -656,7 +656,7 @@ def evaluate_split(model, spec, cfg, cases, size, device) -> dict:
     if not cases:
         return {}
     lm = LoadedModel(spec, model, {}, device, tuple(size))
-    dices, dices_any, probs, labels, mse = [], [], [], [], []
+    dices, dices_any, probs, labels = [], [], [], []
     for case in cases:
         vol, masks = case.load()
         opts = PredictOptions(menopausal=int(case.extra.get("menopausal", 0)),
@@ -699,14 +699,6 @@ def _tensorboard(cfg, out_dir, name):
     return SummaryWriter(str(out_dir / "tb" / name))
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    keys = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import warnings as _warnings
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from .errors import InputError, Limits
 from .image import read_image
 from .nifti import nifti_bytes, read_nifti
 from .orientation import from_canonical_xyz
-from .sniff import IMAGE_EXTS, ext_of, sniff
+from .sniff import ext_of, sniff
 from .volume import Volume
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, Any]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ClinicalFusionHead, DoubleConv, UpBlock, match_size
+from .blocks import ClinicalFusionHead, DoubleConv, UpBlock
 
 
 class EffB0MultiTask(nn.Module):
