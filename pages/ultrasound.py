@@ -37,10 +37,11 @@ if st.button("Run", type="primary"):
         if denoise:
             d = run("us_denoiser", PredictOptions())
             ss["us_clean"] = d.restored
-        pred = run(name, opts)
+        run(name, opts)
         ss["us_key"] = ss["current"]
         if name != "us_cascade" and checkpoint_status("us_cascade") == "ok":
-            ss["us_cascade_key"] = (run("us_cascade", opts), ss["current"])[1]
+            run("us_cascade", opts)  # shown beside the chosen model
+            ss["us_cascade_key"] = ss["current"]
     except InputError as e:
         st.error(str(e))
 pred = ss["predictions"].get(ss.get("us_key")) if ss.get("us_key") else None
