@@ -12,6 +12,7 @@ from pages._shared import ensure_state
 st.set_page_config(page_title="medseg review", layout="wide")
 ensure_state()
 ss = st.session_state
+ss["_framed"] = True  # pages check this (see pages._shared.require_frame)
 
 with st.sidebar:
     st.markdown("### medseg")

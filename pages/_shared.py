@@ -70,3 +70,14 @@ def current_prediction():
     ss = st.session_state
     key = ss.get("current")
     return ss["predictions"].get(key) if key and "predictions" in ss else None
+
+
+def require_frame() -> None:
+    """Send a page that runs without app.py's frame back through it.
+
+    Streamlit remembers at start-up that a ``pages/`` folder exists and, until some session has
+    called ``st.navigation``, runs a deep-linked page file on its own (legacy multipage mode): no
+    sidebar, no notice, no case. app.py marks every framed run; an unmarked run switches to it.
+    """
+    if not st.session_state.get("_framed"):
+        st.switch_page("app.py")

@@ -1,5 +1,8 @@
 """Failure gallery: filled by the failure-analysis work (issue 8, still open)."""
 import streamlit as st
+from pages._shared import require_frame
+
+require_frame()
 
 st.title("Failure gallery")
 st.info("Not built yet: the failure-mode analysis (side swaps, double-ovary predictions, under- and "

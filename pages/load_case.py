@@ -8,6 +8,9 @@ from medseg_core.render import apply_window, aspect_correct, auto_window
 from medseg_core.review import initial_slice
 from medseg_core.samples import list_samples
 from pages._shared import open_sample, set_case
+from pages._shared import require_frame
+
+require_frame()
 
 def _is_image(fs) -> bool:
     return all(f.name.lower().rsplit(".", 1)[-1] in ("png", "jpg", "jpeg", "tif", "tiff", "bmp") for f in fs)

@@ -3,6 +3,9 @@ import streamlit as st
 
 from medseg_core.models import list_models
 from medseg_core.review import model_card_summary
+from pages._shared import require_frame
+
+require_frame()
 
 st.title("Models")
 st.caption("Every model in the registry. Shipped checkpoints are demo versions trained on synthetic phantoms: "

@@ -12,6 +12,9 @@ from medseg_core.io.orientation import display_aspect
 from medseg_core.review import (contract_of, initial_slice, metrics_csv, metrics_table, preprocessing_preview,
                                 slice_metrics)
 from pages._shared import current_prediction, run
+from pages._shared import require_frame
+
+require_frame()
 
 st.title("Segment & review")
 ss = st.session_state

@@ -10,6 +10,9 @@ from medseg_core.io.orientation import display_aspect
 from medseg_core.models import get_spec
 from medseg_core.render import LABEL_COLOURS, apply_window, aspect_correct, overlay
 from pages._shared import run
+from pages._shared import require_frame
+
+require_frame()
 
 st.title("Ultrasound")
 ss = st.session_state

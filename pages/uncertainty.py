@@ -10,6 +10,9 @@ from medseg_core.render import apply_window, aspect_correct, auto_window, heat_o
 from medseg_core.review import initial_slice
 from medseg_core.uncertainty import LN2
 from pages._shared import run
+from pages._shared import require_frame
+
+require_frame()
 
 st.title("Uncertainty")
 ss = st.session_state

@@ -130,3 +130,15 @@ def test_apptest_load_ultrasound_sample():
     assert vol.modality == "US" and vol.is_2d
     assert at.session_state["clinical"] == get_sample("us_benign").extra["clinical"]
     assert at.session_state["gt_mask"] is not None
+
+
+@pytest.mark.browser
+def test_first_deep_link_after_start_is_framed():
+    # Streamlit runs a deep-linked file from pages/ on its own until some session has called
+    # st.navigation; the pages send such a run back through app.py (require_frame).
+    with app_server() as url, browser() as b:
+        page = b.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(url + "/uncertainty", wait_until="domcontentloaded")
+        page.get_by_text("Research use only").wait_for(timeout=90_000)
+        assert page.get_by_text("Case:").count() >= 1
+        assert page.locator("[data-testid=stException]").count() == 0
