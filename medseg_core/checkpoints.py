@@ -7,6 +7,7 @@ name, variant, overrides) so the exact network is rebuilt before weights are loa
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -30,7 +31,18 @@ class CheckpointError(InputError):
     """A checkpoint is missing, tampered with, or in an unsafe format."""
 
 
-def sha256_file(path: str | Path) -> str:
+def sha256_file(path: str | Path, cached: bool = False) -> str:
+    """SHA-256 of a file. ``cached=True`` memoises by (path, size, modification time), for the
+    status shown on every app rerun; loading weights always hashes afresh (a writer could restore
+    a file's size and time)."""
+    st = os.stat(path)
+    if cached:
+        return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    return _sha256_cached.__wrapped__(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -85,15 +97,15 @@ def read_card(name: str, directory: str | Path = CHECKPOINT_DIR) -> dict | None:
 
 
 def checkpoint_status(name: str, directory: str | Path = CHECKPOINT_DIR) -> str:
-    """"ok", "missing" or a sentence saying what is wrong (cheap: hashes the file)."""
+    """"ok", "missing" or a sentence saying what is wrong (hash memoised by file size and time)."""
     try:
-        _verified_paths(name, Path(directory))
+        _verified_paths(name, Path(directory), cached=True)
         return "ok"
     except CheckpointError as e:
         return "missing" if "no checkpoint" in str(e).lower() else str(e)
 
 
-def _verified_paths(name: str, directory: Path) -> tuple[Path, dict]:
+def _verified_paths(name: str, directory: Path, cached: bool = False) -> tuple[Path, dict]:
     for suf in PICKLE_SUFFIXES:
         bad = directory / f"{name}{suf}"
         if bad.exists():
@@ -110,7 +122,7 @@ def _verified_paths(name: str, directory: Path) -> tuple[Path, dict]:
         card = json.loads(card_path.read_text())
     except json.JSONDecodeError:
         raise CheckpointError(f"The model card '{card_path.name}' is not valid JSON; restore it from the repository.") from None
-    if sha256_file(weights) != card.get("sha256"):
+    if sha256_file(weights, cached=cached) != card.get("sha256"):
         raise CheckpointError(
             f"'{weights.name}' does not match the SHA-256 in its model card (it was changed or damaged); "
             "restore it from the repository or retrain it.")

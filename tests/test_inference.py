@@ -255,9 +255,13 @@ def test_checkpoint_round_trip_and_tamper(tmp_path):
     with torch.inference_mode():
         torch.testing.assert_close(lm.module(x), m(x))
     assert lm.size == (64, 64)
+    from medseg_core.checkpoints import checkpoint_status
+
+    assert checkpoint_status("ovary_unet", tmp_path) == "ok"
     raw = bytearray((tmp_path / "ovary_unet.safetensors").read_bytes())
     raw[-10] ^= 0xFF
     (tmp_path / "ovary_unet.safetensors").write_bytes(bytes(raw))
+    assert "SHA-256" in checkpoint_status("ovary_unet", tmp_path)  # the memoised status sees it too
     with pytest.raises(CheckpointError) as e:
         load_model("ovary_unet", directory=tmp_path)
     assert "ovary_unet.safetensors" in str(e.value) and "SHA-256" in str(e.value)
