@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -398,7 +399,7 @@ def _run_3d(loaded: LoadedModel, x: np.ndarray, volume: Volume, options: Predict
         return torch.cat(outs, 1)
 
     t = time.perf_counter()
-    ctx = unc.mc_dropout_mode(m) if n_mc else _nullcontext()
+    ctx = unc.mc_dropout_mode(m) if n_mc else contextlib.nullcontext()
     with torch.inference_mode(), ctx:
         out = sliding_window_inference(xt, roi_size=roi, sw_batch_size=spec.sw_batch_size, predictor=predictor,
                                        overlap=spec.sw_overlap, mode="gaussian")
@@ -412,14 +413,6 @@ def _run_3d(loaded: LoadedModel, x: np.ndarray, volume: Volume, options: Predict
     if arr.shape[0] > 1:
         res["samples"] = arr
     return res
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 # ----------------------------------------------------------------------------- finishing

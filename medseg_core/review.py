@@ -96,15 +96,12 @@ class PredictionCache:
 
 
 def metrics_table(pred: Prediction, reference: np.ndarray, spacing) -> list[dict]:
-    """Per-case metrics of the primary label against the reference (one row per label)."""
-    rows = []
-    for label, mask in pred.masks.items():
-        m = M.segmentation_metrics(mask, reference, spacing)
-        rows.append({"label": label, "dice": m["dice"], "iou": m["iou"], "hd95_mm": m["hd95_mm"],
-                     "assd_mm": m["assd_mm"], "precision": m["precision"], "recall": m["recall"],
-                     "pred_volume_ml": m["pred_volume_ml"], "ref_volume_ml": m["ref_volume_ml"]})
-        break
-    return rows
+    """Per-case metrics of the primary (first) label against the reference: one row."""
+    label, mask = next(iter(pred.masks.items()))
+    m = M.segmentation_metrics(mask, reference, spacing)
+    return [{"label": label, "dice": m["dice"], "iou": m["iou"], "hd95_mm": m["hd95_mm"],
+             "assd_mm": m["assd_mm"], "precision": m["precision"], "recall": m["recall"],
+             "pred_volume_ml": m["pred_volume_ml"], "ref_volume_ml": m["ref_volume_ml"]}]
 
 
 def slice_metrics(pred_mask: np.ndarray, reference: np.ndarray, spacing, z: int) -> dict:

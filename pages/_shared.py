@@ -8,6 +8,7 @@ import streamlit as st
 
 from medseg_core.checkpoints import load_model
 from medseg_core.inference import PredictOptions, predict
+from medseg_core.render import auto_window
 from medseg_core.review import PredictionCache, case_key
 from medseg_core.samples import get_sample, list_samples
 
@@ -28,6 +29,7 @@ def set_case(volume, gt=None, extras=None, sample=None) -> None:
     ss["extra_masks"] = extras or {}
     ss["sample"] = sample
     ss["case_key"] = case_key(volume)
+    ss["auto_window"] = auto_window(volume.array)  # once per case, not on every slider move
     ss["predictions"] = PredictionCache()
     ss.pop("current", None)
     ss.pop("load_error", None)

@@ -4,7 +4,7 @@ import streamlit as st
 
 from medseg_core.io import InputError, list_series, load_mask, load_volume
 from medseg_core.io.orientation import display_aspect, display_slice
-from medseg_core.render import apply_window, aspect_correct, auto_window
+from medseg_core.render import apply_window, aspect_correct
 from medseg_core.review import initial_slice
 from medseg_core.samples import list_samples
 from pages._shared import open_sample, set_case
@@ -72,7 +72,7 @@ for w in vol.warnings:
     st.warning(w)
 st.table({k: [v] for k, v in vol.describe().items()})
 z = initial_slice(vol.shape, "axial", ss.get("gt_mask"))
-pic = apply_window(display_slice(vol.array, "axial", z), *auto_window(vol.array))
+pic = apply_window(display_slice(vol.array, "axial", z), *ss["auto_window"])
 st.image(aspect_correct(pic, *display_aspect(vol.spacing, "axial")),
          caption=f"Axial slice {z + 1} of {vol.shape[0]} · patient's right on the image left", width=420)
 if ss.get("gt_mask") is not None:

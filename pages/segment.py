@@ -91,7 +91,7 @@ def viewer():
         if preset in CT_PRESETS:
             width, level = CT_PRESETS[preset]
         else:
-            width, level = auto_window(vol.array)
+            width, level = ss["auto_window"]
         if preset == "Manual":
             lo, hi = float(vol.array.min()), float(vol.array.max())
             width = st.slider("Width", 1.0, max(hi - lo, 2.0), float(width), key="wl_w")

@@ -6,7 +6,7 @@ from medseg_core.io import display_slice, n_slices
 from medseg_core.io.errors import InputError
 from medseg_core.io.orientation import display_aspect
 from medseg_core.models import get_spec
-from medseg_core.render import apply_window, aspect_correct, auto_window, heat_overlay, slice_figure
+from medseg_core.render import apply_window, aspect_correct, heat_overlay, slice_figure
 from medseg_core.review import initial_slice
 from medseg_core.uncertainty import LN2
 from pages._shared import run
@@ -60,7 +60,7 @@ def unc_viewer():
         st.session_state["unc_slice"] = initial_slice(vol.shape, "axial", pred.mask)
     with a:
         z = st.slider("Slice", 0, nz - 1, key="unc_slice") if nz > 1 else 0
-        grey = apply_window(display_slice(vol.array, "axial", z), *auto_window(vol.array))
+        grey = apply_window(display_slice(vol.array, "axial", z), *st.session_state["auto_window"])
         rgb = heat_overlay(grey, display_slice(m, "axial", z), 0.0, vmax, alpha=alpha, floor=vmax * 0.02)
         rgb = aspect_correct(rgb, *display_aspect(vol.spacing, "axial"))
         st.plotly_chart(slice_figure(rgb, "axial", title=f"{what} (slice {z + 1}/{nz})",
