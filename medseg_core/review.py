@@ -49,6 +49,30 @@ def compatible_models(volume: Volume, directory=CHECKPOINT_DIR) -> list[ModelCho
     return out
 
 
+#: The post-processing choices offered in the review page (label -> PredictOptions.postprocessing).
+POSTPROCESSING_CHOICES = {"model default": None, "none": (), "largest component per slice": ("largest_2d",),
+                          "largest component 3D": ("largest_3d",), "RAovSeg closing + largest 3D": ("raovseg",)}
+
+
+def review_state_for(name: str, option_kw: dict) -> dict:
+    """The review page's widget values that reproduce ``option_kw`` (a cohort option set) for model
+    ``name``, so a gallery thumbnail opens the case with the run's options. Options the page has no
+    widget for are left at their defaults."""
+    spec = get_spec(name)
+    post = option_kw.get("postprocessing")
+    post = None if post is None else tuple(post)
+    label = next((k for k, v in POSTPROCESSING_CHOICES.items() if v == post), "model default")
+    return {f"pre_{name}": option_kw.get("preprocessing") or spec.preprocessing,
+            "side_mode": option_kw.get("side_masking", "none"), "post_mode": label,
+            "thr": float(option_kw.get("threshold") or spec.threshold)}
+
+
+def options_from_state(name: str, state: dict) -> PredictOptions:
+    """The :class:`PredictOptions` the review page builds from its widget values."""
+    return PredictOptions(preprocessing=state[f"pre_{name}"], side_masking=state["side_mode"],
+                          postprocessing=POSTPROCESSING_CHOICES[state["post_mode"]], threshold=state["thr"])
+
+
 def case_key(volume: Volume) -> str:
     """A content hash identifying the case (array, geometry, modality)."""
     h = hashlib.blake2b(digest_size=12)

@@ -142,15 +142,10 @@ def ensure_data(cfg: dict) -> Path:
     if not root.is_absolute():
         root = ROOT / root
     syn = data.get("synthetic")
-    if syn and not (root / ".complete").exists():
-        from .data import make_synthetic as MS
+    if syn:
+        from .data.make_synthetic import ensure_synthetic
 
-        root.mkdir(parents=True, exist_ok=True)
-        if syn["kind"] == "us":
-            MS.write_us(root, int(syn["n"]), int(syn.get("seed", 0)), annotate=bool(syn.get("annotate", False)))
-        else:
-            MS.WRITERS[syn["kind"]](root, int(syn["n"]), int(syn.get("seed", 0)))
-        (root / ".complete").write_text(json.dumps(syn))
+        ensure_synthetic(root, syn)
     return root
 
 

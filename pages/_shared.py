@@ -31,8 +31,8 @@ def set_case(volume, gt=None, extras=None, sample=None) -> None:
     ss["case_key"] = case_key(volume)
     ss["auto_window"] = auto_window(volume.array)  # once per case, not on every slider move
     ss["predictions"] = PredictionCache()
-    ss.pop("current", None)
-    ss.pop("load_error", None)
+    for k in ("current", "load_error", "slice_axial", "slice_coronal", "slice_sagittal", "unc_slice", "unc_key"):
+        ss.pop(k, None)  # a new case opens on its own slices
     ss["clinical"] = dict((sample.extra.get("clinical") if sample else None) or {"menopausal": 0, "oncology_center": 0})
 
 
@@ -83,3 +83,38 @@ def require_frame() -> None:
     """
     if not st.session_state.get("_framed"):
         st.switch_page("app.py")
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def cohort_case(run_path: str, case_id: str):
+    """A cohort run's case (volume and masks) loaded once per process from its dataset folder."""
+    from medseg_core.cohort import load_run
+
+    return load_run(run_path).dataset_cases()[case_id].load()
+
+
+def open_in_review(run_path: str, row: dict, option_kw: dict) -> None:
+    """Button callback (runs before the script, so widget values may be set): make a gallery row's
+    case the session's case with the run's model and options and the viewer on that slice; the
+    review page then runs the model (cached) without a second click."""
+    from medseg_core.review import review_state_for
+
+    vol, masks = cohort_case(run_path, row["case"])
+    ref = masks.get("ovary", next(iter(masks.values()), None))
+    set_case(vol, ref, {k: v for k, v in masks.items() if k != "ovary"})
+    ss = st.session_state
+    ss["sample_key"] = None
+    ss["model_name"] = row["model"]
+    ss.update(review_state_for(row["model"], option_kw))
+    ss["plane"] = "axial"
+    ss["slice_axial"] = int(row["slice"])
+    ss["compare"] = True
+    ss["run_now"] = True
+    ss["_goto"] = "pages/segment.py"
+
+
+def follow_goto() -> None:
+    """Switch page if a callback asked for it (callbacks cannot switch pages themselves)."""
+    target = st.session_state.pop("_goto", None)
+    if target:
+        st.switch_page(target)

@@ -9,7 +9,7 @@ from medseg_core.preprocessing import PREPROCESSING
 from medseg_core.render import (CT_PRESETS, LABEL_COLOURS, apply_window, aspect_correct, auto_window, hex_to_rgb, rgb_to_hex,
                                 compare_layers, frame_png, overlay, slice_figure)
 from medseg_core.io.orientation import display_aspect
-from medseg_core.review import (contract_of, initial_slice, metrics_csv, metrics_table, preprocessing_preview,
+from medseg_core.review import (POSTPROCESSING_CHOICES, contract_of, initial_slice, metrics_csv, metrics_table, preprocessing_preview,
                                 slice_metrics)
 from pages._shared import current_prediction, run
 from pages._shared import require_frame
@@ -35,7 +35,9 @@ right = st.container()
 with right:
     c1, c2, c3 = st.columns(3)
     pre_names = list(PREPROCESSING)
-    pre = c1.selectbox("Preprocessing", pre_names, index=pre_names.index(spec.preprocessing), key=f"pre_{name}",
+    ss.setdefault(f"pre_{name}", spec.preprocessing)  # defaults via state: the gallery may preset them
+    ss.setdefault("thr", float(spec.threshold))
+    pre = c1.selectbox("Preprocessing", pre_names, key=f"pre_{name}",
                        help="The model was trained with its default; others show how sensitive it is.")
     side_modes = ["none"]
     if spec.family == "ovary" and spec.task == "segmentation":
@@ -43,11 +45,10 @@ with right:
     side = c2.selectbox("Ovary-side masking", side_modes, key="side_mode",
                         help="Sides are the patient's (from the file's orientation). 'oracle' uses the reference "
                              "mask: evaluation only.") if len(side_modes) > 1 else "none"
-    post_opts = {"model default": None, "none": (), "largest component per slice": ("largest_2d",),
-                 "largest component 3D": ("largest_3d",), "RAovSeg closing + largest 3D": ("raovseg",)}
+    post_opts = POSTPROCESSING_CHOICES
     post_label = c3.selectbox("Post-processing", list(post_opts), key="post_mode")
     c4, c5 = st.columns(2)
-    thr = c4.slider("Threshold", 0.05, 0.95, float(spec.threshold), 0.05, key="thr")
+    thr = c4.slider("Threshold", 0.05, 0.95, step=0.05, key="thr")
     clin = {}
     if spec.clinical_inputs:
         cl = ss.get("clinical", {"menopausal": 0, "oncology_center": 0})
@@ -64,7 +65,7 @@ if st.toggle("Preprocessing preview (before / after)", key="preview"):
     p1.image(aspect_correct(apply_window(before, *auto_window(before[None])), r_mm, c_mm), caption="before", clamp=True)
     p2.image(aspect_correct(apply_window(after, *auto_window(after[None])), r_mm, c_mm), caption=f"after: {pre}", clamp=True)
 
-if st.button("Run model", type="primary"):
+if st.button("Run model", type="primary") or ss.pop("run_now", False):
     try:
         run(name, options, reference=gt if side == "oracle" else None)
     except InputError as e:

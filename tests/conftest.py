@@ -31,3 +31,22 @@ def assert_readable(msg: str) -> None:
     assert 20 <= len(msg) <= 400, msg
     for noise in ("Traceback", "Error(", "0x", "errno", "<class", "dtype(", "File \"", "Exception"):
         assert noise not in msg, msg
+
+
+@pytest.fixture(scope="session")
+def pelvic_cohort(tmp_path_factory) -> Path:
+    """A real cohort run folder: the shipped ovary U-Net on 3 fresh synthetic pelvic cases (seed 7),
+    side masking off / oracle / two-pass, 4 MC-dropout samples. Shared by the analysis and app tests."""
+    from medseg_core import cohort as C
+    from medseg_core.checkpoints import checkpoint_status
+    from medseg_core.data import datasets as D
+    from medseg_core.data.make_synthetic import ensure_synthetic
+
+    if checkpoint_status("ovary_unet") != "ok":
+        pytest.skip("ovary_unet checkpoint not shipped")
+    root = tmp_path_factory.mktemp("pelvic")
+    ensure_synthetic(root, {"kind": "pelvic", "n": 3, "seed": 7})
+    out = tmp_path_factory.mktemp("runs") / "pelvic_ovary_unet"
+    C.run_cohort(D.ut_endomri_d2(root), ["ovary_unet"], C.SIDE_SETS, out, mc_samples=4,
+                 dataset={"adapter": "ut_endomri_d2", "root": str(root)})
+    return out

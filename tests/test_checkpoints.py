@@ -26,12 +26,12 @@ from medseg_core.models import list_models
 FLOORS = {
     "ovary_unet": {"dice": 0.33},             # measured 0.421 (2026-11-22)
     "ovary_attention_unet": {"dice": 0.28},   # measured 0.361
-    "ovary_tl5": {"dice": None},
+    "ovary_tl5": {"dice": 0.32},              # measured 0.406
     "ovary_slice_classifier": {"auc": 0.76},  # measured 0.952
     "prostate_microus": {"dice": 0.85},       # measured 0.973
     "gi_unetpp_effb3": {"dice": None},
     "us_mtl_effb0": {"dice": 0.78, "auc": 0.80},  # measured 0.984 / 1.000 (the phantom's malignancy cues are easy)
-    "us_mtl_unet": {"dice": None, "auc": None},
+    "us_mtl_unet": {"dice": 0.78, "auc": 0.80},   # measured 0.981 / 1.000
     "us_cascade": {"dice": 0.78, "auc": 0.80},    # measured 0.984 / 1.000
     "us_denoiser": {"annotation_error_ratio": 0.69},  # measured 0.553 (lower is better: error left on annotation pixels)
     "unet3d": {"dice": 0.74},                 # measured 0.923
@@ -119,5 +119,4 @@ def test_unshipped_models_are_listed():
     # the rest), the GI UNet++ (its CPU run collapsed to background), and the models whose CPU
     # training did not fit in the session that trained the others.
     missing = set(list_models()) - set(SHIPPED)
-    assert missing <= {"vnet3d", "gi_unetpp_effb3", "ovary_tl5", "us_mtl_unet", "us_cascade", "us_denoiser",
-                       "unetr3d"}, missing
+    assert missing <= {"vnet3d", "gi_unetpp_effb3", "unetr3d"}, missing

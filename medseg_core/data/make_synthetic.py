@@ -159,3 +159,21 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def ensure_synthetic(root, syn: dict) -> Path:
+    """Generate the synthetic dataset ``syn`` (kind, n, seed[, annotate]) at ``root`` unless a
+    complete one with the same settings is already there (marker file ``.complete``)."""
+    root = Path(root)
+    marker = root / ".complete"
+    if marker.exists() and json.loads(marker.read_text() or "{}") == dict(syn):
+        return root
+    if marker.exists():
+        raise FileExistsError(f"{root} holds a different synthetic dataset ({marker.read_text()}); choose another folder")
+    root.mkdir(parents=True, exist_ok=True)
+    if syn["kind"] == "us":
+        write_us(root, int(syn["n"]), int(syn.get("seed", 0)), annotate=bool(syn.get("annotate", False)))
+    else:
+        WRITERS[syn["kind"]](root, int(syn["n"]), int(syn.get("seed", 0)))
+    marker.write_text(json.dumps(dict(syn)))
+    return root

@@ -1,0 +1,476 @@
+"""Cohort runs: models x option sets over a dataset, with per-slice metrics, failure tags and
+uncertainty, stored in a folder that the failure gallery reads.
+
+``python -m medseg_core.cohort --models ovary_unet ovary_attention_unet --data DIR --adapter ut_endomri_d2
+--set orig:side_masking=none --set masked:side_masking=oracle --mc 8 --out runs/cohorts/NAME``
+
+A run folder holds:
+
+* ``cohort.json``: models, option sets, dataset (adapter, root, case ids), tag rules, settings;
+* ``slices.csv``: one row per (model, option set, case, axial slice): Dice, IoU, HD95 (mm),
+  predicted/reference areas (mm^2), Dice before post-processing, tags, primary tag, uncertainty
+  (mean entropy in nats over the predicted region, when MC dropout ran);
+* ``cases.csv``: one row per (model, option set, case): 3D metrics and case-level tags;
+* ``comparisons.csv``: paired per-slice Dice deltas of every option set against the first one;
+* ``table1.csv`` / ``table1.md``: report 000's Table 1 format (Dice orig, Dice masked, ΔDice on
+  reference-positive slices) when the run has the two option sets it needs;
+* ``masks/<model>__<set>__<case>.npz``: bit-packed predicted masks (after and before
+  post-processing), so the gallery draws thumbnails without re-running a model.
+
+Images are not copied: the gallery reloads them from the dataset folder through the adapter.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from . import analysis as A
+from . import metrics as M
+from .tables import write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS_DIR = ROOT / "runs" / "cohorts"
+
+#: Report 000's side-masking comparison: no masking, oracle masking, and the two-pass deployment.
+SIDE_SETS = {"orig": {"side_masking": "none"}, "masked": {"side_masking": "oracle"},
+             "two_pass": {"side_masking": "two_pass"}}
+
+
+def runs_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("MEDSEG_RUNS", RUNS_DIR))
+
+
+def parse_set(text: str) -> tuple[str, dict]:
+    """``NAME:key=value,key=value`` (values in YAML) -> (name, PredictOptions kwargs)."""
+    import yaml
+
+    name, _, rest = text.partition(":")
+    kw = {}
+    for item in filter(None, rest.split(",")):
+        k, v = item.split("=", 1)
+        val = yaml.safe_load(v)
+        if k == "postprocessing":
+            val = tuple(val or ()) if not isinstance(val, str) else (val,)
+        kw[k.strip()] = val
+    return name.strip(), kw
+
+
+def _pack(mask: np.ndarray) -> np.ndarray:
+    return np.packbits(np.asarray(mask, bool).ravel())
+
+
+def _unpack(bits: np.ndarray, shape) -> np.ndarray:
+    return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
+
+
+def mask_file(run: Path, model: str, set_name: str, case_id: str) -> Path:
+    return Path(run) / "masks" / f"{model}__{set_name}__{case_id}.npz"
+
+
+def run_cohort(cases, models: list[str], option_sets: dict[str, dict], out: str | Path, mc_samples: int = 0,
+               rules: A.TagRules = A.TagRules(), dataset: dict | None = None, progress=None,
+               directory=None) -> Path:
+    """Run every model with every option set over ``cases`` and write the run folder ``out``.
+
+    ``option_sets`` maps a name to :class:`~medseg_core.inference.PredictOptions` keyword arguments;
+    the first is the baseline of the paired comparisons. ``mc_samples`` > 0 adds MC-dropout
+    uncertainty (mean entropy per slice) to every row. ``progress(done, total, message)``.
+    """
+    from .checkpoints import CHECKPOINT_DIR, load_model
+    from .inference import PredictOptions, predict
+
+    out = Path(out)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    slices, case_rows = [], []
+    total, done = len(cases) * len(models) * len(option_sets), 0
+    t0 = time.perf_counter()
+    loaded = {m: load_model(m, directory=directory or CHECKPOINT_DIR) for m in models}
+    for case in cases:
+        vol, masks = case.load()
+        label = next((k for k in ("ovary", "expert") if k in masks), next(iter(masks), None))
+        if label is None:
+            continue
+        ref = masks[label]
+        other = masks.get("ovary_other")
+        side = case.extra.get("labelled_side")
+        for model in models:
+            lm = loaded[model]
+            for set_name, kw in option_sets.items():
+                opts = PredictOptions(**{**kw, "mc_samples": mc_samples if lm.spec.dropout else 0})
+                if lm.spec.clinical_inputs:
+                    opts = replace(opts, menopausal=int(case.extra.get("menopausal", 0)),
+                                   oncology_center=int(case.extra.get("oncology_center", 0)))
+                pred = predict(lm, vol, opts, reference=ref if opts.side_masking == "oracle" else None)
+                mask = pred.mask
+                before = pred.masks_before_postprocessing.get(pred.labels[0]) if pred.masks_before_postprocessing else None
+                np.savez_compressed(mask_file(out, model, set_name, case.case_id), shape=np.array(mask.shape),
+                                    mask=_pack(mask), before=_pack(before if before is not None else mask))
+                unc = (pred.uncertainty_scores or {}).get("per_slice")
+                base = {"model": model, "set": set_name, "case": case.case_id, "patient": case.patient_id}
+                for row in A.tag_slices(mask, ref, vol, other=other, side=side, before=before, rules=rules):
+                    z = row["slice"]
+                    slices.append({**base, "slice": z, "dice": row["dice"], "iou": row["iou"], "hd95_mm": row["hd95_mm"],
+                                   "pred_area_mm2": row["pred_voxels"] * vol.spacing[1] * vol.spacing[2],
+                                   "ref_area_mm2": row["ref_voxels"] * vol.spacing[1] * vol.spacing[2],
+                                   "ref_present": row["ref_present"], "pred_present": row["pred_present"],
+                                   "dice_star": A.dice_star(mask[z], ref[z]), "dice_before_pp": row["dice_before_pp"],
+                                   "delta_pp": row["delta_pp"], "frac_on_other": row["frac_on_other"],
+                                   "n_components": row["n_components"], "uncertainty": unc[z] if unc else None,
+                                   "primary": row["primary"], "tags": ";".join(row["tags"])})
+                ct = A.tag_case(mask, ref, vol, other=other, side=side, before=before, rules=rules)
+                m3 = M.segmentation_metrics(mask, ref, vol.spacing)
+                case_rows.append({**base, "dice": m3["dice"], "iou": m3["iou"], "hd95_mm": m3["hd95_mm"],
+                                  "assd_mm": m3["assd_mm"], "pred_volume_ml": m3["pred_volume_ml"],
+                                  "ref_volume_ml": m3["ref_volume_ml"],
+                                  "dice_vs_both_ovaries": M.dice(mask, (ref > 0) | (other > 0)) if other is not None else None,
+                                  "uncertainty": (pred.uncertainty_scores or {}).get("case"),
+                                  "primary": ct["primary"], "tags": ";".join(ct["tags"]),
+                                  "seconds": round(sum(v for k, v in pred.timings.items() if k.endswith("_s")), 3)})
+                done += 1
+                if progress:
+                    progress(done, total, f"{model} · {set_name} · {case.case_id}")
+    write_csv(out / "slices.csv", slices)
+    write_csv(out / "cases.csv", case_rows)
+    names = list(option_sets)
+    comps = [compare_sets(slices, m, names[0], b) for m in models for b in names[1:]]
+    if comps:
+        write_csv(out / "comparisons.csv", comps)
+    meta = {"models": models, "option_sets": option_sets, "mc_samples": mc_samples, "rules": rules.to_dict(),
+            "dataset": dataset or {}, "case_ids": [c.case_id for c in cases], "seconds": round(time.perf_counter() - t0, 1),
+            "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if "orig" in option_sets and "masked" in option_sets:
+        rows = table1(slices, models)
+        write_csv(out / "table1.csv", rows)
+        (out / "table1.md").write_text(table1_markdown(rows))
+    (out / "cohort.json").write_text(json.dumps(meta, indent=1, default=str))
+    return out
+
+
+# ----------------------------------------------------------------------------- reading a run
+def _num(v):
+    if v in ("", None, "None"):
+        return None
+    if v in ("True", "False"):
+        return v == "True"
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() and v.lower() != "nan" else f
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        rows = [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+    for r in rows:
+        if "tags" in r:
+            r["tags"] = [t for t in str(r["tags"] or "").split(";") if t]
+    return rows
+
+
+@dataclass
+class CohortRun:
+    path: Path
+    meta: dict
+    slices: list[dict]
+    cases: list[dict]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def masks(self, model: str, set_name: str, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(mask, mask before post-processing) as stored by :func:`run_cohort`."""
+        z = np.load(mask_file(self.path, model, set_name, case_id))
+        shape = tuple(int(s) for s in z["shape"])
+        return _unpack(z["mask"], shape), _unpack(z["before"], shape)
+
+    def dataset_cases(self) -> dict:
+        from .data import datasets as D
+
+        ds = self.meta.get("dataset") or {}
+        root = Path(ds.get("root", ""))
+        if not root.is_absolute():
+            root = ROOT / root
+        return {c.case_id: c for c in D.ADAPTERS[ds["adapter"]](root)}
+
+
+def load_run(path: str | Path) -> CohortRun:
+    path = Path(path)
+    meta = json.loads((path / "cohort.json").read_text())
+    return CohortRun(path, meta, read_rows(path / "slices.csv"), read_rows(path / "cases.csv"))
+
+
+def list_runs(directory: str | Path | None = None) -> list[Path]:
+    d = Path(directory) if directory else runs_dir()
+    if not d.is_dir():
+        return []
+    return sorted((p for p in d.iterdir() if (p / "cohort.json").exists()), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+# ----------------------------------------------------------------------------- comparisons and tables
+def _finite(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def paired_deltas(slices: list[dict], model: str, set_a: str, set_b: str, metric: str = "dice",
+                  positive_only: bool = True) -> list[dict]:
+    """Per-slice ``metric[b] - metric[a]`` for one model, paired on (case, slice).
+
+    ``positive_only`` keeps slices with reference present (report 000's ovary-positive slices)."""
+    a = {(r["case"], r["slice"]): r for r in slices if r["model"] == model and r["set"] == set_a}
+    out = []
+    for r in slices:
+        if r["model"] != model or r["set"] != set_b:
+            continue
+        ra = a.get((r["case"], r["slice"]))
+        if ra is None or (positive_only and not r["ref_present"]):
+            continue
+        va, vb = ra[metric], r[metric]
+        if _finite(va) and _finite(vb):
+            out.append({"case": r["case"], "slice": r["slice"], "a": va, "b": vb, "delta": vb - va,
+                        "primary_a": ra["primary"], "primary_b": r["primary"]})
+    return out
+
+
+def compare_sets(slices: list[dict], model: str, set_a: str, set_b: str, metric: str = "dice") -> dict:
+    """Summary of :func:`paired_deltas`: mean, SD, wins/losses/ties and a Wilcoxon signed-rank p."""
+    d = paired_deltas(slices, model, set_a, set_b, metric)
+    deltas = np.array([r["delta"] for r in d], float)
+    out = {"model": model, "a": set_a, "b": set_b, "metric": metric, "n_slices": len(d),
+           f"mean_{metric}_a": float(np.mean([r["a"] for r in d])) if d else M.NAN,
+           f"mean_{metric}_b": float(np.mean([r["b"] for r in d])) if d else M.NAN,
+           "mean_delta": float(deltas.mean()) if d else M.NAN, "sd_delta": float(deltas.std(ddof=1)) if len(d) > 1 else M.NAN,
+           "better": int((deltas > 1e-9).sum()), "worse": int((deltas < -1e-9).sum()),
+           "same": int((np.abs(deltas) <= 1e-9).sum()), "wilcoxon_p": M.NAN}
+    if (np.abs(deltas) > 1e-9).sum() >= 5:
+        from scipy.stats import wilcoxon
+
+        out["wilcoxon_p"] = float(wilcoxon(deltas, zero_method="wilcox").pvalue)
+    return out
+
+
+def table1(slices: list[dict], models: list[str], orig: str = "orig", masked: str = "masked") -> list[dict]:
+    """Report 000 Table 1: mean per-slice Dice on reference-positive slices without (orig) and with
+    (masked) side masking, and the difference, per model."""
+    rows = []
+    for m in models:
+        c = compare_sets(slices, m, orig, masked)
+        rows.append({"model": m, "dice_orig": c["mean_dice_a"], "dice_masked": c["mean_dice_b"],
+                     "delta_dice": c["mean_delta"], "n_slices": c["n_slices"], "wilcoxon_p": c["wilcoxon_p"]})
+    return rows
+
+
+def table1_markdown(rows: list[dict]) -> str:
+    lines = ["| Model | Dice orig | Dice masked | ΔDice | slices | Wilcoxon p |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        p = "" if not _finite(r["wilcoxon_p"]) else f"{r['wilcoxon_p']:.3g}"
+        lines.append(f"| {r['model']} | {r['dice_orig']:.3f} | {r['dice_masked']:.3f} | {r['delta_dice']:+.3f} | "
+                     f"{r['n_slices']} | {p} |")
+    return "\n".join(lines) + "\n"
+
+
+def filter_slices(rows: list[dict], tags=None, models=None, sets=None, dice_range=(0.0, 1.0),
+                  uncertainty_range=None, informative_only: bool = True) -> list[dict]:
+    """Rows with any of ``tags`` (all if None), in the models / option sets given, with Dice* in
+    ``dice_range`` and uncertainty in ``uncertainty_range`` (when given and present)."""
+    out = []
+    for r in rows:
+        if informative_only and not (r["ref_present"] or r["pred_present"]):
+            continue
+        if tags and not set(tags) & set(r["tags"]):
+            continue
+        if models and r["model"] not in models:
+            continue
+        if sets and r["set"] not in sets:
+            continue
+        if not dice_range[0] <= r["dice_star"] <= dice_range[1]:
+            continue
+        u = r.get("uncertainty")
+        if uncertainty_range and _finite(u) and not uncertainty_range[0] <= u <= uncertainty_range[1]:
+            continue
+        out.append(r)
+    return out
+
+
+def rows_csv(rows: list[dict]) -> bytes:
+    """Slice rows as CSV bytes (tags joined with ';'), for the gallery's export."""
+    import io
+
+    buf = io.StringIO()
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (";".join(v) if isinstance(v, list) else v) for k, v in r.items()})
+    return buf.getvalue().encode()
+
+
+SORT_KEYS = {"Dice (worst first)": (lambda r: r["dice_star"], False),
+             "Uncertainty (highest first)": (lambda r: r["uncertainty"] if _finite(r.get("uncertainty")) else -1.0, True),
+             "Post-processing change (largest first)": (lambda r: abs(r["delta_pp"]) if _finite(r.get("delta_pp")) else 0.0, True),
+             "Case and slice": (lambda r: (r["case"], r["slice"]), False)}
+
+
+def sort_slices(rows: list[dict], how: str) -> list[dict]:
+    key, rev = SORT_KEYS[how]
+    return sorted(rows, key=key, reverse=rev)
+
+
+# ----------------------------------------------------------------------------- pictures
+GALLERY_COLOURS = {"prediction": (230, 159, 0), "reference": (0, 158, 115), "other ovary": (204, 121, 167),
+                   "removed": (86, 180, 233)}
+
+
+def thumbnail(volume, z: int, pred2d, ref2d, other2d=None, removed2d=None, size: int = 192) -> np.ndarray:
+    """RGB thumbnail of axial slice ``z`` in display orientation with the spacing respected:
+    prediction filled (orange), reference outline (green), the other ovary outline (pink) and what
+    post-processing removed (blue outline). The picture is resized first (image bilinear, masks
+    nearest) and the outlines drawn at thumbnail resolution, so they stay one crisp pixel wide."""
+    from PIL import Image
+
+    from .io import display_slice
+    from .io.orientation import display_aspect
+    from .render import apply_window, auto_window, outline, overlay
+
+    grey = apply_window(display_slice(volume.array, "axial", z), *auto_window(volume.array[z][None]))
+    r_mm, c_mm = display_aspect(volume.spacing, "axial")
+    h_mm, w_mm = grey.shape[0] * r_mm, grey.shape[1] * c_mm
+    scale = size / max(h_mm, w_mm)
+    out_wh = (max(1, round(w_mm * scale)), max(1, round(h_mm * scale)))
+
+    def fit(m, resample):
+        return np.asarray(Image.fromarray(m).resize(out_wh, resample))
+
+    def disp(m):
+        return fit((display_slice(np.asarray(m)[None], "axial", 0) > 0).astype(np.uint8) * 255,
+                   Image.Resampling.NEAREST) > 0
+
+    rgb = overlay(fit(grey, Image.Resampling.BILINEAR), [(disp(pred2d), GALLERY_COLOURS["prediction"])], alpha=0.45)
+    for m, key in ((ref2d, "reference"), (other2d, "other ovary"), (removed2d, "removed")):
+        if m is not None and np.any(m):
+            rgb[outline(disp(m))] = GALLERY_COLOURS[key]
+    return rgb
+
+
+def caption(row: dict) -> str:
+    u = row.get("uncertainty")
+    unc = f" · entropy {u:.3f}" if _finite(u) else ""
+    return f"{row['case']} z{row['slice']} · {row['model']} [{row['set']}] · {row['primary']} · Dice* {row['dice_star']:.2f}{unc}"
+
+
+def story_png(items: list[tuple[np.ndarray, str]], title: str = "", columns: int = 3) -> bytes:
+    """A PNG sheet of thumbnails with captions (report 000's figure style) and a colour legend."""
+    import io
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.truetype("DejaVuSans.ttf", 13)
+        tfont = ImageFont.truetype("DejaVuSans-Bold.ttf", 16)
+    except OSError:
+        font = tfont = ImageFont.load_default()
+    if not items:
+        raise ValueError("nothing selected for the story sheet")
+    tw = max(im.shape[1] for im, _ in items)
+    th = max(im.shape[0] for im, _ in items)
+    cap_h, pad, head = 38, 10, 56
+    cols = max(1, min(columns, len(items)))
+    rows = math.ceil(len(items) / cols)
+    cell_w = max(tw, 300)
+    sheet = Image.new("RGB", (cols * (cell_w + pad) + pad, head + rows * (th + cap_h + pad) + pad), (255, 255, 255))
+    d = ImageDraw.Draw(sheet)
+    d.text((pad, 8), title or "medseg failure gallery", fill=(0, 0, 0), font=tfont)
+    x = pad
+    for name, col in GALLERY_COLOURS.items():
+        d.rectangle([x, 34, x + 12, 46], fill=col)
+        d.text((x + 16, 32), name, fill=(0, 0, 0), font=font)
+        x += 30 + int(d.textlength(name, font=font))
+    for k, (im, text) in enumerate(items):
+        r, c = divmod(k, cols)
+        x0, y0 = pad + c * (cell_w + pad), head + r * (th + cap_h + pad)
+        sheet.paste(Image.fromarray(im), (x0, y0))
+        words, line, lines = text.split(" · "), "", []
+        for w in words:
+            cand = (line + " · " + w) if line else w
+            if d.textlength(cand, font=font) > cell_w and line:
+                lines.append(line)
+                line = w
+            else:
+                line = cand
+        lines.append(line)
+        for i, ln in enumerate(lines[:2]):
+            d.text((x0, y0 + im.shape[0] + 3 + i * 16), ln, fill=(0, 0, 0), font=font)
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def uncertainty_scatter(rows: list[dict], height: int = 360):
+    """Plotly scatter of per-slice uncertainty against Dice* (failed slices in vermilion), titled
+    with the AUROC of the uncertainty for detecting failed slices (:func:`analysis.uncertainty_auroc`)."""
+    import plotly.graph_objects as go
+
+    use = [r for r in rows if _finite(r.get("uncertainty")) and (r["ref_present"] or r["pred_present"])]
+    au = A.uncertainty_auroc(use)
+    fig = go.Figure()
+    for is_failed, colour, label in ((False, "#009E73", "good"), (True, "#D55E00", "failed")):
+        sel = [r for r in use if (r["primary"] != "good") == is_failed]
+        fig.add_trace(go.Scatter(x=[r["uncertainty"] for r in sel], y=[r["dice_star"] for r in sel], mode="markers",
+                                 name=f"{label} ({len(sel)})", marker=dict(color=colour, size=6, opacity=0.7),
+                                 text=[caption(r) for r in sel], hovertemplate="%{text}<extra></extra>"))
+    auroc = "n/a" if not _finite(au["auroc"]) else f"{au['auroc']:.3f}"
+    fig.update_layout(height=height, margin=dict(l=0, r=0, t=36, b=0), xaxis_title="uncertainty (mean entropy, nats)",
+                      yaxis_title="Dice*", title=f"Uncertainty vs Dice* · AUROC for failed slices {auroc}")
+    return fig, au
+
+
+# ----------------------------------------------------------------------------- command line
+def main(argv=None) -> Path:
+    from .data import datasets as D
+    from .data.make_synthetic import ensure_synthetic
+
+    ap = argparse.ArgumentParser(description="Cohort run: models x option sets over a dataset, with failure tags "
+                                             "(see the module docstring).")
+    ap.add_argument("--models", nargs="+", required=True)
+    ap.add_argument("--data", required=True, help="dataset root in a published layout")
+    ap.add_argument("--adapter", required=True, choices=sorted(D.ADAPTERS))
+    ap.add_argument("--synthetic", default=None, help="KIND:N:SEED: generate a synthetic dataset at --data if absent")
+    ap.add_argument("--set", action="append", default=[], help="NAME:option=value,... (repeatable; the first is the "
+                                                               "baseline). Default: orig, masked (oracle), two_pass")
+    ap.add_argument("--mc", type=int, default=0, help="MC-dropout samples for uncertainty (0 = none)")
+    ap.add_argument("--max-cases", type=int, default=None)
+    ap.add_argument("--out", default=None, help=f"run folder (default {RUNS_DIR}/<timestamp>)")
+    ap.add_argument("--checkpoints", default=None)
+    a = ap.parse_args(argv)
+    if a.synthetic:
+        kind, n, seed = a.synthetic.split(":")
+        ensure_synthetic(a.data, {"kind": kind, "n": int(n), "seed": int(seed)})
+    sets = dict(parse_set(s) for s in a.set) if a.set else dict(SIDE_SETS)
+    cases = D.ADAPTERS[a.adapter](a.data)[: a.max_cases]
+    out = Path(a.out) if a.out else runs_dir() / time.strftime("cohort_%Y%m%d_%H%M%S")
+    run = run_cohort(cases, a.models, sets, out, mc_samples=a.mc, directory=a.checkpoints,
+                     dataset={"adapter": a.adapter, "root": str(a.data), "synthetic": a.synthetic},
+                     progress=lambda d, t, m: print(f"[{d}/{t}] {m}", flush=True))
+    r = load_run(run)
+    print(f"\nCohort run written to {run}")
+    counts = A.tag_counts(filter_slices(r.slices))
+    print("Slice tags (slices with reference or prediction): " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+    if (run / "table1.md").exists():
+        print("\n" + (run / "table1.md").read_text())
+    return run
+
+
+if __name__ == "__main__":
+    main()

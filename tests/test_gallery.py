@@ -1,0 +1,77 @@
+"""The failure gallery page: headless (AppTest) and in Chromium, on a real cohort run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from browser import ARTIFACTS, app_server, browser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_apptest_gallery_counts_filters_story_and_open_in_review(pelvic_cohort, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from medseg_core import cohort as C
+
+    monkeypatch.setenv("MEDSEG_RUNS", str(pelvic_cohort.parent))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    at.switch_page("pages/gallery.py").run()
+    assert not at.exception
+    assert at.title[0].value == "Failure gallery"
+    text = " ".join(m.value for m in at.markdown)
+    assert "side_swap **" in text and "double_ovary **" in text
+    # the side-masking table is on the page, with the run's numbers
+    t1 = C.read_rows(pelvic_cohort / "table1.csv")[0]
+    df = at.dataframe[0].value
+    assert abs(float(df["dice_orig"][0]) - t1["dice_orig"]) < 1e-9
+    # default filter: side swaps and double ovaries of the first option set
+    assert list(at.multiselect(key="gal_tags").value) == ["side_swap", "double_ovary"]
+    caption = next(c.value for c in at.caption if "slices match" in c.value)
+    n_match = int(caption.split()[0])
+    run = C.load_run(pelvic_cohort)
+    expected = C.filter_slices(run.slices, ["side_swap", "double_ovary"], None, ["orig"])
+    assert n_match == len(expected) > 0
+    assert len(at.get("image")) >= 1
+    # narrowing the filter changes the count
+    at.multiselect(key="gal_tags").set_value(["double_ovary"]).run()
+    caption = next(c.value for c in at.caption if "slices match" in c.value)
+    assert int(caption.split()[0]) == len(C.filter_slices(run.slices, ["double_ovary"], None, ["orig"]))
+    # open the first thumbnail in the review page, at its slice, with its prediction
+    row = C.sort_slices(C.filter_slices(run.slices, ["double_ovary"], None, ["orig"]), "Dice (worst first)")[0]
+    at.button(key="open_0").click().run()
+    assert not at.exception
+    assert at.title[0].value == "Segment & review"
+    assert at.session_state["slice_axial"] == row["slice"]
+    assert at.session_state["model_name"] == "ovary_unet" and at.session_state["side_mode"] == "none"
+    assert at.session_state["volume"].shape == (24, 256, 256) and at.session_state["gt_mask"] is not None
+    assert at.session_state["current"] is not None  # the prediction is ready: no second click
+
+
+@pytest.mark.browser
+def test_browser_gallery(pelvic_cohort):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with app_server(env={"MEDSEG_RUNS": str(pelvic_cohort.parent)}) as url, browser() as b:
+        page = b.new_page(viewport={"width": 1500, "height": 1300})
+        page.goto(url, wait_until="domcontentloaded")
+        page.get_by_text("Research use only").wait_for(timeout=90_000)
+        page.get_by_role("link", name="Failure gallery").click()
+        page.get_by_text("Report 000 Table 1 format").wait_for(timeout=60_000)
+        assert page.get_by_role("cell", name="ovary_unet").count() >= 1 or page.get_by_text("ovary_unet").count() >= 1
+        page.get_by_role("tab", name="Gallery").click()
+        page.get_by_text("slices match").wait_for(timeout=60_000)
+        page.locator("[data-testid=stImage] img").first.wait_for(timeout=60_000)
+        assert page.locator("[data-testid=stImage] img").count() >= 1
+        assert page.get_by_text("side_swap").count() >= 1
+        assert page.locator("[data-testid=stException]").count() == 0
+        page.screenshot(path=str(ARTIFACTS / "gallery.png"), full_page=True)
+        page.get_by_role("tab", name="Uncertainty vs Dice").click()
+        page.get_by_text("AUROC for failed slices").wait_for(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "gallery_uncertainty.png"), full_page=True)
+        page.get_by_role("tab", name="Gallery").click()
+        page.get_by_role("button", name="Open in review").first.click()
+        page.get_by_text("chosen in the sidebar").wait_for(timeout=120_000)
+        page.locator(".js-plotly-plot image").first.wait_for(timeout=120_000)
+        assert page.locator("[data-testid=stException]").count() == 0
+        page.screenshot(path=str(ARTIFACTS / "gallery_opened_in_review.png"), full_page=True)
