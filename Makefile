@@ -10,10 +10,10 @@ PORT ?= 8501
 export PYTHONPATH := $(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup setup-test run test test-fast fuzz bench checkpoints clean help
+.PHONY: setup setup-test run test test-fast fuzz bench checkpoints table1 clean help
 
 help:
-	@echo "make run | make test | make test-fast | make fuzz | make bench | make checkpoints | make clean"
+	@echo "make run | make test | make test-fast | make fuzz | make bench | make checkpoints | make table1 | make clean"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,13 @@ MODELS ?= ovary_slice_classifier ovary_unet ovary_attention_unet ovary_tl5 prost
 checkpoints: setup
 	@for m in $(MODELS); do echo "== $$m"; $(PY) -m medseg_core.train --config configs/demo/$$m.yaml || exit 1; done
 	@rm -f checkpoints/*_last.safetensors checkpoints/*_last.json
+
+# Report 000 Table 1 (side masking off / oracle / two-pass) with the shipped ovary checkpoints on
+# fresh synthetic pelvic phantoms; the run folder opens in the app's Failure gallery.
+table1: setup
+	$(PY) -m medseg_core.cohort --models ovary_unet ovary_attention_unet ovary_tl5 \
+	  --data data/synthetic/pelvic_eval_seed7 --adapter ut_endomri_d2 --synthetic pelvic:12:7 \
+	  --mc 4 --out runs/cohorts/table1_pelvic
 
 # Reproduce a report's table on the real dataset (place it under data/, see configs/reproduce/*.yaml):
 #   make reproduce-000          lists the commands, one per table row

@@ -193,10 +193,13 @@ def contralateral_mask(volume, ref, side: str | None = None) -> np.ndarray | Non
 
 
 def tag_slices(pred, ref, volume, other=None, side: str | None = None, before=None,
-               rules: TagRules = TagRules()) -> list[dict]:
-    """:func:`tag_masks` for every axial slice of a (Z, Y, X) case; rows carry ``slice``."""
+               rules: TagRules = TagRules(), mirrored: bool = True) -> list[dict]:
+    """:func:`tag_masks` for every axial slice of a (Z, Y, X) case; rows carry ``slice``.
+
+    ``mirrored=False`` turns the mirrored-side rule off (structures without a contralateral twin,
+    e.g. the spleen): side tags then need the ``other`` mask."""
     pred, ref = np.asarray(pred) > 0, np.asarray(ref) > 0
-    contra = contralateral_mask(volume, ref, side) if other is None else None
+    contra = contralateral_mask(volume, ref, side) if other is None and mirrored else None
     rows = []
     for z in range(pred.shape[0]):
         row = tag_masks(pred[z], ref[z], volume.spacing[1:],
@@ -208,9 +211,9 @@ def tag_slices(pred, ref, volume, other=None, side: str | None = None, before=No
 
 
 def tag_case(pred, ref, volume, other=None, side: str | None = None, before=None,
-             rules: TagRules = TagRules()) -> dict:
+             rules: TagRules = TagRules(), mirrored: bool = True) -> dict:
     """:func:`tag_masks` on the whole (Z, Y, X) case (3D components, 3D HD95)."""
-    contra = contralateral_mask(volume, ref, side) if other is None else None
+    contra = contralateral_mask(volume, ref, side) if other is None and mirrored else None
     return tag_masks(pred, ref, volume.spacing, other=other, contralateral=contra, before=before, rules=rules)
 
 

@@ -116,7 +116,8 @@ def run_cohort(cases, models: list[str], option_sets: dict[str, dict], out: str 
                                     mask=_pack(mask), before=_pack(before if before is not None else mask))
                 unc = (pred.uncertainty_scores or {}).get("per_slice")
                 base = {"model": model, "set": set_name, "case": case.case_id, "patient": case.patient_id}
-                for row in A.tag_slices(mask, ref, vol, other=other, side=side, before=before, rules=rules):
+                for row in A.tag_slices(mask, ref, vol, other=other, side=side, before=before, rules=rules,
+                                        mirrored=lm.spec.family == "ovary"):
                     z = row["slice"]
                     slices.append({**base, "slice": z, "dice": row["dice"], "iou": row["iou"], "hd95_mm": row["hd95_mm"],
                                    "pred_area_mm2": row["pred_voxels"] * vol.spacing[1] * vol.spacing[2],
@@ -126,7 +127,8 @@ def run_cohort(cases, models: list[str], option_sets: dict[str, dict], out: str 
                                    "delta_pp": row["delta_pp"], "frac_on_other": row["frac_on_other"],
                                    "n_components": row["n_components"], "uncertainty": unc[z] if unc else None,
                                    "primary": row["primary"], "tags": ";".join(row["tags"])})
-                ct = A.tag_case(mask, ref, vol, other=other, side=side, before=before, rules=rules)
+                ct = A.tag_case(mask, ref, vol, other=other, side=side, before=before, rules=rules,
+                                mirrored=lm.spec.family == "ovary")
                 m3 = M.segmentation_metrics(mask, ref, vol.spacing)
                 case_rows.append({**base, "dice": m3["dice"], "iou": m3["iou"], "hd95_mm": m3["hd95_mm"],
                                   "assd_mm": m3["assd_mm"], "pred_volume_ml": m3["pred_volume_ml"],

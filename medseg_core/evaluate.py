@@ -5,7 +5,8 @@ Runs a checkpoint over a dataset through :func:`medseg_core.inference.predict` a
 * ``per_case.csv``: every metric of :mod:`medseg_core.metrics` per case and label (Dice, IoU,
   precision, recall, specificity, HD95 and ASSD in mm, volumes in mL), plus Dice against both
   ovaries where the dataset has the unlabelled one, and p(malignant) for multitask models;
-* ``per_slice.csv``: the same per axial slice (areas in mm^2);
+* ``per_slice.csv``: the same per axial slice (areas in mm^2), with failure-mode tags and the primary
+  tag of :mod:`medseg_core.analysis` (the case rows carry the case-level tags);
 * ``summary.json`` and ``summary.md``: means (NaN-aware, with the number of cases behind each)
   and classification metrics (accuracy, sensitivity, specificity, precision, F1, ROC AUC,
   confusion matrix) at the operating threshold.
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from . import analysis as A
 from . import metrics as M
 from .tables import write_csv
 from .checkpoints import CHECKPOINT_DIR, load_model
@@ -82,11 +84,17 @@ def evaluate_cases(lm, cases, options: PredictOptions, label_map: dict | None = 
             if pred.uncertainty_scores:
                 row["uncertainty"] = pred.uncertainty_scores["case"]
             case_rows.append(row)
+            other = masks.get("ovary_other") if lab == spec.labels[0] else None
+            before = pred.masks_before_postprocessing.get(lab)
+            tc = A.tag_case(pred.masks[lab], ref, vol, other=other, before=before, mirrored=spec.family == "ovary")
+            row["primary"], row["tags"] = tc["primary"], ";".join(tc["tags"])
             if vol.shape[0] > 1:
-                for s in M.per_slice_metrics(pred.masks[lab], ref, vol.spacing):
+                tags = A.tag_slices(pred.masks[lab], ref, vol, other=other, before=before, mirrored=spec.family == "ovary")
+                for s, t in zip(M.per_slice_metrics(pred.masks[lab], ref, vol.spacing), tags):
                     slice_rows.append({"case": case.case_id, "label": lab, "slice": s["slice"],
                                        **{k: s[k] for k in ("dice", "iou", "precision", "recall", "hd95_mm",
-                                                            "pred_area_mm2", "ref_area_mm2", "both_empty")}})
+                                                            "pred_area_mm2", "ref_area_mm2", "both_empty")},
+                                       "primary": t["primary"], "tags": ";".join(t["tags"])})
         if pred.class_probabilities is not None and "malignant" in case.extra:
             cls.append((int(case.extra["malignant"]), float(pred.class_probabilities[1])))
             if case_rows:

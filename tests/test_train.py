@@ -65,6 +65,12 @@ def test_train_writes_card_log_and_resumes(tmp_path, pelvic_root):
     per_case = list(csv.DictReader(open(out / "per_case.csv")))
     assert len(per_case) == 6 and {"dice", "hd95_mm", "dice_vs_both_ovaries"} <= set(per_case[0])
     assert (out / "per_slice.csv").exists() and "| ovary | dice |" in (out / "summary.md").read_text()
+    # failure-mode tags: every slice row has a primary tag that is among its tags
+    from medseg_core.analysis import TAGS
+
+    per_slice = list(csv.DictReader(open(out / "per_slice.csv")))
+    assert all(r["primary"] in r["tags"].split(";") and set(r["tags"].split(";")) <= set(TAGS) for r in per_slice)
+    assert all(r["primary"] in TAGS for r in per_case)
 
 
 def _torchrun(args, cwd, timeout=600):
