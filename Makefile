@@ -44,7 +44,7 @@ test-fast: setup-test
 	$(PY) -m pytest -q -p no:cacheprovider -m "not browser and not slow" tests
 
 fuzz: setup-test
-	MEDSEG_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q -p no:cacheprovider tests -k fuzz
+	MEDSEG_FUZZ_EXAMPLES=$${MEDSEG_FUZZ_EXAMPLES:-20000} MEDSEG_FUZZ_RANDOM=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_bad_inputs.py -k fuzz
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

@@ -8,6 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# loaders re-raise unexpected exceptions instead of wrapping them, so the tests find them
+os.environ["MEDSEG_STRICT_LOADING"] = "1"
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +28,7 @@ def nibabel_files() -> Path:
 
 def assert_readable(msg: str) -> None:
     """An InputError message a clinician can read: one or two plain sentences, no library noise."""
-    assert msg and (msg[0].isupper() or msg[0] == "'"), msg
+    assert msg and (msg[0].isupper() or msg[0].isdigit() or msg[0] == "'"), msg
     assert msg.rstrip().endswith((".", "?")), msg
     assert 20 <= len(msg) <= 400, msg
     for noise in ("Traceback", "Error(", "0x", "errno", "<class", "dtype(", "File \"", "Exception"):

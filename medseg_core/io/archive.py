@@ -3,9 +3,11 @@ member named ``../../etc/passwd`` cannot escape anywhere)."""
 from __future__ import annotations
 
 import io
+import lzma
 import zipfile
+import zlib
 
-from .errors import InputError, Limits
+from .errors import InputError, Limits, human_bytes
 
 _SKIP_PREFIXES = ("__MACOSX/",)
 _SKIP_NAMES = {".ds_store", "thumbs.db", "dicomdir"}
@@ -31,8 +33,8 @@ def read_zip(data: bytes, name: str, limits: Limits) -> tuple[list[tuple[str, by
     declared = sum(i.file_size for i in infos)
     if declared > limits.max_decompressed_bytes:
         raise InputError(
-            f"'{name}' expands to {declared / 2**30:.1f} GB, more than this server accepts "
-            f"({limits.max_decompressed_bytes / 2**30:.1f} GB); upload one series at a time."
+            f"'{name}' expands to {human_bytes(declared)}, more than this server accepts "
+            f"({human_bytes(limits.max_decompressed_bytes)}); upload one series at a time."
         )
     out = []
     total = 0
@@ -51,12 +53,13 @@ def read_zip(data: bytes, name: str, limits: Limits) -> tuple[list[tuple[str, by
         try:
             with zf.open(info) as fh:
                 buf = fh.read(limits.max_decompressed_bytes - total + 1)
-        except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError, RuntimeError, ValueError):
+        except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError, RuntimeError, ValueError, zlib.error,
+                lzma.LZMAError):
             raise InputError(f"'{name}' is damaged: the member '{base}' cannot be extracted; create the archive again.") from None
         total += len(buf)
         if total > limits.max_decompressed_bytes:
             raise InputError(
-                f"'{name}' expands to more than {limits.max_decompressed_bytes / 2**30:.1f} GB (its sizes were "
+                f"'{name}' expands to more than {human_bytes(limits.max_decompressed_bytes)} (its sizes were "
                 "misdeclared: a zip bomb?) and was refused."
             )
         if base.lower().endswith(".zip"):
@@ -66,5 +69,9 @@ def read_zip(data: bytes, name: str, limits: Limits) -> tuple[list[tuple[str, by
     if odd_names:
         warnings.append(f"{odd_names} member name(s) pointed outside the archive folder; they were read in memory only.")
     if not out:
+        nested = [w for w in warnings if "archive inside the archive" in w]
+        if nested:
+            raise InputError(f"'{name}' holds only another archive, which is not opened; unpack it and upload "
+                             "the files (or the inner archive) instead.")
         raise InputError(f"'{name}' is an empty archive; it holds no files to load.")
     return out, warnings

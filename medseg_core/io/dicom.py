@@ -284,8 +284,12 @@ def assemble_series(items: list[tuple[str, object]], limits: Limits, label: str)
     warnings: list[str] = []
     images = [(n, ds) for n, ds in items if "PixelData" in ds]
     if not images:
+        sop = _sop_name(items[0][1])
+        if "Image Storage" in sop:
+            raise InputError(f"{label} is {sop} without pixel data (only the header is there); upload the complete "
+                             "image files.")
         raise InputError(
-            f"{label} holds no image: it is {_sop_name(items[0][1])}; upload the image series instead."
+            f"{label} holds no image: it is {sop}; upload the image series instead."
         )
     if len(images) < len(items):
         warnings.append(f"{len(items) - len(images)} file(s) of this series hold no pixel data and were skipped.")

@@ -54,6 +54,11 @@ def check_voxel_budget(shape, limits: Limits, what: str) -> None:
     if n > limits.max_voxels:
         dims = " x ".join(str(int(s)) for s in shape)
         raise InputError(
-            f"The {what} declares {dims} voxels ({n / 1e6:,.0f} million), more than this server "
-            f"accepts ({limits.max_voxels / 1e6:,.0f} million); crop or downsample it before uploading."
+            f"The {what} declares {dims} voxels ({n / 1e6:,.3g} million), more than this server "
+            f"accepts ({limits.max_voxels / 1e6:,.3g} million); crop or downsample it before uploading."
         )
+
+
+def human_bytes(n: float) -> str:
+    """A byte count in words a user reads: "640 MB", "2.0 GB"."""
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"

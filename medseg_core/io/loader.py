@@ -14,6 +14,8 @@ Every failure raises :class:`InputError` with a sentence for a clinician.
 """
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import warnings as _warnings
 from pathlib import Path
@@ -23,12 +25,37 @@ import numpy as np
 
 from . import dicom as _dicom
 from .archive import read_zip
-from .errors import InputError, Limits
+from .errors import InputError, Limits, human_bytes
 from .image import read_image
 from .nifti import nifti_bytes, read_nifti
 from .orientation import from_canonical_xyz
 from .sniff import ext_of, sniff
 from .volume import Volume
+
+_log = logging.getLogger("medseg.io")
+
+
+def _guarded(func):
+    """Last line of defence for uploads: any failure other than :class:`InputError` becomes one
+    (a plain sentence; the exception type is logged without file contents or names). Tests set
+    ``MEDSEG_STRICT_LOADING=1`` so that such a failure is re-raised and found (see the fuzz tests)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except InputError:
+            raise
+        except MemoryError:
+            raise InputError("The upload is too large to load on this server; crop or downsample it first.") from None
+        except Exception as e:  # noqa: BLE001 - deliberately broad, see the docstring
+            if os.environ.get("MEDSEG_STRICT_LOADING"):
+                raise
+            _log.warning("unexpected %s in %s", type(e).__name__, func.__name__)
+            raise InputError("The file could not be read: it is damaged or uses a variant of the format this server "
+                             "does not support.") from None
+
+    return wrapper
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, Any]
 
@@ -59,12 +86,12 @@ def _gather(source: Source, filename: str | None, limits: Limits) -> list[tuple[
                 raise InputError(f"The folder '{p.name}' is empty; choose a folder that holds the image files.")
             total = sum(q.stat().st_size for q in files)
             if total > limits.max_decompressed_bytes:
-                raise InputError(f"The folder '{p.name}' holds {total / 2**30:.1f} GB, more than this server accepts.")
+                raise InputError(f"The folder '{p.name}' holds {human_bytes(total)}, more than this server accepts.")
             return [(q.name, q.read_bytes()) for q in files]
         if not p.exists():
             raise InputError(f"The file '{p.name}' does not exist; check the path.")
         if p.stat().st_size > limits.max_decompressed_bytes:
-            raise InputError(f"'{p.name}' is {p.stat().st_size / 2**30:.1f} GB, more than this server accepts.")
+            raise InputError(f"'{p.name}' is {human_bytes(p.stat().st_size)}, more than this server accepts.")
         return [(filename or p.name, p.read_bytes())]
     if hasattr(source, "read"):  # file-like, e.g. a Streamlit UploadedFile
         name = filename or getattr(source, "name", None) or "upload"
@@ -105,6 +132,8 @@ def _finite(arr: np.ndarray, warnings: list[str], name: str) -> np.ndarray:
         fill = float(np.min(arr[~bad]))
         arr = np.where(bad, fill, arr).astype(np.float32)
         warnings.append(f"{int(bad.sum()):,} voxel(s) were not numbers (NaN or infinite) and were set to the image minimum.")
+    if arr.size and float(arr.max()) == float(arr.min()):
+        warnings.append(f"Every voxel of '{name}' has the same value ({float(arr.min()):g}): the image is blank.")
     return arr
 
 
@@ -132,6 +161,7 @@ def _classify(files: list[tuple[str, bytes]], limits: Limits):
     return out, warnings
 
 
+@_guarded
 def list_series(source: Source, filename: str | None = None, limits: Limits | None = None) -> list[_dicom.SeriesInfo]:
     """The DICOM series in a zip, folder or list of files, largest image series first.
 
@@ -149,6 +179,7 @@ def list_series(source: Source, filename: str | None = None, limits: Limits | No
     return _dicom.series_infos(_dicom.group_series(parsed))
 
 
+@_guarded
 def load_volume(source: Source, filename: str | None = None, **kwargs) -> Volume:
     """Load an image volume into the canonical (Z, Y, X) RAS+ :class:`Volume`.
 
@@ -277,6 +308,7 @@ def _load_dicom(dicoms, display_name, series, limits, warnings, n_other) -> Volu
 
 
 # ---------------------------------------------------------------------------- masks
+@_guarded
 def load_mask(source: Source, like: Volume, filename: str | None = None, limits: Limits | None = None) -> np.ndarray:
     """Load a label map aligned to ``like``: uint8, same (Z, Y, X) shape and orientation.
 

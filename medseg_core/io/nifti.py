@@ -64,7 +64,8 @@ def read_nifti(data: bytes, name: str, limits: Limits) -> tuple[np.ndarray, np.n
         data = gunzip_bounded(data, limits, name)
     try:
         cls = nib.Nifti1Image if kind == "nifti1" else nib.Nifti2Image
-        img = cls.from_bytes(data)
+        with nib.imageglobals.LoggingOutputSuppressor():  # nibabel logs header fixes; we warn ourselves
+            img = cls.from_bytes(data)
         dataobj = img.dataobj
         if ndim > 3 and int(np.prod(shape[3:])) > 1:
             warnings.append(
@@ -84,10 +85,20 @@ def read_nifti(data: bytes, name: str, limits: Limits) -> tuple[np.ndarray, np.n
     if np.iscomplexobj(arr) or arr.dtype.names is not None:
         raise InputError(f"'{name}' holds complex or RGB NIfTI data, which is not supported; convert it to a scalar image.")
     arr = arr.reshape(spatial).astype(np.float32, copy=False)
+    hdr = img.header
+    raw_hdr = (nib.Nifti1Header if kind == "nifti1" else nib.Nifti2Header).from_fileobj(io.BytesIO(head), check=False)
+    pix = np.asarray(raw_hdr["pixdim"][1:4], np.float64)  # as stored, before nibabel's fixes
+    codes = (int(hdr["qform_code"]), int(hdr["sform_code"]))
     affine = img.affine
     if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         warnings.append(f"'{name}' has no usable orientation in its header; 1 mm voxels in RAS order are assumed.")
         affine = np.eye(4)
+    elif codes == (0, 0):
+        warnings.append(f"'{name}' stores no orientation (qform and sform codes are 0): its axes are taken "
+                        "in a default order, so left and right cannot be known from the file; check the L/R markers against the anatomy.")
+    if codes == (0, 0) and not (np.all(np.isfinite(pix)) and np.all(pix > 0)):
+        warnings.append(f"'{name}' has invalid voxel sizes in its header ({', '.join(f'{p:g}' for p in pix)}); "
+                        "1 mm was used where a size was missing or invalid.")
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     if zooms.max() / max(zooms.min(), 1e-9) > 20:
         warnings.append(

@@ -4,7 +4,7 @@ from __future__ import annotations
 import struct
 import zlib
 
-from .errors import InputError, Limits
+from .errors import InputError, Limits, human_bytes
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
@@ -71,7 +71,7 @@ def gunzip_bounded(data: bytes, limits: Limits, name: str) -> bytes:
                 out += buf
             if len(out) > limits.max_decompressed_bytes:
                 raise InputError(
-                    f"'{name}' expands to more than {limits.max_decompressed_bytes / 2**30:.1f} GB when "
+                    f"'{name}' expands to more than {human_bytes(limits.max_decompressed_bytes)} when "
                     "decompressed, more than this server accepts; upload a smaller or cropped file."
                 )
             if d.eof:
