@@ -1,6 +1,7 @@
 """Segment & review: choose a model and options, run once, then browse overlays and metrics."""
 import streamlit as st
 
+from medseg_core.export import dicom_seg_available, dicom_seg_bytes
 from medseg_core.inference import PredictOptions
 from medseg_core.io import display_slice, mask_nifti_bytes, n_slices
 from medseg_core.io.errors import InputError
@@ -167,10 +168,17 @@ if gt is not None and pred.mask is not None:
     st.dataframe(rows, hide_index=True)
 timing = ", ".join(f"{k.replace('_s', '')} {v:.2f} s" for k, v in pred.timings.items() if k.endswith("_s"))
 st.caption(f"Timings: {timing}.")
-e1, e2 = st.columns(2)
+e1, e2, e3 = st.columns(3)
 if pred.mask is not None:
     e1.download_button("Export mask (NIfTI, source affine)", mask_nifti_bytes(pred.mask, vol),
                        file_name=f"{name}_mask.nii.gz", mime="application/gzip", key="dl_nii")
+    seg_reason = dicom_seg_available(vol)
+    if seg_reason is None:
+        e3.download_button("Export DICOM SEG", lambda: dicom_seg_bytes(pred.masks, vol, name),
+                           file_name=f"{name}_seg.dcm", mime="application/dicom", key="dl_seg",
+                           help="A binary DICOM Segmentation referencing the source series; no patient data.")
+    else:
+        e3.caption(seg_reason)
 if rows:
     e2.download_button("Export metrics (CSV)", metrics_csv(rows, {"model": name}), file_name=f"{name}_metrics.csv",
                        mime="text/csv", key="dl_csv")

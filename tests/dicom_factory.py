@@ -30,6 +30,7 @@ def dicom_slice(pixels: np.ndarray, ipp, iop=(1, 0, 0, 0, 1, 0), spacing=(0.8, 0
     ds.AccessionNumber = "ACC998877"
     ds.ReferringPhysicianName = "WHO^DR"
     ds.StudyInstanceUID = "1.2.3.4"
+    ds.FrameOfReferenceUID = "1.2.3.4.9"
     ds.SeriesInstanceUID = series_uid or "1.2.3.4.5"
     ds.SeriesDescription = "JANE DOE pelvis"
     ds.Modality = modality

@@ -427,4 +427,32 @@ def assemble_series(items: list[tuple[str, object]], limits: Limits, label: str)
 
     meta["source_orientation"] = "".join(nib.aff2axcodes(affine))
     arr_zyx, canon = to_canonical(data_xyz, affine)
+    ref = _seg_reference(slices, data_xyz.shape, affine, ds0)
+    if ref:
+        meta["dicom_ref"] = ref
     return arr_zyx, canon, warnings, meta, _modality(ds0)
+
+
+def _seg_reference(slices, shape_xyz, affine, ds0) -> dict | None:
+    """What a DICOM SEG export needs to reference the source images: the study, series and frame of
+    reference UIDs and, for every canonical axial slice, the SOP Instance UID of the source image
+    it came from. UIDs only (no names, IDs or dates); kept in memory, never displayed. ``None``
+    when canonical slices do not map one-to-one onto single-frame source images (multi-frame,
+    non-axial acquisitions, missing UIDs)."""
+    if any(f is not None for _, _, f in slices):
+        return None
+    uids = [str(getattr(ds, "SOPInstanceUID", "") or "") for _, ds, _ in slices]
+    needed = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPClassUID")
+    if not all(uids) or not all(getattr(ds0, k, None) for k in needed):
+        return None
+    idx = np.broadcast_to(np.arange(shape_xyz[2], dtype=np.int32)[None, None, :], shape_xyz)
+    idx_zyx, _ = to_canonical(np.ascontiguousarray(idx), affine)
+    per_z = []
+    for z in range(idx_zyx.shape[0]):
+        k = np.unique(idx_zyx[z])
+        if k.size != 1:
+            return None  # the acquisition's slices are not the canonical axial slices
+        per_z.append(uids[int(k[0])])
+    return {"study_uid": str(ds0.StudyInstanceUID), "series_uid": str(ds0.SeriesInstanceUID),
+            "frame_of_reference_uid": str(ds0.FrameOfReferenceUID), "sop_class_uid": str(ds0.SOPClassUID),
+            "instance_uids": per_z}
