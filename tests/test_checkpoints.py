@@ -29,7 +29,7 @@ FLOORS = {
     "ovary_tl5": {"dice": 0.32},              # measured 0.406
     "ovary_slice_classifier": {"auc": 0.76},  # measured 0.952
     "prostate_microus": {"dice": 0.85},       # measured 0.973
-    "gi_unetpp_effb3": {"dice": None},
+    "gi_unetpp_effb3": {"dice": 0.60},         # measured 0.758 (mean over the three organs)
     "us_mtl_effb0": {"dice": 0.78, "auc": 0.80},  # measured 0.984 / 1.000 (the phantom's malignancy cues are easy)
     "us_mtl_unet": {"dice": 0.78, "auc": 0.80},   # measured 0.981 / 1.000
     "us_cascade": {"dice": 0.78, "auc": 0.80},    # measured 0.984 / 1.000
@@ -119,4 +119,4 @@ def test_unshipped_models_are_listed():
     # the rest), the GI UNet++ (its CPU run collapsed to background), and the models whose CPU
     # training did not fit in the session that trained the others.
     missing = set(list_models()) - set(SHIPPED)
-    assert missing <= {"vnet3d", "gi_unetpp_effb3", "unetr3d"}, missing
+    assert missing <= {"vnet3d", "unetr3d"}, missing
