@@ -153,7 +153,7 @@ st.subheader("Results")
 cols = st.columns(4)
 vox_ml = vol.voxel_volume_ml
 for k, (lab, m) in enumerate(pred.masks.items()):
-    cols[k % 4].metric(f"{lab} volume", f"{m.sum() * vox_ml:.2f} mL" if not vol.is_2d else f"{m.sum() * vol.spacing[1] * vol.spacing[2]:.0f} mm²")
+    cols[k % 4].metric(f"{lab} {'area' if vol.is_2d else 'volume'}", f"{m.sum() * vox_ml:.2f} mL" if not vol.is_2d else f"{m.sum() * vol.spacing[1] * vol.spacing[2]:.0f} mm²")
 if pred.class_probabilities is not None:
     cols[-1].metric("p(malignant)", f"{pred.class_probabilities[1]:.2f}", "malignant" if pred.malignant else "benign")
 if pred.sides:
