@@ -38,20 +38,44 @@ def apply_window(img: np.ndarray, width: float, level: float) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def aspect_correct(picture: np.ndarray, row_mm: float, col_mm: float, order: int = 0) -> np.ndarray:
-    """Resample rows or columns so that one output pixel is square (the finer spacing is kept).
+#: Longest side, in screen pixels, of a slice picture sent to the browser (larger ones are shown
+#: downsampled with a notice; the data and the exports keep full resolution).
+MAX_DISPLAY_SIDE = 1024
+
+
+def display_size(shape, row_mm: float, col_mm: float, max_side: int | None = MAX_DISPLAY_SIDE) -> tuple[int, int, float]:
+    """(height, width, factor) of the displayed picture: square pixels at the finer spacing, then
+    shrunk by ``factor`` (>= 1) so the longer side is at most ``max_side``."""
+    h, w = shape[:2]
+    px = min(row_mm, col_mm)
+    new_h, new_w = h * row_mm / px, w * col_mm / px
+    factor = max(1.0, max(new_h, new_w) / max_side) if max_side else 1.0
+    return max(1, int(round(new_h / factor))), max(1, int(round(new_w / factor))), factor
+
+
+def aspect_correct(picture: np.ndarray, row_mm: float, col_mm: float, order: int = 0,
+                   max_side: int | None = MAX_DISPLAY_SIDE) -> np.ndarray:
+    """Resample rows or columns so that one output pixel is square (the finer spacing is kept), and
+    shrink the result if its longer side exceeds ``max_side`` (see :func:`display_size`).
 
     ``order`` 0 (nearest) is used for labels and for grey pictures alike so nothing is invented.
     """
-    if abs(row_mm - col_mm) / max(row_mm, col_mm) < 1e-3:
-        return picture
     h, w = picture.shape[:2]
-    px = min(row_mm, col_mm)
-    new_h = max(1, int(round(h * row_mm / px)))
-    new_w = max(1, int(round(w * col_mm / px)))
+    new_h, new_w, _ = display_size((h, w), row_mm, col_mm, max_side)
+    if (new_h, new_w) == (h, w):
+        return picture
     ri = np.minimum((np.arange(new_h) + 0.5) * h / new_h, h - 1).astype(int)
     ci = np.minimum((np.arange(new_w) + 0.5) * w / new_w, w - 1).astype(int)
     return picture[ri][:, ci]
+
+
+def display_notice(shape, row_mm: float, col_mm: float) -> str | None:
+    """A sentence for the viewer when a slice is shown downsampled, else None."""
+    _, _, f = display_size(shape, row_mm, col_mm)
+    if f <= 1.0:
+        return None
+    return (f"This slice is shown at 1/{f:.1f} of its resolution to keep the viewer responsive; metrics and "
+            "exports use the full resolution.")
 
 
 def grey_frame(array: np.ndarray, spacing, plane: str, index: int, width: float, level: float) -> np.ndarray:

@@ -7,7 +7,7 @@ from medseg_core.io import display_slice, mask_nifti_bytes, n_slices
 from medseg_core.io.errors import InputError
 from medseg_core.models import get_spec
 from medseg_core.preprocessing import PREPROCESSING
-from medseg_core.render import (CT_PRESETS, LABEL_COLOURS, apply_window, aspect_correct, auto_window, hex_to_rgb, rgb_to_hex,
+from medseg_core.render import (CT_PRESETS, LABEL_COLOURS, apply_window, aspect_correct, auto_window, display_notice, hex_to_rgb, rgb_to_hex,
                                 compare_layers, frame_png, overlay, slice_figure)
 from medseg_core.io.orientation import display_aspect
 from medseg_core.review import (POSTPROCESSING_CHOICES, contract_of, initial_slice, metrics_csv, metrics_table, preprocessing_preview,
@@ -131,7 +131,10 @@ def viewer():
         grey = apply_window(display_slice(vol.array, plane, idx), width, level)
         rgb = overlay(grey, layers, alpha=alpha, mode=mode)
         r_mm, c_mm = display_aspect(vol.spacing, plane)
+        notice = display_notice(rgb.shape, r_mm, c_mm)
         rgb = aspect_correct(rgb, r_mm, c_mm)
+        if notice:
+            st.caption(notice)
         st.plotly_chart(slice_figure(rgb, plane, title=f"{plane} {idx + 1}/{n}"), width="stretch",
                         config={"displaylogo": False}, key="viewer_fig")
         legend = ("TP green · FP red · FN blue" if compare and gt is not None else

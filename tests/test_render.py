@@ -59,3 +59,16 @@ def test_colour_round_trip_and_figure():
     texts = {a.text for a in fig.layout.annotations}
     assert {"R", "L", "A", "P"} <= texts
     assert fig.data[0].source.startswith("data:image/png;base64")  # sent as a compressed image
+
+
+def test_large_slices_are_displayed_downsampled_with_a_notice():
+    # a 2048 x 2048 slice (e.g. a large radiograph-sized image) is sent at 1024 px, square pixels kept
+    pic = np.zeros((2048, 2048, 3), np.uint8)
+    out = R.aspect_correct(pic, 0.2, 0.2)
+    assert out.shape[:2] == (1024, 1024)
+    assert "1/2.0" in R.display_notice(pic.shape, 0.2, 0.2)
+    # extreme anisotropy: 12 slices of 50 mm over 0.1 mm pixels would be 6000 rows; capped, still square
+    h, w, f = R.display_size((12, 512), 50.0, 0.1)
+    assert max(h, w) == 1024 and abs((h / w) / ((12 * 50.0) / (512 * 0.1)) - 1) < 0.01 and f > 5
+    assert R.display_notice((256, 256), 1.0, 1.0) is None
+    assert R.aspect_correct(np.zeros((300, 200, 3), np.uint8), 1.0, 1.0).shape == (300, 200, 3)
