@@ -382,3 +382,33 @@ def test_unexpected_loader_failures_become_input_errors(monkeypatch):
         load_volume(_nii(_anat()), filename="a.nii.gz")
     assert "damaged" in str(e.value) and "boom" not in str(e.value)
     assert_readable(str(e.value))
+
+
+def test_uploads_never_touch_the_disk(tmp_path, monkeypatch):
+    """An upload (a DICOM zip and a mask) is read in memory: nothing is written to the temporary
+    folder or the working directory, so there is nothing to leak or to clean up afterwards."""
+    import tempfile
+
+    from streamlit.testing.v1 import AppTest
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    at.switch_page("pages/load_case.py").run()
+    at.file_uploader(key="upload").set_value(("study.zip", zip_bytes(_named(_series(6))), "application/zip")).run()
+    at.run()
+    assert at.session_state["volume"].meta["format"] == "DICOM"
+    from medseg_core.io import mask_nifti_bytes
+
+    vol = at.session_state["volume"]
+    mask = np.zeros(vol.shape, np.uint8)
+    mask[2:5, 3:6, 1:4] = 1
+    at.file_uploader(key="gt_upload").set_value(("mask.nii.gz", mask_nifti_bytes(mask, vol), "application/gzip")).run()
+    assert not at.exception
+    assert int(at.session_state["gt_mask"].sum()) == int(mask.sum())
+    assert list(tmp.rglob("*")) == [] and list(work.rglob("*")) == []
