@@ -46,6 +46,10 @@ test-fast: setup-test
 fuzz: setup-test
 	MEDSEG_FUZZ_EXAMPLES=$${MEDSEG_FUZZ_EXAMPLES:-20000} MEDSEG_FUZZ_RANDOM=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_bad_inputs.py -k fuzz
 
+# Benchmarks (never part of make test): writes benchmarks/RESULTS.md and results.json (~15 min here).
+bench: setup-test
+	$(PY) benchmarks/run_all.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts
 

@@ -29,7 +29,14 @@ with st.sidebar:
                 family = getattr(ss.get("sample"), "family", None)
                 same = [n for n in names if get_spec(n).family == family]
                 ss["model_name"] = (same or names)[0]  # a bundled case opens with its own family's model
-            st.selectbox("Model", names, key="model_name", format_func=lambda n: f"{get_spec(n).title} · {n}")
+            # ss["model_name"] is the source of truth (the gallery sets it too). The widget's own state is
+            # re-seeded from it on every run and a change is copied back by the callback: on a freshly
+            # started server the first rerun can see the sidebar widget under a new identity (legacy
+            # pages/ mode gives way to st.navigation), which dropped a plainly keyed widget's value.
+            if ss.get("model_pick") != ss["model_name"]:
+                ss["model_pick"] = ss["model_name"]
+            st.selectbox("Model", names, key="model_pick", format_func=lambda n: f"{get_spec(n).title} · {n}",
+                         on_change=lambda: ss.__setitem__("model_name", ss["model_pick"]))
         unfit = [c for c in choices if not c.ok]
         if unfit:
             with st.expander(f"Not available for this case ({len(unfit)})"):

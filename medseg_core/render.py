@@ -118,16 +118,16 @@ def overlay(grey: np.ndarray, layers: list[tuple[np.ndarray, tuple[int, int, int
     ``mode`` "fill" tints each label with opacity ``alpha`` and draws its outline opaque;
     "outline" draws only the outline (the anatomy stays fully visible). Background stays grey.
     """
-    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    rgb = np.repeat(np.asarray(grey, np.uint8)[..., None], 3, axis=2)
     for mask, colour in layers:
         m = mask.astype(bool)
         if not m.any():
             continue
         col = np.array(colour, np.float32)
-        if mode == "fill" and alpha > 0:
-            rgb[m] = rgb[m] * (1 - alpha) + col * alpha
-        rgb[outline(m)] = col
-    return np.clip(rgb, 0, 255).astype(np.uint8)
+        if mode == "fill" and alpha > 0:  # blend only the labelled pixels (float work on few pixels)
+            rgb[m] = np.clip(rgb[m] * (1 - alpha) + col * alpha + 0.5, 0, 255).astype(np.uint8)
+        rgb[outline(m)] = np.asarray(colour, np.uint8)
+    return rgb
 
 
 def compare_layers(pred2d: np.ndarray, ref2d: np.ndarray) -> list[tuple[np.ndarray, tuple[int, int, int]]]:
@@ -179,38 +179,46 @@ def slice_figure(rgb: np.ndarray, plane: str, title: str | None = None, height: 
     (``binary_string``), square pixels, orientation letters on the edges.
 
     ``colorbar`` = {"title", "vmin", "vmax", "colorscale"} adds a colour bar for heat overlays."""
-    import plotly.express as px
     import plotly.graph_objects as go
 
     h, w = rgb.shape[:2]
-    fig = px.imshow(rgb, binary_string=True, binary_format="png")
+    # The picture travels as a PNG data URI (lossless), encoded with zlib level 1: plotly's own
+    # px.imshow(binary_string=True) encoder took ~55 ms for a 512 x 512 slice here, this ~10 ms.
+    fig = go.Figure(go.Image(source=png_data_uri(rgb), hoverinfo="skip"))
     fig.update_xaxes(visible=False, range=[-0.5, w - 0.5])
     fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", scaleratio=1)
     labels = edge_labels(plane)
-    style = dict(font=dict(color="#ffd54f", size=18), showarrow=False)
-    fig.add_annotation(x=4, y=h / 2, text=labels["left"], xanchor="left", **style)
-    fig.add_annotation(x=w - 4, y=h / 2, text=labels["right"], xanchor="right", **style)
-    fig.add_annotation(x=w / 2, y=4, text=labels["top"], yanchor="top", **style)
-    fig.add_annotation(x=w / 2, y=h - 4, text=labels["bottom"], yanchor="bottom", **style)
+    style = dict(font=dict(color="#ffd54f", size=18), showarrow=False, xref="x", yref="y")
+    annotations = [dict(x=4, y=h / 2, text=labels["left"], xanchor="left", **style),
+                   dict(x=w - 4, y=h / 2, text=labels["right"], xanchor="right", **style),
+                   dict(x=w / 2, y=4, text=labels["top"], yanchor="top", **style),
+                   dict(x=w / 2, y=h - 4, text=labels["bottom"], yanchor="bottom", **style)]
     if colorbar:
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
                                  marker=dict(colorscale=colorbar.get("colorscale", "Inferno"), cmin=colorbar["vmin"],
                                              cmax=colorbar["vmax"], color=[colorbar["vmin"]], showscale=True,
                                              colorbar=dict(title=colorbar.get("title", ""), thickness=14))))
-    fig.update_layout(height=height, margin=dict(l=0, r=0, t=30 if title else 0, b=0), title=title,
+    fig.update_layout(annotations=annotations, height=height, margin=dict(l=0, r=0, t=30 if title else 0, b=0), title=title,
                       paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="black", dragmode="pan")
     return fig
 
 
-def frame_png(rgb: np.ndarray) -> bytes:
-    """PNG bytes of a picture (the "export current view" download)."""
+def frame_png(rgb: np.ndarray, compress_level: int = 6) -> bytes:
+    """PNG bytes of a picture (the "export current view" download; level 1 for the live viewer)."""
     import io as _io
 
     from PIL import Image
 
     buf = _io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
+
+
+def png_data_uri(rgb: np.ndarray) -> str:
+    """A ``data:image/png;base64,...`` URI of a uint8 picture, fast-compressed (lossless)."""
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(frame_png(rgb, compress_level=1)).decode("ascii")
 
 
 def hex_to_rgb(value: str) -> tuple[int, int, int]:

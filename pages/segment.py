@@ -145,7 +145,7 @@ def viewer():
         if gt is not None and plane == "axial" and pred.mask is not None:
             sm = slice_metrics(pred.mask, gt, vol.spacing, idx)
             st.caption("This slice: " + ", ".join(f"{k} {v:.3g}" for k, v in sm.items()))
-        st.download_button("Export this view (PNG)", frame_png(rgb), file_name=f"view_{plane}_{idx + 1}.png",
+        st.download_button("Export this view (PNG)", lambda: frame_png(rgb), file_name=f"view_{plane}_{idx + 1}.png",
                            mime="image/png", key="dl_png")
 
 
@@ -173,7 +173,7 @@ timing = ", ".join(f"{k.replace('_s', '')} {v:.2f} s" for k, v in pred.timings.i
 st.caption(f"Timings: {timing}.")
 e1, e2, e3 = st.columns(3)
 if pred.mask is not None:
-    e1.download_button("Export mask (NIfTI, source affine)", mask_nifti_bytes(pred.mask, vol),
+    e1.download_button("Export mask (NIfTI, source affine)", lambda: mask_nifti_bytes(pred.mask, vol),
                        file_name=f"{name}_mask.nii.gz", mime="application/gzip", key="dl_nii")
     seg_reason = dicom_seg_available(vol)
     if seg_reason is None:

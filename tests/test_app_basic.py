@@ -47,9 +47,19 @@ def test_browser_review_flow_and_bad_upload(tmp_path):
         page.screenshot(path=str(ARTIFACTS / "review_start.png"), full_page=True)
         # the sidebar defaults to an ovary segmentation model for the pelvic sample
         page.get_by_text("chosen in the sidebar").wait_for(timeout=30_000)
-        assert "Ovary" in page.locator("[data-testid=stSidebar]").get_by_role("combobox", name="Model").input_value()
+        combo = page.locator("[data-testid=stSidebar]").get_by_role("combobox", name="Model")
+        assert "Ovary" in combo.input_value()
+        # choosing another model in the sidebar sticks across reruns (button clicks included)
+        combo.click()
+        page.get_by_role("option").first.wait_for(timeout=30_000)  # the list is open
+        page.keyboard.type("ovary_unet", delay=30)
+        page.get_by_role("option", name="Ovary U-Net (Model 1) · ovary_unet").wait_for(timeout=30_000)
+        page.keyboard.press("Enter")
+        page.get_by_text("(ovary_unet, chosen in the sidebar)").wait_for(timeout=30_000)
         page.get_by_role("button", name="Run model").click()
         page.locator(".js-plotly-plot image").first.wait_for(timeout=120_000)
+        assert combo.input_value().endswith("· ovary_unet")
+        assert page.get_by_text("(ovary_unet, chosen in the sidebar)").count() == 1
         page.wait_for_timeout(1000)
         assert _exceptions(page) == 0
         page.screenshot(path=str(ARTIFACTS / "review.png"), full_page=True)

@@ -32,7 +32,7 @@ def test_overlay_keeps_background_grey_and_outlines():
     rgb = R.overlay(grey, [(m, (255, 0, 0))], alpha=0.5, mode="fill")
     assert rgb[0, 0].tolist() == [100, 100, 100]
     assert rgb[2, 2].tolist() == [255, 0, 0]  # outline opaque
-    assert rgb[3, 3].tolist() == [177, 50, 50]  # interior blended
+    assert rgb[3, 3].tolist() == [178, 50, 50]  # interior blended: 100 * 0.5 + 255 * 0.5, rounded
     out = R.overlay(grey, [(m, (255, 0, 0))], mode="outline")
     assert out[3, 3].tolist() == [100, 100, 100] and R.outline(m).sum() == 12
 

@@ -1,0 +1,381 @@
+"""``make bench`` = ``python benchmarks/run_all.py``: every benchmark in one run on this machine,
+written to ``benchmarks/RESULTS.md`` (table + machine description) and ``benchmarks/results.json``.
+
+Rows (each a median of several runs; ratios against a baseline measured in the same run):
+
+1. dense float32 matmul GFLOP/s (the machine's reference);
+2. per registry model: parameters, FLOPs per input (``torch.utils.flop_counter``), latency per 2D
+   slice / per 3D window, achieved GFLOP/s and its fraction of the matmul figure;
+3. ``predict`` on a 3D CT phantom vs a bare MONAI ``sliding_window_inference`` call with the same
+   weights, roi, overlap and Gaussian blending (target ratio <= 1.10);
+4. MC dropout, 10 samples with the cached encoder vs 10 naive full passes (target <= 0.5);
+5. slice rendering: one overlay frame of a 512 x 512 slice, server side (target <= 30 ms), vs
+   re-running the model (the replaced viewer's behaviour);
+6. the app in Chromium: URL to first overlay on the default sample (cold server, target <= 15 s)
+   and slider move to updated image (target median <= 300 ms);
+7. peak RSS of ``predict`` with ``unet3d`` on CT volumes of three sizes up to 512 x 512 x 300
+   (target <= 3 GB), each in a fresh process.
+
+Nothing here runs in ``make test``. ``--quick`` shrinks repeats and sizes (a smoke run).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from medseg_core.checkpoints import LoadedModel, checkpoint_status, load_model  # noqa: E402
+from medseg_core.inference import PredictOptions, _forward, configure_threads, predict  # noqa: E402
+from medseg_core.models import build_model, count_parameters, get_spec, list_models  # noqa: E402
+
+OUT_MD = ROOT / "benchmarks" / "RESULTS.md"
+OUT_JSON = ROOT / "benchmarks" / "results.json"
+
+
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory": mem, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+# ----------------------------------------------------------------------------- 1. matmul
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    t = median_time(lambda: torch.mm(a, b), repeats)
+    return 2 * n**3 / t / 1e9
+
+
+# ----------------------------------------------------------------------------- 2. models
+def _loaded(name: str) -> LoadedModel:
+    if checkpoint_status(name) == "ok":
+        return load_model(name)
+    spec = get_spec(name)
+    return LoadedModel(spec, build_model(name, "demo").eval(), {"input_size": list(_demo_size(spec))})
+
+
+def _demo_size(spec) -> tuple:
+    return (64, 64, 64) if spec.dims == "3d" else tuple(spec.input_size)
+
+
+def model_rows(peak: float, quick: bool) -> list[dict]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    rows = []
+    for name in list_models():
+        lm = _loaded(name)
+        spec = lm.spec
+        size = tuple(lm.size) if spec.dims == "2d" else (64, 64, 64)
+        x = torch.randn(1, spec.in_channels, *size)
+        opts = PredictOptions(menopausal=1, oncology_center=0)
+        with torch.inference_mode():
+            with FlopCounterMode(display=False) as fc:
+                _forward(lm, x, opts)
+            flops = fc.get_total_flops()
+            reps = 2 if quick else (3 if spec.dims == "3d" else 7)
+            lat = median_time(lambda: _forward(lm, x, opts), reps)
+        gf = flops / lat / 1e9
+        rows.append({"model": name, "parameters_M": round(count_parameters(lm.module) / 1e6, 2),
+                     "input": ("1 x " if spec.dims == "2d" else "window ") + " x ".join(map(str, size)),
+                     "gflops_per_input": round(flops / 1e9, 2), "latency_ms": round(lat * 1000, 1),
+                     "achieved_gflops_s": round(gf, 1), "fraction_of_matmul": round(gf / peak, 3),
+                     "checkpoint": checkpoint_status(name) == "ok"})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------- 3. predict vs bare MONAI
+def predict_vs_monai(quick: bool) -> dict:
+    import torch.nn.functional as F
+    from monai.inferers import sliding_window_inference
+
+    from medseg_core.data.synthetic import abdominal_ct
+    from medseg_core.preprocessing import preprocess
+
+    lm = load_model("unet3d")
+    spec = lm.spec
+    vol = abdominal_ct(11).volume
+    opts = PredictOptions()
+    reps = 1 if quick else 3
+    t_ours = median_time(lambda: predict(lm, vol, opts), reps)
+    pred = predict(lm, vol, opts)
+    # the bare call a user would write: same preprocessing and resampling done once beforehand, then
+    # only the sliding window with the same weights, roi, overlap and blending
+    x = torch.from_numpy(preprocess(spec.preprocessing, vol.array))[None, None]
+    new_shape = tuple(max(1, int(round(n * s / ts))) for n, s, ts in zip(vol.shape, vol.spacing, spec.target_spacing))
+    x = F.interpolate(x, size=new_shape, mode="trilinear", align_corners=False)
+
+    def bare():
+        with torch.inference_mode():
+            return sliding_window_inference(x, roi_size=tuple(lm.size), sw_batch_size=spec.sw_batch_size,
+                                            predictor=lm.module, overlap=spec.sw_overlap, mode="gaussian")
+
+    t_bare = median_time(bare, reps)
+    return {"volume": " x ".join(map(str, vol.shape)), "spacing_mm": " x ".join(f"{s:g}" for s in vol.spacing),
+            "model_grid": " x ".join(map(str, new_shape)), "roi": " x ".join(map(str, lm.size)),
+            "overlap": spec.sw_overlap, "predict_s": round(t_ours, 3), "bare_monai_s": round(t_bare, 3),
+            "ratio": round(t_ours / t_bare, 3), "predict_timings": {k: round(v, 3) for k, v in pred.timings.items()}}
+
+
+# ----------------------------------------------------------------------------- 4. MC dropout
+def mc_rows(quick: bool) -> list[dict]:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import mc_prefix
+
+    return mc_prefix.main(n=10, repeats=1 if quick else 3)
+
+
+# ----------------------------------------------------------------------------- 5. rendering
+def render_row(quick: bool) -> dict:
+    from medseg_core.io import Volume, display_slice
+    from medseg_core.io.orientation import display_aspect
+    from medseg_core.render import apply_window, aspect_correct, auto_window, compare_layers, overlay, slice_figure
+    from medseg_core.samples import get_sample
+
+    rng = np.random.default_rng(0)
+    arr = rng.normal(40, 30, (40, 512, 512)).astype(np.float32)
+    vol = Volume(arr, (2.5, 0.7, 0.7), np.diag([0.7, 0.7, 2.5, 1.0]), modality="CT")
+    pred = np.zeros(arr.shape, np.uint8)
+    pred[:, 200:300, 180:320] = 1
+    ref = np.roll(pred, 6, axis=2)
+    win = auto_window(vol.array)
+
+    def frame():
+        z = 20
+        layers = compare_layers(display_slice(pred, "axial", z), display_slice(ref, "axial", z))
+        rgb = overlay(apply_window(display_slice(vol.array, "axial", z), *win), layers, alpha=0.35)
+        rgb = aspect_correct(rgb, *display_aspect(vol.spacing, "axial"))
+        return slice_figure(rgb, "axial", title="axial").to_json()  # what is sent to the browser
+
+    t_frame = median_time(frame, 5 if quick else 30, warmup=2)
+    s = get_sample("pelvic")
+    v, _, _ = s.load()
+    lm = load_model("ovary_unet")
+    t_model = median_time(lambda: predict(lm, v, PredictOptions()), 1 if quick else 3)
+    return {"frame_512_ms": round(t_frame * 1000, 1), "rerun_model_ms": round(t_model * 1000, 1),
+            "rerun_model_case": f"ovary_unet on the pelvic sample {' x '.join(map(str, v.shape))}",
+            "speedup": round(t_model / t_frame, 1)}
+
+
+# ----------------------------------------------------------------------------- 6. the app in Chromium
+def app_row(quick: bool) -> dict:
+    from browser import app_server, browser
+
+    moves = 5 if quick else 12
+    t0 = time.perf_counter()
+    with app_server(timeout=120) as url, browser() as b:
+        t_server = time.perf_counter() - t0
+        page = b.new_page(viewport={"width": 1500, "height": 1100})
+        t1 = time.perf_counter()
+        page.goto(url, wait_until="domcontentloaded")
+        page.get_by_role("button", name="Run model").click(timeout=120_000)
+        page.locator(".js-plotly-plot image").first.wait_for(timeout=120_000)
+        t_first = time.perf_counter() - t1
+        slider = page.get_by_role("slider", name="Slice")
+        slider.focus()
+        times = []
+        for _ in range(moves):
+            before = page.locator(".js-plotly-plot image").first.get_attribute("href")
+            t = time.perf_counter()
+            page.keyboard.press("ArrowRight")
+            page.wait_for_function("(b) => { const i = document.querySelector('.js-plotly-plot image');"
+                                   " return i && i.getAttribute('href') !== b; }", arg=before, timeout=30_000)
+            times.append(time.perf_counter() - t)
+            page.wait_for_timeout(150)
+    return {"server_start_s": round(t_server, 2), "url_to_first_overlay_s": round(t_first, 2),
+            "cold_total_s": round(t_server + t_first, 2), "slider_median_ms": round(statistics.median(times) * 1000),
+            "slider_max_ms": round(max(times) * 1000), "moves": moves}
+
+
+# ----------------------------------------------------------------------------- 7. memory
+_RSS_CHILD = r"""
+import json, resource, sys, time
+import numpy as np
+sys.path.insert(0, {root!r})
+from medseg_core.checkpoints import load_model
+from medseg_core.inference import PredictOptions, predict
+from medseg_core.io import Volume
+z, y, x = {shape}
+lm = load_model("unet3d")
+rng = np.random.default_rng(0)
+arr = rng.normal(40, 20, (z, y, x)).astype(np.float32)
+vol = Volume(arr, (1.5, 0.8, 0.8), np.diag([0.8, 0.8, 1.5, 1.0]), modality="CT")
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter()
+p = predict(lm, vol, PredictOptions())
+print(json.dumps({{"seconds": time.perf_counter() - t, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "before_predict_mb": base / 1024}}))
+"""
+
+
+def memory_rows(quick: bool) -> list[dict]:
+    shapes = [(75, 128, 128), (150, 256, 256), (300, 512, 512)]
+    if quick:
+        shapes = shapes[:2]
+    rows = []
+    for shape in shapes:
+        code = _RSS_CHILD.format(root=str(ROOT), shape=shape)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
+        if r.returncode != 0:
+            rows.append({"shape_zyx": " x ".join(map(str, shape)), "error": r.stderr[-300:]})
+            continue
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        rows.append({"shape_zyx": " x ".join(map(str, shape)), "voxels_M": round(np.prod(shape) / 1e6, 1),
+                     "input_mb": round(np.prod(shape) * 4 / 2**20), "peak_rss_mb": round(res["peak_rss_mb"]),
+                     "rss_before_predict_mb": round(res["before_predict_mb"]), "seconds": round(res["seconds"], 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------- report
+def _verdict(value, target, lower_is_better=True) -> str:
+    ok = value <= target if lower_is_better else value >= target
+    if ok:
+        return "met"
+    return f"missed by {abs(value / target - 1) * 100:.0f} %"
+
+
+def write_markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = ["# Benchmark results", "",
+             f"Measured by `make bench` on {m['date']}: {m['cpu']}, {m['cores']} cores, {m['memory']} RAM, "
+             f"torch {m['torch']} ({m['threads']} threads), CUDA {'yes' if m['cuda'] else 'no'}, Python {m['python']}. "
+             "Medians of several runs; ratios against baselines measured in the same run.", "",
+             "## Headline", "", "| measurement | value | target | verdict |", "| --- | --- | --- | --- |"]
+    pv = r.get("predict_vs_monai")
+    if pv:
+        lines.append(f"| `predict` / bare MONAI sliding window (unet3d, CT {pv['volume']}) | {pv['ratio']:.2f} "
+                     f"({pv['predict_s']:.2f} s vs {pv['bare_monai_s']:.2f} s) | <= 1.10 | {_verdict(pv['ratio'], 1.10)} |")
+    for row in r.get("mc", []):
+        lines.append(f"| MC dropout 10 samples, cached encoder / naive ({row['model']}, {row['input']}) | {row['ratio']:.2f} "
+                     f"(equal: {row['equal']}) | <= 0.5 | {_verdict(row['ratio'], 0.5)} |")
+    rr = r.get("render")
+    if rr:
+        lines.append(f"| overlay frame of a 512 x 512 slice, server side | {rr['frame_512_ms']:.1f} ms "
+                     f"(re-running the model: {rr['rerun_model_ms']:.0f} ms, x{rr['speedup']:.0f}) | <= 30 ms | "
+                     f"{_verdict(rr['frame_512_ms'], 30)} |")
+    ap = r.get("app")
+    if ap:
+        lines.append(f"| app: URL to first overlay, default sample (cold server) | {ap['url_to_first_overlay_s']:.1f} s "
+                     f"(+ {ap['server_start_s']:.1f} s server start) | <= 15 s | {_verdict(ap['url_to_first_overlay_s'], 15)} |")
+        lines.append(f"| app: slider move to updated image, median of {ap['moves']} | {ap['slider_median_ms']} ms "
+                     f"(max {ap['slider_max_ms']} ms) | <= 300 ms | {_verdict(ap['slider_median_ms'], 300)} |")
+    mem = [x for x in r.get("memory", []) if "peak_rss_mb" in x]
+    if mem:
+        big = mem[-1]
+        lines.append(f"| peak RSS, `predict` unet3d on CT {big['shape_zyx']} | {big['peak_rss_mb'] / 1024:.2f} GB | "
+                     f"<= 3 GB | {_verdict(big['peak_rss_mb'] / 1024, 3.0)} |")
+    lines += ["", f"Dense float32 matmul (2048 x 2048): **{r['matmul_gflops']:.1f} GFLOP/s**.", "",
+              "## Models", "", "FLOPs from `torch.utils.flop_counter` (multiply-add = 2 FLOPs) for one forward pass at the "
+              "shipped checkpoint's input size (2D: one slice; 3D: one 64^3 sliding-window roi); latency of that pass "
+              "(batch 1, inference mode).", "",
+              "| model | parameters (M) | input | GFLOPs | latency (ms) | GFLOP/s | of matmul |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for x in r.get("models", []):
+        lines.append(f"| `{x['model']}`{'' if x['checkpoint'] else ' (no checkpoint: demo weights)'} | {x['parameters_M']} | "
+                     f"{x['input']} | {x['gflops_per_input']} | {x['latency_ms']} | {x['achieved_gflops_s']} | "
+                     f"{x['fraction_of_matmul'] * 100:.0f} % |")
+    if pv:
+        lines += ["", "## predict vs bare MONAI", "",
+                  f"CT phantom {pv['volume']} voxels at {pv['spacing_mm']} mm, resampled to the model grid "
+                  f"{pv['model_grid']} (2 x 1.5 x 1.5 mm), roi {pv['roi']}, overlap {pv['overlap']}, Gaussian blending. "
+                  f"`predict` adds preprocessing, resampling both ways, thresholding, post-processing and progress "
+                  f"reporting around the same sliding window. Its timings: "
+                  + ", ".join(f"{k} {v}" for k, v in pv["predict_timings"].items()) + "."]
+    if r.get("mc"):
+        lines += ["", "## MC dropout", "", "| model | input | naive 10 passes (s) | cached encoder (s) | ratio | equal |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for x in r["mc"]:
+            lines.append(f"| `{x['model']}` | {x['input']} | {x['naive_s']} | {x['cached_encoder_s']} | {x['ratio']} | {x['equal']} |")
+        lines += ["", "The cached-encoder ratio cannot go below the decoder's share of one forward pass: 10 samples cost "
+                  "one encoder pass plus 10 decoder passes. Models whose decoder is as heavy as their encoder (the "
+                  "narrow U-Nets) stay near 0.55; models with a heavy encoder (EfficientNet-B0, ResNet34) are well "
+                  "under 0.5. Outputs equal the naive passes sample for sample (same seeds)."]
+    if mem:
+        lines += ["", "## Memory of `predict` (unet3d, fresh process per size)", "",
+                  "| CT volume (Z x Y x X) | voxels (M) | input float32 (MB) | RSS before predict (MB) | peak RSS (MB) | seconds |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for x in mem:
+            lines.append(f"| {x['shape_zyx']} | {x['voxels_M']} | {x['input_mb']} | {x['rss_before_predict_mb']} | "
+                         f"{x['peak_rss_mb']} | {x['seconds']} |")
+    if ap:
+        lines += ["", "## App", "", f"Server start {ap['server_start_s']} s; opening the URL, pressing Run model on the default "
+                  f"pelvic sample and waiting for the overlay: {ap['url_to_first_overlay_s']} s; slider moves (ArrowRight "
+                  f"on the Slice slider until the image changes): median {ap['slider_median_ms']} ms, max {ap['slider_max_ms']} ms."]
+    if rr:
+        lines += ["", "## Rendering", "", f"One overlay frame of a 512 x 512 CT slice (window, TP/FP/FN layers, square pixels, "
+                  f"plotly figure with the PNG-encoded picture, serialised): {rr['frame_512_ms']} ms. The replaced viewer "
+                  f"re-ran the model on every slider move: {rr['rerun_model_ms']} ms for {rr['rerun_model_case']}."]
+    lines += ["", f"Total benchmark time: {r['seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and sizes (smoke run)")
+    ap.add_argument("--only", nargs="*", default=None, help="matmul models predict mc render app memory")
+    a = ap.parse_args(argv)
+    configure_threads()
+    t0 = time.perf_counter()
+    want = set(a.only or ["matmul", "models", "predict", "mc", "render", "app", "memory"])
+    old = json.loads(OUT_JSON.read_text()) if (a.only and OUT_JSON.exists()) else {}
+    r = dict(old)
+    r["machine"] = machine()
+    if "matmul" in want or "matmul_gflops" not in r:
+        r["matmul_gflops"] = matmul_gflops(repeats=3 if a.quick else 7)
+        print("matmul GFLOP/s", round(r["matmul_gflops"], 1), flush=True)
+    steps = [("models", lambda: model_rows(r["matmul_gflops"], a.quick)), ("predict_vs_monai", lambda: predict_vs_monai(a.quick)),
+             ("mc", lambda: mc_rows(a.quick)), ("render", lambda: render_row(a.quick)), ("app", lambda: app_row(a.quick)),
+             ("memory", lambda: memory_rows(a.quick))]
+    for key, fn in steps:
+        short = "predict" if key == "predict_vs_monai" else key
+        if short in want:
+            t = time.perf_counter()
+            r[key] = fn()
+            print(f"== {key} done in {time.perf_counter() - t:.0f} s", flush=True)
+    r["seconds"] = time.perf_counter() - t0
+    OUT_JSON.write_text(json.dumps(r, indent=1, default=str))
+    OUT_MD.write_text(write_markdown(r))
+    print(OUT_MD.read_text())
+    return r
+
+
+if __name__ == "__main__":
+    main()
