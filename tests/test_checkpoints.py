@@ -35,7 +35,7 @@ FLOORS = {
     "us_cascade": {"dice": 0.78, "auc": 0.80},    # measured 0.984 / 1.000
     "us_denoiser": {"annotation_error_ratio": 0.69},  # measured 0.553 (lower is better: error left on annotation pixels)
     "unet3d": {"dice": 0.74},                 # measured 0.923
-    "unetr3d": {"dice": None},
+    "unetr3d": {"dice": 0.57},                # measured 0.719 (2 fresh cases)
 }
 SHIPPED = [m for m in list_models() if checkpoint_status(m) == "ok"]
 
@@ -114,9 +114,8 @@ def test_checkpoint_beats_floor_on_fresh_cases(name, tmp_path):
 
 
 def test_unshipped_models_are_listed():
-    # Models without a checkpoint are reported here, never silently skipped. Not shipped yet
-    # (README "Shipped checkpoints"): the VNet (91 MB even in float16, over the 200 MB budget with
-    # the rest), the GI UNet++ (its CPU run collapsed to background), and the models whose CPU
-    # training did not fit in the session that trained the others.
+    # Models without a checkpoint are reported here, never silently skipped. Not shipped (README
+    # "Shipped checkpoints"): the VNet, 91 MB even in float16, which with the other twelve (135 MB)
+    # would break the 200 MB budget; MONAI's VNet has no width parameter to make a narrower demo.
     missing = set(list_models()) - set(SHIPPED)
-    assert missing <= {"vnet3d", "unetr3d"}, missing
+    assert missing <= {"vnet3d"}, missing
