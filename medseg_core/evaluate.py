@@ -151,7 +151,13 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--option", action="append", default=[], help="PredictOptions field=value (repeatable)")
     ap.add_argument("--label-map", default="{}", help='YAML mapping, e.g. "{prostate: expert}"')
     ap.add_argument("--max-cases", type=int, default=None)
+    ap.add_argument("--synthetic", default=None, help="KIND:N:SEED: generate a synthetic dataset at --data if absent")
     a = ap.parse_args(argv)
+    if a.synthetic:
+        from .data.make_synthetic import ensure_synthetic
+
+        kind, n, seed = a.synthetic.split(":")
+        ensure_synthetic(a.data, {"kind": kind, "n": int(n), "seed": int(seed)})
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -152,3 +152,60 @@ def test_first_deep_link_after_start_is_framed():
         page.get_by_text("Research use only").wait_for(timeout=90_000)
         assert page.get_by_text("Case:").count() >= 1
         assert page.locator("[data-testid=stException]").count() == 0
+
+
+def test_apptest_every_run_option_and_the_exports():
+    """Each option of Segment & review through its widget: the prediction that results was made
+    with that option, and what the option does is visible in it."""
+    from streamlit.testing.v1 import AppTest
+
+    from medseg_core.review import POSTPROCESSING_CHOICES
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()
+    at.session_state["model_pick"] = "ovary_unet"
+    at.session_state["model_name"] = "ovary_unet"
+    at.run()
+
+    def run():
+        [b for b in at.button if b.label == "Run model"][0].click().run()
+        assert not at.exception
+        return at.session_state["predictions"].get(at.session_state["current"])
+
+    base = run()
+    assert base.model == "ovary_unet" and base.options.side_masking == "none"
+    assert set(at.selectbox(key="side_mode").options) == {"none", "left", "right", "two_pass", "oracle"}
+    for side in ("left", "right", "oracle", "two_pass"):
+        at.selectbox(key="side_mode").set_value(side).run()
+        p = run()
+        assert p.options.side_masking == side
+        if side == "two_pass":
+            assert set(p.sides) == {"left", "right"}
+        if side in ("left", "right"):
+            assert p.side_info.get("mode") == side
+    at.selectbox(key="side_mode").set_value("none").run()
+    for label, steps in POSTPROCESSING_CHOICES.items():
+        at.selectbox(key="post_mode").set_value(label).run()
+        p = run()
+        assert p.options.postprocessing == steps
+        if steps:  # what was removed plus what is kept is what the model predicted
+            before = p.masks_before_postprocessing["ovary"].astype(bool)
+            assert ((p.mask.astype(bool) | p.removed["ovary"].astype(bool)) >= before).all()
+    at.selectbox(key="post_mode").set_value("none").run()
+    at.slider(key="thr").set_value(0.3).run()
+    low = run()
+    at.slider(key="thr").set_value(0.7).run()
+    high = run()
+    assert low.options.threshold == 0.3 and high.options.threshold == 0.7 and low.mask.sum() >= high.mask.sum()
+    at.selectbox(key="pre_ovary_unet").set_value("minmax").run()
+    assert run().options.preprocessing == "minmax"
+    at.toggle(key="preview").set_value(True).run()
+    assert not at.exception and len(at.get("image")) >= 2  # before / after
+    labels = {b.label for b in at.get("download_button")}
+    assert {"Export mask (NIfTI, source affine)", "Export metrics (CSV)", "Export this view (PNG)"} <= labels
+    assert any("DICOM SEG export needs a DICOM input" in c.value for c in at.caption)
+    # every run above is cached: asking again for the first options does not run the model
+    n = at.session_state["predictions"].misses
+    at.selectbox(key="pre_ovary_unet").set_value("plain").run()
+    at.slider(key="thr").set_value(0.7).run()
+    run()
+    assert at.session_state["predictions"].misses == n
