@@ -381,7 +381,11 @@ def _run_3d(loaded: LoadedModel, x: np.ndarray, volume: Volume, options: Predict
     calls = [0]
 
     def fg(logits):
-        return torch.softmax(logits, 1)[:, 1:2] if spec.activation == "softmax" else torch.sigmoid(logits[:, :1])
+        if spec.activation == "softmax":
+            if logits.shape[1] == 2:  # softmax(l)[1] = sigmoid(l1 - l0): one channel, no normalising pass
+                return torch.sigmoid(logits[:, 1:2] - logits[:, 0:1])
+            return torch.softmax(logits, 1)[:, 1:2]
+        return torch.sigmoid(logits[:, :1])
 
     def predictor(win):
         calls[0] += 1
@@ -396,7 +400,7 @@ def _run_3d(loaded: LoadedModel, x: np.ndarray, volume: Volume, options: Predict
         for ax in aug:
             y = fg(m(torch.flip(win, ax) if ax else win))
             outs.append(torch.flip(y, ax) if ax else y)
-        return torch.cat(outs, 1)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
 
     t = time.perf_counter()
     ctx = unc.mc_dropout_mode(m) if n_mc else contextlib.nullcontext()

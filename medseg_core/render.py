@@ -184,22 +184,24 @@ def slice_figure(rgb: np.ndarray, plane: str, title: str | None = None, height: 
     h, w = rgb.shape[:2]
     # The picture travels as a PNG data URI (lossless), encoded with zlib level 1: plotly's own
     # px.imshow(binary_string=True) encoder took ~55 ms for a 512 x 512 slice here, this ~10 ms.
-    fig = go.Figure(go.Image(source=png_data_uri(rgb), hoverinfo="skip"))
-    fig.update_xaxes(visible=False, range=[-0.5, w - 0.5])
-    fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", scaleratio=1)
     labels = edge_labels(plane)
     style = dict(font=dict(color="#ffd54f", size=18), showarrow=False, xref="x", yref="y")
     annotations = [dict(x=4, y=h / 2, text=labels["left"], xanchor="left", **style),
                    dict(x=w - 4, y=h / 2, text=labels["right"], xanchor="right", **style),
                    dict(x=w / 2, y=4, text=labels["top"], yanchor="top", **style),
                    dict(x=w / 2, y=h - 4, text=labels["bottom"], yanchor="bottom", **style)]
+    data = [go.Image(source=png_data_uri(rgb), hoverinfo="skip")]
     if colorbar:
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
-                                 marker=dict(colorscale=colorbar.get("colorscale", "Inferno"), cmin=colorbar["vmin"],
-                                             cmax=colorbar["vmax"], color=[colorbar["vmin"]], showscale=True,
-                                             colorbar=dict(title=colorbar.get("title", ""), thickness=14))))
-    fig.update_layout(annotations=annotations, height=height, margin=dict(l=0, r=0, t=30 if title else 0, b=0), title=title,
-                      paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="black", dragmode="pan")
+        data.append(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
+                               marker=dict(colorscale=colorbar.get("colorscale", "Inferno"), cmin=colorbar["vmin"],
+                                           cmax=colorbar["vmax"], color=[colorbar["vmin"]], showscale=True,
+                                           colorbar=dict(title=colorbar.get("title", ""), thickness=14))))
+    # one constructor call: plotly validates each update_* call separately (~15 ms for three here)
+    fig = go.Figure(data=data, layout=dict(
+        xaxis=dict(visible=False, range=[-0.5, w - 0.5]),
+        yaxis=dict(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", scaleratio=1),
+        annotations=annotations, height=height, margin=dict(l=0, r=0, t=30 if title else 0, b=0), title=title,
+        paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="black", dragmode="pan"))
     return fig
 
 
@@ -214,11 +216,35 @@ def frame_png(rgb: np.ndarray, compress_level: int = 6) -> bytes:
     return buf.getvalue()
 
 
+def fast_png(rgb: np.ndarray) -> bytes:
+    """Lossless PNG of a uint8 RGB (or grey) picture for the live viewer: every row gets PNG's "Up"
+    filter (a vectorised difference) and zlib level 1. About twice as fast as Pillow's encoder on a
+    512 x 512 slice here (Pillow tries filters row by row); any PNG decoder reads it (tested)."""
+    import struct
+    import zlib
+
+    a = np.ascontiguousarray(rgb, dtype=np.uint8)
+    h, w = a.shape[:2]
+    c = 1 if a.ndim == 2 else a.shape[2]
+    rows = a.reshape(h, w * c)
+    raw = np.empty((h, w * c + 1), np.uint8)
+    raw[:, 0] = 2  # filter type Up
+    raw[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])  # uint8 arithmetic wraps modulo 256, as PNG wants
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    colour = {1: 0, 3: 2, 4: 6}[c]
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw.tobytes(), 1)) + chunk(b"IEND", b""))
+
+
 def png_data_uri(rgb: np.ndarray) -> str:
     """A ``data:image/png;base64,...`` URI of a uint8 picture, fast-compressed (lossless)."""
     import base64
 
-    return "data:image/png;base64," + base64.b64encode(frame_png(rgb, compress_level=1)).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(fast_png(rgb)).decode("ascii")
 
 
 def hex_to_rgb(value: str) -> tuple[int, int, int]:

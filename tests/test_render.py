@@ -72,3 +72,15 @@ def test_large_slices_are_displayed_downsampled_with_a_notice():
     assert max(h, w) == 1024 and abs((h / w) / ((12 * 50.0) / (512 * 0.1)) - 1) < 0.01 and f > 5
     assert R.display_notice((256, 256), 1.0, 1.0) is None
     assert R.aspect_correct(np.zeros((300, 200, 3), np.uint8), 1.0, 1.0).shape == (300, 200, 3)
+
+
+@pytest.mark.parametrize("shape", [(37, 53, 3), (20, 31), (9, 8, 4)])
+def test_fast_png_is_lossless_and_standard(shape):
+    import io
+
+    from PIL import Image
+
+    pic = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    back = np.asarray(Image.open(io.BytesIO(R.fast_png(pic))))
+    np.testing.assert_array_equal(back, pic)
+    assert R.png_data_uri(pic).startswith("data:image/png;base64,")
