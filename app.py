@@ -10,6 +10,19 @@ from medseg_core.review import compatible_models
 from pages._shared import ensure_state
 
 st.set_page_config(page_title="medseg review", layout="wide")
+pages = [
+    st.Page("pages/load_case.py", title="Load case", url_path="load_case"),
+    st.Page("pages/segment.py", title="Segment & review", default=True),
+    st.Page("pages/uncertainty.py", title="Uncertainty", url_path="uncertainty"),
+    st.Page("pages/ultrasound.py", title="Ultrasound", url_path="ultrasound"),
+    st.Page("pages/gallery.py", title="Failure gallery", url_path="gallery"),
+    st.Page("pages/models.py", title="Models", url_path="models"),
+]
+
+# st.navigation is called before any widget: on a freshly started server the first run otherwise
+# registered the sidebar's widgets while Streamlit still treated the pages/ folder as legacy pages,
+# under another identity than on every later run, so their values were lost on the first rerun.
+page = st.navigation(pages)
 ensure_state()
 ss = st.session_state
 ss["_framed"] = True  # pages check this (see pages._shared.require_frame)
@@ -46,12 +59,4 @@ with st.sidebar:
         st.caption("No case loaded.")
     st.warning("Research use only. Not a medical device; not for diagnosis.")
 
-pages = [
-    st.Page("pages/load_case.py", title="Load case", url_path="load_case"),
-    st.Page("pages/segment.py", title="Segment & review", default=True),
-    st.Page("pages/uncertainty.py", title="Uncertainty", url_path="uncertainty"),
-    st.Page("pages/ultrasound.py", title="Ultrasound", url_path="ultrasound"),
-    st.Page("pages/gallery.py", title="Failure gallery", url_path="gallery"),
-    st.Page("pages/models.py", title="Models", url_path="models"),
-]
-st.navigation(pages).run()
+page.run()
