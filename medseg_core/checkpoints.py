@@ -79,8 +79,15 @@ def save_checkpoint(model: torch.nn.Module, name: str, card: dict[str, Any], dir
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.detach().half() if fp16 and v.is_floating_point() else v.detach()).contiguous().cpu()
-             for k, v in model.state_dict().items()}
+    def stored(v: torch.Tensor) -> torch.Tensor:
+        v = v.detach()
+        # float16 only where it is exact enough: a tensor beyond its range (batch-norm running
+        # variances of HU inputs reach 1e5) stays float32 instead of turning into inf
+        if fp16 and v.is_floating_point() and (v.numel() == 0 or float(v.abs().max()) < 6.0e4):
+            v = v.half()
+        return v.contiguous().cpu()
+
+    state = {k: stored(v) for k, v in model.state_dict().items()}
     path = directory / f"{name}.safetensors"
     save_file(state, str(path), metadata={"name": name, "format": "medseg-1"})
     full = {"name": name, "file": path.name, "sha256": sha256_file(path), "parameters": count_parameters(model),

@@ -115,7 +115,7 @@ def test_checkpoint_beats_floor_on_fresh_cases(name, tmp_path):
 
 def test_unshipped_models_are_listed():
     # Models without a checkpoint are reported here, never silently skipped. Not shipped (README
-    # "Shipped checkpoints"): the VNet, 91 MB even in float16, which with the other twelve (135 MB)
-    # would break the 200 MB budget; MONAI's VNet has no width parameter to make a narrower demo.
+    # "Shipped checkpoints"): the VNet, 91 MB even in float16 (over the 200 MB budget with the other
+    # twelve), and its CPU runs reached held-out Dice 0.03 and 0.00: no honest floor to test.
     missing = set(list_models()) - set(SHIPPED)
     assert missing <= {"vnet3d"}, missing

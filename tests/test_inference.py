@@ -289,3 +289,18 @@ def test_malicious_pickle_is_never_executed(tmp_path):
     with pytest.raises(CheckpointError, match="pickle"):
         load_model("ovary_unet", directory=tmp_path)
     assert not marker.exists()
+
+
+def test_fp16_storage_keeps_out_of_range_tensors_in_float32(tmp_path):
+    """Batch-norm variances of HU inputs can exceed float16's range: those stay float32 on disk."""
+    import torch
+    from safetensors.torch import load_file
+
+    from medseg_core.checkpoints import save_checkpoint
+
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    m[1].running_var.fill_(1.2e5)
+    save_checkpoint(m, "bn", {"model": "x"}, directory=tmp_path, fp16=True)
+    state = load_file(str(tmp_path / "bn.safetensors"))
+    assert state["0.weight"].dtype == torch.float16
+    assert state["1.running_var"].dtype == torch.float32 and float(state["1.running_var"].max()) == 1.2e5

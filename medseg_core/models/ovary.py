@@ -78,14 +78,17 @@ def load_local_encoder_weights(encoder: nn.Module, path: str | Path | None) -> s
 
 
 class TL5(nn.Module):
-    """ResNet34 encoder + attention-gated U-Net decoder (report 000's best model, TL-5)."""
+    """ResNet34 encoder + attention-gated U-Net decoder (report 000's best model, TL-5).
+
+    ``encoder`` may name another smp ResNet ("resnet18": same stage widths, half the blocks, 14.3 M
+    instead of 24.4 M parameters in the demo configuration) as a ``--override`` for a smaller model."""
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, decoder_base: int = 32, dropout: float = 0.0,
-                 encoder_weights_path: str | None = None):
+                 encoder_weights_path: str | None = None, encoder: str = "resnet34"):
         super().__init__()
         import segmentation_models_pytorch as smp
 
-        self.encoder = smp.encoders.get_encoder("resnet34", in_channels=in_channels, depth=5, weights=None)
+        self.encoder = smp.encoders.get_encoder(encoder, in_channels=in_channels, depth=5, weights=None)
         self.encoder_weights_note = load_local_encoder_weights(self.encoder, encoder_weights_path)
         ch = self.encoder.out_channels  # (in, 64, 64, 128, 256, 512)
         d = [decoder_base * 2 ** i for i in range(4)]  # decoder widths at /16, /8, /4, /2
