@@ -8,7 +8,7 @@ DICOM SEG
 ---------
 A binary Segmentation (one segment per label) whose frames are the canonical axial slices. It
 references the source images by their Study / Series / SOP Instance UIDs (kept in memory by the
-DICOM loader for this purpose, see ``Volume.meta["dicom_ref"]``) so that a PACS or viewer lays it
+DICOM loader for this purpose, see ``Volume.dicom_ref``) so that a PACS or viewer lays it
 over the right series, and it carries the geometry (Image Position / Orientation (Patient), Pixel
 Spacing) of the canonical grid in LPS, so it is correct in patient coordinates whatever the source
 orientation. Patient Name, Patient ID, birth date, sex, accession number, referring physician and
@@ -34,7 +34,7 @@ def dicom_seg_available(volume: Volume) -> str | None:
     """None when a DICOM SEG can be written for ``volume``, else the reason (a sentence)."""
     if volume.meta.get("format") != "DICOM":
         return "DICOM SEG export needs a DICOM input; this case came from another format (export NIfTI instead)."
-    if not volume.meta.get("dicom_ref"):
+    if not volume.dicom_ref:
         return ("DICOM SEG export needs single-frame source images whose slices are the axial slices shown here; "
                 "export NIfTI instead.")
     return None
@@ -45,7 +45,7 @@ def _pseudo_sources(volume: Volume) -> list:
     from pydicom.dataset import Dataset
     from pydicom.uid import ExplicitVRLittleEndian
 
-    ref = volume.meta["dicom_ref"]
+    ref = volume.dicom_ref
     aff = LPS_TO_RAS @ np.asarray(volume.affine, float)  # voxel (x, y, z) -> LPS mm
     sz, sy, sx = volume.spacing
     row_dir = aff[:3, 0] / np.linalg.norm(aff[:3, 0])  # along a row: increasing column (array x)

@@ -39,9 +39,10 @@ def dicom_case():
 
 def test_volume_holds_uids_only_for_the_seg_reference(dicom_case):
     files, vol, _ = dicom_case
-    ref = vol.meta["dicom_ref"]
+    ref = vol.dicom_ref
     assert set(ref) == {"study_uid", "series_uid", "frame_of_reference_uid", "sop_class_uid", "instance_uids"}
     _no_phi(repr(vol.meta).encode(), "Volume.meta")
+    assert "1.2.3.4" not in repr(vol.meta) and "1.2.3.4" not in repr(vol)  # UIDs only in dicom_ref
     # each canonical slice references the source image at the same patient position
     src = {pydicom.dcmread(io.BytesIO(b)).SOPInstanceUID: pydicom.dcmread(io.BytesIO(b)) for b in files}
     for z, uid in enumerate(ref["instance_uids"]):
@@ -56,13 +57,13 @@ def test_dicom_seg_geometry_references_and_no_phi(dicom_case):
     seg = pydicom.dcmread(io.BytesIO(blob))
     assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY" and int(seg.NumberOfFrames) == vol.shape[0]
     assert str(seg.PatientName) == "" and seg.PatientID == ""
-    assert seg.StudyInstanceUID == vol.meta["dicom_ref"]["study_uid"]
+    assert seg.StudyInstanceUID == vol.dicom_ref["study_uid"]
     assert seg.SegmentSequence[0].SegmentLabel == "ovary"
     assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Ovary"
     frames = seg.pixel_array.astype(bool)  # (frames, rows, cols)
     iop = np.array(seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient, float)
     sy, sx = (float(v) for v in seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing)
-    refs = vol.meta["dicom_ref"]["instance_uids"]
+    refs = vol.dicom_ref["instance_uids"]
     for f, fg in enumerate(seg.PerFrameFunctionalGroupsSequence):
         ipp = np.array(fg.PlanePositionSequence[0].ImagePositionPatient, float)
         src_uid = fg.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID

@@ -304,7 +304,8 @@ def _load_dicom(dicoms, display_name, series, limits, warnings, n_other) -> Volu
     meta["series_key"] = key
     n = arr.shape[0]
     name = f"DICOM {mod} series ({n} slice{'s' if n != 1 else ''})"
-    return Volume(arr, _spacing(aff), aff, modality=mod, name=name, meta=meta)
+    ref = meta.pop("dicom_ref", None)  # UIDs for a DICOM SEG export, kept out of the displayed meta
+    return Volume(arr, _spacing(aff), aff, modality=mod, name=name, meta=meta, dicom_ref=ref)
 
 
 # ---------------------------------------------------------------------------- masks

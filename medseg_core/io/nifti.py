@@ -86,7 +86,9 @@ def read_nifti(data: bytes, name: str, limits: Limits) -> tuple[np.ndarray, np.n
         raise InputError(f"'{name}' holds complex or RGB NIfTI data, which is not supported; convert it to a scalar image.")
     arr = arr.reshape(spatial).astype(np.float32, copy=False)
     hdr = img.header
-    raw_hdr = (nib.Nifti1Header if kind == "nifti1" else nib.Nifti2Header).from_fileobj(io.BytesIO(head), check=False)
+    klass = nib.Nifti1Header if kind == "nifti1" else nib.Nifti2Header
+    size = 348 if kind == "nifti1" else 540  # the header only (zero extension flag): no extensions parsed
+    raw_hdr = klass.from_fileobj(io.BytesIO(head[:size] + b"\0\0\0\0"), check=False)
     pix = np.asarray(raw_hdr["pixdim"][1:4], np.float64)  # as stored, before nibabel's fixes
     codes = (int(hdr["qform_code"]), int(hdr["sform_code"]))
     affine = img.affine

@@ -49,6 +49,10 @@ class Volume:
     name: str = "volume"
     meta: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: DICOM inputs only: the Study / Series / Frame of Reference / SOP Instance UIDs a DICOM SEG
+    #: export needs to reference its source images. Kept apart from ``meta`` (which is shown and may
+    #: be logged), never displayed, never written anywhere but into a SEG export.
+    dicom_ref: dict[str, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         arr = np.asarray(self.array)
@@ -94,7 +98,7 @@ class Volume:
         if np.shape(array) != self.array.shape:
             raise ValueError(f"shape {np.shape(array)} does not match volume shape {self.array.shape}")
         kw = dict(array=array, spacing=self.spacing, affine=self.affine.copy(), modality=self.modality,
-                  name=self.name, meta=dict(self.meta), warnings=list(self.warnings))
+                  name=self.name, meta=dict(self.meta), warnings=list(self.warnings), dicom_ref=self.dicom_ref)
         kw.update(changes)
         return Volume(**kw)
 
