@@ -117,12 +117,14 @@ def _grow(mask: np.ndarray, px: int) -> np.ndarray:
 
 
 def tag_masks(pred, ref, spacing, other=None, contralateral=None, before=None,
-              rules: TagRules = TagRules()) -> dict:
+              rules: TagRules = TagRules(), hd95_mm: float | None = None) -> dict:
     """Tags and the numbers behind them for one slice (2D) or one case (3D).
 
     ``other``: the second-ovary mask (preferred); ``contralateral``: boolean mask of the image half
     opposite the labelled side (used when ``other`` is None); ``before``: the prediction before
-    post-processing. Returns a dict with ``tags`` (list), ``primary`` and the measured values.
+    post-processing; ``hd95_mm``: the pair's HD95 when the caller has already computed it (the
+    distance transform is the expensive part). Returns a dict with ``tags`` (list), ``primary`` and
+    the measured values.
     """
     p, r = np.asarray(pred) > 0, np.asarray(ref) > 0
     spacing = tuple(float(s) for s in spacing)
@@ -159,7 +161,7 @@ def tag_masks(pred, ref, spacing, other=None, contralateral=None, before=None,
     elif pa and not ra:
         tags.append("false_positive_empty")
     elif pa and ra:
-        out["hd95_mm"] = M.hd95(p, r, spacing)
+        out["hd95_mm"] = M.hd95(p, r, spacing) if hd95_mm is None else float(hd95_mm)
         if out["dice"] >= rules.good_dice:
             if out["hd95_mm"] > rules.boundary_hd95_mm:
                 tags.append("boundary_error")
@@ -193,11 +195,12 @@ def contralateral_mask(volume, ref, side: str | None = None) -> np.ndarray | Non
 
 
 def tag_slices(pred, ref, volume, other=None, side: str | None = None, before=None,
-               rules: TagRules = TagRules(), mirrored: bool = True) -> list[dict]:
+               rules: TagRules = TagRules(), mirrored: bool = True, hd95_mm=None) -> list[dict]:
     """:func:`tag_masks` for every axial slice of a (Z, Y, X) case; rows carry ``slice``.
 
     ``mirrored=False`` turns the mirrored-side rule off (structures without a contralateral twin,
-    e.g. the spleen): side tags then need the ``other`` mask."""
+    e.g. the spleen): side tags then need the ``other`` mask. ``hd95_mm``: per-slice HD95 values
+    already computed (e.g. by :func:`medseg_core.metrics.per_slice_metrics`)."""
     pred, ref = np.asarray(pred) > 0, np.asarray(ref) > 0
     contra = contralateral_mask(volume, ref, side) if other is None and mirrored else None
     rows = []
@@ -205,16 +208,18 @@ def tag_slices(pred, ref, volume, other=None, side: str | None = None, before=No
         row = tag_masks(pred[z], ref[z], volume.spacing[1:],
                         other=None if other is None else np.asarray(other)[z],
                         contralateral=None if contra is None else contra[z],
-                        before=None if before is None else np.asarray(before)[z], rules=rules)
+                        before=None if before is None else np.asarray(before)[z], rules=rules,
+                        hd95_mm=None if hd95_mm is None else hd95_mm[z])
         rows.append({"slice": z, **row})
     return rows
 
 
 def tag_case(pred, ref, volume, other=None, side: str | None = None, before=None,
-             rules: TagRules = TagRules(), mirrored: bool = True) -> dict:
+             rules: TagRules = TagRules(), mirrored: bool = True, hd95_mm: float | None = None) -> dict:
     """:func:`tag_masks` on the whole (Z, Y, X) case (3D components, 3D HD95)."""
     contra = contralateral_mask(volume, ref, side) if other is None and mirrored else None
-    return tag_masks(pred, ref, volume.spacing, other=other, contralateral=contra, before=before, rules=rules)
+    return tag_masks(pred, ref, volume.spacing, other=other, contralateral=contra, before=before, rules=rules,
+                     hd95_mm=hd95_mm)
 
 
 def failed(row: dict) -> bool:
@@ -240,7 +245,7 @@ def uncertainty_auroc(rows, score_key: str = "uncertainty", only_informative: bo
     numbers of failed and good slices, and the score's mean in each group.
     """
     use = [r for r in rows if r.get(score_key) is not None and np.isfinite(float(r[score_key]))
-           and (not only_informative or r["ref_present"] in (True, "True", 1) or r["pred_present"] in (True, "True", 1))]
+           and (not only_informative or r["ref_present"] or r["pred_present"])]
     y = np.array([r["primary"] != "good" for r in use], bool)
     s = np.array([float(r[score_key]) for r in use], float)
     out = {"n_failed": int(y.sum()), "n_good": int((~y).sum()), "auroc": M.NAN,

@@ -26,14 +26,14 @@ import csv
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from . import analysis as A
 from . import metrics as M
-from .tables import write_csv
+from .tables import csv_text, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = ROOT / "runs" / "cohorts"
@@ -123,13 +123,14 @@ def run_cohort(cases, models: list[str], option_sets: dict[str, dict], out: str 
                                    "pred_area_mm2": row["pred_voxels"] * vol.spacing[1] * vol.spacing[2],
                                    "ref_area_mm2": row["ref_voxels"] * vol.spacing[1] * vol.spacing[2],
                                    "ref_present": row["ref_present"], "pred_present": row["pred_present"],
-                                   "dice_star": A.dice_star(mask[z], ref[z]), "dice_before_pp": row["dice_before_pp"],
+                                   "dice_star": row["dice"] if row["ref_present"] or row["pred_present"] else 1.0,
+                                   "dice_before_pp": row["dice_before_pp"],
                                    "delta_pp": row["delta_pp"], "frac_on_other": row["frac_on_other"],
                                    "n_components": row["n_components"], "uncertainty": unc[z] if unc else None,
                                    "primary": row["primary"], "tags": ";".join(row["tags"])})
-                ct = A.tag_case(mask, ref, vol, other=other, side=side, before=before, rules=rules,
-                                mirrored=lm.spec.family == "ovary")
                 m3 = M.segmentation_metrics(mask, ref, vol.spacing)
+                ct = A.tag_case(mask, ref, vol, other=other, side=side, before=before, rules=rules,
+                                mirrored=lm.spec.family == "ovary", hd95_mm=m3["hd95_mm"])
                 case_rows.append({**base, "dice": m3["dice"], "iou": m3["iou"], "hd95_mm": m3["hd95_mm"],
                                   "assd_mm": m3["assd_mm"], "pred_volume_ml": m3["pred_volume_ml"],
                                   "ref_volume_ml": m3["ref_volume_ml"],
@@ -192,24 +193,37 @@ class CohortRun:
 
     def masks(self, model: str, set_name: str, case_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(mask, mask before post-processing) as stored by :func:`run_cohort`."""
-        z = np.load(mask_file(self.path, model, set_name, case_id))
-        shape = tuple(int(s) for s in z["shape"])
-        return _unpack(z["mask"], shape), _unpack(z["before"], shape)
+        return read_masks(self.path, model, set_name, case_id)
 
     def dataset_cases(self) -> dict:
-        from .data import datasets as D
+        return dataset_cases(self.meta)
 
-        ds = self.meta.get("dataset") or {}
-        root = Path(ds.get("root", ""))
-        if not root.is_absolute():
-            root = ROOT / root
-        return {c.case_id: c for c in D.ADAPTERS[ds["adapter"]](root)}
+
+def read_meta(path: str | Path) -> dict:
+    return json.loads((Path(path) / "cohort.json").read_text())
+
+
+def read_masks(path: str | Path, model: str, set_name: str, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """A run's stored (mask, mask before post-processing) without reading its tables."""
+    z = np.load(mask_file(path, model, set_name, case_id))
+    shape = tuple(int(s) for s in z["shape"])
+    return _unpack(z["mask"], shape), _unpack(z["before"], shape)
+
+
+def dataset_cases(meta: dict) -> dict:
+    """case id -> :class:`~medseg_core.data.datasets.Case` of the dataset a run was made on."""
+    from .data import datasets as D
+
+    ds = meta.get("dataset") or {}
+    root = Path(ds.get("root", ""))
+    if not root.is_absolute():
+        root = ROOT / root
+    return {c.case_id: c for c in D.ADAPTERS[ds["adapter"]](root)}
 
 
 def load_run(path: str | Path) -> CohortRun:
     path = Path(path)
-    meta = json.loads((path / "cohort.json").read_text())
-    return CohortRun(path, meta, read_rows(path / "slices.csv"), read_rows(path / "cases.csv"))
+    return CohortRun(path, read_meta(path), read_rows(path / "slices.csv"), read_rows(path / "cases.csv"))
 
 
 def list_runs(directory: str | Path | None = None) -> list[Path]:
@@ -306,17 +320,7 @@ def filter_slices(rows: list[dict], tags=None, models=None, sets=None, dice_rang
 
 def rows_csv(rows: list[dict]) -> bytes:
     """Slice rows as CSV bytes (tags joined with ';'), for the gallery's export."""
-    import io
-
-    buf = io.StringIO()
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (";".join(v) if isinstance(v, list) else v) for k, v in r.items()})
-    return buf.getvalue().encode()
+    return csv_text([{k: (";".join(v) if isinstance(v, list) else v) for k, v in r.items()} for r in rows]).encode()
 
 
 SORT_KEYS = {"Dice (worst first)": (lambda r: r["dice_star"], False),
@@ -441,7 +445,7 @@ def uncertainty_scatter(rows: list[dict], height: int = 360):
 # ----------------------------------------------------------------------------- command line
 def main(argv=None) -> Path:
     from .data import datasets as D
-    from .data.make_synthetic import ensure_synthetic
+    from .data.make_synthetic import ensure_synthetic, parse_synthetic
 
     ap = argparse.ArgumentParser(description="Cohort run: models x option sets over a dataset, with failure tags "
                                              "(see the module docstring).")
@@ -457,8 +461,7 @@ def main(argv=None) -> Path:
     ap.add_argument("--checkpoints", default=None)
     a = ap.parse_args(argv)
     if a.synthetic:
-        kind, n, seed = a.synthetic.split(":")
-        ensure_synthetic(a.data, {"kind": kind, "n": int(n), "seed": int(seed)})
+        ensure_synthetic(a.data, parse_synthetic(a.synthetic))
     sets = dict(parse_set(s) for s in a.set) if a.set else dict(SIDE_SETS)
     cases = D.ADAPTERS[a.adapter](a.data)[: a.max_cases]
     out = Path(a.out) if a.out else runs_dir() / time.strftime("cohort_%Y%m%d_%H%M%S")

@@ -86,11 +86,15 @@ def evaluate_cases(lm, cases, options: PredictOptions, label_map: dict | None = 
             case_rows.append(row)
             other = masks.get("ovary_other") if lab == spec.labels[0] else None
             before = pred.masks_before_postprocessing.get(lab)
-            tc = A.tag_case(pred.masks[lab], ref, vol, other=other, before=before, mirrored=spec.family == "ovary")
+            mirrored = spec.family == "ovary"
+            tc = A.tag_case(pred.masks[lab], ref, vol, other=other, before=before, mirrored=mirrored,
+                            hd95_mm=m["hd95_mm"])
             row["primary"], row["tags"] = tc["primary"], ";".join(tc["tags"])
             if vol.shape[0] > 1:
-                tags = A.tag_slices(pred.masks[lab], ref, vol, other=other, before=before, mirrored=spec.family == "ovary")
-                for s, t in zip(M.per_slice_metrics(pred.masks[lab], ref, vol.spacing), tags):
+                per_slice = M.per_slice_metrics(pred.masks[lab], ref, vol.spacing)
+                tags = A.tag_slices(pred.masks[lab], ref, vol, other=other, before=before, mirrored=mirrored,
+                                    hd95_mm=[s["hd95_mm"] for s in per_slice])
+                for s, t in zip(per_slice, tags):
                     slice_rows.append({"case": case.case_id, "label": lab, "slice": s["slice"],
                                        **{k: s[k] for k in ("dice", "iou", "precision", "recall", "hd95_mm",
                                                             "pred_area_mm2", "ref_area_mm2", "both_empty")},
@@ -139,8 +143,6 @@ def summary_markdown(summary: dict, model: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-
-
 def main(argv=None) -> dict | None:
     ap = argparse.ArgumentParser(description="Evaluate a checkpoint on a dataset (see the module docstring).")
     ap.add_argument("--model", required=True)
@@ -154,10 +156,9 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--synthetic", default=None, help="KIND:N:SEED: generate a synthetic dataset at --data if absent")
     a = ap.parse_args(argv)
     if a.synthetic:
-        from .data.make_synthetic import ensure_synthetic
+        from .data.make_synthetic import ensure_synthetic, parse_synthetic
 
-        kind, n, seed = a.synthetic.split(":")
-        ensure_synthetic(a.data, {"kind": kind, "n": int(n), "seed": int(seed)})
+        ensure_synthetic(a.data, parse_synthetic(a.synthetic))
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))

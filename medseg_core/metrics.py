@@ -98,29 +98,32 @@ def surface_distances(pred, ref, spacing: Sequence[float] | None = None) -> tupl
     return dt_r[sp], dt_p[sr]
 
 
+def _hd(a: np.ndarray, b: np.ndarray, percentile: float = 95.0) -> float:
+    return NAN if a.size == 0 else float(max(np.percentile(a, percentile), np.percentile(b, percentile)))
+
+
+def _assd(a: np.ndarray, b: np.ndarray) -> float:
+    return NAN if a.size == 0 else float(np.concatenate([a, b]).mean())
+
+
 def hd95(pred, ref, spacing: Sequence[float] | None = None, percentile: float = 95.0) -> float:
     """95th-percentile symmetric Hausdorff distance in mm (NaN if either mask is empty)."""
-    a, b = surface_distances(pred, ref, spacing)
-    if a.size == 0:
-        return NAN
-    return float(max(np.percentile(a, percentile), np.percentile(b, percentile)))
+    return _hd(*surface_distances(pred, ref, spacing), percentile)
 
 
 def assd(pred, ref, spacing: Sequence[float] | None = None) -> float:
     """Average symmetric surface distance in mm (NaN if either mask is empty)."""
-    a, b = surface_distances(pred, ref, spacing)
-    if a.size == 0:
-        return NAN
-    return float(np.concatenate([a, b]).mean())
+    return _assd(*surface_distances(pred, ref, spacing))
 
 
 def segmentation_metrics(pred, ref, spacing: Sequence[float]) -> dict:
     """All overlap and distance metrics of one mask pair, with units in the key names."""
     p, r = _b(pred), _b(ref)
     tp, fp, fn, tn = _counts(p, r)
+    a, b = surface_distances(p, r, spacing)  # once, for both distance metrics
     return {
         "dice": dice(p, r), "iou": iou(p, r), "precision": precision(p, r), "recall": recall(p, r),
-        "specificity": specificity(p, r), "hd95_mm": hd95(p, r, spacing), "assd_mm": assd(p, r, spacing),
+        "specificity": specificity(p, r), "hd95_mm": _hd(a, b), "assd_mm": _assd(a, b),
         "pred_volume_ml": volume_ml(p, spacing), "ref_volume_ml": volume_ml(r, spacing),
         "tp": tp, "fp": fp, "fn": fn, "both_empty": bool(not p.any() and not r.any()),
         "ref_empty": bool(not r.any()), "pred_empty": bool(not p.any()),

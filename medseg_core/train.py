@@ -694,8 +694,6 @@ def _tensorboard(cfg, out_dir, name):
     return SummaryWriter(str(out_dir / "tb" / name))
 
 
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description="Train a registry model (see the module docstring).")

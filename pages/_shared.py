@@ -88,9 +88,9 @@ def require_frame() -> None:
 @st.cache_resource(show_spinner=False, max_entries=32)
 def cohort_case(run_path: str, case_id: str):
     """A cohort run's case (volume and masks) loaded once per process from its dataset folder."""
-    from medseg_core.cohort import load_run
+    from medseg_core.cohort import dataset_cases, read_meta
 
-    return load_run(run_path).dataset_cases()[case_id].load()
+    return dataset_cases(read_meta(run_path))[case_id].load()
 
 
 def open_in_review(run_path: str, row: dict, option_kw: dict) -> None:

@@ -22,9 +22,8 @@ def _run(path: str, mtime: float):
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def _thumb(path: str, model: str, set_name: str, case: str, z: int, size: int):
-    r = C.load_run(path)
     vol, masks = cohort_case(path, case)
-    mask, before = r.masks(model, set_name, case)
+    mask, before = C.read_masks(path, model, set_name, case)
     return C.thumbnail(vol, z, mask[z], masks.get("ovary", next(iter(masks.values())))[z],
                        masks["ovary_other"][z] if "ovary_other" in masks else None, before[z] & ~mask[z], size=size)
 
@@ -44,11 +43,11 @@ with st.expander("New cohort run on synthetic pelvic phantoms", expanded=not run
     if st.button("Run cohort", type="primary", disabled=not models):
         data = C.runs_dir().parent / "data" / "pelvic_eval_seed7"
         from medseg_core.data import datasets as D
-        from medseg_core.data.make_synthetic import ensure_synthetic
+        from medseg_core.data.make_synthetic import ensure_synthetic, parse_synthetic
 
         bar = st.progress(0.0, text="Generating phantoms...")
         try:
-            ensure_synthetic(data, {"kind": "pelvic", "n": 12, "seed": 7})
+            ensure_synthetic(data, parse_synthetic("pelvic:12:7"))
             out = C.runs_dir() / f"pelvic_{'+'.join(models)}_{n_cases}cases_mc{mc}"
             C.run_cohort(D.ut_endomri_d2(data)[:n_cases], models, C.SIDE_SETS, out, mc_samples=mc,
                          dataset={"adapter": "ut_endomri_d2", "root": str(data), "synthetic": "pelvic:12:7"},

@@ -2,7 +2,6 @@
 import streamlit as st
 
 from medseg_core.export import dicom_seg_available, dicom_seg_bytes
-from medseg_core.inference import PredictOptions
 from medseg_core.io import display_slice, mask_nifti_bytes, n_slices
 from medseg_core.io.errors import InputError
 from medseg_core.models import get_spec
@@ -10,7 +9,7 @@ from medseg_core.preprocessing import PREPROCESSING
 from medseg_core.render import (CT_PRESETS, LABEL_COLOURS, apply_window, aspect_correct, auto_window, display_notice, hex_to_rgb, rgb_to_hex,
                                 compare_layers, frame_png, overlay, slice_figure)
 from medseg_core.io.orientation import display_aspect
-from medseg_core.review import (POSTPROCESSING_CHOICES, contract_of, initial_slice, metrics_csv, metrics_table, preprocessing_preview,
+from medseg_core.review import (POSTPROCESSING_CHOICES, contract_of, options_from_state, initial_slice, metrics_csv, metrics_table, preprocessing_preview,
                                 slice_metrics)
 from pages._shared import current_prediction, run
 from pages._shared import require_frame
@@ -46,8 +45,7 @@ with right:
     side = c2.selectbox("Ovary-side masking", side_modes, key="side_mode",
                         help="Sides are the patient's (from the file's orientation). 'oracle' uses the reference "
                              "mask: evaluation only.") if len(side_modes) > 1 else "none"
-    post_opts = POSTPROCESSING_CHOICES
-    post_label = c3.selectbox("Post-processing", list(post_opts), key="post_mode")
+    post_label = c3.selectbox("Post-processing", list(POSTPROCESSING_CHOICES), key="post_mode")
     c4, c5 = st.columns(2)
     thr = c4.slider("Threshold", 0.05, 0.95, step=0.05, key="thr")
     clin = {}
@@ -56,7 +54,7 @@ with right:
         clin["menopausal"] = int(c5.toggle("Postmenopausal", value=bool(cl.get("menopausal")), key="meno"))
         clin["oncology_center"] = int(c5.toggle("Oncology centre", value=bool(cl.get("oncology_center")), key="onco"))
 
-options = PredictOptions(preprocessing=pre, side_masking=side, postprocessing=post_opts[post_label], threshold=thr, **clin)
+options = options_from_state(name, {f"pre_{name}": pre, "side_mode": side, "post_mode": post_label, "thr": thr}, **clin)
 
 if st.toggle("Preprocessing preview (before / after)", key="preview"):
     z0 = initial_slice(vol.shape, "axial", gt)

@@ -7,7 +7,6 @@ import urllib.request
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 import pytest
 
 from browser import ARTIFACTS, app_server, browser

@@ -161,6 +161,12 @@ if __name__ == "__main__":
     main()
 
 
+def parse_synthetic(text: str) -> dict:
+    """The command lines' ``KIND:N:SEED`` (e.g. ``pelvic:12:7``) as an :func:`ensure_synthetic` spec."""
+    kind, n, seed = text.split(":")
+    return {"kind": kind, "n": int(n), "seed": int(seed)}
+
+
 def ensure_synthetic(root, syn: dict) -> Path:
     """Generate the synthetic dataset ``syn`` (kind, n, seed[, annotate]) at ``root`` unless a
     complete one with the same settings is already there (marker file ``.complete``)."""
