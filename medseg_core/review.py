@@ -2,9 +2,7 @@
 a case (and why not), a per-session prediction cache, metrics tables and exports."""
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -15,6 +13,7 @@ from .checkpoints import CHECKPOINT_DIR, checkpoint_status, read_card
 from .inference import PredictOptions, Prediction
 from .io import Volume
 from .models import get_spec, list_models
+from .tables import csv_text
 
 
 @dataclass
@@ -136,13 +135,8 @@ def slice_metrics(pred_mask: np.ndarray, reference: np.ndarray, spacing, z: int)
 
 
 def metrics_csv(rows: list[dict], extra: dict | None = None) -> bytes:
-    buf = io.StringIO()
-    keys = list(rows[0]) if rows else []
-    w = csv.DictWriter(buf, fieldnames=list(extra or {}) + keys)
-    w.writeheader()
-    for r in rows:
-        w.writerow({**(extra or {}), **r})
-    return buf.getvalue().encode()
+    """The metrics table as CSV bytes, each row prefixed with the ``extra`` columns (model, case)."""
+    return csv_text([{**(extra or {}), **r} for r in rows]).encode()
 
 
 def model_card_summary(name: str, directory=CHECKPOINT_DIR) -> dict:

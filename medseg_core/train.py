@@ -535,8 +535,9 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
                 optim.zero_grad(set_to_none=True)
                 loss.backward()
                 optim.step()
-                total += loss.item()
-                bar.set_postfix(loss=f"{float(loss):.4f}")
+                step_loss = loss.item()
+                total += step_loss
+                bar.set_postfix(loss=f"{step_loss:.4f}")
             train_loss = total / max(steps, 1)
             if d.world > 1:
                 # DDP syncs parameters, but each rank's last forward updated its own batch-norm

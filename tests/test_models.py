@@ -69,6 +69,32 @@ def test_paper_sizes_match_reports():
     assert count_parameters(build_model("unet3d", variant="demo")) < count_parameters(build_model("unet3d"))
 
 
+def test_vnet_width_is_monais_vnet():
+    """The width-configurable VNet is MONAI's VNet built from its own blocks: at width 16 with MONAI's
+    skip dropout it has the same modules, keys and shapes and computes the same output from the same
+    weights; the demo (width 8) has a quarter of the parameters and MONAI's layout scaled by 1/2."""
+    from monai.networks.nets import VNet
+
+    from medseg_core.models.monai3d import vnet_from_blocks
+
+    ref = VNet(spatial_dims=3, in_channels=1, out_channels=2).eval()
+    ours = vnet_from_blocks(16, shallow_skip_dropout=0.5).eval()
+    assert str(ours) == str(ref)
+    ours.load_state_dict(ref.state_dict())  # strict: same keys and shapes
+    x = torch.randn(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(ours(x), ref(x))
+    demo = build_model("vnet3d", variant="demo")
+    assert isinstance(demo, VNet)
+    assert count_parameters(demo) == pytest.approx(count_parameters(ref) / 4, rel=0.01)
+    half = {k: v.shape for k, v in demo.state_dict().items()}
+    assert set(half) == set(ref.state_dict())
+    assert half["in_tr.conv_block.conv.weight"] == (8, 1, 5, 5, 5)
+    assert half["out_tr.conv_block.conv.weight"] == (2, 16, 5, 5, 5)
+    drops = [m.p for m in demo.modules() if isinstance(m, torch.nn.Dropout3d)]
+    assert drops and all(p == 0.1 for p in drops)
+
+
 def test_effb0_stage_shapes_match_methods():
     m = build_model("us_mtl_effb0").eval()
     shapes = []
