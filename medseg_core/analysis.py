@@ -132,7 +132,8 @@ def tag_masks(pred, ref, spacing, other=None, contralateral=None, before=None,
     tp = int(np.count_nonzero(p & r))
     out = {"dice": M.dice(p, r), "iou": M.iou(p, r), "hd95_mm": M.NAN, "pred_voxels": pa, "ref_voxels": ra,
            "ref_present": ra > 0, "pred_present": pa > 0, "frac_on_other": M.NAN, "other_recall": M.NAN,
-           "n_components": n_components(p, spacing, rules), "dice_before_pp": M.NAN, "delta_pp": M.NAN}
+           "n_components": n_components(p, spacing, rules), "dice_star": dice_star(p, r),
+           "dice_before_pp": M.NAN, "delta_pp": M.NAN}
     tags: list[str] = []
     recall_ref = tp / ra if ra else 0.0
 
@@ -171,7 +172,7 @@ def tag_masks(pred, ref, spacing, other=None, contralateral=None, before=None,
         tags.append("fragmented")
 
     if before is not None:
-        db, da = dice_star(before, r), dice_star(p, r)
+        db, da = dice_star(before, r), out["dice_star"]
         out["dice_before_pp"], out["delta_pp"] = db, da - db
         if da - db >= rules.pp_delta:
             tags.append("postprocessing_helped")

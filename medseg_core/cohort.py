@@ -123,8 +123,7 @@ def run_cohort(cases, models: list[str], option_sets: dict[str, dict], out: str 
                                    "pred_area_mm2": row["pred_voxels"] * vol.spacing[1] * vol.spacing[2],
                                    "ref_area_mm2": row["ref_voxels"] * vol.spacing[1] * vol.spacing[2],
                                    "ref_present": row["ref_present"], "pred_present": row["pred_present"],
-                                   "dice_star": row["dice"] if row["ref_present"] or row["pred_present"] else 1.0,
-                                   "dice_before_pp": row["dice_before_pp"],
+                                   "dice_star": row["dice_star"], "dice_before_pp": row["dice_before_pp"],
                                    "delta_pp": row["delta_pp"], "frac_on_other": row["frac_on_other"],
                                    "n_components": row["n_components"], "uncertainty": unc[z] if unc else None,
                                    "primary": row["primary"], "tags": ";".join(row["tags"])})

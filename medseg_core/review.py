@@ -66,13 +66,6 @@ def review_state_for(name: str, option_kw: dict) -> dict:
             "thr": float(option_kw.get("threshold") or spec.threshold)}
 
 
-def options_from_state(name: str, state: dict, **extra) -> PredictOptions:
-    """The :class:`PredictOptions` the review page builds from its widget values (``extra``: the
-    clinical inputs of the ultrasound models)."""
-    return PredictOptions(preprocessing=state[f"pre_{name}"], side_masking=state["side_mode"],
-                          postprocessing=POSTPROCESSING_CHOICES[state["post_mode"]], threshold=state["thr"], **extra)
-
-
 def case_key(volume: Volume) -> str:
     """A content hash identifying the case (array, geometry, modality)."""
     h = hashlib.blake2b(digest_size=12)

@@ -41,16 +41,16 @@ with st.expander("New cohort run on synthetic pelvic phantoms", expanded=not run
     n_cases = f2.slider("Cases", 1, 12, 4, key="coh_n")
     mc = f3.slider("MC-dropout samples (uncertainty)", 0, 16, 6, 2, key="coh_mc")
     if st.button("Run cohort", type="primary", disabled=not models):
-        data = C.runs_dir().parent / "data" / "pelvic_eval_seed7"
+        data, synthetic = C.runs_dir().parent / "data" / "pelvic_eval_seed7", "pelvic:12:7"
         from medseg_core.data import datasets as D
         from medseg_core.data.make_synthetic import ensure_synthetic, parse_synthetic
 
         bar = st.progress(0.0, text="Generating phantoms...")
         try:
-            ensure_synthetic(data, parse_synthetic("pelvic:12:7"))
+            ensure_synthetic(data, parse_synthetic(synthetic))
             out = C.runs_dir() / f"pelvic_{'+'.join(models)}_{n_cases}cases_mc{mc}"
             C.run_cohort(D.ut_endomri_d2(data)[:n_cases], models, C.SIDE_SETS, out, mc_samples=mc,
-                         dataset={"adapter": "ut_endomri_d2", "root": str(data), "synthetic": "pelvic:12:7"},
+                         dataset={"adapter": "ut_endomri_d2", "root": str(data), "synthetic": synthetic},
                          progress=lambda d, t, m: bar.progress(d / t, text=f"{d}/{t}: {m}"))
             ss["gallery_run"] = str(out)
         except (InputError, OSError, ValueError) as e:

@@ -2,6 +2,7 @@
 import streamlit as st
 
 from medseg_core.export import dicom_seg_available, dicom_seg_bytes
+from medseg_core.inference import PredictOptions
 from medseg_core.io import display_slice, mask_nifti_bytes, n_slices
 from medseg_core.io.errors import InputError
 from medseg_core.models import get_spec
@@ -9,7 +10,7 @@ from medseg_core.preprocessing import PREPROCESSING
 from medseg_core.render import (CT_PRESETS, LABEL_COLOURS, apply_window, aspect_correct, auto_window, display_notice, hex_to_rgb, rgb_to_hex,
                                 compare_layers, frame_png, overlay, slice_figure)
 from medseg_core.io.orientation import display_aspect
-from medseg_core.review import (POSTPROCESSING_CHOICES, contract_of, options_from_state, initial_slice, metrics_csv, metrics_table, preprocessing_preview,
+from medseg_core.review import (POSTPROCESSING_CHOICES, contract_of, initial_slice, metrics_csv, metrics_table, preprocessing_preview,
                                 slice_metrics)
 from pages._shared import current_prediction, run
 from pages._shared import require_frame
@@ -54,7 +55,8 @@ with right:
         clin["menopausal"] = int(c5.toggle("Postmenopausal", value=bool(cl.get("menopausal")), key="meno"))
         clin["oncology_center"] = int(c5.toggle("Oncology centre", value=bool(cl.get("oncology_center")), key="onco"))
 
-options = options_from_state(name, {f"pre_{name}": pre, "side_mode": side, "post_mode": post_label, "thr": thr}, **clin)
+options = PredictOptions(preprocessing=pre, side_masking=side, postprocessing=POSTPROCESSING_CHOICES[post_label],
+                         threshold=thr, **clin)
 
 if st.toggle("Preprocessing preview (before / after)", key="preview"):
     z0 = initial_slice(vol.shape, "axial", gt)
