@@ -5,7 +5,6 @@ before the page runs (a page may stop early); actions that change the case rerun
 """
 import streamlit as st
 
-from medseg_core.models import get_spec
 from medseg_core.review import compatible_models
 from pages._shared import ensure_state
 
@@ -35,21 +34,28 @@ with st.sidebar:
         st.caption(f"{vol.modality} · {' x '.join(map(str, vol.shape))} voxels · "
                    f"{' x '.join(f'{s:.3g}' for s in vol.spacing)} mm")
         st.caption("Reference mask loaded" if ss.get("gt_mask") is not None else "No reference mask")
-        choices = compatible_models(vol)
-        names = [c.name for c in choices if c.ok]
-        if names:
-            if ss.get("model_name") not in names:
+        choices = compatible_models(vol, session_models=ss.get("session_models"), case=ss.get("case_key"))
+        runnable = {c.ref: c for c in choices if c.ok}
+        if runnable:
+            if ss.get("model_name") not in runnable:
                 family = getattr(ss.get("sample"), "family", None)
-                same = [n for n in names if get_spec(n).family == family]
-                ss["model_name"] = (same or names)[0]  # a bundled case opens with its own family's model
+                same = [r for r, c in runnable.items() if c.family == family and not c.warnings]
+                ss["model_name"] = (same or list(runnable))[0]  # a bundled case opens with its own family's model
             # ss["model_name"] is the source of truth (the gallery sets it too). The widget's own state is
             # re-seeded from it on every run and a change is copied back by the callback: on a freshly
             # started server the first rerun can see the sidebar widget under a new identity (legacy
             # pages/ mode gives way to st.navigation), which dropped a plainly keyed widget's value.
             if ss.get("model_pick") != ss["model_name"]:
                 ss["model_pick"] = ss["model_name"]
-            st.selectbox("Model", names, key="model_pick", format_func=lambda n: f"{get_spec(n).title} · {n}",
-                         on_change=lambda: ss.__setitem__("model_name", ss["model_pick"]))
+            st.selectbox("Model", list(runnable), key="model_pick", format_func=lambda r: runnable[r].label,
+                         on_change=lambda: ss.__setitem__("model_name", ss["model_pick"]),
+                         help="Models whose input contract fits this case; those outside their training data are "
+                              "listed last and marked.")
+            if runnable[ss["model_name"]].warnings:
+                st.warning("Outside this model's training data; see Segment & review.")
+        else:
+            ss["model_name"] = None
+            st.caption("No model fits this case: it can still be viewed on Segment & review.")
         unfit = [c for c in choices if not c.ok]
         if unfit:
             with st.expander(f"Not available for this case ({len(unfit)})"):

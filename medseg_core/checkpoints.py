@@ -1,9 +1,14 @@
-"""Checkpoints: safetensors weights plus a JSON model card, verified by SHA-256.
+"""Checkpoints: safetensors weights plus a JSON model card (the recipe), verified by SHA-256.
 
-Never pickle: ``torch.load`` is not used anywhere in medseg. A ``.pt``/``.pth``/``.ckpt``/``.bin``
-file in ``checkpoints/`` is refused, never opened. The card records the architecture (registry
-name, variant, overrides) so the exact network is rebuilt before weights are loaded with
-``strict=True``.
+Never pickle: ``torch.load`` is used in exactly one place, :mod:`medseg_core.bundle`, with
+``weights_only=True`` to convert a MONAI bundle's state dict. A ``.pt``/``.pth``/``.ckpt``/``.bin``
+file given as a checkpoint is refused, never opened. The card (:mod:`medseg_core.cards`) holds the
+whole recipe, so the exact network is rebuilt and run as trained, whatever its file name.
+
+A checkpoint is named by a **reference** (:func:`find_checkpoint`): a name found in one of the model
+folders (``MEDSEG_MODELS``, ``os.pathsep``-separated; default ``checkpoints/`` then ``runs/``), the
+path of a ``.safetensors`` file (its card is the ``.json`` beside it), the path of a card, or a
+folder holding one checkpoint.
 """
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ from typing import Any
 import torch
 
 from .io.errors import InputError
-from .models import ModelSpec, build_model, count_parameters, get_spec
+from . import cards
+from .models import ModelSpec, build_from_spec, count_parameters
 
 CHECKPOINT_DIR = Path(os.environ.get("MEDSEG_CHECKPOINTS", Path(__file__).resolve().parents[1] / "checkpoints"))
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
@@ -50,15 +56,120 @@ def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
+ROOT = Path(__file__).resolve().parents[1]
+#: Largest checkpoint an app session may upload (bytes); ``MEDSEG_MAX_CHECKPOINT_MB`` changes it.
+MAX_UPLOAD_BYTES = int(float(os.environ.get("MEDSEG_MAX_CHECKPOINT_MB", "300")) * 1e6)
+
+
+def model_dirs() -> list[Path]:
+    """The folders whose checkpoints the app and the command lines know by name, in priority order."""
+    env = os.environ.get("MEDSEG_MODELS")
+    if env:
+        return [Path(p) for p in env.split(os.pathsep) if p]
+    return [Path(CHECKPOINT_DIR), ROOT / "runs"]
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """Where one checkpoint lives: its name (the card's, else the file stem), weights and card."""
+
+    name: str
+    weights: Path
+    card_path: Path
+    shipped: bool = False
+
+    @property
+    def ref(self) -> str:
+        """The string that finds it again: the name for shipped checkpoints, else the weights path."""
+        return self.name if self.shipped else str(self.weights)
+
+
+def _is_checkpoint(p: Path) -> bool:
+    return p.suffix == ".safetensors" and not p.stem.endswith("_last") and p.with_suffix(".json").exists()
+
+
+def list_checkpoints(dirs: list[Path] | None = None) -> list[CheckpointRef]:
+    """Every checkpoint (weights with a card beside them) in the model folders: directly in a
+    folder or one or two levels below it (``runs/<run>/<name>.safetensors``); cohort runs and
+    resume states (``*_last``) are skipped. Shipped checkpoints (``checkpoints/``) come first."""
+    out, seen = [], set()
+    shipped_dir = Path(CHECKPOINT_DIR).resolve()
+    for d in (dirs or model_dirs()):
+        d = Path(d)
+        if not d.is_dir():
+            continue
+        found = sorted(d.glob("*.safetensors")) + sorted(d.glob("*/*.safetensors")) + sorted(d.glob("*/*/*.safetensors"))
+        for p in found:
+            if "cohorts" in p.relative_to(d).parts or not _is_checkpoint(p) or p.resolve() in seen:
+                continue
+            seen.add(p.resolve())
+            out.append(CheckpointRef(p.stem, p, p.with_suffix(".json"), p.parent.resolve() == shipped_dir))
+    return out
+
+
+def _looks_like_path(ref: str) -> bool:
+    return any(c in ref for c in ("/", os.sep)) or ref.endswith((".safetensors", ".json")) or ref.endswith(PICKLE_SUFFIXES)
+
+
+def find_checkpoint(ref: str | Path, directory: str | Path | None = None) -> CheckpointRef:
+    """Resolve a reference (name, ``.safetensors`` path, card path or folder) to its files.
+
+    ``directory`` restricts name look-ups to that folder (``--checkpoints DIR``)."""
+    text = str(ref)
+    if isinstance(ref, Path) or _looks_like_path(text) or Path(text).is_dir():
+        p = Path(text).expanduser()
+        if p.suffix in PICKLE_SUFFIXES:
+            raise CheckpointError(
+                f"'{p.name}' is a pickle checkpoint, which medseg never loads (it can run code); convert it to "
+                "safetensors with a model card (a MONAI bundle: `python -m medseg_core.checkpoints import-bundle DIR`).")
+        if p.is_dir():
+            found = [q for q in sorted(p.glob("*.safetensors")) if _is_checkpoint(q)]
+            if not found:
+                raise CheckpointError(f"The folder '{p.name}' holds no checkpoint (a .safetensors file with its .json card).")
+            if len(found) > 1:
+                raise CheckpointError(f"The folder '{p.name}' holds {len(found)} checkpoints "
+                                      f"({', '.join(q.stem for q in found)}); give the path of one.")
+            p = found[0]
+        if p.suffix == ".json":
+            p = p.with_suffix(".safetensors")
+        if p.suffix != ".safetensors":
+            raise CheckpointError(f"'{p.name}' is not a checkpoint; give a .safetensors file (with its .json card) "
+                                  "or a folder holding one.")
+        if not p.exists():
+            raise CheckpointError(f"No checkpoint at '{p}'.")
+        if not p.with_suffix(".json").exists():
+            raise CheckpointError(f"'{p.name}' has no model card '{p.with_suffix('.json').name}' beside it; "
+                                  "medseg needs the card to run a model as trained.")
+        shipped = p.parent.resolve() == Path(CHECKPOINT_DIR).resolve()
+        return CheckpointRef(p.stem, p, p.with_suffix(".json"), shipped)
+    dirs = [Path(directory)] if directory is not None else model_dirs()
+    for d in dirs:
+        for suf in PICKLE_SUFFIXES:
+            bad = d / f"{text}{suf}"
+            if bad.exists():
+                raise CheckpointError(
+                    f"'{bad.name}' is a pickle checkpoint, which medseg never loads (it can run code); convert it to "
+                    "safetensors with a model card.")
+    for c in list_checkpoints(dirs):
+        if c.name == text:
+            return c
+    known = ", ".join(c.name for c in list_checkpoints(dirs)) or "none"
+    raise CheckpointError(
+        f"No checkpoint named '{text}' ('{text}.safetensors' with its card '{text}.json') in "
+        f"{', '.join(d.name + '/' for d in dirs)} (known: {known}); give a path to a .safetensors file or run folder, "
+        "or run `make checkpoints`.")
+
+
 @dataclass
 class LoadedModel:
-    """A ready model: its spec, the module (eval mode), its card, device and input geometry."""
+    """A ready model: the spec its card describes, the module (eval mode), the card, the device."""
 
     spec: ModelSpec
     module: torch.nn.Module
     card: dict = field(default_factory=dict)
     device: str = "cpu"
-    input_size: tuple[int, ...] | None = None  # overrides spec.input_size (e.g. UNETR demo img_size)
+    input_size: tuple[int, ...] | None = None  # a training run's own size (the card's recipe otherwise)
+    ref: str = ""  # how it was found (name or path); "" for an in-memory model
     # One prediction at a time per model: the app shares loaded models between sessions, and MC
     # sampling switches dropout layers to train mode while it runs.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
@@ -69,12 +180,18 @@ class LoadedModel:
 
     @property
     def size(self) -> tuple[int, ...]:
-        return tuple(self.input_size or self.card.get("input_size") or self.spec.input_size)
+        return tuple(self.input_size or self.spec.input_size)
+
+    @property
+    def envelope(self) -> dict | None:
+        return self.card.get("envelope")
 
 
 def save_checkpoint(model: torch.nn.Module, name: str, card: dict[str, Any], directory: str | Path = CHECKPOINT_DIR,
                     fp16: bool = False) -> Path:
-    """Write ``<name>.safetensors`` and ``<name>.json`` (card with SHA-256, parameter count)."""
+    """Write ``<name>.safetensors`` and ``<name>.json`` (the card, with SHA-256 and parameter count).
+    ``card`` is a current-schema card (:func:`medseg_core.cards.new_card`); an old-style card is
+    migrated (its ``model`` or ``name`` must be a registry architecture) or refused."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -90,71 +207,121 @@ def save_checkpoint(model: torch.nn.Module, name: str, card: dict[str, Any], dir
     state = {k: stored(v) for k, v in model.state_dict().items()}
     path = directory / f"{name}.safetensors"
     save_file(state, str(path), metadata={"name": name, "format": "medseg-1"})
-    full = {"name": name, "file": path.name, "sha256": sha256_file(path), "parameters": count_parameters(model),
+    full = {"name": name, "file": path.name, "sha256": "", "parameters": count_parameters(model),
             "storage": "float16" if fp16 else "float32", "notice": RESEARCH_NOTICE}
     full.update(card)
-    full["sha256"] = sha256_file(path)
+    full["name"], full["file"], full["sha256"] = name, path.name, sha256_file(path)
+    full = cards.migrate(full, name)  # a card without a schema is an old one: migrated, or refused
     (directory / f"{name}.json").write_text(json.dumps(full, indent=1, default=str))
     return path
 
 
-def read_card(name: str, directory: str | Path = CHECKPOINT_DIR) -> dict | None:
-    p = Path(directory) / f"{name}.json"
-    return json.loads(p.read_text()) if p.exists() else None
+def read_card(ref: str | Path, directory: str | Path | None = None) -> dict | None:
+    """The card of a checkpoint in the current schema (old cards migrated), or None if there is none."""
+    try:
+        c = find_checkpoint(ref, directory)
+    except CheckpointError:
+        return None
+    return _read_card_file(c.card_path)
 
 
-def checkpoint_status(name: str, directory: str | Path = CHECKPOINT_DIR) -> str:
+def _read_card_file(path: Path) -> dict:
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"The model card '{Path(path).name}' is not valid JSON; restore it or write it again.") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"The model card '{Path(path).name}' is not a JSON object.")
+    raw.setdefault("name", Path(path).stem)
+    return cards.migrate(raw, Path(path).stem)
+
+
+@functools.lru_cache(maxsize=256)
+def _spec_cached(card_path: str, mtime_ns: int) -> ModelSpec:
+    return cards.spec_from_card(_read_card_file(Path(card_path)))
+
+
+def model_spec(ref: str | Path, directory: str | Path | None = None) -> ModelSpec:
+    """The spec a checkpoint's card describes (memoised by card file and time): what the app shows
+    and checks before loading any weights."""
+    c = find_checkpoint(ref, directory)
+    return _spec_cached(str(c.card_path.resolve()), c.card_path.stat().st_mtime_ns)
+
+
+def checkpoint_status(ref: str | Path, directory: str | Path | None = None) -> str:
     """"ok", "missing" or a sentence saying what is wrong (hash memoised by file size and time)."""
     try:
-        _verified_paths(name, Path(directory), cached=True)
+        _verified(find_checkpoint(ref, directory), cached=True)
         return "ok"
     except CheckpointError as e:
-        return "missing" if "no checkpoint" in str(e).lower() else str(e)
+        return "missing" if str(e).startswith("No checkpoint") else str(e)
 
 
-def _verified_paths(name: str, directory: Path, cached: bool = False) -> tuple[Path, dict]:
-    for suf in PICKLE_SUFFIXES:
-        bad = directory / f"{name}{suf}"
-        if bad.exists():
-            raise CheckpointError(
-                f"'{bad.name}' is a pickle checkpoint, which medseg never loads (it can run code); convert it to "
-                "safetensors with a model card.")
-    weights = directory / f"{name}.safetensors"
-    card_path = directory / f"{name}.json"
-    if not weights.exists() or not card_path.exists():
+def _verified(c: CheckpointRef, cached: bool = False) -> dict:
+    card = _read_card_file(c.card_path)
+    if sha256_file(c.weights, cached=cached) != card.get("sha256"):
         raise CheckpointError(
-            f"No checkpoint for model '{name}': '{weights.name}' with its card '{card_path.name}' is missing from "
-            f"{directory.name}/; run `make checkpoints` or choose another model.")
-    try:
-        card = json.loads(card_path.read_text())
-    except json.JSONDecodeError:
-        raise CheckpointError(f"The model card '{card_path.name}' is not valid JSON; restore it from the repository.") from None
-    if sha256_file(weights, cached=cached) != card.get("sha256"):
-        raise CheckpointError(
-            f"'{weights.name}' does not match the SHA-256 in its model card (it was changed or damaged); "
+            f"'{c.weights.name}' does not match the SHA-256 in its model card (it was changed or damaged); "
             "restore it from the repository or retrain it.")
-    return weights, card
+    return card
 
 
-def load_model(name: str, device: str = "cpu", directory: str | Path = CHECKPOINT_DIR) -> LoadedModel:
-    """Build the registry model described by the card and load its verified safetensors weights."""
-    from safetensors.torch import load_file
-
-    spec = get_spec(name)
-    weights, card = _verified_paths(name, Path(directory))
-    model = build_model(name, card.get("variant", "demo"), **card.get("overrides", {}))
-    state = load_file(str(weights))
+def _build(card: dict, state: dict, label: str, device: str, ref: str = "") -> LoadedModel:
+    spec = cards.spec_from_card(card)
+    model = build_from_spec(spec)
     own = model.state_dict()
     state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError:
         raise CheckpointError(
-            f"'{weights.name}' does not fit the '{name}' architecture its card describes; retrain or restore it.") from None
+            f"'{label}' does not fit the '{spec.builder_name}' architecture its card describes; retrain or restore it.") from None
     device = resolve_device(device)
     model.to(device).eval()
-    size = card.get("input_size")
-    return LoadedModel(spec, model, card, device, tuple(size) if size else None)
+    return LoadedModel(spec, model, card, device, None, ref)
+
+
+def load_model(ref: str | Path, device: str = "cpu", directory: str | Path | None = None) -> LoadedModel:
+    """Build the architecture the card describes and load its verified safetensors weights.
+
+    ``ref``: a checkpoint name (in ``directory`` or the model folders), a ``.safetensors`` path,
+    a card path or a folder holding one checkpoint (see :func:`find_checkpoint`)."""
+    from safetensors.torch import load_file
+
+    c = find_checkpoint(ref, directory)
+    card = _verified(c)
+    return _build(card, load_file(str(c.weights)), c.weights.name, device, c.ref if directory is None else str(c.weights))
+
+
+def load_model_bytes(weights: bytes, card_text: str | bytes, device: str = "cpu",
+                     max_bytes: int = MAX_UPLOAD_BYTES) -> LoadedModel:
+    """A model from uploaded files (the app's "upload a checkpoint"): safetensors bytes plus the
+    card's JSON text; size-limited, SHA-256 checked against the card, architecture from the
+    registry only; never pickle."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_st
+
+    if len(weights) > max_bytes:
+        raise CheckpointError(f"The checkpoint is {len(weights) / 1e6:.0f} MB; this server accepts at most "
+                              f"{max_bytes / 1e6:.0f} MB (MEDSEG_MAX_CHECKPOINT_MB).")
+    if weights[:2] == b"PK" or weights[:1] == b"\x80":
+        raise CheckpointError("This file is a pickle (PyTorch .pt/.pth), which medseg never loads (it can run code); "
+                              "upload safetensors weights with their model card.")
+    try:
+        raw = json.loads(card_text)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError("The model card is not valid JSON; upload the .json written next to the weights.") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError("The model card is not a JSON object; upload the .json written next to the weights.")
+    card = cards.migrate(raw, raw.get("name"))
+    if hashlib.sha256(weights).hexdigest() != card.get("sha256"):
+        raise CheckpointError("The weights do not match the SHA-256 in the model card: they belong to another card "
+                              "or were changed; upload the pair written together.")
+    try:
+        state = load_st(weights)
+    except (SafetensorError, Exception) as e:  # noqa: BLE001 - any parse failure is the user's file
+        raise CheckpointError(f"The weights are not a readable safetensors file ({type(e).__name__}).") from None
+    return _build(card, state, card.get("file") or "the uploaded weights", device, "")
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -137,8 +137,8 @@ def check_contract(loaded: LoadedModel, volume: Volume, options: PredictOptions)
             "load the whole series or choose a 2D model.")
     if options.side_masking not in SIDE_MODES:
         raise InputError(f"Unknown side-masking mode '{options.side_masking}'; choose one of {', '.join(SIDE_MODES)}.")
-    if spec.dims == "3d" and options.side_masking != "none":
-        raise InputError("Ovary-side masking applies to the 2D slice models; switch it off for 3D models.")
+    if options.side_masking != "none" and not spec.side_masking:
+        raise InputError(f"Ovary-side masking applies to the ovary slice models; switch it off for {spec.title}.")
     if spec.clinical_inputs and (options.menopausal is None or options.oncology_center is None):
         raise InputError(
             f"The {spec.title} model needs the clinical inputs menopausal status and oncology centre (0 or 1 each); "
@@ -157,6 +157,16 @@ def check_contract(loaded: LoadedModel, volume: Volume, options: PredictOptions)
         raise InputError(
             f"This volume would need about {need / 1e9:.1f} GB to segment, more than this server allows "
             f"({budget / 1e9:.0f} GB); crop it or reduce the number of MC samples.")
+
+
+def out_of_envelope(loaded: LoadedModel, volume: Volume) -> list[str]:
+    """Sentences saying how ``volume`` lies outside the model's training data (its card's envelope);
+    empty when it lies inside. Shown before a run and kept in ``Prediction.warnings``."""
+    from .cards import check_envelope
+
+    if not loaded.card:  # a network built in memory (tests, training), not a checkpoint
+        return []
+    return check_envelope(loaded.spec, loaded.envelope, volume)
 
 
 def predict(model, volume: Volume, options: PredictOptions | None = None, progress: Progress | None = None,
@@ -179,8 +189,11 @@ def predict(model, volume: Volume, options: PredictOptions | None = None, progre
     pred = Prediction(model=spec.name, shape=volume.shape, spacing=volume.spacing, affine=volume.affine.copy(),
                       options=options, timings=timings)
     pre_name = options.preprocessing or spec.preprocessing
+    # the card's parameters belong to the card's step; another step chosen by the user runs with its defaults
+    params = spec.preprocessing_params if pre_name == spec.preprocessing else {}
+    pred.warnings.extend(out_of_envelope(loaded, volume))
     t = time.perf_counter()
-    x = preprocess(pre_name, volume.array)
+    x = preprocess(pre_name, volume.array, **params)
     timings["preprocess_s"] = time.perf_counter() - t
     prog(0.05, f"preprocessed ({pre_name})")
     with loaded.lock:

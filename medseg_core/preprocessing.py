@@ -108,9 +108,13 @@ def clahe(x: np.ndarray, clip_limit: float = 2.0, tiles: int = 8, nbins: int = 2
     return (out[0] if x.ndim == 2 else out).astype(np.float32)
 
 
-def ct_window(x: np.ndarray, lo_hu: float = -57.0, hi_hu: float = 164.0) -> np.ndarray:
+def ct_window(x: np.ndarray, lo_hu: float = -57.0, hi_hu: float = 164.0, out_lo: float = 0.0,
+              out_hi: float = 1.0) -> np.ndarray:
+    """HU window ``lo_hu..hi_hu`` mapped linearly to ``out_lo..out_hi``, clipped (MONAI's
+    ``ScaleIntensityRange(a_min, a_max, b_min, b_max, clip=True)``)."""
     x = np.asarray(x, np.float32)
-    return ((np.clip(x, lo_hu, hi_hu) - lo_hu) / (hi_hu - lo_hu)).astype(np.float32)
+    y = (np.clip(x, lo_hu, hi_hu) - lo_hu) / (hi_hu - lo_hu)
+    return (y * (out_hi - out_lo) + out_lo).astype(np.float32)
 
 
 PREPROCESSING: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -119,11 +123,14 @@ PREPROCESSING: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def preprocess(name: str, x: np.ndarray) -> np.ndarray:
+def preprocess(name: str, x: np.ndarray, **params) -> np.ndarray:
+    """Apply the named step; ``params`` are its keyword parameters (a model card's
+    ``recipe.preprocessing.params``, e.g. ``lo_hu``/``hi_hu`` for ``ct_window``)."""
     try:
-        return PREPROCESSING[name](x)
+        fn = PREPROCESSING[name]
     except KeyError:
         raise KeyError(f"unknown preprocessing {name!r}; choose one of {', '.join(PREPROCESSING)}") from None
+    return fn(x, **params)
 
 
 # ----------------------------------------------------------------------------- geometry

@@ -4,49 +4,102 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from . import metrics as M
-from .checkpoints import CHECKPOINT_DIR, checkpoint_status, read_card
+from .checkpoints import checkpoint_status, list_checkpoints, model_spec, read_card
 from .inference import PredictOptions, Prediction
 from .io import Volume
-from .models import get_spec, list_models
+from .io.errors import InputError
 from .tables import csv_text
 
 
 @dataclass
 class ModelChoice:
+    """One checkpoint the app can offer for a case."""
+
+    ref: str  # what load_model takes: a shipped name or a checkpoint path ("session:NAME" for uploads)
     name: str
     title: str
     ok: bool
-    reason: str
+    reason: str  # why it cannot run on this case ("" when it can)
+    warnings: list = field(default_factory=list)  # where the case lies outside its training data
+    source: str = "shipped"  # shipped | your models | uploaded in this session
+    task: str = ""
+    family: str = ""
+
+    @property
+    def label(self) -> str:
+        tag = {"shipped": "", "your models": " · your model", "uploaded in this session": " · uploaded"}[self.source]
+        return f"{self.title} · {self.name}{tag}{' · outside training data' if self.warnings else ''}"
 
 
-def compatible_models(volume: Volume, directory=CHECKPOINT_DIR) -> list[ModelChoice]:
-    """Every registry model with whether it can run on ``volume`` and, if not, why."""
+_TASK_ORDER = {"segmentation": 0, "segmentation+classification": 1, "classification": 2, "restoration": 3}
+_ENVELOPE_CACHE: OrderedDict = OrderedDict()
+
+
+def fit_reason(spec, volume: Volume) -> str:
+    """Why a model cannot run on ``volume`` at all ("" when its input contract fits)."""
+    if volume.modality not in spec.modalities:
+        return f"needs {'/'.join(spec.modalities)}, case is {volume.modality}"
+    if spec.dims == "3d" and volume.shape[0] < 8:
+        return "needs a 3D volume"
+    if spec.task == "restoration" and not volume.is_2d:
+        return "works on a single 2D image"
+    return ""
+
+
+def envelope_warnings(spec, card: dict, volume: Volume, case: str | None = None) -> list[str]:
+    """check_envelope, memoised per (case, checkpoint) so the sidebar does not redo it on every rerun."""
+    from .cards import check_envelope
+
+    key = (case, spec.name, card.get("sha256")) if case else None
+    if key and key in _ENVELOPE_CACHE:
+        return _ENVELOPE_CACHE[key]
+    w = check_envelope(spec, card.get("envelope"), volume)
+    if key:
+        _ENVELOPE_CACHE[key] = w
+        while len(_ENVELOPE_CACHE) > 512:
+            _ENVELOPE_CACHE.popitem(last=False)
+    return w
+
+
+def compatible_models(volume: Volume, directory=None, session_models: dict | None = None,
+                      case: str | None = None) -> list[ModelChoice]:
+    """Every checkpoint in the model folders (``directory`` alone if given) and the session's
+    uploads, with whether it can run on ``volume``, why not, and where the case lies outside the
+    model's training data. Sorted: runnable first, then inside the envelope, then by task."""
+    refs = list_checkpoints([Path(directory)] if directory is not None else None)
     out = []
-    for name in list_models():
-        spec = get_spec(name)
-        reason = ""
-        if volume.modality not in spec.modalities:
-            reason = f"needs {'/'.join(spec.modalities)}, case is {volume.modality}"
-        elif spec.dims == "3d" and volume.shape[0] < 8:
-            reason = "needs a 3D volume"
-        elif spec.task == "restoration" and not volume.is_2d:
-            reason = "works on a single 2D image"
-        else:
-            st = checkpoint_status(name, directory)
-            if st == "missing":
-                reason = "no checkpoint shipped yet"
-            elif st != "ok":
-                reason = st
-        out.append(ModelChoice(name, spec.title, not reason, reason))
-    order = {"segmentation": 0, "segmentation+classification": 1, "classification": 2, "restoration": 3}
-    out.sort(key=lambda c: (not c.ok, order[get_spec(c.name).task], c.name))
+    for c in refs:
+        try:
+            spec = model_spec(c.ref if directory is None else c.weights)
+            card = read_card(c.ref if directory is None else c.weights) or {}
+        except InputError as e:
+            out.append(ModelChoice(c.ref, c.name, c.name, False, str(e), [], "shipped" if c.shipped else "your models"))
+            continue
+        reason = fit_reason(spec, volume)
+        if not reason:
+            st = checkpoint_status(c.ref if directory is None else c.weights)
+            reason = "" if st == "ok" else st
+        warn = envelope_warnings(spec, card, volume, case) if not reason else []
+        out.append(ModelChoice(c.ref if directory is None else str(c.weights), spec.name, spec.title, not reason,
+                               reason, warn, "shipped" if c.shipped else "your models", spec.task, spec.family))
+    for key, lm in (session_models or {}).items():
+        reason = fit_reason(lm.spec, volume)
+        warn = envelope_warnings(lm.spec, lm.card, volume, case) if not reason else []
+        out.append(ModelChoice(key, lm.spec.name, lm.spec.title, not reason, reason, warn, "uploaded in this session",
+                               lm.spec.task, lm.spec.family))
+    out.sort(key=lambda c: (not c.ok, bool(c.warnings), _TASK_ORDER.get(c.task, 9), c.source != "shipped", c.name))
     return out
 
+
+#: Ovary-side masking modes as people read them (PredictOptions.side_masking values are the keys).
+SIDE_LABELS = {"none": "None", "left": "Left only", "right": "Right only", "two_pass": "Two-pass (each side separately)",
+               "oracle": "Oracle (side of the reference)"}
 
 #: The post-processing choices offered in the review page (label -> PredictOptions.postprocessing).
 POSTPROCESSING_CHOICES = {"model default": None, "none": (), "largest component per slice": ("largest_2d",),
@@ -55,9 +108,9 @@ POSTPROCESSING_CHOICES = {"model default": None, "none": (), "largest component 
 
 def review_state_for(name: str, option_kw: dict) -> dict:
     """The review page's widget values that reproduce ``option_kw`` (a cohort option set) for model
-    ``name``, so a gallery thumbnail opens the case with the run's options. Options the page has no
-    widget for are left at their defaults."""
-    spec = get_spec(name)
+    ``name`` (a checkpoint reference), so a gallery thumbnail opens the case with the run's options.
+    Options the page has no widget for are left at their defaults."""
+    spec = model_spec(name)
     post = option_kw.get("postprocessing")
     post = None if post is None else tuple(post)
     label = next((k for k, v in POSTPROCESSING_CHOICES.items() if v == post), "model default")
@@ -132,13 +185,52 @@ def metrics_csv(rows: list[dict], extra: dict | None = None) -> bytes:
     return csv_text([{**(extra or {}), **r} for r in rows]).encode()
 
 
-def model_card_summary(name: str, directory=CHECKPOINT_DIR) -> dict:
-    """What the Models page shows: spec facts plus the card's training data and metrics."""
-    spec = get_spec(name)
-    card = read_card(name, directory) or {}
-    return {"name": name, "title": spec.title, "report": spec.report, "task": spec.task,
-            "contract": spec.contract(), "dropout": spec.dropout, "notes": spec.notes,
-            "checkpoint": checkpoint_status(name, directory), "card": card}
+def model_card_summary(ref: str, directory=None) -> dict:
+    """What the Models page shows: the card's recipe facts plus its training data, envelope and metrics."""
+    return _summary(model_spec(ref, directory), read_card(ref, directory) or {}, checkpoint_status(ref, directory))
+
+
+def loaded_model_summary(lm) -> dict:
+    """:func:`model_card_summary` of a model uploaded in a session (verified when it was added)."""
+    return _summary(lm.spec, lm.card, "ok")
+
+
+def _summary(spec, card: dict, status: str) -> dict:
+    from .cards import envelope_summary
+
+    return {"name": spec.name, "title": spec.title, "report": card.get("report") or spec.report, "task": spec.task,
+            "contract": contract_of(spec), "dropout": spec.dropout, "notes": spec.notes, "builder": spec.builder_name,
+            "checkpoint": status, "card": card, "envelope": envelope_summary(card.get("envelope"))}
+
+
+def card_view(s: dict) -> dict:
+    """The words and numbers of a model summary for people: a recipe line, headline metrics, training."""
+    card = s["card"]
+    r = card.get("recipe") or {}
+    pre = r.get("preprocessing") or {}
+    params = ", ".join(f"{k} {v}" for k, v in (pre.get("params") or {}).items())
+    post = ", ".join(r.get("postprocessing") or []) or "none"
+    summary = (f"**Report** {s['report']} · **Task** {s['task']} · **Architecture** {s['builder']}  \n"
+               f"**Input** {s['contract']}  \n**Preprocessing** {pre.get('name')}{f' ({params})' if params else ''} · "
+               f"**Post-processing** {post} · **Threshold** {r.get('threshold')} · "
+               f"**Labels** {', '.join(r.get('labels') or [])}  \n**Dropout** {s['dropout']}")
+    test = card.get("test") or {}
+    metrics = {"Parameters": f"{card.get('parameters', 0) / 1e6:.2f} M"}
+    if "dice" in test:
+        metrics["Held-out Dice"] = f"{test['dice']:.3f}"
+    if "auc" in test:
+        metrics["Held-out AUC"] = f"{test['auc']:.3f}"
+    if "dice_vs_both_ovaries" in test:
+        metrics["Dice vs both ovaries"] = f"{test['dice_vs_both_ovaries']:.3f}"
+    td = card.get("training_data") or {}
+    kind = "synthetic" if td.get("synthetic") else "real"
+    arch = r.get("architecture") or {}
+    training = (f"**Training data** {td.get('adapter', 'unknown')} ({td.get('n_cases', '?')} {kind} cases), split by "
+                f"patient; loss {(card.get('loss') or {}).get('name', '?')}; {card.get('epochs_run', '?')} epochs; "
+                f"input {' x '.join(map(str, r.get('input_size') or []))}; variant {arch.get('variant', '?')}; "
+                f"storage {card.get('storage', '?')}; card schema {card.get('schema')}"
+                f"{' (migrated from ' + card['migrated_from'] + ')' if card.get('migrated_from') else ''}.")
+    return {"summary": summary, "metrics": metrics, "training": training}
 
 
 def initial_slice(shape, plane: str, *masks) -> int:
@@ -152,20 +244,16 @@ def initial_slice(shape, plane: str, *masks) -> int:
     return n_slices(shape, plane) // 2
 
 
-def preprocessing_preview(volume: Volume, name: str, z: int) -> tuple[np.ndarray, np.ndarray]:
+def preprocessing_preview(volume: Volume, name: str, z: int, params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Displayed axial slice ``z`` before and after preprocessing ``name`` (whole-volume statistics)."""
     from .io import display_slice
     from .preprocessing import preprocess
 
-    return display_slice(volume.array, "axial", z), display_slice(preprocess(name, volume.array), "axial", z)
+    return (display_slice(volume.array, "axial", z),
+            display_slice(preprocess(name, volume.array, **(params or {})), "axial", z))
 
 
-def contract_of(name: str, directory=CHECKPOINT_DIR) -> str:
-    """The input contract of the shipped checkpoint (its card's input size where it has one)."""
-    spec = get_spec(name)
-    card = read_card(name, directory) or {}
-    size = card.get("input_size")
-    text = spec.contract()
-    if size:
-        text += f" (this checkpoint: {' x '.join(map(str, size))}, {card.get('variant', '')} variant)"
-    return text
+def contract_of(spec) -> str:
+    """The input contract a checkpoint runs with (from its card's recipe)."""
+    arch = "" if spec.builder_name == spec.name else f"; architecture {spec.builder_name}"
+    return spec.contract() + arch + f"; preprocessing {spec.preprocessing}"

@@ -23,7 +23,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from . import metrics as M
 from .tables import write_csv
 from .checkpoints import LoadedModel, RESEARCH_NOTICE, save_checkpoint
 from .data import datasets as D
-from .models import build_model, count_parameters, get_spec, model_kwargs
+from .models import build_model, count_parameters, get_spec
 from .preprocessing import SliceResize, apply_side_masking, preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "name": None, "model": None, "variant": "demo", "overrides": {}, "input_size": None, "report": "",
     "data": {"adapter": None, "root": None, "synthetic": None, "split": {"fractions": [0.7, 0.15, 0.15], "seed": 0},
              "positive_slices_only": False, "negative_fraction": 0.0, "label_map": {}, "max_cases": None},
-    "preprocessing": None, "side_masking_train": "none",
+    "preprocessing": None, "preprocessing_params": None, "postprocessing": None, "threshold": None, "title": None,
+    "body_region": None, "anatomy": None, "side_masking_train": "none",
     "loss": {"name": "bce", "params": {}},
     "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9},
     "train": {"epochs": 20, "batch_size": 8, "patience": 10, "select_by": "val_dice", "seed": 0,
@@ -170,21 +171,30 @@ def _label_masks(spec, masks: dict, label_map: dict) -> list[np.ndarray]:
     return out
 
 
+def _preprocessing(spec, cfg) -> tuple[str, dict]:
+    """The preprocessing step and its parameters this run trains with (and writes into the card)."""
+    pre = cfg["preprocessing"] or spec.preprocessing
+    params = cfg.get("preprocessing_params")
+    if params is None:
+        params = spec.preprocessing_params if pre == spec.preprocessing else {}
+    return pre, dict(params)
+
+
 def prepare_2d(cases, spec, cfg, size, training: bool) -> dict[str, np.ndarray]:
     """Slices on the model grid, prepared exactly as predict() prepares them."""
-    pre = cfg["preprocessing"] or spec.preprocessing
+    pre, params = _preprocessing(spec, cfg)
     dcfg = cfg["data"]
     kind = kind_of(spec, cfg)
     X, Y, EXTRA, LAB, CLIN, PID, CASE = [], [], [], [], [], [], []
     rng = np.random.default_rng(cfg["train"]["seed"])
     for case in cases:
         vol, masks = case.load()
-        x = preprocess(pre, vol.array)
+        x = preprocess(pre, vol.array, **params)
         if kind == "restore":
             clean_path = Path(case.image).parent.parent / "clean" / f"{case.case_id}.PNG"
             from .io import load_volume
 
-            clean = preprocess(pre, load_volume(clean_path, modality="US").array)
+            clean = preprocess(pre, load_volume(clean_path, modality="US").array, **params)
             rs = SliceResize(x.shape[-2:], size)
             X.append(rs.forward(x))
             Y.append(rs.forward(clean)[:, None])
@@ -229,11 +239,11 @@ def prepare_2d(cases, spec, cfg, size, training: bool) -> dict[str, np.ndarray]:
 
 def prepare_3d(cases, spec, cfg) -> list[tuple[np.ndarray, np.ndarray]]:
     """Volumes preprocessed and resampled to the model spacing (as predict() does)."""
-    pre = cfg["preprocessing"] or spec.preprocessing
+    pre, params = _preprocessing(spec, cfg)
     out = []
     for case in cases:
         vol, masks = case.load()
-        x = torch.from_numpy(preprocess(pre, vol.array))[None, None]
+        x = torch.from_numpy(preprocess(pre, vol.array, **params))[None, None]
         y = torch.from_numpy(_label_masks(spec, masks, cfg["data"].get("label_map", {}))[0].astype(np.float32))[None, None]
         shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(vol.shape, vol.spacing, spec.target_spacing))
         x = F.interpolate(x, size=shape, mode="trilinear", align_corners=False)
@@ -430,6 +440,7 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
     spec = get_spec(cfg["model"])
     kind = kind_of(spec, cfg)
     size = tuple(cfg["input_size"] or spec.input_size)
+    pre, pre_params = _preprocessing(spec, cfg)
     over = dict(cfg["overrides"] or {})
     if spec.name == "unetr3d":
         over.setdefault("img_size", list(size))
@@ -551,7 +562,8 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
             if (epoch + 1) % every and epoch + 1 < epochs:
                 val = {}
             elif stage_kind == "seg3d":
-                val = validate_3d(net, spec, cfg, split["val"], size, d.device)
+                val = validate_3d(net, replace(spec, preprocessing=pre, preprocessing_params=pre_params), cfg,
+                                  split["val"], size, d.device)
             else:
                 val = validate_2d(stage_kind, net, s_loss, va, d.device)
             row = {"stage": stage_name, "epoch": epoch + 1, "train_loss": train_loss, **val,
@@ -594,24 +606,12 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
     model.eval()
     result = {"val": best_overall, "history": history}
     if d.main:
-        test_metrics = evaluate_split(model, spec, cfg, split["test"], size, d.device) if cfg.get("evaluate_test") else {}
-        card = {
-            "model": spec.name, "title": spec.title, "report": cfg.get("report") or spec.report, "variant": cfg["variant"],
-            "overrides": over, "architecture_kwargs": model_kwargs(spec.name, cfg["variant"], **over),
-            "input_size": list(size), "input_contract": spec.contract(), "preprocessing": cfg["preprocessing"] or spec.preprocessing,
-            "postprocessing": list(spec.postprocessing), "labels": list(spec.labels),
-            "training_data": {"adapter": cfg["data"]["adapter"], "root": str(cfg["data"]["root"]),
-                              "synthetic": cfg["data"].get("synthetic"), "n_cases": len(cases)},
-            "split": {k: sorted({c.patient_id for c in v}) for k, v in split.items()},
-            "loss": cfg["loss"], "optimiser": cfg["optim"], "augmentation": cfg["augment"],
-            "command": "python -m medseg_core.train " + " ".join(shlex.quote(a) for a in (argv or [])),
-            "seed": seed, "epochs_run": len([h for h in history if h["stage"] == stages[-1][0]]),
+        card = training_card(cfg, spec, name, over, size, split, cases, argv)
+        test_metrics = evaluate_split(model, card, cfg, split["test"], d.device) if cfg.get("evaluate_test") else {}
+        card.update({
+            "epochs_run": len([h for h in history if h["stage"] == stages[-1][0]]),
             "validation": best_overall, "test": test_metrics, "parameters": count_parameters(model),
-            "training_seconds": round(time.time() - t_start, 1), "device": d.device, "world_size": d.world,
-            "notes": (f"Demo configuration ({cfg['variant']}), narrower than the paper where CPU training demands it; "
-                      "trained and evaluated on synthetic phantoms only.") if cfg["variant"] == "demo" else "",
-            "notice": RESEARCH_NOTICE,
-        }
+            "training_seconds": round(time.time() - t_start, 1), "device": d.device, "world_size": d.world})
         save_checkpoint(model, name, card, out_dir, fp16=bool(cfg.get("fp16")))
         result["test"] = test_metrics
         print(f"[{name}] saved {out_dir / (name + '.safetensors')}; val={best_overall}; test={test_metrics}", flush=True)
@@ -621,6 +621,34 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
         dist.barrier()
         dist.destroy_process_group()
     return result
+
+
+def training_card(cfg: dict, spec, name: str, over: dict, size, split: dict, cases: list, argv) -> dict:
+    """The model card of a training run: the recipe it trained with, the envelope of its training
+    split, and its provenance (metrics are added once measured)."""
+    from . import cards
+
+    pre, params = _preprocessing(spec, cfg)
+    recipe = cards.recipe_from_spec(spec, cfg["variant"], over, input_size=size, preprocessing=pre,
+                                    preprocessing_params=params, postprocessing=cfg.get("postprocessing"),
+                                    threshold=cfg.get("threshold"))
+    region, anatomy = cards.region_defaults(spec.family)
+    train_cases = split["train"] or cases
+    envelope = cards.data_envelope((c.load()[0] for c in train_cases), pre, params,
+                                   body_region=cfg.get("body_region") or region, anatomy=cfg.get("anatomy") or anatomy,
+                                   case_ids=[c.case_id for c in train_cases])
+    title = cfg.get("title") or (spec.title if name == spec.name else f"{name} ({spec.title})")
+    return cards.new_card(
+        name, recipe, envelope, title=title, report=cfg.get("report") or spec.report,
+        training_data={"adapter": cfg["data"]["adapter"], "root": str(cfg["data"]["root"]),
+                       "synthetic": cfg["data"].get("synthetic"), "n_cases": len(cases)},
+        split={k: sorted({c.patient_id for c in v}) for k, v in split.items()},
+        loss=cfg["loss"], optimiser=cfg["optim"], augmentation=cfg["augment"],
+        command="python -m medseg_core.train " + " ".join(shlex.quote(a) for a in (argv or [])),
+        seed=int(cfg["train"]["seed"]),
+        notes=(f"Demo configuration ({cfg['variant']}), narrower than the paper where CPU training demands it; "
+               "trained and evaluated on synthetic phantoms only.") if cfg["variant"] == "demo" else "",
+        notice=RESEARCH_NOTICE)
 
 
 def _state_hash(model) -> str:
@@ -645,13 +673,16 @@ def _cascade_crops(arrays: dict, model) -> dict:
             "y": np.zeros((len(xs), 1), np.float32)}
 
 
-def evaluate_split(model, spec, cfg, cases, size, device) -> dict:
-    """Held-out metrics through the real predict() pipeline (recorded in the model card)."""
+def evaluate_split(model, card: dict, cfg, cases, device) -> dict:
+    """Held-out metrics through the real predict() pipeline, run from the card's recipe exactly as
+    a user will run the saved checkpoint (recorded in the model card)."""
+    from .cards import spec_from_card
     from .inference import PredictOptions, predict
 
     if not cases:
         return {}
-    lm = LoadedModel(spec, model, {}, device, tuple(size))
+    spec = spec_from_card(card)
+    lm = LoadedModel(spec, model, {}, device)
     dices, dices_any, probs, labels = [], [], [], []
     for case in cases:
         vol, masks = case.load()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from medseg_core.checkpoints import load_model
+from medseg_core.checkpoints import load_model, model_spec
 from medseg_core.inference import PredictOptions, predict
 from medseg_core.render import auto_window
 from medseg_core.review import PredictionCache, case_key
@@ -16,9 +16,24 @@ DEFAULT_SAMPLE = "pelvic"
 
 
 @st.cache_resource(show_spinner="Loading model weights...")
-def cached_model(name: str):
+def cached_model(ref: str):
     """One loaded model per process, shared read-only by all sessions (predict() locks it)."""
-    return load_model(name)
+    return load_model(ref)
+
+
+def get_model(ref: str):
+    """The loaded model for a picker reference: a checkpoint uploaded in this session
+    (``session:NAME``, kept in this session's state only) or a model folder's checkpoint."""
+    if ref.startswith("session:"):
+        return st.session_state["session_models"][ref]
+    return cached_model(ref)
+
+
+def get_spec(ref: str):
+    """The spec (from the card) of a picker reference, without loading weights."""
+    if ref.startswith("session:"):
+        return st.session_state["session_models"][ref].spec
+    return model_spec(ref)
 
 
 def set_case(volume, gt=None, extras=None, sample=None) -> None:
@@ -59,10 +74,12 @@ def run(model_name: str, options: PredictOptions, reference=None):
     key = cache.key(ss["case_key"], model_name, options)
     pred = cache.get(key)
     if pred is None:
-        bar = st.progress(0.0, text=f"Running {model_name}...")
-        pred = predict(cached_model(model_name), ss["volume"], options,
-                       progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m), reference=reference)
-        bar.empty()
+        bar = st.progress(0.0, text=f"Running {get_spec(model_name).title}...")
+        try:
+            pred = predict(get_model(model_name), ss["volume"], options,
+                           progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m), reference=reference)
+        finally:
+            bar.empty()  # never leave a stuck progress bar beside an error
         cache.put(key, pred)
     ss["current"] = key
     return pred
@@ -118,3 +135,17 @@ def follow_goto() -> None:
     target = st.session_state.pop("_goto", None)
     if target:
         st.switch_page(target)
+
+
+def add_session_model(weights: bytes, card_text: bytes) -> str:
+    """Verify an uploaded checkpoint (size, SHA-256, registry architecture, never pickle) and make it
+    available to this session only, under ``session:NAME``. Returns the model's name."""
+    from medseg_core.checkpoints import load_model_bytes
+
+    lm = load_model_bytes(weights, card_text)
+    ss = st.session_state
+    models = ss.setdefault("session_models", {})
+    key = f"session:{lm.spec.name}"
+    models[key] = lm
+    ss["model_name"] = key
+    return lm.spec.name

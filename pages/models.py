@@ -1,40 +1,60 @@
-"""Models: every registry model with its input contract and model card."""
+"""Models: every checkpoint the app knows (shipped, your own, uploaded in this session) with its card,
+and uploading a checkpoint for this session."""
 import streamlit as st
 
-from medseg_core.models import list_models
-from medseg_core.review import model_card_summary
-from pages._shared import require_frame
+from medseg_core.checkpoints import list_checkpoints, model_dirs
+from medseg_core.io.errors import InputError
+from medseg_core.review import card_view, loaded_model_summary, model_card_summary
+from pages._shared import add_session_model, require_frame
 
 require_frame()
 
+ss = st.session_state
 st.title("Models")
-st.caption("Every model in the registry. Shipped checkpoints are demo versions trained on synthetic phantoms: "
-           "research use only, not validated on patients.")
-for name in list_models():
-    s = model_card_summary(name)
-    card = s["card"]
-    status = {"ok": "checkpoint verified (SHA-256)", "missing": "no checkpoint shipped yet"}.get(s["checkpoint"], s["checkpoint"])
-    with st.expander(f"{s['title']}  ·  {name}  ·  {status}", expanded=False):
-        st.markdown(f"**Report** {s['report']} · **Task** {s['task']}  \n**Input** {s['contract']}  \n"
-                    f"**Dropout** {s['dropout']}")
+st.caption("Every checkpoint in the model folders (" + ", ".join(f"`{d}`" for d in model_dirs()) + "; set "
+           "`MEDSEG_MODELS` to change them) and any uploaded in this session. Shipped checkpoints are demo versions "
+           "trained on synthetic phantoms: research use only, not validated on patients. A checkpoint's card is "
+           "its recipe: it runs exactly as it was trained.")
+
+
+def show(s: dict, source: str) -> None:
+    status = {"ok": "checkpoint verified (SHA-256)"}.get(s["checkpoint"], s["checkpoint"])
+    with st.expander(f"{s['title']}  ·  {s['name']}  ·  {source}  ·  {status}", expanded=False):
+        v = card_view(s)
+        st.markdown(v["summary"])
         if s["notes"]:
             st.caption(s["notes"])
-        if card:
-            c1, c2, c3 = st.columns(3)
-            c1.metric("Parameters", f"{card.get('parameters', 0) / 1e6:.2f} M")
-            test = card.get("test", {})
-            if "dice" in test:
-                c2.metric("Held-out Dice (synthetic)", f"{test['dice']:.3f}")
-            if "auc" in test:
-                c3.metric("Held-out AUC (synthetic)", f"{test['auc']:.3f}")
-            if "dice_vs_both_ovaries" in test:
-                c3.metric("Dice vs both ovaries", f"{test['dice_vs_both_ovaries']:.3f}")
-            st.markdown(f"**Training data** {card.get('training_data', {}).get('adapter')} "
-                        f"({card.get('training_data', {}).get('n_cases')} synthetic cases), "
-                        f"split by patient; loss {card.get('loss', {}).get('name')}; "
-                        f"{card.get('epochs_run')} epochs; input {card.get('input_size')}; "
-                        f"variant {card.get('variant')}; storage {card.get('storage')}.")
-            st.caption(card.get("notes", ""))
-            st.caption(card.get("notice", ""))
-            with st.popover("Full model card (JSON)"):
-                st.json({k: v for k, v in card.items() if k != "split"})
+        cols = st.columns(max(1, len(v["metrics"])))
+        for c, (k, val) in zip(cols, v["metrics"].items()):
+            c.metric(k, val)
+        st.markdown(v["training"])
+        st.caption(f"Training data envelope: {s['envelope']}.")
+        card = s["card"]
+        st.caption(card.get("notes", ""))
+        st.caption(card.get("notice", ""))
+        with st.popover("Full model card (JSON)"):
+            st.json({k: v for k, v in card.items() if k != "split"})
+
+
+tabs = st.tabs(["Available models", "Upload a checkpoint"])
+with tabs[0]:
+    for c in list_checkpoints():
+        try:
+            show(model_card_summary(c.ref), "shipped" if c.shipped else f"your model ({c.weights.parent})")
+        except InputError as e:
+            st.error(f"{c.weights.name}: {e}")
+    for key, lm in (ss.get("session_models") or {}).items():
+        show(loaded_model_summary(lm), "uploaded in this session")
+with tabs[1]:
+    st.caption("A medseg checkpoint: the `.safetensors` weights and the `.json` model card written beside them "
+               "(by `python -m medseg_core.train` or `python -m medseg_core.checkpoints import-bundle`). The card "
+               "must name a registry architecture; the weights must match its SHA-256. Pickle files (.pt, .pth) "
+               "are refused. The model is available to this session only and is forgotten when it ends.")
+    w = st.file_uploader("Weights (.safetensors)", type=["safetensors"], key="ck_weights")
+    c = st.file_uploader("Model card (.json)", type=["json"], key="ck_card")
+    if w is not None and c is not None and st.button("Add to this session", key="ck_add"):
+        try:
+            name = add_session_model(w.getvalue(), c.getvalue())
+            st.success(f"'{name}' is available in the sidebar's model picker for this session.")
+        except InputError as e:
+            st.error(str(e))

@@ -5,14 +5,13 @@ from medseg_core.export import dicom_seg_available, dicom_seg_bytes
 from medseg_core.inference import PredictOptions
 from medseg_core.io import display_slice, mask_nifti_bytes, n_slices
 from medseg_core.io.errors import InputError
-from medseg_core.models import get_spec
 from medseg_core.preprocessing import PREPROCESSING
-from medseg_core.render import (CT_PRESETS, LABEL_COLOURS, apply_window, aspect_correct, auto_window, display_notice, hex_to_rgb, rgb_to_hex,
+from medseg_core.render import (COMPARE_COLOURS, CT_PRESETS, LABEL_COLOURS, apply_window, aspect_correct, auto_window, display_notice, hex_to_rgb, rgb_to_hex,
                                 compare_layers, frame_png, overlay, slice_figure)
 from medseg_core.io.orientation import display_aspect
-from medseg_core.review import (POSTPROCESSING_CHOICES, contract_of, initial_slice, metrics_csv, metrics_table, preprocessing_preview,
+from medseg_core.review import (POSTPROCESSING_CHOICES, SIDE_LABELS, contract_of, envelope_warnings, initial_slice, metrics_csv, metrics_table, preprocessing_preview,
                                 slice_metrics)
-from pages._shared import current_prediction, run
+from pages._shared import current_prediction, get_model, get_spec, run
 from pages._shared import require_frame
 
 require_frame()
@@ -25,26 +24,43 @@ if vol is None:
     st.stop()
 gt = ss.get("gt_mask")
 
-# ------------------------------------------------------------------ model and options
+# ------------------------------------------------------------------ what to review
 name = ss.get("model_name")
-if name is None:
-    st.warning("No model fits this case (see the sidebar).")
-    st.stop()
-spec = get_spec(name)
-st.caption(f"Model: **{spec.title}** ({name}, chosen in the sidebar) · {contract_of(name)}")
-right = st.container()
-with right:
+externals = ss.get("external_predictions") or {}
+sources = ([f"model:{name}"] if name else []) + [f"uploaded:{k}" for k in externals]
+source = None
+if len(sources) > 1:
+    source = st.radio("Result to review", sources, horizontal=True, key="result_source",
+                      format_func=lambda s: f"Model: {get_spec(name).title}" if s.startswith("model:")
+                      else f"Uploaded prediction: {s.split(':', 1)[1]}")
+elif sources:
+    source = sources[0]
+pred = None
+if source is None:
+    st.warning("No model fits this case (see the sidebar for why), and no prediction was uploaded. "
+               "You can still view the image and the reference mask below.")
+elif source.startswith("uploaded:"):
+    pred = externals[source.split(":", 1)[1]]
+    st.caption(f"Uploaded prediction **{pred.model}** (made outside medseg; reviewed as a model's output).")
+    for w in pred.warnings:
+        st.warning(w)
+else:
+    spec = get_spec(name)
+    st.caption(f"Model: **{spec.title}** ({spec.name}, chosen in the sidebar) · {contract_of(spec)}")
+    for w in envelope_warnings(spec, get_model(name).card, vol, ss.get("case_key")):
+        st.warning(w)
     c1, c2, c3 = st.columns(3)
     pre_names = list(PREPROCESSING)
     ss.setdefault(f"pre_{name}", spec.preprocessing)  # defaults via state: the gallery may preset them
     ss.setdefault("thr", float(spec.threshold))
     pre = c1.selectbox("Preprocessing", pre_names, key=f"pre_{name}",
-                       help="The model was trained with its default; others show how sensitive it is.")
+                       help=f"The model was trained with '{spec.preprocessing}' (its card); others show how "
+                            "sensitive it is.")
     side_modes = ["none"]
-    if spec.family == "ovary" and spec.task == "segmentation":
+    if spec.side_masking:
         side_modes = ["none", "left", "right", "two_pass"] + (["oracle"] if gt is not None else [])
-    side = c2.selectbox("Ovary-side masking", side_modes, key="side_mode",
-                        help="Sides are the patient's (from the file's orientation). 'oracle' uses the reference "
+    side = c2.selectbox("Ovary-side masking", side_modes, key="side_mode", format_func=lambda m: SIDE_LABELS[m],
+                        help="Sides are the patient's (from the file's orientation). 'Oracle' uses the reference "
                              "mask: evaluation only.") if len(side_modes) > 1 else "none"
     post_label = c3.selectbox("Post-processing", list(POSTPROCESSING_CHOICES), key="post_mode")
     c4, c5 = st.columns(2)
@@ -55,31 +71,35 @@ with right:
         clin["menopausal"] = int(c5.toggle("Postmenopausal", value=bool(cl.get("menopausal")), key="meno"))
         clin["oncology_center"] = int(c5.toggle("Oncology centre", value=bool(cl.get("oncology_center")), key="onco"))
 
-options = PredictOptions(preprocessing=pre, side_masking=side, postprocessing=POSTPROCESSING_CHOICES[post_label],
-                         threshold=thr, **clin)
+    options = PredictOptions(preprocessing=pre, side_masking=side, postprocessing=POSTPROCESSING_CHOICES[post_label],
+                             threshold=thr, **clin)
 
-if st.toggle("Preprocessing preview (before / after)", key="preview"):
-    z0 = initial_slice(vol.shape, "axial", gt)
-    r_mm, c_mm = display_aspect(vol.spacing, "axial")
-    before, after = preprocessing_preview(vol, pre, z0)
-    p1, p2 = st.columns(2)
-    p1.image(aspect_correct(apply_window(before, *auto_window(before[None])), r_mm, c_mm), caption="before", clamp=True)
-    p2.image(aspect_correct(apply_window(after, *auto_window(after[None])), r_mm, c_mm), caption=f"after: {pre}", clamp=True)
+    if st.toggle("Preprocessing preview (before / after)", key="preview"):
+        z0 = initial_slice(vol.shape, "axial", gt)
+        r_mm, c_mm = display_aspect(vol.spacing, "axial")
+        before, after = preprocessing_preview(vol, pre, z0, spec.preprocessing_params if pre == spec.preprocessing else {})
+        p1, p2 = st.columns(2)
+        p1.image(aspect_correct(apply_window(before, *auto_window(before[None])), r_mm, c_mm), caption="before", clamp=True)
+        p2.image(aspect_correct(apply_window(after, *auto_window(after[None])), r_mm, c_mm), caption=f"after: {pre}", clamp=True)
 
-if st.button("Run model", type="primary") or ss.pop("run_now", False):
-    try:
-        run(name, options, reference=gt if side == "oracle" else None)
-    except InputError as e:
-        st.error(str(e))
+    if st.button("Run model", type="primary") or ss.pop("run_now", False):
+        try:
+            run(name, options, reference=gt if side == "oracle" else None)
+        except InputError as e:
+            st.error(str(e))
 
-pred = current_prediction()
-if pred is None or pred.model != name:
-    st.info("Choose options and press **Run model**. Results are cached: browsing never re-runs the model.")
-    st.stop()
-if pred.options != options:
-    st.caption("Showing the last run; the options above have changed since. Press Run model to apply them.")
-for w in pred.warnings:
-    st.warning(w)
+    current = ss.get("current")
+    pred = current_prediction() if current and current[1] == name else None
+    if pred is None:
+        st.info("Choose options and press **Run model**. Results are cached: browsing never re-runs the model.")
+    else:
+        if pred.options != options:
+            st.caption("Showing the last run; the options above have changed since. Press Run model to apply them.")
+        for w in pred.warnings:
+            if not w.startswith("This case lies outside"):  # already shown above the options
+                st.warning(w)
+masks = pred.masks if pred is not None else {}
+primary = next(iter(masks.values()), None)
 
 
 # ------------------------------------------------------------------ viewer
@@ -87,7 +107,10 @@ for w in pred.warnings:
 def viewer():
     col_img, col_ctl = st.columns([3, 1])
     with col_ctl:
-        plane = st.radio("Plane", ["axial", "coronal", "sagittal"], horizontal=True, key="plane")
+        planes = ["axial"] if vol.is_2d else ["axial", "coronal", "sagittal"]  # a 2D image has one plane
+        if ss.get("plane") not in planes:
+            ss["plane"] = "axial"
+        plane = st.radio("Plane", planes, horizontal=True, key="plane") if len(planes) > 1 else "axial"
         presets = (["Auto (1-99 %)"] + list(CT_PRESETS)) if vol.modality == "CT" else ["Auto (1-99 %)"]
         preset = st.selectbox("Window", presets + ["Manual"], key="wl_preset")
         if preset in CT_PRESETS:
@@ -101,28 +124,31 @@ def viewer():
         alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.35, 0.05, key="alpha")
         mode = st.radio("Overlay", ["fill", "outline"], horizontal=True, key="ovmode")
         shown, colours = [], {}
-        for k, lab in enumerate(pred.masks):
+        for k, lab in enumerate(masks):
             cb, cp = st.columns([3, 1])
             if cb.checkbox(lab, True, key=f"show_{lab}"):
                 shown.append(lab)
             colours[lab] = hex_to_rgb(cp.color_picker(f"{lab} colour", rgb_to_hex(LABEL_COLOURS[k % len(LABEL_COLOURS)]),
                                                       key=f"colour_{lab}", label_visibility="collapsed"))
-        compare = st.toggle("Compare with reference (TP / FP / FN)", value=gt is not None, disabled=gt is None,
-                            key="compare")
-        show_removed = st.toggle("Show what post-processing removed", value=False, key="show_removed")
-        show_sides = bool(pred.sides) and st.toggle("Colour two-pass sides", value=True, key="sides")
+        compare = st.toggle("Compare with reference (TP / FP / FN)", value=gt is not None,
+                            disabled=gt is None or primary is None, key="compare") and primary is not None
+        show_removed = pred is not None and bool(pred.removed) and st.toggle(
+            "Show what post-processing removed", value=False, key="show_removed")
+        show_sides = pred is not None and bool(pred.sides) and st.toggle("Colour two-pass sides", value=True, key="sides")
     n = n_slices(vol.shape, plane)
     if f"slice_{plane}" not in st.session_state:
-        st.session_state[f"slice_{plane}"] = initial_slice(vol.shape, plane, pred.mask, gt)
+        st.session_state[f"slice_{plane}"] = initial_slice(vol.shape, plane, primary, gt)
     with col_img:
         idx = st.slider("Slice", 0, n - 1, key=f"slice_{plane}") if n > 1 else 0
         layers = []
-        if compare and gt is not None and pred.mask is not None:
-            layers = compare_layers(display_slice(pred.mask, plane, idx), display_slice(gt, plane, idx))
+        if compare and gt is not None:
+            layers = compare_layers(display_slice(primary, plane, idx), display_slice(gt, plane, idx))
+        elif primary is None and gt is not None:  # no result yet: the reference alone
+            layers = [(display_slice(gt, plane, idx), COMPARE_COLOURS["tp"])]
         elif show_sides:
             layers = [(display_slice(pred.sides[s]["mask"], plane, idx), LABEL_COLOURS[k]) for k, s in enumerate(("left", "right"))]
         else:
-            for lab in pred.masks:
+            for lab in masks:
                 if lab in shown:
                     layers.append((display_slice(pred.masks[lab], plane, idx), colours[lab]))
         if show_removed:
@@ -138,12 +164,13 @@ def viewer():
         st.plotly_chart(slice_figure(rgb, plane, title=f"{plane} {idx + 1}/{n}"), width="stretch",
                         config={"displaylogo": False}, key="viewer_fig")
         legend = ("TP green · FP red · FN blue" if compare and gt is not None else
+                  "reference mask green" if primary is None and gt is not None else
                   "left side orange · right side blue" if show_sides else
                   " · ".join(f"{lab}" for lab in shown))
         st.caption(f"{legend}{' · removed by post-processing: magenta' if show_removed else ''}. "
                    "Radiological convention: patient's right on the image left.")
-        if gt is not None and plane == "axial" and pred.mask is not None:
-            sm = slice_metrics(pred.mask, gt, vol.spacing, idx)
+        if gt is not None and plane == "axial" and primary is not None:
+            sm = slice_metrics(primary, gt, vol.spacing, idx)
             st.caption("This slice: " + ", ".join(f"{k} {v:.3g}" for k, v in sm.items()))
         st.download_button("Export this view (PNG)", lambda: frame_png(rgb), file_name=f"view_{plane}_{idx + 1}.png",
                            mime="image/png", key="dl_png")
@@ -152,6 +179,9 @@ def viewer():
 viewer()
 
 # ------------------------------------------------------------------ results, metrics, export
+if pred is None:
+    st.stop()
+result_name = pred.model
 st.subheader("Results")
 cols = st.columns(4)
 vox_ml = vol.voxel_volume_ml
@@ -169,19 +199,20 @@ rows = []
 if gt is not None and pred.mask is not None:
     rows = metrics_table(pred, gt, vol.spacing)
     st.dataframe(rows, hide_index=True)
-timing = ", ".join(f"{k.replace('_s', '')} {v:.2f} s" for k, v in pred.timings.items() if k.endswith("_s"))
-st.caption(f"Timings: {timing}.")
+if pred.timings:
+    timing = ", ".join(f"{k.replace('_s', '')} {v:.2f} s" for k, v in pred.timings.items() if k.endswith("_s"))
+    st.caption(f"Timings: {timing}.")
 e1, e2, e3 = st.columns(3)
 if pred.mask is not None:
     e1.download_button("Export mask (NIfTI, source affine)", lambda: mask_nifti_bytes(pred.mask, vol),
-                       file_name=f"{name}_mask.nii.gz", mime="application/gzip", key="dl_nii")
+                       file_name=f"{result_name}_mask.nii.gz", mime="application/gzip", key="dl_nii")
     seg_reason = dicom_seg_available(vol)
     if seg_reason is None:
-        e3.download_button("Export DICOM SEG", lambda: dicom_seg_bytes(pred.masks, vol, name),
-                           file_name=f"{name}_seg.dcm", mime="application/dicom", key="dl_seg",
+        e3.download_button("Export DICOM SEG", lambda: dicom_seg_bytes(pred.masks, vol, result_name),
+                           file_name=f"{result_name}_seg.dcm", mime="application/dicom", key="dl_seg",
                            help="A binary DICOM Segmentation referencing the source series; no patient data.")
     else:
         e3.caption(seg_reason)
 if rows:
-    e2.download_button("Export metrics (CSV)", metrics_csv(rows, {"model": name}), file_name=f"{name}_metrics.csv",
+    e2.download_button("Export metrics (CSV)", metrics_csv(rows, {"model": result_name}), file_name=f"{result_name}_metrics.csv",
                        mime="text/csv", key="dl_csv")

@@ -5,7 +5,7 @@ from medseg_core.inference import PredictOptions
 from medseg_core.io import display_slice, n_slices
 from medseg_core.io.errors import InputError
 from medseg_core.io.orientation import display_aspect
-from medseg_core.models import get_spec
+from pages._shared import get_spec
 from medseg_core.render import apply_window, aspect_correct, heat_overlay, slice_figure
 from medseg_core.review import initial_slice
 from medseg_core.uncertainty import LN2

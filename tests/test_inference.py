@@ -300,7 +300,7 @@ def test_fp16_storage_keeps_out_of_range_tensors_in_float32(tmp_path):
 
     m = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
     m[1].running_var.fill_(1.2e5)
-    save_checkpoint(m, "bn", {"model": "x"}, directory=tmp_path, fp16=True)
+    save_checkpoint(m, "bn", {"model": "unet3d"}, directory=tmp_path, fp16=True)
     state = load_file(str(tmp_path / "bn.safetensors"))
     assert state["0.weight"].dtype == torch.float16
     assert state["1.running_var"].dtype == torch.float32 and float(state["1.running_var"].max()) == 1.2e5

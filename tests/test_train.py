@@ -45,12 +45,18 @@ def test_train_writes_card_log_and_resumes(tmp_path, pelvic_root):
     ck = tmp_path / "ck"
     card = json.loads((ck / "ovary_unet.json").read_text())
     assert card["sha256"] == sha256_file(ck / "ovary_unet.safetensors")
-    assert "Research use only" in card["notice"] and card["variant"] == "demo"
-    assert card["overrides"] == {"base": 4} and card["input_size"] == [32, 32]
+    r = card["recipe"]
+    assert card["schema"] == "medseg.card/2" and "Research use only" in card["notice"]
+    assert r["architecture"]["variant"] == "demo" and r["architecture"]["builder"] == "ovary_unet"
+    assert r["architecture"]["overrides"] == {"base": 4} and r["architecture"]["kwargs"]["base"] == 4
+    assert r["input_size"] == [32, 32] and r["labels"] == ["ovary"] and r["side_masking"] is True
+    env = card["envelope"]  # the training split's geometry, measured
+    assert env["modalities"] == ["MR"] and env["n_cases"] == len(card["split"]["train"])
+    assert env["spacing_mm"][0] == [6.0, 6.0] and env["intensity"]["after"] == "plain"
     sp = card["split"]
     assert not (set(sp["train"]) & set(sp["val"])) and not (set(sp["train"]) & set(sp["test"]))
     assert card["parameters"] > 0 and card["epochs_run"] == 2 and "dice" in card["test"]
-    assert "--config" in card["command"] and card["preprocessing"] == "plain"
+    assert "--config" in card["command"] and r["preprocessing"] == {"name": "plain", "params": {}}
     rows = list(csv.DictReader(open(ck / "ovary_unet_log.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"] and {"train_loss", "val_loss", "val_dice"} <= set(rows[0])
     # resume for one more epoch: the log continues where it stopped

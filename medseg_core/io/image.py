@@ -61,5 +61,6 @@ def read_image(data: bytes, name: str, limits: Limits, pixel_spacing_mm: tuple[f
     affine = LPS_TO_RAS @ np.diag([cs, rs, 1.0, 1.0])
     arr_zyx, canon = to_canonical(data_xyz, affine)
     meta = {"format": f"image ({name.rsplit('.', 1)[-1].upper() if '.' in name else 'unknown'})",
-            "source_orientation": "display (radiological)", "image_mode": mode}
+            "source_orientation": "display (radiological)", "image_mode": mode,
+            "spacing_source": "given" if pixel_spacing_mm else "assumed"}
     return arr_zyx, canon, warnings, meta

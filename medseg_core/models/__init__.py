@@ -46,6 +46,18 @@ class ModelSpec:
     sw_overlap: float = 0.25
     sw_batch_size: int = 4
     notes: str = ""
+    #: ovary-side masking (report 000) applies to this model
+    side_masking: bool = False
+    #: the registry builder (differs from ``name`` for a checkpoint's own spec, see cards.spec_from_card)
+    architecture: str = ""
+    #: keyword parameters of the preprocessing step (a card may set them)
+    preprocessing_params: dict = field(default_factory=dict)
+    #: the full builder kwargs of a checkpoint (set from its card; empty for registry specs)
+    arch_kwargs: dict = field(default_factory=dict)
+
+    @property
+    def builder_name(self) -> str:
+        return self.architecture or self.name
 
     @property
     def checkpoint(self) -> str:
@@ -135,7 +147,7 @@ _SPLEEN = dict(family="spleen", report="003", task="segmentation", dims="3d", mo
                postprocessing=("largest_3d",), labels=("spleen",), activation="softmax",
                target_spacing=(2.0, 1.5, 1.5), mc_prefix=False)
 _OVARY = dict(family="ovary", report="000", dims="2d", mode="slicewise", in_channels=1, input_size=(256, 256),
-              modalities=("MR",), labels=("ovary",), activation="sigmoid", mc_prefix=True)
+              modalities=("MR",), labels=("ovary",), activation="sigmoid", mc_prefix=True, side_masking=True)
 _US = dict(family="ultrasound", report="001", dims="2d", mode="image", in_channels=1, modalities=("US",),
            intensity="grey 0..255 scaled to 0..1", preprocessing="minmax")
 
@@ -174,7 +186,7 @@ _SPECS = [
               intensity="RAovSeg remap to 0..1", preprocessing="raovseg", postprocessing=(),
               dropout="before the final linear layer (0.2)", paper_kwargs={}, demo_kwargs={}, threshold=0.6,
               notes="Gate before the ovary segmenter: slices below the threshold are left empty.",
-              **{**_OVARY, "labels": ("ovary_present",)}),
+              **{**_OVARY, "labels": ("ovary_present",), "side_masking": False}),
     ModelSpec(name="us_mtl_effb0", title="US multitask EfficientNet-B0 + clinical", builder=_effb0,
               task="segmentation+classification", input_size=(336, 544), postprocessing=("largest_2d",),
               labels=("lesion",), activation="sigmoid", clinical_inputs=("menopausal", "oncology_center"),
@@ -241,6 +253,11 @@ def build_model(name: str, variant: str = "paper", **overrides: Any) -> nn.Modul
     """A freshly initialised model (no weights loaded; see ``inference.load_model``)."""
     spec = get_spec(name)
     return spec.builder(**model_kwargs(name, variant, **overrides))
+
+
+def build_from_spec(spec: ModelSpec) -> nn.Module:
+    """The architecture a checkpoint's spec describes (its card's full builder kwargs)."""
+    return get_spec(spec.builder_name).builder(**spec.arch_kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:
