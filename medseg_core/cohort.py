@@ -26,7 +26,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,18 +50,11 @@ def runs_dir() -> Path:
 
 
 def parse_set(text: str) -> tuple[str, dict]:
-    """``NAME:key=value,key=value`` (values in YAML) -> (name, PredictOptions kwargs)."""
-    import yaml
+    """``NAME:key=value,key=value`` -> (name, PredictOptions kwargs); the one options parser
+    (:func:`medseg_core.options.parse_option_set`)."""
+    from .options import parse_option_set
 
-    name, _, rest = text.partition(":")
-    kw = {}
-    for item in filter(None, rest.split(",")):
-        k, v = item.split("=", 1)
-        val = yaml.safe_load(v)
-        if k == "postprocessing":
-            val = tuple(val or ()) if not isinstance(val, str) else (val,)
-        kw[k.strip()] = val
-    return name.strip(), kw
+    return parse_option_set(text)
 
 
 def _pack(mask: np.ndarray) -> np.ndarray:
@@ -76,81 +69,86 @@ def mask_file(run: Path, model: str, set_name: str, case_id: str) -> Path:
     return Path(run) / "masks" / f"{model}__{set_name}__{case_id}.npz"
 
 
-def run_cohort(cases, models: list[str], option_sets: dict[str, dict], out: str | Path, mc_samples: int = 0,
+#: The option-set name under which a folder of predictions made elsewhere appears.
+EXTERNAL_SET = "as_delivered"
+
+
+def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Path, mc_samples: int = 0,
                rules: A.TagRules = A.TagRules(), dataset: dict | None = None, progress=None,
-               directory=None) -> Path:
+               directory=None, predictions: dict[str, str | Path] | None = None, seed: int = 0) -> Path:
     """Run every model with every option set over ``cases`` and write the run folder ``out``.
 
-    ``option_sets`` maps a name to :class:`~medseg_core.inference.PredictOptions` keyword arguments;
-    the first is the baseline of the paired comparisons. ``mc_samples`` > 0 adds MC-dropout
-    uncertainty (mean entropy per slice) to every row. ``progress(done, total, message)``.
+    ``models``: checkpoint references (shipped names, ``.safetensors`` paths, run folders) or loaded
+    models. ``option_sets`` maps a name to :class:`~medseg_core.inference.PredictOptions` keyword
+    arguments; the first is the baseline of the paired comparisons. ``predictions`` maps a name to a
+    folder of masks made elsewhere (one per case, see :class:`medseg_core.engine.PredictionFolder`):
+    they join the gallery next to the models under the option set ``as_delivered``. ``mc_samples``
+    > 0 averages MC-dropout samples (``seed`` fixes them; models without dropout run once) and adds
+    uncertainty to every row; the stored masks are exactly what predict() returns with those options,
+    so the review page reproduces them. ``progress(done, total, message)``.
+
+    Every number comes from the one evaluation engine (:func:`medseg_core.engine.evaluate_cases`).
     """
-    from .checkpoints import CHECKPOINT_DIR, load_model
-    from .inference import PredictOptions, predict
+    from . import uncertainty as U
+    from .checkpoints import LoadedModel, load_model
+    from .engine import PredictionFolder, evaluate_cases
+    from .options import predict_options
 
     out = Path(out)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     slices, case_rows = [], []
-    total, done = len(cases) * len(models) * len(option_sets), 0
     t0 = time.perf_counter()
-    loaded = {m: load_model(m, directory=directory or CHECKPOINT_DIR) for m in models}
-    for case in cases:
-        vol, masks = case.load()
-        label = next((k for k in ("ovary", "expert") if k in masks), next(iter(masks), None))
-        if label is None:
-            continue
-        ref = masks[label]
-        other = masks.get("ovary_other")
-        side = case.extra.get("labelled_side")
-        for model in models:
-            lm = loaded[model]
-            for set_name, kw in option_sets.items():
-                opts = PredictOptions(**{**kw, "mc_samples": mc_samples if lm.spec.dropout else 0})
-                if lm.spec.clinical_inputs:
-                    opts = replace(opts, menopausal=int(case.extra.get("menopausal", 0)),
-                                   oncology_center=int(case.extra.get("oncology_center", 0)))
-                pred = predict(lm, vol, opts, reference=ref if opts.side_masking == "oracle" else None)
-                mask = pred.mask
-                before = pred.masks_before_postprocessing.get(pred.labels[0]) if pred.masks_before_postprocessing else None
-                np.savez_compressed(mask_file(out, model, set_name, case.case_id), shape=np.array(mask.shape),
-                                    mask=_pack(mask), before=_pack(before if before is not None else mask))
-                unc = (pred.uncertainty_scores or {}).get("per_slice")
-                base = {"model": model, "set": set_name, "case": case.case_id, "patient": case.patient_id}
-                for row in A.tag_slices(mask, ref, vol, other=other, side=side, before=before, rules=rules,
-                                        mirrored=lm.spec.family == "ovary"):
-                    z = row["slice"]
-                    slices.append({**base, "slice": z, "dice": row["dice"], "iou": row["iou"], "hd95_mm": row["hd95_mm"],
-                                   "pred_area_mm2": row["pred_voxels"] * vol.spacing[1] * vol.spacing[2],
-                                   "ref_area_mm2": row["ref_voxels"] * vol.spacing[1] * vol.spacing[2],
-                                   "ref_present": row["ref_present"], "pred_present": row["pred_present"],
-                                   "dice_star": row["dice_star"], "dice_before_pp": row["dice_before_pp"],
-                                   "delta_pp": row["delta_pp"], "frac_on_other": row["frac_on_other"],
-                                   "n_components": row["n_components"], "uncertainty": unc[z] if unc else None,
-                                   "primary": row["primary"], "tags": ";".join(row["tags"])})
-                m3 = M.segmentation_metrics(mask, ref, vol.spacing)
-                ct = A.tag_case(mask, ref, vol, other=other, side=side, before=before, rules=rules,
-                                mirrored=lm.spec.family == "ovary", hd95_mm=m3["hd95_mm"])
-                case_rows.append({**base, "dice": m3["dice"], "iou": m3["iou"], "hd95_mm": m3["hd95_mm"],
-                                  "assd_mm": m3["assd_mm"], "pred_volume_ml": m3["pred_volume_ml"],
-                                  "ref_volume_ml": m3["ref_volume_ml"],
-                                  "dice_vs_both_ovaries": M.dice(mask, (ref > 0) | (other > 0)) if other is not None else None,
-                                  "uncertainty": (pred.uncertainty_scores or {}).get("case"),
-                                  "primary": ct["primary"], "tags": ";".join(ct["tags"]),
-                                  "seconds": round(sum(v for k, v in pred.timings.items() if k.endswith("_s")), 3)})
-                done += 1
-                if progress:
-                    progress(done, total, f"{model} · {set_name} · {case.case_id}")
+    loaded = {}
+    for m in models:
+        lm = m if isinstance(m, LoadedModel) else load_model(m, directory=directory)
+        loaded[lm.name] = (lm, m if isinstance(m, str) else (lm.ref or lm.name))
+    folders = {n: PredictionFolder(d, n) for n, d in (predictions or {}).items()}
+    runs = []  # (name, set name, source, options, exact options for review)
+    for name, (lm, _) in loaded.items():
+        n_mc = mc_samples if mc_samples and U.has_dropout(lm.module) else 0
+        for set_name, kw in option_sets.items():
+            runs.append((name, set_name, lm, predict_options({**kw, "mc_samples": n_mc, "seed": seed})))
+    for name, f in folders.items():
+        runs.append((name, EXTERNAL_SET, f, None))
+    total, done = len(cases) * len(runs), 0
+    exact: dict[str, dict] = {}
+    for name, set_name, source, opts in runs:
+        if opts is not None:
+            exact.setdefault(name, {})[set_name] = {k: (list(v) if isinstance(v, tuple) else v)
+                                                   for k, v in opts.__dict__.items()}
+        base = {"model": name, "set": set_name}
+        for res in evaluate_cases(source, cases, opts, rules=rules):
+            pred = res.prediction
+            first = next(iter(pred.masks), None)
+            if first is None:
+                continue
+            mask = pred.masks[first]
+            before = pred.masks_before_postprocessing.get(first, mask)
+            np.savez_compressed(mask_file(out, name, set_name, res.case), shape=np.array(mask.shape),
+                                mask=_pack(mask), before=_pack(before))
+            for sr in res.slices:
+                if sr.label == first:
+                    slices.append({**base, **sr.row()})
+            for cr in res.records:
+                if cr.label == first:
+                    case_rows.append({**base, **cr.row(), "seconds": round(res.seconds, 3)})
+            done += 1
+            if progress:
+                progress(done, total, f"{name} · {set_name} · {res.case}")
     write_csv(out / "slices.csv", slices)
     write_csv(out / "cases.csv", case_rows)
     names = list(option_sets)
-    comps = [compare_sets(slices, m, names[0], b) for m in models for b in names[1:]]
+    model_names = list(loaded)
+    comps = [compare_sets(slices, m, names[0], b) for m in model_names for b in names[1:]]
     if comps:
         write_csv(out / "comparisons.csv", comps)
-    meta = {"models": models, "option_sets": option_sets, "mc_samples": mc_samples, "rules": rules.to_dict(),
-            "dataset": dataset or {}, "case_ids": [c.case_id for c in cases], "seconds": round(time.perf_counter() - t0, 1),
-            "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    meta = {"models": model_names + list(folders), "model_refs": {n: ref for n, (_, ref) in loaded.items()},
+            "predictions": {n: str(f.directory) for n, f in folders.items()},
+            "option_sets": option_sets, "exact_options": exact, "mc_samples": mc_samples, "seed": seed,
+            "rules": rules.to_dict(), "dataset": dataset or {}, "case_ids": [c.case_id for c in cases],
+            "seconds": round(time.perf_counter() - t0, 1), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     if "orig" in option_sets and "masked" in option_sets:
-        rows = table1(slices, models)
+        rows = table1(slices, model_names)
         write_csv(out / "table1.csv", rows)
         (out / "table1.md").write_text(table1_markdown(rows))
     (out / "cohort.json").write_text(json.dumps(meta, indent=1, default=str))
@@ -448,7 +446,9 @@ def main(argv=None) -> Path:
 
     ap = argparse.ArgumentParser(description="Cohort run: models x option sets over a dataset, with failure tags "
                                              "(see the module docstring).")
-    ap.add_argument("--models", nargs="+", required=True)
+    ap.add_argument("--models", nargs="*", default=[], help="checkpoints: shipped names, .safetensors paths or run folders")
+    ap.add_argument("--predictions", action="append", default=[],
+                    help="NAME=DIR: a folder of masks made elsewhere, one per case (repeatable)")
     ap.add_argument("--data", required=True, help="dataset root in a published layout")
     ap.add_argument("--adapter", required=True, choices=sorted(D.ADAPTERS))
     ap.add_argument("--synthetic", default=None, help="KIND:N:SEED: generate a synthetic dataset at --data if absent")
@@ -459,12 +459,20 @@ def main(argv=None) -> Path:
     ap.add_argument("--out", default=None, help=f"run folder (default {RUNS_DIR}/<timestamp>)")
     ap.add_argument("--checkpoints", default=None)
     a = ap.parse_args(argv)
+    from .io.errors import InputError
+    from .options import parse_pairs
+
+    if not a.models and not a.predictions:
+        raise InputError("Name at least one model (--models) or folder of predictions (--predictions NAME=DIR).")
     if a.synthetic:
         ensure_synthetic(a.data, parse_synthetic(a.synthetic))
+    if not Path(a.data).is_dir():
+        raise InputError(f"The dataset folder '{a.data}' does not exist.")
     sets = dict(parse_set(s) for s in a.set) if a.set else dict(SIDE_SETS)
+    predictions = {k: str(v) for k, v in parse_pairs(a.predictions).items()}
     cases = D.ADAPTERS[a.adapter](a.data)[: a.max_cases]
     out = Path(a.out) if a.out else runs_dir() / time.strftime("cohort_%Y%m%d_%H%M%S")
-    run = run_cohort(cases, a.models, sets, out, mc_samples=a.mc, directory=a.checkpoints,
+    run = run_cohort(cases, a.models, sets, out, mc_samples=a.mc, directory=a.checkpoints, predictions=predictions,
                      dataset={"adapter": a.adapter, "root": str(a.data), "synthetic": a.synthetic},
                      progress=lambda d, t, m: print(f"[{d}/{t}] {m}", flush=True))
     r = load_run(run)
@@ -477,4 +485,6 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import guarded
+
+    guarded(main)

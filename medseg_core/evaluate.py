@@ -1,136 +1,58 @@
-"""``python -m medseg_core.evaluate --model NAME --data DIR --adapter ADAPTER --out DIR [--option k=v ...]``
+"""``python -m medseg_core.evaluate --model REF --data DIR --adapter ADAPTER --out DIR [--option k=v ...]``
+``python -m medseg_core.evaluate --predictions DIR --data DIR --adapter ADAPTER --out DIR``
 
-Runs a checkpoint over a dataset through :func:`medseg_core.inference.predict` and writes:
+Evaluates a checkpoint (``--model``: a shipped name, a ``.safetensors`` path or a run folder; it
+runs exactly as its card says) or a folder of masks made elsewhere (``--predictions``: one file per
+case named by case id, nnU-Net's ``evaluate_folder`` convention) over a dataset, through the one
+evaluation engine (:mod:`medseg_core.engine`), and writes:
 
-* ``per_case.csv``: every metric of :mod:`medseg_core.metrics` per case and label (Dice, IoU,
-  precision, recall, specificity, HD95 and ASSD in mm, volumes in mL), plus Dice against both
-  ovaries where the dataset has the unlabelled one, and p(malignant) for multitask models;
-* ``per_slice.csv``: the same per axial slice (areas in mm^2), with failure-mode tags and the primary
-  tag of :mod:`medseg_core.analysis` (the case rows carry the case-level tags);
+* ``per_case.csv``: every metric per case and label (Dice, IoU, precision, recall, specificity,
+  HD95 and ASSD in mm, volumes in mL), Dice against both ovaries where the dataset has the
+  unlabelled one, p(malignant) for multitask models, the case-level failure tags;
+* ``per_slice.csv``: the same per axial slice (areas in mm^2) with failure-mode tags; ``slice`` is
+  the 0-based array index (people see slice + 1);
 * ``summary.json`` and ``summary.md``: means (NaN-aware, with the number of cases behind each)
   and classification metrics (accuracy, sensitivity, specificity, precision, F1, ROC AUC,
   confusion matrix) at the operating threshold.
 
 Under ``torchrun --nproc_per_node N`` each rank evaluates a share of the cases (``cases[rank::N]``)
-and rank 0 gathers and writes the results.
+and rank 0 gathers and writes the results. A bad input or an unknown model prints one sentence and
+exits with status 2.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from pathlib import Path
 
-import numpy as np
-import yaml
-
-from . import analysis as A
-from . import metrics as M
-from .tables import write_csv
-from .checkpoints import CHECKPOINT_DIR, load_model
+from .checkpoints import load_model
+from .cli import guarded
 from .data import datasets as D
-from .inference import PredictOptions, predict
-
-METRIC_KEYS = ("dice", "iou", "precision", "recall", "specificity", "hd95_mm", "assd_mm", "pred_volume_ml", "ref_volume_ml")
-
-
-def parse_options(items: list[str]) -> PredictOptions:
-    kw = {}
-    for it in items or []:
-        k, v = it.split("=", 1)
-        val = yaml.safe_load(v)
-        if k == "postprocessing":
-            val = tuple(val or ())
-        kw[k] = val
-    return PredictOptions(**kw)
+from .engine import PredictionFolder, evaluate_cases, summarise
+from .io.errors import InputError
+from .options import parse_value, predict_options
+from .tables import write_csv
 
 
-def _label_map(spec, masks: dict, label_map: dict) -> dict[str, np.ndarray]:
-    out = {}
-    for lab in spec.labels:
-        key = label_map.get(lab, lab)
-        if key not in masks and len(masks) >= 1:
-            key = "expert" if "expert" in masks else next(iter(masks))
-        if key in masks:
-            out[lab] = masks[key]
-    return out
-
-
-def evaluate_cases(lm, cases, options: PredictOptions, label_map: dict | None = None, progress=None) -> tuple[list, list, list]:
-    """(per-case rows, per-slice rows, classification pairs (label, p_malignant)) for ``cases``."""
-    spec = lm.spec
-    case_rows, slice_rows, cls = [], [], []
-    for i, case in enumerate(cases):
-        vol, masks = case.load()
-        opts = options
-        if spec.clinical_inputs:
-            from dataclasses import replace
-
-            opts = replace(options, menopausal=int(case.extra.get("menopausal", 0)),
-                           oncology_center=int(case.extra.get("oncology_center", 0)))
-        refs = _label_map(spec, masks, label_map or {})
-        ref0 = next(iter(refs.values()), None)
-        pred = predict(lm, vol, opts, reference=ref0 if opts.side_masking == "oracle" else None)
-        for lab, ref in refs.items():
-            if lab not in pred.masks:
-                continue
-            m = M.segmentation_metrics(pred.masks[lab], ref, vol.spacing)
-            row = {"case": case.case_id, "patient": case.patient_id, "label": lab,
-                   **{k: m[k] for k in METRIC_KEYS}, "both_empty": m["both_empty"]}
-            if "ovary_other" in masks and lab == spec.labels[0]:
-                row["dice_vs_both_ovaries"] = M.dice(pred.masks[lab], (ref > 0) | (masks["ovary_other"] > 0))
-                row["dice_other_ovary"] = M.dice(pred.masks[lab], masks["ovary_other"])
-            if pred.uncertainty_scores:
-                row["uncertainty"] = pred.uncertainty_scores["case"]
-            case_rows.append(row)
-            other = masks.get("ovary_other") if lab == spec.labels[0] else None
-            before = pred.masks_before_postprocessing.get(lab)
-            mirrored = spec.family == "ovary"
-            tc = A.tag_case(pred.masks[lab], ref, vol, other=other, before=before, mirrored=mirrored,
-                            hd95_mm=m["hd95_mm"])
-            row["primary"], row["tags"] = tc["primary"], ";".join(tc["tags"])
-            if vol.shape[0] > 1:
-                per_slice = M.per_slice_metrics(pred.masks[lab], ref, vol.spacing)
-                tags = A.tag_slices(pred.masks[lab], ref, vol, other=other, before=before, mirrored=mirrored,
-                                    hd95_mm=[s["hd95_mm"] for s in per_slice])
-                for s, t in zip(per_slice, tags):
-                    slice_rows.append({"case": case.case_id, "label": lab, "slice": s["slice"],
-                                       **{k: s[k] for k in ("dice", "iou", "precision", "recall", "hd95_mm",
-                                                            "pred_area_mm2", "ref_area_mm2", "both_empty")},
-                                       "primary": t["primary"], "tags": ";".join(t["tags"])})
-        if pred.class_probabilities is not None and "malignant" in case.extra:
-            cls.append((int(case.extra["malignant"]), float(pred.class_probabilities[1])))
-            if case_rows:
-                case_rows[-1]["p_malignant"] = float(pred.class_probabilities[1])
-                case_rows[-1]["malignant"] = int(case.extra["malignant"])
-        if progress:
-            progress(i + 1, len(cases))
-    return case_rows, slice_rows, cls
-
-
-def summarise(case_rows: list, cls: list, threshold: float) -> dict:
-    out: dict = {"n_cases": len({r["case"] for r in case_rows})}
-    labels = sorted({r["label"] for r in case_rows})
-    for lab in labels:
-        rows = [r for r in case_rows if r["label"] == lab]
-        s = {}
-        for k in METRIC_KEYS + ("dice_vs_both_ovaries", "dice_other_ovary", "uncertainty"):
-            vals = [r[k] for r in rows if k in r and r[k] is not None and not (isinstance(r[k], float) and math.isnan(r[k]))]
-            if vals:
-                s[k] = {"mean": float(np.mean(vals)), "sd": float(np.std(vals)), "n": len(vals)}
-        out[lab] = s
-    if cls:
-        y, p = zip(*cls)
-        out["classification"] = M.classification_metrics(list(y), list(p), threshold)
-    return out
+def case_rows(results) -> tuple[list[dict], list[dict]]:
+    """per_case.csv and per_slice.csv rows of engine results."""
+    rows, slices = [], []
+    for res in results:
+        for r in res.records:
+            row = r.row()
+            if res.p_malignant is not None and res.malignant is not None:
+                row.update(p_malignant=res.p_malignant, malignant=res.malignant)
+            rows.append(row)
+        slices += [s.row() for s in res.slices]
+    return rows, slices
 
 
 def summary_markdown(summary: dict, model: str) -> str:
     lines = [f"# Evaluation of `{model}` ({summary['n_cases']} cases)", "",
              "| label | metric | mean | sd | n |", "| --- | --- | --- | --- | --- |"]
     for lab, s in summary.items():
-        if lab in ("n_cases", "classification") or not isinstance(s, dict) or lab == "options":
+        if lab in ("n_cases", "classification", "slice_classification", "options") or not isinstance(s, dict):
             continue
         for k, v in s.items():
             lines.append(f"| {lab} | {k} | {v['mean']:.4f} | {v['sd']:.4f} | {v['n']} |")
@@ -140,16 +62,24 @@ def summary_markdown(summary: dict, model: str) -> str:
                   "| --- | --- | --- | --- | --- | --- | --- |",
                   f"| {c['accuracy']:.3f} | {c['sensitivity']:.3f} | {c['specificity']:.3f} | {c['precision']:.3f} | "
                   f"{c['f1']:.3f} | {c['auc']:.3f} | {c['threshold']} |"]
+    if "slice_classification" in summary:
+        c = summary["slice_classification"]
+        lines += ["", f"Slice classification: ROC AUC {c['auc']:.3f} over {c['n_slices']} slices."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> dict | None:
-    ap = argparse.ArgumentParser(description="Evaluate a checkpoint on a dataset (see the module docstring).")
-    ap.add_argument("--model", required=True)
+    ap = argparse.ArgumentParser(description="Evaluate a checkpoint or a folder of predictions on a dataset "
+                                             "(see the module docstring).")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="checkpoint: shipped name, .safetensors path, card or run folder")
+    src.add_argument("--predictions", help="folder of masks made elsewhere, one per case (<case_id>.nii.gz)")
+    ap.add_argument("--name", default=None, help="name of the predictions in the outputs (default: folder name)")
+    ap.add_argument("--prediction-labels", default="{}", help='YAML mapping of label values, e.g. "{1: spleen}"')
     ap.add_argument("--data", required=True, help="dataset root in a published layout")
     ap.add_argument("--adapter", required=True, choices=sorted(D.ADAPTERS))
     ap.add_argument("--out", required=True)
-    ap.add_argument("--checkpoints", default=str(CHECKPOINT_DIR))
+    ap.add_argument("--checkpoints", default=None, help="look model names up in this folder only")
     ap.add_argument("--option", action="append", default=[], help="PredictOptions field=value (repeatable)")
     ap.add_argument("--label-map", default="{}", help='YAML mapping, e.g. "{prostate: expert}"')
     ap.add_argument("--max-cases", type=int, default=None)
@@ -165,41 +95,48 @@ def main(argv=None) -> dict | None:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
     rank = dist.get_rank() if world > 1 else 0
-    lm = load_model(a.model, directory=a.checkpoints)
+    options = predict_options(a.option)
+    if a.model:
+        source = load_model(a.model, directory=a.checkpoints)
+        name = source.name
+        thr = options.class_threshold if options.class_threshold is not None else (source.spec.class_threshold or 0.5)
+    else:
+        source = PredictionFolder(a.predictions, a.name, parse_value(a.prediction_labels) or {})
+        name, thr = source.name, 0.5
+    if not Path(a.data).is_dir():
+        raise InputError(f"The dataset folder '{a.data}' does not exist.")
     cases = D.ADAPTERS[a.adapter](a.data)
     if a.max_cases:
         cases = cases[: a.max_cases]
-    options = parse_options(a.option)
-    rows, slices, cls = evaluate_cases(lm, cases[rank::world], options, yaml.safe_load(a.label_map))
+    results = list(evaluate_cases(source, cases[rank::world], options, parse_value(a.label_map) or {}))
     if world > 1:
+        for res in results:
+            res.prediction = None  # predictions stay on their rank; the records travel
         gathered = [None] * world if rank == 0 else None
-        dist.gather_object((rows, slices, cls), gathered, dst=0)
+        dist.gather_object(results, gathered, dst=0)
         if rank == 0:
-            rows, slices, cls = [], [], []
-            for r, s, c in gathered:
-                rows += r
-                slices += s
-                cls += c
+            results = [r for part in gathered for r in part]
         dist.barrier()
         dist.destroy_process_group()
         if rank != 0:
             return None
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows.sort(key=lambda r: (r["case"], r["label"]))
-    slices.sort(key=lambda r: (r["case"], r["label"], r["slice"]))
+    rows, slices = case_rows(results)
+    rows.sort(key=lambda r: (str(r["case"]), r["label"]))
+    slices.sort(key=lambda r: (str(r["case"]), r["label"], r["slice"]))
     write_csv(out / "per_case.csv", rows)
     if slices:
         write_csv(out / "per_slice.csv", slices)
-    thr = options.class_threshold if options.class_threshold is not None else (lm.spec.class_threshold or 0.5)
-    summary = summarise(rows, cls, thr)
-    summary["model"] = a.model
+    summary = summarise(results, thr)
+    summary["model"] = name
+    summary["source"] = a.model or str(a.predictions)
     summary["options"] = {k: v for k, v in options.__dict__.items()}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    (out / "summary.md").write_text(summary_markdown(summary, a.model))
-    print(summary_markdown(summary, a.model))
+    (out / "summary.md").write_text(summary_markdown(summary, name))
+    print(summary_markdown(summary, name))
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    guarded(main)

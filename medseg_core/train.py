@@ -38,7 +38,9 @@ from . import metrics as M
 from .tables import write_csv
 from .checkpoints import LoadedModel, RESEARCH_NOTICE, save_checkpoint
 from .data import datasets as D
-from .models import build_model, count_parameters, get_spec
+from .io.errors import InputError
+from .models import build_model, count_parameters, get_spec, list_models
+from .options import parse_pairs, set_dotted
 from .preprocessing import SliceResize, apply_side_masking, preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,24 +70,16 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def _set_dotted(cfg: dict, key: str, value: str) -> None:
-    parts = key.split(".")
-    d = cfg
-    for p in parts[:-1]:
-        d = d.setdefault(p, {})
-    d[parts[-1]] = yaml.safe_load(value)
-
-
 def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
     raw = yaml.safe_load(Path(path).read_text()) or {}
     cfg = _merge(DEFAULTS, raw)
-    for ov in overrides:
-        if "=" not in ov:
-            raise SystemExit(f"override {ov!r} is not key=value")
-        k, v = ov.split("=", 1)
-        _set_dotted(cfg, k, v)
+    for k, v in parse_pairs(overrides).items():
+        set_dotted(cfg, k, v)
     if not cfg.get("model"):
-        raise SystemExit("config needs 'model: <registry name>'")
+        raise InputError(f"The config '{path}' names no model; add 'model: <registry architecture>'.")
+    if cfg["model"] not in list_models():
+        raise InputError(f"The config '{path}' asks for model '{cfg['model']}', which is not a registry architecture "
+                         f"({', '.join(list_models())}).")
     cfg["name"] = cfg.get("name") or cfg["model"]
     return cfg
 
@@ -674,45 +668,16 @@ def _cascade_crops(arrays: dict, model) -> dict:
 
 
 def evaluate_split(model, card: dict, cfg, cases, device) -> dict:
-    """Held-out metrics through the real predict() pipeline, run from the card's recipe exactly as
-    a user will run the saved checkpoint (recorded in the model card)."""
+    """Held-out metrics through the one evaluation engine (the real predict() pipeline), run from the
+    card's recipe exactly as a user will run the saved checkpoint (recorded in the model card)."""
     from .cards import spec_from_card
-    from .inference import PredictOptions, predict
+    from .engine import evaluate_cases, headline
 
-    if not cases:
-        return {}
     spec = spec_from_card(card)
+    if not cases or spec.task == "restoration":
+        return {}
     lm = LoadedModel(spec, model, {}, device)
-    dices, dices_any, probs, labels = [], [], [], []
-    for case in cases:
-        vol, masks = case.load()
-        opts = PredictOptions(menopausal=int(case.extra.get("menopausal", 0)),
-                              oncology_center=int(case.extra.get("oncology_center", 0)))
-        p = predict(lm, vol, opts)
-        if spec.task == "restoration":
-            continue
-        if spec.task == "classification":
-            y = (next(iter(masks.values())) > 0).reshape(vol.shape[0], -1).any(1)
-            probs += list(p.slice_probabilities)
-            labels += list(y.astype(int))
-            continue
-        refs = _label_masks(spec, masks, cfg["data"].get("label_map", {}))
-        per_label = [M.dice(p.masks[lab], r) for lab, r in zip(spec.labels, refs) if r.any()]
-        dices.append(float(np.mean(per_label)) if per_label else float("nan"))
-        if "ovary_other" in masks:
-            both = (refs[0] > 0) | (masks["ovary_other"] > 0)
-            dices_any.append(M.dice(p.mask, both))
-        if p.class_probabilities is not None:
-            probs.append(float(p.class_probabilities[1]))
-            labels.append(int(case.extra.get("malignant", 0)))
-    out: dict = {"n_cases": len(cases)}
-    if dices:
-        out["dice"] = M.nanmean(dices)
-    if dices_any:
-        out["dice_vs_both_ovaries"] = M.nanmean(dices_any)
-    if probs:
-        out["auc"] = M.roc_auc(labels, probs)
-    return out
+    return headline(list(evaluate_cases(lm, cases, label_map=cfg["data"].get("label_map", {}), per_slice=False)))
 
 
 def _tensorboard(cfg, out_dir, name):
@@ -733,9 +698,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--resume", default=None, help="a <name>_last.safetensors written by an earlier run")
     ap.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.epochs=5 optim.lr=1e-4")
     a = ap.parse_args(argv)
+    if not Path(a.config).is_file():
+        raise InputError(f"The config file '{a.config}' does not exist.")
     cfg = load_config(a.config, a.overrides)
     train(cfg, resume=a.resume, argv=argv)
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import guarded
+
+    guarded(main)

@@ -148,8 +148,13 @@ def test_paired_deltas_compare_and_table1_by_hand():
 
 
 def test_parse_set():
-    assert C.parse_set("pp:postprocessing=[largest_2d],threshold=0.3") == (
-        "pp", {"postprocessing": ("largest_2d",), "threshold": 0.3})
+    from medseg_core.options import predict_options
+
+    name, kw = C.parse_set("pp:postprocessing=[largest_2d, raovseg],threshold=0.3")
+    assert name == "pp" and kw == {"postprocessing": ["largest_2d", "raovseg"], "threshold": 0.3}
+    assert predict_options(kw).postprocessing == ("largest_2d", "raovseg")
+    # a single name is one step, not a tuple of characters (the bug of the old parsers)
+    assert predict_options(C.parse_set("pp:postprocessing=largest_2d")[1]).postprocessing == ("largest_2d",)
     assert C.parse_set("masked:side_masking=oracle") == ("masked", {"side_masking": "oracle"})
 
 

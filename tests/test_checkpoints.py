@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg_core import metrics as M
 from medseg_core.checkpoints import CHECKPOINT_DIR, checkpoint_status, load_model, read_card, sha256_file
 from medseg_core.data import datasets as D
 from medseg_core.data.make_synthetic import WRITERS, write_us
-from medseg_core.evaluate import evaluate_cases
+from medseg_core.engine import evaluate_cases, headline
 from medseg_core.inference import PredictOptions, predict
 from medseg_core.models import list_models
 
@@ -75,14 +74,6 @@ def measure(name: str, root: Path) -> dict:
     lm = load_model(name)
     kind, n = KIND[name]
     cases = _fresh(kind, root, n)
-    if name == "ovary_slice_classifier":
-        y, p = [], []
-        for c in cases:
-            vol, masks = c.load()
-            pred = predict(lm, vol)
-            y += list(masks["ovary"].reshape(vol.shape[0], -1).any(1).astype(int))
-            p += list(pred.slice_probabilities)
-        return {"auc": M.roc_auc(y, p)}
     if name == "us_denoiser":
         from medseg_core.io import load_volume
 
@@ -94,12 +85,8 @@ def measure(name: str, root: Path) -> dict:
             out = predict(lm, vol).restored
             ratios.append(float(np.abs(out - clean)[ann].mean() / np.abs(vol.array - clean)[ann].mean()))
         return {"annotation_error_ratio": float(np.mean(ratios))}
-    rows, _, cls = evaluate_cases(lm, cases, PredictOptions(), {"prostate": "expert"})
-    out = {"dice": M.nanmean([r["dice"] for r in rows])}
-    if cls:
-        y, p = zip(*cls)
-        out["auc"] = M.roc_auc(list(y), list(p))
-    return out
+    # the one evaluation engine, as `python -m medseg_core.evaluate` and the model cards use it
+    return headline(list(evaluate_cases(lm, cases, PredictOptions(), {"prostate": "expert"}, per_slice=False)))
 
 
 @pytest.mark.slow

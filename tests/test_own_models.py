@@ -1,0 +1,152 @@
+"""Your own model, end to end (issue 16): a model trained with the project's own training command
+under its own name is evaluated, cohort-run and opened in the app by path, and runs exactly as its
+card says (here: RAovSeg preprocessing, which is not the registry default of its architecture)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from medseg_core import cohort as C
+from medseg_core import evaluate as E
+from medseg_core import train as T
+from medseg_core.cards import SCHEMA, CardError, migrate
+from medseg_core.checkpoints import CheckpointError, find_checkpoint, list_checkpoints, load_model
+from medseg_core.data import datasets as D
+from medseg_core.inference import PredictOptions, predict
+from medseg_core.models import get_spec
+from medseg_core.preprocessing import SliceResize, preprocess
+
+
+@pytest.fixture(scope="module")
+def m3_run(tmp_path_factory):
+    """One tiny epoch of configs/reproduce/000_m3.yaml (Attention U-Net + RAovSeg) on synthetic
+    pelvic phantoms: the report's config, only smaller and shorter."""
+    tmp = tmp_path_factory.mktemp("m3")
+    data = tmp / "pelvic"
+    T.main(["--config", str(ROOT / "configs" / "reproduce" / "000_m3.yaml"),
+            f"data.root={data}", "data.synthetic={kind: pelvic, n: 4, seed: 3}", "train.epochs=1",
+            "train.max_steps_per_epoch=2", "overrides={base: 4}", "input_size=[32, 32]", f"out={tmp / 'runs' / '000_m3'}"])
+    return tmp, data
+
+
+def test_trained_card_is_the_recipe(m3_run):
+    tmp, _ = m3_run
+    card = json.loads((tmp / "runs" / "000_m3" / "000_m3.json").read_text())
+    assert card["schema"] == SCHEMA and card["name"] == "000_m3"
+    r = card["recipe"]
+    assert r["architecture"]["builder"] == "ovary_attention_unet" and r["architecture"]["kwargs"]["attention"] is True
+    assert r["preprocessing"]["name"] == "raovseg" != get_spec("ovary_attention_unet").preprocessing
+    assert r["input_size"] == [32, 32] and r["side_masking"] is True
+    assert card["envelope"]["spacing_mm"][0] == [6.0, 6.0] and card["envelope"]["intensity"]["after"] == "raovseg"
+
+
+def test_load_by_path_folder_and_name(m3_run, monkeypatch):
+    tmp, _ = m3_run
+    run = tmp / "runs" / "000_m3"
+    by_path = load_model(run / "000_m3.safetensors")
+    by_folder = load_model(run)
+    by_card = load_model(str(run / "000_m3.json"))
+    assert by_path.name == by_folder.name == by_card.name == "000_m3"
+    assert by_path.spec.preprocessing == "raovseg" and by_path.size == (32, 32)
+    monkeypatch.setenv("MEDSEG_MODELS", str(tmp / "runs"))
+    assert [c.name for c in list_checkpoints()] == ["000_m3"]
+    assert load_model("000_m3").spec.builder_name == "ovary_attention_unet"
+    with pytest.raises(CheckpointError, match="No checkpoint named 'nope'"):
+        find_checkpoint("nope")
+
+
+def test_prediction_uses_raovseg_preprocessing(m3_run):
+    """Probe what the network is fed: RAovSeg-remapped slices on the model grid, not z-scores."""
+    tmp, data = m3_run
+    lm = load_model(tmp / "runs" / "000_m3" / "000_m3.safetensors")
+    vol, _ = D.ut_endomri_d2(data)[0].load()
+    seen = []
+    h = lm.module.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().cpu().numpy().copy()))
+    try:
+        predict(lm, vol, PredictOptions(batch_size=64))
+    finally:
+        h.remove()
+    fed = np.concatenate(seen)[:, 0]
+    expected = SliceResize(vol.shape[1:], (32, 32)).forward(preprocess("raovseg", vol.array))
+    np.testing.assert_allclose(fed, expected, atol=1e-5)
+    zscore = SliceResize(vol.shape[1:], (32, 32)).forward(preprocess("plain", vol.array))
+    assert np.abs(fed - zscore).max() > 0.5 and fed.min() >= 0.0 and fed.max() <= 1.0
+
+
+def test_evaluate_and_cohort_by_path(m3_run):
+    tmp, data = m3_run
+    ck = str(tmp / "runs" / "000_m3" / "000_m3.safetensors")
+    out = tmp / "eval"
+    summary = E.main(["--model", ck, "--data", str(data), "--adapter", "ut_endomri_d2", "--out", str(out),
+                      "--option", "postprocessing=largest_2d"])
+    assert summary["model"] == "000_m3" and summary["n_cases"] == 4
+    assert summary["options"]["postprocessing"] == ("largest_2d",)
+    rows = list(csv.DictReader((out / "per_case.csv").open()))
+    assert len(rows) == 4 and all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
+    run = C.run_cohort(D.ut_endomri_d2(data)[:2], [ck], {"orig": {}, "two_pass": {"side_masking": "two_pass"}},
+                       tmp / "cohort", dataset={"adapter": "ut_endomri_d2", "root": str(data)})
+    meta = C.read_meta(run)
+    assert meta["models"] == ["000_m3"] and meta["model_refs"]["000_m3"] == ck
+    r = C.load_run(run)
+    assert {x["model"] for x in r.slices} == {"000_m3"} and {x["set"] for x in r.cases} == {"orig", "two_pass"}
+
+
+def test_opened_in_the_app_by_path(m3_run, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    tmp, _ = m3_run
+    monkeypatch.setenv("MEDSEG_MODELS", f"{ROOT / 'checkpoints'}:{tmp / 'runs'}")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    assert not at.exception
+    ref = str(tmp / "runs" / "000_m3" / "000_m3.safetensors")
+    pick = at.sidebar.selectbox(key="model_pick")
+    assert ref in pick.options or any("000_m3" in o for o in pick.options)
+    at.session_state["model_name"] = ref
+    at.run()
+    at.button[0].click().run()  # Run model
+    assert not at.exception
+    pred = at.session_state["predictions"].get(at.session_state["current"])
+    assert pred.model == "000_m3" and pred.options.preprocessing == "raovseg"
+
+
+def test_old_cards_migrate_and_unknown_schemas_are_refused():
+    old = {"name": "x", "model": "ovary_unet", "variant": "demo", "overrides": {"base": 8}, "input_size": [64, 64],
+           "preprocessing": "plain", "postprocessing": [], "labels": ["ovary"], "sha256": "0"}
+    card = migrate(old)
+    assert card["schema"] == SCHEMA and card["recipe"]["architecture"]["kwargs"]["base"] == 8
+    assert card["recipe"]["input_size"] == [64, 64] and card["migrated_from"] == "medseg-1"
+    with pytest.raises(CardError, match="cannot read"):
+        migrate({**card, "schema": "medseg.card/99"})
+    with pytest.raises(CardError, match="registry"):
+        migrate({**card, "recipe": {**card["recipe"], "architecture": {"builder": "evil_net"}}})
+
+
+def test_shipped_cards_are_current_and_unchanged_weights():
+    from medseg_core.checkpoints import read_card, sha256_file
+
+    for c in list_checkpoints([ROOT / "checkpoints"]):
+        raw = json.loads(c.card_path.read_text())
+        assert raw["schema"] == SCHEMA and raw["envelope"]["n_cases"] > 0, c.name
+        assert raw["sha256"] == sha256_file(c.weights), c.name
+        assert read_card(c.weights)["recipe"]["labels"]
+
+
+def test_out_of_envelope_warns_for_a_brain(tmp_path):
+    """A T1 brain-like volume (1 mm isotropic, 180 mm across slices) given to an ovary model warns;
+    the bundled pelvic case does not."""
+    from medseg_core.io import Volume
+    from medseg_core.samples import get_sample
+
+    lm = load_model("ovary_attention_unet")
+    pelvic, _, _ = get_sample("pelvic").load()
+    assert predict(lm, pelvic, PredictOptions(batch_size=32)).warnings == []
+    rng = np.random.default_rng(0)
+    brain = Volume(rng.normal(100, 20, (180, 96, 96)).astype(np.float32), (1.0, 1.0, 1.0), np.eye(4), modality="MR")
+    w = predict(lm, brain, PredictOptions(batch_size=64)).warnings
+    assert len(w) == 1 and "outside the data" in w[0] and "slice thickness 1 mm (trained on 6 mm)" in w[0]
