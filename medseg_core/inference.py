@@ -48,6 +48,10 @@ class PredictOptions:
         batch_size: slices per forward pass for 2D models.
         menopausal, oncology_center: clinical inputs (0/1) for the ultrasound models.
         class_threshold: operating threshold on p(malignant).
+        gate: a slice-classifier checkpoint (reference as for ``load_model``; report 000's RAovSeg
+            first stage, e.g. ``ovary_slice_classifier``): slices it calls free of the structure are
+            left empty. 2D slice-wise segmentation models only.
+        gate_threshold: p(present) below which a slice is skipped (default: the classifier's card).
     """
 
     preprocessing: str | None = None
@@ -61,6 +65,8 @@ class PredictOptions:
     menopausal: int | None = None
     oncology_center: int | None = None
     class_threshold: float | None = None
+    gate: str | None = None
+    gate_threshold: float | None = None
 
     def key(self) -> tuple:
         return tuple(sorted(asdict(self).items()))
@@ -88,6 +94,7 @@ class Prediction:
     uncertainty_scores: dict = field(default_factory=dict)
     sides: dict = field(default_factory=dict)
     side_info: dict = field(default_factory=dict)
+    gate: dict = field(default_factory=dict)  # slice-classifier gate: model, threshold, skipped slices
     options: PredictOptions = field(default_factory=PredictOptions)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -143,6 +150,9 @@ def check_contract(loaded: LoadedModel, volume: Volume, options: PredictOptions)
         raise InputError(
             f"The {spec.title} model needs the clinical inputs menopausal status and oncology centre (0 or 1 each); "
             "enter them before running it.")
+    if options.gate and (spec.mode != "slicewise" or spec.task != "segmentation"):
+        raise InputError(f"A slice-classifier gate applies to 2D slice-wise segmentation models, not to {spec.title}; "
+                         "switch the gate off.")
     if options.mc_samples and not unc.has_dropout(loaded.module):
         unc.require_dropout(loaded.module, f"the {spec.title} model")
     budget = float(os.environ.get("MEDSEG_PREDICT_MEMORY_GB", "8")) * 1e9
@@ -206,9 +216,47 @@ def predict(model, volume: Volume, options: PredictOptions | None = None, progre
             pred.side_info = info
             out = _run_2d(loaded, xm, volume, options, prog, timings, 0.1, 0.9)
     _finish(pred, loaded, volume, options, out, timings)
+    if options.gate:
+        _apply_gate(pred, volume, options, prog)
     prog(1.0, "done")
     timings["total_s"] = time.perf_counter() - t0
     return pred
+
+
+_GATES: dict = {}
+
+
+def _gate_model(ref: str) -> LoadedModel:
+    """Slice classifiers used as gates, loaded once per process."""
+    if ref not in _GATES:
+        lm = load_model(ref)
+        if lm.spec.task != "classification":
+            raise InputError(f"The gate '{ref}' is a {lm.spec.task} model; a gate must be a slice classifier "
+                             "(for example ovary_slice_classifier).")
+        _GATES[ref] = lm
+    return _GATES[ref]
+
+
+def _apply_gate(pred: Prediction, volume: Volume, options: PredictOptions, prog) -> None:
+    """Report 000's two-stage RAovSeg: blank the slices the classifier calls free of the structure.
+    What it blanks is added to ``removed`` (shown as removed by post-processing)."""
+    gate = options.gate if isinstance(options.gate, LoadedModel) else _gate_model(options.gate)
+    prog(0.95, "slice classifier gate")
+    g = predict(gate, volume, PredictOptions(batch_size=options.batch_size))
+    thr = options.gate_threshold if options.gate_threshold is not None else gate.spec.threshold
+    p = np.asarray(g.slice_probabilities, np.float32)
+    skip = p < thr
+    keep = (~skip).astype(np.uint8)[:, None, None]
+    for label, m in pred.masks.items():
+        pred.removed[label] = pred.removed[label] | (m * (1 - keep))
+        pred.masks[label] = m * keep
+    for side in pred.sides.values():
+        side["mask"] = side["mask"] * keep
+    pred.slice_probabilities = p
+    pred.gate = {"model": gate.name, "threshold": float(thr), "skipped": [int(z) for z in np.flatnonzero(skip)]}
+    for k, v in g.timings.items():
+        if k.endswith("_s"):
+            pred.timings[f"gate_{k}"] = v
 
 
 # ----------------------------------------------------------------------------- 2D
@@ -487,3 +535,25 @@ def _finish(pred: Prediction, loaded: LoadedModel, volume: Volume, options: Pred
         if pred.mask is not None:
             pred.uncertainty_scores = unc.uncertainty_scores(pred.uncertainty["entropy"], pred.mask)
         timings["uncertainty_s"] = time.perf_counter() - t
+
+
+def prediction_from_masks(name: str, masks: dict[str, np.ndarray], volume: Volume) -> Prediction:
+    """A :class:`Prediction` for masks made outside medseg (nnU-Net, TotalSegmentator, MONAI Label, a
+    colleague), so that the review page treats them as a model's output: TP / FP / FN colouring,
+    metrics, failure tags, exports. ``masks`` maps label -> (Z, Y, X) mask on ``volume``'s grid (see
+    :func:`medseg_core.io.load_label_masks`); the first label is the one compared with a reference.
+    There is no post-processing (``removed`` / ``added`` are empty masks) and no probabilities."""
+    if not masks:
+        raise InputError("The prediction holds no label; upload a mask with at least one label.")
+    out: dict[str, np.ndarray] = {}
+    for label, m in masks.items():
+        m = np.asarray(m)
+        if m.shape != volume.shape:
+            raise InputError(f"The prediction's label '{label}' is {' x '.join(map(str, m.shape))} voxels but the image "
+                             f"is {' x '.join(map(str, volume.shape))}; upload the prediction made on this image.")
+        out[str(label)] = (m > 0).astype(np.uint8)
+    zeros = np.zeros(volume.shape, np.uint8)
+    zeros.flags.writeable = False  # one shared empty mask for every label
+    return Prediction(model=str(name), shape=volume.shape, spacing=volume.spacing, affine=volume.affine.copy(),
+                      masks=out, masks_before_postprocessing=dict(out), removed={k: zeros for k in out},
+                      added={k: zeros for k in out})

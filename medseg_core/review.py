@@ -257,3 +257,42 @@ def contract_of(spec) -> str:
     """The input contract a checkpoint runs with (from its card's recipe)."""
     arch = "" if spec.builder_name == spec.name else f"; architecture {spec.builder_name}"
     return spec.contract() + arch + f"; preprocessing {spec.preprocessing}"
+
+
+def slice_curve(values, current: int, y_title: str, threshold: float | None = None, marked=(), height: int = 170):
+    """A per-slice curve under the viewer's slider, x in 1-based slice numbers as people count them:
+    ``values[z]`` for every axial slice, the current slice highlighted, ``threshold`` as a dashed line
+    and ``marked`` slices (e.g. those a slice-classifier gate skips) shaded."""
+    import plotly.graph_objects as go
+
+    v = np.asarray(values, float)
+    x = np.arange(1, len(v) + 1)
+    fig = go.Figure(go.Scatter(x=x, y=v, mode="lines+markers", marker=dict(size=4), line=dict(color="#4c78a8"),
+                               hovertemplate="slice %{x}: %{y:.2f}<extra></extra>", showlegend=False))
+    for z in marked:
+        fig.add_vrect(x0=z + 0.5, x1=z + 1.5, fillcolor="#999", opacity=0.25, line_width=0)
+    if threshold is not None:
+        fig.add_hline(y=threshold, line_dash="dash", line_color="#e45756",
+                      annotation_text=f"threshold {threshold:g}", annotation_position="top left")
+    if 0 <= current < len(v):
+        fig.add_trace(go.Scatter(x=[current + 1], y=[v[current]], mode="markers", showlegend=False,
+                                 marker=dict(size=11, color="#f58518"), hoverinfo="skip"))
+    fig.update_layout(height=height, margin=dict(l=40, r=10, t=10, b=30), xaxis_title="slice", yaxis_title=y_title,
+                      yaxis_range=[0, 1.02] if v.size and v.min() >= 0 and v.max() <= 1 else None)
+    return fig
+
+
+def gate_choices(spec) -> list[str]:
+    """Slice-classifier checkpoints that can gate ``spec`` (2D slice-wise segmentation of the same
+    family): report 000's RAovSeg first stage for the ovary models."""
+    if spec.mode != "slicewise" or spec.task != "segmentation":
+        return []
+    out = []
+    for c in list_checkpoints():
+        try:
+            s = model_spec(c.ref)
+        except InputError:
+            continue
+        if s.task == "classification" and s.family == spec.family and s.mode == "slicewise":
+            out.append(c.ref)
+    return out

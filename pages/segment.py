@@ -9,7 +9,8 @@ from medseg_core.preprocessing import PREPROCESSING
 from medseg_core.render import (COMPARE_COLOURS, CT_PRESETS, LABEL_COLOURS, apply_window, aspect_correct, auto_window, display_notice, hex_to_rgb, rgb_to_hex,
                                 compare_layers, frame_png, overlay, slice_figure)
 from medseg_core.io.orientation import display_aspect
-from medseg_core.review import (POSTPROCESSING_CHOICES, SIDE_LABELS, contract_of, envelope_warnings, initial_slice, metrics_csv, metrics_table, preprocessing_preview,
+from medseg_core.review import (POSTPROCESSING_CHOICES, SIDE_LABELS, contract_of, envelope_warnings, gate_choices, initial_slice,
+                                slice_curve, metrics_csv, metrics_table, preprocessing_preview,
                                 slice_metrics)
 from pages._shared import current_prediction, get_model, get_spec, run
 from pages._shared import require_frame
@@ -71,8 +72,14 @@ else:
         clin["menopausal"] = int(c5.toggle("Postmenopausal", value=bool(cl.get("menopausal")), key="meno"))
         clin["oncology_center"] = int(c5.toggle("Oncology centre", value=bool(cl.get("oncology_center")), key="onco"))
 
+    gates = gate_choices(spec)
+    gate = None
+    if gates and c5.toggle("Skip slices the slice classifier calls ovary-free", key="gate_on",
+                           help="Report 000's RAovSeg first stage: a slice classifier decides which slices may hold "
+                                "an ovary; the others are left empty (shown as removed)."):
+        gate = gates[0]
     options = PredictOptions(preprocessing=pre, side_masking=side, postprocessing=POSTPROCESSING_CHOICES[post_label],
-                             threshold=thr, **clin)
+                             threshold=thr, gate=gate, **clin)
 
     if st.toggle("Preprocessing preview (before / after)", key="preview"):
         z0 = initial_slice(vol.shape, "axial", gt)
@@ -163,6 +170,14 @@ def viewer():
             st.caption(notice)
         st.plotly_chart(slice_figure(rgb, plane, title=f"{plane} {idx + 1}/{n}"), width="stretch",
                         config={"displaylogo": False}, key="viewer_fig")
+        if pred is not None and pred.slice_probabilities is not None and plane == "axial" and n > 1:
+            thr_g = pred.gate.get("threshold") if pred.gate else get_spec(name).threshold
+            st.plotly_chart(slice_curve(pred.slice_probabilities, idx, "p(ovary present)", thr_g,
+                                        pred.gate.get("skipped", []) if pred.gate else
+                                        [int(z) for z, v in enumerate(pred.slice_probabilities) if v < thr_g]),
+                            width="stretch", config={"displaylogo": False, "displayModeBar": False}, key="gate_curve")
+            st.caption("Slice classifier: p(ovary present) per slice; shaded slices fall below its threshold and are "
+                       + ("left empty by the gate." if pred.gate else "the ones a gate would skip."))
         legend = ("TP green · FP red · FN blue" if compare and gt is not None else
                   "reference mask green" if primary is None and gt is not None else
                   "left side orange · right side blue" if show_sides else
@@ -193,8 +208,12 @@ if pred.sides:
     st.caption("Two-pass: " + "; ".join(f"{s}: confidence {v['confidence']:.2f}, {v['volume_ml']:.2f} mL"
                                          for s, v in pred.sides.items()))
 removed = {lab: int(r.sum()) for lab, r in pred.removed.items() if r.any()}
+if pred.gate:
+    st.caption(f"The slice-classifier gate ({pred.gate['model']}, threshold {pred.gate['threshold']:g}) left "
+               f"{len(pred.gate['skipped'])} of {vol.shape[0]} slices empty.")
 if removed:
-    st.caption("Post-processing removed " + ", ".join(f"{v} voxels of {k}" for k, v in removed.items()) + ".")
+    st.caption(("Post-processing and the gate removed " if pred.gate else "Post-processing removed ")
+               + ", ".join(f"{v} voxels of {k}" for k, v in removed.items()) + ".")
 rows = []
 if gt is not None and pred.mask is not None:
     rows = metrics_table(pred, gt, vol.spacing)

@@ -150,3 +150,26 @@ def test_out_of_envelope_warns_for_a_brain(tmp_path):
     brain = Volume(rng.normal(100, 20, (180, 96, 96)).astype(np.float32), (1.0, 1.0, 1.0), np.eye(4), modality="MR")
     w = predict(lm, brain, PredictOptions(batch_size=64)).warnings
     assert len(w) == 1 and "outside the data" in w[0] and "slice thickness 1 mm (trained on 6 mm)" in w[0]
+
+
+def test_slice_classifier_gate_blanks_the_slices_it_rejects():
+    """Report 000's RAovSeg first stage as an option of the ovary models: slices with p(ovary
+    present) below the classifier's threshold are empty, and what was blanked is shown as removed."""
+    from medseg_core.samples import get_sample
+
+    vol, _, _ = get_sample("pelvic").load()
+    lm = load_model("ovary_unet")
+    plain = predict(lm, vol, PredictOptions(batch_size=32))
+    gated = predict(lm, vol, PredictOptions(batch_size=32, gate="ovary_slice_classifier"))
+    p = gated.slice_probabilities
+    assert p.shape == (vol.shape[0],) and gated.gate["threshold"] == 0.6
+    skipped = gated.gate["skipped"]
+    assert skipped == [int(z) for z in np.flatnonzero(p < 0.6)] and 0 < len(skipped) < vol.shape[0]
+    assert gated.mask[skipped].sum() == 0
+    kept = [z for z in range(vol.shape[0]) if z not in skipped]
+    np.testing.assert_array_equal(gated.mask[kept], plain.mask[kept])
+    np.testing.assert_array_equal(gated.removed["ovary"][skipped], plain.mask[skipped])
+    everything = predict(lm, vol, PredictOptions(batch_size=32, gate="ovary_slice_classifier", gate_threshold=0.0))
+    np.testing.assert_array_equal(everything.mask, plain.mask)
+    with pytest.raises(Exception, match="slice classifier"):
+        predict(lm, vol, PredictOptions(gate="ovary_unet"))
