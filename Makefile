@@ -63,8 +63,10 @@ checkpoints: setup
 
 # Report 000 Table 1 (side masking off / oracle / two-pass) with the shipped ovary checkpoints on
 # fresh synthetic pelvic phantoms; the run folder opens in the app's Failure gallery.
+# Your own models too, by name or path: make table1 TABLE1_MODELS="runs/000_m3 ovary_unet"
+TABLE1_MODELS ?= ovary_unet ovary_attention_unet ovary_tl5
 table1: setup
-	$(PY) -m medseg_core.cohort --models ovary_unet ovary_attention_unet ovary_tl5 \
+	$(PY) -m medseg_core.cohort --models $(TABLE1_MODELS) \
 	  --data data/synthetic/pelvic_eval_seed7 --adapter ut_endomri_d2 --synthetic pelvic:12:7 \
 	  --mc 4 --out runs/cohorts/table1_pelvic
 

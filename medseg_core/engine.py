@@ -128,8 +128,8 @@ _SUFFIXES = (".nii.gz", ".nii", ".dcm", ".png", ".PNG", ".tif", ".tiff")
 class PredictionFolder:
     """Masks written by another tool, one file per case: ``<case_id>.nii.gz`` (or ``.nii``, ``.dcm``,
     ``.png``), optionally with a suffix (``<case_id>_pred.nii.gz``, ``<case_id>_0000.nii.gz``).
-    A label map's value ``v`` is the label ``labels[v]`` when given, else the dataset's reference
-    label for a binary mask, else ``label_<v>``. The grid check of :func:`medseg_core.io.load_mask`
+    A label map's value ``v`` is the label ``labels[v]`` when given, else the dataset's primary
+    (first) label for a binary mask, else ``label_<v>``. The grid check of :func:`medseg_core.io.load_mask`
     applies: a mask on another grid is refused."""
 
     def __init__(self, directory: str | Path, name: str | None = None, labels: dict[int, str] | None = None,
@@ -165,7 +165,7 @@ class PredictionFolder:
         for v in values:
             if v in self.labels:
                 name = self.labels[v]
-            elif len(values) == 1 and len(ref_labels) == 1:
+            elif len(values) == 1 and ref_labels:  # a binary mask is the dataset's primary (first) label
                 name = ref_labels[0]
             else:
                 name = f"label_{v}"

@@ -173,3 +173,36 @@ def test_slice_classifier_gate_blanks_the_slices_it_rejects():
     np.testing.assert_array_equal(everything.mask, plain.mask)
     with pytest.raises(Exception, match="slice classifier"):
         predict(lm, vol, PredictOptions(gate="ovary_unet"))
+
+
+def test_predictions_folder_evaluated_and_in_a_cohort(m3_run, tmp_path):
+    """Masks made elsewhere, one NIfTI per case (nnU-Net's evaluate_folder convention): the
+    references themselves score Dice 1; a copy with one slice erased scores what that slice costs."""
+    from medseg_core import metrics as M
+    from medseg_core.io import save_mask_nifti
+
+    _, data = m3_run
+    cases = D.ut_endomri_d2(data)
+    perfect, damaged = tmp_path / "perfect", tmp_path / "damaged"
+    perfect.mkdir(), damaged.mkdir()
+    expected = {}
+    for c in cases:
+        vol, masks = c.load()
+        save_mask_nifti(masks["ovary"], vol, perfect / f"{c.case_id}.nii.gz")
+        worse = masks["ovary"].copy()
+        z = int(np.argmax(worse.reshape(worse.shape[0], -1).sum(1)))
+        worse[z] = 0
+        save_mask_nifti(worse, vol, damaged / f"{c.case_id}_pred.nii.gz")
+        expected[c.case_id] = M.dice(worse, masks["ovary"])
+    s = E.main(["--predictions", str(perfect), "--data", str(data), "--adapter", "ut_endomri_d2",
+                "--out", str(tmp_path / "e1")])
+    assert s["model"] == "perfect" and s["ovary"]["dice"]["mean"] == pytest.approx(1.0)
+    E.main(["--predictions", str(damaged), "--data", str(data), "--adapter", "ut_endomri_d2", "--out", str(tmp_path / "e2")])
+    rows = {r["case"]: float(r["dice"]) for r in csv.DictReader((tmp_path / "e2" / "per_case.csv").open())}
+    assert rows == pytest.approx(expected) and all(v < 1 for v in rows.values())
+    run = C.run_cohort(cases[:2], ["ovary_unet"], {"orig": {}}, tmp_path / "coh", predictions={"colleague": damaged},
+                       dataset={"adapter": "ut_endomri_d2", "root": str(data)})
+    r = C.load_run(run)
+    assert {(x["model"], x["set"]) for x in r.cases} == {("ovary_unet", "orig"), ("colleague", C.EXTERNAL_SET)}
+    got = {x["case"]: x["dice"] for x in r.cases if x["model"] == "colleague"}
+    assert got == pytest.approx({k: expected[k] for k in got})
