@@ -33,7 +33,7 @@ import numpy as np
 
 from . import analysis as A
 from . import metrics as M
-from .tables import csv_text, write_csv
+from .tables import csv_text, with_slice_numbers, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = ROOT / "runs" / "cohorts"
@@ -73,9 +73,34 @@ def mask_file(run: Path, model: str, set_name: str, case_id: str) -> Path:
 EXTERNAL_SET = "as_delivered"
 
 
+def part_file(run: Path, model: str, set_name: str, case_id: str) -> Path:
+    """One finished (model, option set, case): its slice and case rows, kept so that a run stopped
+    halfway (server restart, closed tab) resumes where it stopped."""
+    return Path(run) / "parts" / f"{model}__{set_name}__{case_id}.json"
+
+
+def write_progress(run: Path, **state) -> None:
+    """``progress.json``: what a run is doing (state running / done / failed, done, total, message),
+    read by the gallery page from any session."""
+    p = Path(run) / "progress.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**state, "updated": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    tmp.replace(p)
+
+
+def read_progress(run: str | Path) -> dict | None:
+    p = Path(run) / "progress.json"
+    try:
+        return json.loads(p.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
 def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Path, mc_samples: int = 0,
                rules: A.TagRules = A.TagRules(), dataset: dict | None = None, progress=None,
-               directory=None, predictions: dict[str, str | Path] | None = None, seed: int = 0) -> Path:
+               directory=None, predictions: dict[str, str | Path] | None = None, seed: int = 0,
+               resume: bool = True) -> Path:
     """Run every model with every option set over ``cases`` and write the run folder ``out``.
 
     ``models``: checkpoint references (shipped names, ``.safetensors`` paths, run folders) or loaded
@@ -85,7 +110,9 @@ def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Pat
     they join the gallery next to the models under the option set ``as_delivered``. ``mc_samples``
     > 0 averages MC-dropout samples (``seed`` fixes them; models without dropout run once) and adds
     uncertainty to every row; the stored masks are exactly what predict() returns with those options,
-    so the review page reproduces them. ``progress(done, total, message)``.
+    so the review page reproduces them. ``progress(done, total, message)``; the same is written to
+    ``progress.json``. Each finished (model, set, case) is kept under ``parts/``: with ``resume``
+    (default) a run started again on the same folder skips what is already done.
 
     Every number comes from the one evaluation engine (:func:`medseg_core.engine.evaluate_cases`).
     """
@@ -96,6 +123,7 @@ def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Pat
 
     out = Path(out)
     (out / "masks").mkdir(parents=True, exist_ok=True)
+    (out / "parts").mkdir(parents=True, exist_ok=True)
     slices, case_rows = [], []
     t0 = time.perf_counter()
     loaded = {}
@@ -112,29 +140,47 @@ def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Pat
         runs.append((name, EXTERNAL_SET, f, None))
     total, done = len(cases) * len(runs), 0
     exact: dict[str, dict] = {}
+    write_progress(out, state="running", done=0, total=total, message="starting")
+
+    def report(message: str) -> None:
+        write_progress(out, state="running", done=done, total=total, message=message)
+        if progress:
+            progress(done, total, message)
+
     for name, set_name, source, opts in runs:
         if opts is not None:
             exact.setdefault(name, {})[set_name] = {k: (list(v) if isinstance(v, tuple) else v)
                                                    for k, v in opts.__dict__.items()}
         base = {"model": name, "set": set_name}
-        for res in evaluate_cases(source, cases, opts, rules=rules):
+        todo = []
+        for case in cases:
+            part = part_file(out, name, set_name, case.case_id)
+            if resume and part.exists() and mask_file(out, name, set_name, case.case_id).exists():
+                kept = json.loads(part.read_text())
+                slices += kept["slices"]
+                case_rows += kept["cases"]
+                done += 1
+                report(f"{name} · {set_name} · {case.case_id} (kept from before)")
+            else:
+                todo.append(case)
+        for res in evaluate_cases(source, todo, opts, rules=rules):
             pred = res.prediction
             first = next(iter(pred.masks), None)
-            if first is None:
-                continue
-            mask = pred.masks[first]
-            before = pred.masks_before_postprocessing.get(first, mask)
-            np.savez_compressed(mask_file(out, name, set_name, res.case), shape=np.array(mask.shape),
-                                mask=_pack(mask), before=_pack(before))
-            for sr in res.slices:
-                if sr.label == first:
-                    slices.append({**base, **sr.row()})
-            for cr in res.records:
-                if cr.label == first:
-                    case_rows.append({**base, **cr.row(), "seconds": round(res.seconds, 3)})
+            s_rows, c_rows = [], []
+            if first is not None:
+                mask = pred.masks[first]
+                before = pred.masks_before_postprocessing.get(first, mask)
+                np.savez_compressed(mask_file(out, name, set_name, res.case), shape=np.array(mask.shape),
+                                    mask=_pack(mask), before=_pack(before))
+                s_rows = [{**base, **sr.row()} for sr in res.slices if sr.label == first]
+                c_rows = [{**base, **cr.row(), "seconds": round(res.seconds, 3)} for cr in res.records
+                          if cr.label == first]
+            part_file(out, name, set_name, res.case).write_text(
+                json.dumps({"slices": s_rows, "cases": c_rows}, default=_json_value))
+            slices += s_rows
+            case_rows += c_rows
             done += 1
-            if progress:
-                progress(done, total, f"{name} · {set_name} · {res.case}")
+            report(f"{name} · {set_name} · {res.case}")
     write_csv(out / "slices.csv", slices)
     write_csv(out / "cases.csv", case_rows)
     names = list(option_sets)
@@ -152,7 +198,13 @@ def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Pat
         write_csv(out / "table1.csv", rows)
         (out / "table1.md").write_text(table1_markdown(rows))
     (out / "cohort.json").write_text(json.dumps(meta, indent=1, default=str))
+    write_progress(out, state="done", done=done, total=total, message="finished")
     return out
+
+
+def _json_value(v):
+    """NaN-safe JSON for part files (numpy scalars to Python)."""
+    return v.item() if hasattr(v, "item") else str(v)
 
 
 # ----------------------------------------------------------------------------- reading a run
@@ -169,8 +221,11 @@ def _num(v):
 
 
 def read_rows(path: str | Path) -> list[dict]:
+    """A run's CSV as dict rows (numbers parsed, ``tags`` split). ``slice`` is the 0-based array
+    index; ``slice_number`` (1-based, what the app shows) is derived for files written before it
+    was stored beside ``slice`` (see :mod:`medseg_core.tables`)."""
     with open(path, newline="") as fh:
-        rows = [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+        rows = [with_slice_numbers({k: _num(v) for k, v in r.items()}) for r in csv.DictReader(fh)]
     for r in rows:
         if "tags" in r:
             r["tags"] = [t for t in str(r["tags"] or "").split(";") if t]
@@ -368,9 +423,14 @@ def thumbnail(volume, z: int, pred2d, ref2d, other2d=None, removed2d=None, size:
 
 
 def caption(row: dict) -> str:
+    """A slice row in words: case, 1-based slice number, model, option set, main finding, Dice*."""
+    from .labels import display_name, set_name
+
     u = row.get("uncertainty")
-    unc = f" · entropy {u:.3f}" if _finite(u) else ""
-    return f"{row['case']} z{row['slice']} · {row['model']} [{row['set']}] · {row['primary']} · Dice* {row['dice_star']:.2f}{unc}"
+    unc = f" · entropy {u:.3f} nats" if _finite(u) else ""
+    number = row.get("slice_number", int(row["slice"]) + 1)
+    return (f"{row['case']} · slice {number} · {row['model']} · {set_name(row['set'])} · "
+            f"{display_name(row['primary'])} · Dice* {row['dice_star']:.2f}{unc}")
 
 
 def story_png(items: list[tuple[np.ndarray, str]], title: str = "", columns: int = 3) -> bytes:

@@ -304,3 +304,21 @@ def patient_split(cases: list[Case], fractions=(0.7, 0.15, 0.15), seed: int = 0)
 
 ADAPTERS = {"msd_spleen": msd_spleen, "ut_endomri_d2": ut_endomri_d2, "ut_endomri_d1": ut_endomri_d1,
             "mmotu": mmotu, "uw_madison_gi": uw_madison_gi, "microsegnet": microsegnet, "generic": generic_folder}
+
+
+def detect_adapter(root: str | Path) -> str:
+    """The name of the first adapter that finds cases in ``root`` (published layouts first, then the
+    generic ``images/`` + ``masks/`` layout); InputError with a sentence when none does."""
+    from ..io.errors import InputError
+
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"The folder '{root}' does not exist on the server.")
+    for name in ("msd_spleen", "ut_endomri_d2", "ut_endomri_d1", "mmotu", "uw_madison_gi", "microsegnet", "generic"):
+        try:
+            if ADAPTERS[name](root):
+                return name
+        except Exception:  # noqa: BLE001 - a layout that does not match is the expected case
+            continue
+    raise InputError(f"No supported dataset layout was found in '{root.name}': use a published layout (MSD, "
+                     "UT-EndoMRI, MMOTU, UW-Madison GI, MicroSegNet) or images/ + masks/ with matching file names.")

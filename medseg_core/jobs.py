@@ -1,0 +1,62 @@
+"""Cohort runs in the background of the app's server process, independent of any browser session.
+
+A run started from the failure gallery keeps going when its tab is closed or the user switches
+pages; its progress is in the run folder's ``progress.json`` (:func:`medseg_core.cohort.read_progress`),
+so any session shows it. Each finished (model, option set, case) is kept in the run folder, so a run
+interrupted by a server restart continues where it stopped when started again on the same folder.
+"""
+from __future__ import annotations
+
+import threading
+import traceback
+from pathlib import Path
+
+_JOBS: dict[str, threading.Thread] = {}
+_LOCK = threading.Lock()
+
+
+def is_running(out: str | Path) -> bool:
+    t = _JOBS.get(str(Path(out).resolve()))
+    return bool(t and t.is_alive())
+
+
+def start_cohort(out: str | Path, data_root: str | Path, adapter: str, models: list[str], option_sets: dict,
+                 mc_samples: int = 0, max_cases: int | None = None, synthetic: dict | None = None) -> bool:
+    """Start (or resume) a cohort run in a background thread; False when one is already running on
+    ``out``. Failures end up in ``progress.json`` as one sentence (state ``failed``)."""
+    from . import cohort as C
+
+    key = str(Path(out).resolve())
+    with _LOCK:
+        if is_running(out):
+            return False
+
+        def work():
+            try:
+                from .data import datasets as D
+
+                if synthetic:
+                    from .data.make_synthetic import ensure_synthetic
+
+                    ensure_synthetic(data_root, synthetic)
+                cases = D.ADAPTERS[adapter](data_root)[:max_cases]
+                C.run_cohort(cases, models, option_sets, out, mc_samples=mc_samples,
+                             dataset={"adapter": adapter, "root": str(data_root), "synthetic": synthetic})
+            except Exception as e:  # noqa: BLE001 - reported to the user, the server keeps running
+                from .io.errors import InputError
+
+                msg = str(e) if isinstance(e, InputError) else f"The run stopped: {type(e).__name__}: {e}"
+                C.write_progress(out, state="failed", done=0, total=0, message=msg)
+                traceback.print_exc()
+
+        C.write_progress(out, state="running", done=0, total=0, message="starting")
+        t = threading.Thread(target=work, name=f"cohort:{Path(out).name}", daemon=True)
+        _JOBS[key] = t
+        t.start()
+        return True
+
+
+def wait(out: str | Path, timeout: float | None = None) -> None:
+    t = _JOBS.get(str(Path(out).resolve()))
+    if t:
+        t.join(timeout)
