@@ -328,3 +328,50 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+# ----------------------------------------------------------------------------- command line
+def main(argv=None) -> int:
+    """``python -m medseg_core.checkpoints import-bundle DIR [--out DIR] [--name NAME] [--force]``:
+    convert a MONAI Model Zoo bundle (UNet, UNETR or VNet) into a safetensors checkpoint with its
+    model card (see :mod:`medseg_core.bundle`). Errors are one sentence on stderr, exit status 2."""
+    import argparse
+    import sys
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message):  # one line instead of argparse's usage block
+            sys.stderr.write(f"Usage: {message}; see --help.\n")
+            raise SystemExit(2)
+
+    ap = _Parser(prog="python -m medseg_core.checkpoints", description="Checkpoint tools.")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    imp = sub.add_parser("import-bundle", help="import a MONAI bundle (configs/ + models/model.pt) as a checkpoint")
+    imp.add_argument("bundle_dir", help="the bundle's folder (holding configs/metadata.json and models/model.pt)")
+    imp.add_argument("--out", default=str(ROOT / "runs" / "imported"),
+                     help="folder for <name>.safetensors and <name>.json (default: runs/imported/)")
+    imp.add_argument("--name", default=None, help="the checkpoint's name (default: the bundle's folder name)")
+    imp.add_argument("--force", action="store_true", help="replace a checkpoint of that name in --out")
+    a = ap.parse_args(argv)
+    try:
+        from .bundle import import_bundle
+
+        path = import_bundle(a.bundle_dir, a.out, a.name, overwrite=a.force)
+    except InputError as e:
+        sys.stderr.write(f"{e}\n")
+        return 2
+    except Exception as e:  # noqa: BLE001 - a command line answers in one sentence, never a traceback
+        sys.stderr.write(f"The bundle could not be imported ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'no detail'}).\n")
+        return 2
+    card = _read_card_file(path.with_suffix(".json"))
+    r = card["recipe"]
+    print(f"{path} ({card['title']}): {r['architecture']['builder']}, labels {', '.join(r['labels'])}, "
+          f"roi {' x '.join(map(str, r['input_size']))} at {' x '.join(f'{s:g}' for s in r['target_spacing'])} mm (z, y, x), "
+          f"preprocessing {r['preprocessing']['name']} {r['preprocessing']['params']}")
+    listed = any(c.weights.resolve() == path.resolve() for c in list_checkpoints())
+    print(f"Load it with load_model('{path}'); " + (f"the app lists it as '{path.stem}'." if listed else
+          "add its folder to MEDSEG_MODELS for the app to list it."))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
