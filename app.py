@@ -51,8 +51,11 @@ with st.sidebar:
                          on_change=lambda: ss.__setitem__("model_name", ss["model_pick"]),
                          help="Models whose input contract fits this case; those outside their training data are "
                               "listed last and marked.")
-            if runnable[ss["model_name"]].warnings:
+            chosen = runnable[ss["model_name"]]
+            if chosen.outside:
                 st.warning("Outside this model's training data; see Segment & review.")
+            elif chosen.warnings:
+                st.caption("This model's card records no training-data envelope.")
         else:
             ss["model_name"] = None
             st.caption("No model fits this case: it can still be viewed on Segment & review.")

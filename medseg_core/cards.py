@@ -61,6 +61,10 @@ _REGION_TERMS = {"PELVIS": {"PELVIS", "ABDOMENPELVIS", "OVARY", "UTERUS", "ADNEX
 GEOMETRY_TOLERANCE = 1.25
 
 
+#: How an out-of-envelope warning begins (the app tells it apart from "no envelope recorded").
+OUTSIDE = "This case lies outside the data"
+
+
 class CardError(InputError):
     """A model card that cannot be read, migrated or trusted."""
 
@@ -287,7 +291,7 @@ def check_envelope(spec: ModelSpec, envelope: dict | None, volume, stated_anatom
         return []
     if note:
         out.append(note)
-    return [f"This case lies outside the data {spec.title} was trained on ({envelope.get('anatomy') or 'unknown anatomy'}, "
+    return [f"{OUTSIDE} {spec.title} was trained on ({envelope.get('anatomy') or 'unknown anatomy'}, "
             f"{envelope.get('n_cases')} cases): " + "; ".join(out) + ". Its output here is not to be trusted."]
 
 

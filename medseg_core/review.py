@@ -32,9 +32,16 @@ class ModelChoice:
     family: str = ""
 
     @property
+    def outside(self) -> bool:
+        """The case lies outside the model's training data (not merely: no envelope recorded)."""
+        from .cards import OUTSIDE
+
+        return any(w.startswith(OUTSIDE) for w in self.warnings)
+
+    @property
     def label(self) -> str:
         tag = {"shipped": "", "your models": " · your model", "uploaded in this session": " · uploaded"}[self.source]
-        return f"{self.title} · {self.name}{tag}{' · outside training data' if self.warnings else ''}"
+        return f"{self.title} · {self.name}{tag}{' · outside training data' if self.outside else ''}"
 
 
 _TASK_ORDER = {"segmentation": 0, "segmentation+classification": 1, "classification": 2, "restoration": 3}
@@ -93,7 +100,8 @@ def compatible_models(volume: Volume, directory=None, session_models: dict | Non
         warn = envelope_warnings(lm.spec, lm.card, volume, case) if not reason else []
         out.append(ModelChoice(key, lm.spec.name, lm.spec.title, not reason, reason, warn, "uploaded in this session",
                                lm.spec.task, lm.spec.family))
-    out.sort(key=lambda c: (not c.ok, bool(c.warnings), _TASK_ORDER.get(c.task, 9), c.source != "shipped", c.name))
+    out.sort(key=lambda c: (not c.ok, c.outside, bool(c.warnings), _TASK_ORDER.get(c.task, 9), c.source != "shipped",
+                            c.name))
     return out
 
 

@@ -9,6 +9,7 @@ from medseg_core.preprocessing import PREPROCESSING
 from medseg_core.render import (COMPARE_COLOURS, CT_PRESETS, LABEL_COLOURS, apply_window, aspect_correct, auto_window, display_notice, hex_to_rgb, rgb_to_hex,
                                 compare_layers, frame_png, overlay, slice_figure)
 from medseg_core.io.orientation import display_aspect
+from medseg_core.labels import describe, display_rows, slice_words
 from medseg_core.review import (POSTPROCESSING_CHOICES, SIDE_LABELS, contract_of, envelope_warnings, gate_choices, initial_slice,
                                 slice_curve, metrics_csv, metrics_table, preprocessing_preview,
                                 slice_metrics)
@@ -48,7 +49,8 @@ elif source.startswith("uploaded:"):
 else:
     spec = get_spec(name)
     st.caption(f"Model: **{spec.title}** ({spec.name}, chosen in the sidebar) · {contract_of(spec)}")
-    for w in envelope_warnings(spec, get_model(name).card, vol, ss.get("case_key")):
+    envelope = envelope_warnings(spec, get_model(name).card, vol, ss.get("case_key"))
+    for w in envelope:
         st.warning(w)
     c1, c2, c3 = st.columns(3)
     pre_names = list(PREPROCESSING)
@@ -103,7 +105,7 @@ else:
         if pred.options != options:
             st.caption("Showing the last run; the options above have changed since. Press Run model to apply them.")
         for w in pred.warnings:
-            if not w.startswith("This case lies outside"):  # already shown above the options
+            if w not in envelope:  # already shown above the options
                 st.warning(w)
 masks = pred.masks if pred is not None else {}
 primary = next(iter(masks.values()), None)
@@ -146,7 +148,7 @@ def viewer():
     if f"slice_{plane}" not in st.session_state:
         st.session_state[f"slice_{plane}"] = initial_slice(vol.shape, plane, primary, gt)
     with col_img:
-        idx = st.slider("Slice", 0, n - 1, key=f"slice_{plane}") if n > 1 else 0
+        idx = st.select_slider("Slice", list(range(n)), key=f"slice_{plane}", format_func=lambda i: str(i + 1)) if n > 1 else 0  # state: 0-based index; shown: 1..n
         layers = []
         if compare and gt is not None:
             layers = compare_layers(display_slice(primary, plane, idx), display_slice(gt, plane, idx))
@@ -168,7 +170,7 @@ def viewer():
         rgb = aspect_correct(rgb, r_mm, c_mm)
         if notice:
             st.caption(notice)
-        st.plotly_chart(slice_figure(rgb, plane, title=f"{plane} {idx + 1}/{n}"), width="stretch",
+        st.plotly_chart(slice_figure(rgb, plane, title=f"{plane.capitalize()} {slice_words(idx, n)}"), width="stretch",
                         config={"displaylogo": False}, key="viewer_fig")
         if pred is not None and pred.slice_probabilities is not None and plane == "axial" and n > 1:
             thr_g = pred.gate.get("threshold") if pred.gate else get_spec(name).threshold
@@ -186,7 +188,7 @@ def viewer():
                    "Radiological convention: patient's right on the image left.")
         if gt is not None and plane == "axial" and primary is not None:
             sm = slice_metrics(primary, gt, vol.spacing, idx)
-            st.caption("This slice: " + ", ".join(f"{k} {v:.3g}" for k, v in sm.items()))
+            st.caption("This slice: " + ", ".join(describe(k, v) for k, v in sm.items()))
         st.download_button("Export this view (PNG)", lambda: frame_png(rgb), file_name=f"view_{plane}_{idx + 1}.png",
                            mime="image/png", key="dl_png")
 
@@ -217,7 +219,7 @@ if removed:
 rows = []
 if gt is not None and pred.mask is not None:
     rows = metrics_table(pred, gt, vol.spacing)
-    st.dataframe(rows, hide_index=True)
+    st.dataframe(display_rows(rows), hide_index=True)
 if pred.timings:
     timing = ", ".join(f"{k.replace('_s', '')} {v:.2f} s" for k, v in pred.timings.items() if k.endswith("_s"))
     st.caption(f"Timings: {timing}.")
