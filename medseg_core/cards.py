@@ -230,14 +230,25 @@ def _fmt_range(r, unit="mm") -> str:
 
 
 def check_envelope(spec: ModelSpec, envelope: dict | None, volume, stated_anatomy: str | None = None) -> list[str]:
-    """Plain sentences for every way ``volume`` lies outside the data the model was trained on
-    (empty when it lies inside), as one warning listing each reason. A single 2D image is compared
-    in-plane only; spacing and field of view in mm when both the case and the training data state a
-    pixel size, image size in pixels otherwise; the intensity profile after the card's preprocessing;
-    DICOM's BodyPartExamined and a user-stated anatomy against the card's region."""
+    """Plain sentences for every way ``volume`` lies outside the data the model was trained on:
+    one warning listing :func:`envelope_findings`, or one saying that no envelope is recorded;
+    empty when the case lies inside."""
     if not envelope:
         return [f"The card of {spec.title} records no training-data envelope, so medseg cannot tell whether this "
                 "case resembles what the model was trained on."]
+    out = envelope_findings(spec, envelope, volume, stated_anatomy)
+    if not out:
+        return []
+    return [f"{OUTSIDE} {spec.title} was trained on ({envelope.get('anatomy') or 'unknown anatomy'}, "
+            f"{envelope.get('n_cases')} cases): " + "; ".join(out) + ". Its output here is not to be trusted."]
+
+
+def envelope_findings(spec: ModelSpec, envelope: dict, volume, stated_anatomy: str | None = None) -> list[str]:
+    """Each way ``volume`` lies outside the envelope, as a short phrase ("slice thickness 1 mm
+    (trained on 6 mm)"); empty when it lies inside. A single 2D image is compared
+    in-plane only; spacing and field of view in mm when both the case and the training data state a
+    pixel size, image size in pixels otherwise; the intensity profile after the card's preprocessing;
+    DICOM's BodyPartExamined and a user-stated anatomy against the card's region."""
     out = []
     axes = ("slice thickness", "row spacing", "column spacing")
     fov_axes = ("extent across slices", "field of view (rows)", "field of view (columns)")
@@ -287,12 +298,9 @@ def check_envelope(spec: ModelSpec, envelope: dict | None, volume, stated_anatom
     anatomy = stated_anatomy or volume.meta.get("anatomy")
     if anatomy and envelope.get("anatomy") and anatomy != envelope["anatomy"]:
         out.append(f"described as {anatomy} (trained on {envelope['anatomy']})")
-    if not out:
-        return []
-    if note:
+    if out and note:
         out.append(note)
-    return [f"{OUTSIDE} {spec.title} was trained on ({envelope.get('anatomy') or 'unknown anatomy'}, "
-            f"{envelope.get('n_cases')} cases): " + "; ".join(out) + ". Its output here is not to be trusted."]
+    return out
 
 
 def envelope_summary(envelope: dict | None) -> str:

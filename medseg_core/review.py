@@ -100,8 +100,9 @@ def compatible_models(volume: Volume, directory=None, session_models: dict | Non
         warn = envelope_warnings(lm.spec, lm.card, volume, case) if not reason else []
         out.append(ModelChoice(key, lm.spec.name, lm.spec.title, not reason, reason, warn, "uploaded in this session",
                                lm.spec.task, lm.spec.family))
-    out.sort(key=lambda c: (not c.ok, c.outside, bool(c.warnings), _TASK_ORDER.get(c.task, 9), c.source != "shipped",
-                            c.name))
+    # runnable first; then inside the envelope; then the fewest ways outside it (';'-separated findings)
+    out.sort(key=lambda c: (not c.ok, c.outside, bool(c.warnings), sum(w.count(";") + 1 for w in c.warnings if c.outside),
+                            _TASK_ORDER.get(c.task, 9), c.source != "shipped", c.name))
     return out
 
 
@@ -231,12 +232,18 @@ def card_view(s: dict) -> dict:
     if "dice_vs_both_ovaries" in test:
         metrics["Dice vs both ovaries"] = f"{test['dice_vs_both_ovaries']:.3f}"
     td = card.get("training_data") or {}
-    kind = "synthetic" if td.get("synthetic") else "real"
     arch = r.get("architecture") or {}
-    training = (f"**Training data** {td.get('adapter', 'unknown')} ({td.get('n_cases', '?')} {kind} cases), split by "
-                f"patient; loss {(card.get('loss') or {}).get('name', '?')}; {card.get('epochs_run', '?')} epochs; "
-                f"input {' x '.join(map(str, r.get('input_size') or []))}; variant {arch.get('variant', '?')}; "
-                f"storage {card.get('storage', '?')}; card schema {card.get('schema')}"
+    if td.get("adapter"):
+        kind = "synthetic" if td.get("synthetic") else "real"
+        data = (f"**Training data** {td['adapter']} ({td.get('n_cases', '?')} {kind} cases), split by patient; "
+                f"loss {(card.get('loss') or {}).get('name', '?')}; {card.get('epochs_run', '?')} epochs")
+    elif td.get("source"):  # e.g. an imported MONAI bundle: its training data are not described here
+        data = (f"**Training data** not recorded: imported from a {td['source']} "
+                f"({td.get('bundle', '')} {td.get('version', '')}".rstrip() + ")")
+    else:
+        data = "**Training data** not recorded"
+    training = (f"{data}; input {' x '.join(map(str, r.get('input_size') or []))}; variant "
+                f"{arch.get('variant', '?')}; storage {card.get('storage', '?')}; card schema {card.get('schema')}"
                 f"{' (migrated from ' + card['migrated_from'] + ')' if card.get('migrated_from') else ''}.")
     return {"summary": summary, "metrics": metrics, "training": training}
 

@@ -206,3 +206,29 @@ def test_predictions_folder_evaluated_and_in_a_cohort(m3_run, tmp_path):
     assert {(x["model"], x["set"]) for x in r.cases} == {("ovary_unet", "orig"), ("colleague", C.EXTERNAL_SET)}
     got = {x["case"]: x["dice"] for x in r.cases if x["model"] == "colleague"}
     assert got == pytest.approx({k: expected[k] for k in got})
+
+
+def test_generic_ultrasound_does_not_default_to_the_prostate_model():
+    """An ultrasound image of unknown scale (a PNG: 1 mm pixels assumed) is told apart by the
+    envelopes: the ovarian models (trained on such images) come first, the micro-US prostate model
+    (0.034 mm pixels) is marked outside its training data; the micro-US sample is the other way round."""
+    import io
+
+    from PIL import Image
+
+    from medseg_core.io import load_volume
+    from medseg_core.review import compatible_models
+    from medseg_core.samples import get_sample
+
+    rng = np.random.default_rng(1)
+    png = io.BytesIO()
+    speckle = np.clip(rng.rayleigh(18.0, (300, 400)), 0, 255).astype(np.uint8)  # dark, speckled, like B-mode
+    Image.fromarray(speckle).save(png, format="PNG")
+    vol = load_volume(png.getvalue(), filename="scan.png", modality="US")
+    choices = [c for c in compatible_models(vol) if c.ok]
+    assert choices[0].family == "ultrasound" and not choices[0].outside
+    prostate = next(c for c in choices if c.name == "prostate_microus")
+    assert prostate.outside and "pixel size not compared" in prostate.warnings[0]
+    micro, _, _ = get_sample("microus").load()
+    first = [c for c in compatible_models(micro) if c.ok][0]
+    assert first.name == "prostate_microus" and not first.warnings
