@@ -34,6 +34,23 @@ _NON_IMAGE_HINTS = {
     "1.2.840.10008.5.1.4.1.1.481.3": "an RT structure set (contours, not an image)",
     "1.2.840.10008.5.1.4.1.1.66.4": "a segmentation object (upload it as a mask, or the image it belongs to)",
 }
+SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")  # Segmentation, Label Map Segmentation
+RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+
+
+def is_segmentation(ds) -> bool:
+    """A DICOM Segmentation (SEG): it has pixel data, but it is a mask, never an image."""
+    return str(getattr(ds, "SOPClassUID", "") or "") in SEG_SOP_CLASSES
+
+
+def _n_segments(ds) -> str:
+    n = len(getattr(ds, "SegmentSequence", None) or [])
+    return f"{n} segment{'s' if n != 1 else ''}"
+
+
+def segmentation_as_image_error(ds) -> InputError:
+    return InputError(f"This file is a DICOM Segmentation ({_n_segments(ds)}); upload it as a mask (reference or "
+                      "prediction) for the image it belongs to.")
 
 
 @dataclass
@@ -122,13 +139,14 @@ def series_infos(groups: dict[str, list]) -> list[SeriesInfo]:
     infos = []
     for key, items in groups.items():
         ds0 = items[0][1]
-        with_pix = [ds for _, ds in items if "PixelData" in ds]
+        with_pix = [ds for _, ds in items if "PixelData" in ds and not is_segmentation(ds)]
         frames = sum(int(getattr(ds, "NumberOfFrames", 1) or 1) for ds in with_pix)
         infos.append(SeriesInfo(
             key=key, modality=_modality(ds0), n_images=len(items), n_frames=frames,
             rows=int(getattr(with_pix[0] if with_pix else ds0, "Rows", 0) or 0),
             cols=int(getattr(with_pix[0] if with_pix else ds0, "Columns", 0) or 0),
-            has_pixels=bool(with_pix), kind="image" if with_pix else _sop_name(ds0),
+            has_pixels=bool(with_pix), kind="image" if with_pix else (
+                f"a DICOM Segmentation ({_n_segments(ds0)})" if is_segmentation(ds0) else _sop_name(ds0)),
         ))
     infos.sort(key=lambda s: (not s.has_pixels, -s.n_frames))
     return infos
@@ -282,6 +300,8 @@ def _safe_meta(ds) -> dict:
 def assemble_series(items: list[tuple[str, object]], limits: Limits, label: str):
     """Build (array_zyx, affine, spacing-free warnings, meta, modality) from one series."""
     warnings: list[str] = []
+    if is_segmentation(items[0][1]):
+        raise segmentation_as_image_error(items[0][1])
     images = [(n, ds) for n, ds in items if "PixelData" in ds]
     if not images:
         sop = _sop_name(items[0][1])
