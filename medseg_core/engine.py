@@ -126,10 +126,11 @@ _SUFFIXES = (".nii.gz", ".nii", ".dcm", ".png", ".PNG", ".tif", ".tiff")
 
 
 class PredictionFolder:
-    """Masks written by another tool, one file per case: ``<case_id>.nii.gz`` (or ``.nii``, ``.dcm``,
-    ``.png``), optionally with a suffix (``<case_id>_pred.nii.gz``, ``<case_id>_0000.nii.gz``).
-    A label map's value ``v`` is the label ``labels[v]`` when given, else the dataset's primary
-    (first) label for a binary mask, else ``label_<v>``. The grid check of :func:`medseg_core.io.load_mask`
+    """Masks written by another tool, one file per case: ``<case_id>.nii.gz`` (or ``.nii``, a DICOM
+    SEG or RT Structure Set ``.dcm``, ``.png``), optionally with a suffix (``<case_id>_pred.nii.gz``).
+    Read by :func:`medseg_core.io.load_label_masks`: a label map's value ``v`` (a SEG's segment, an
+    RTSTRUCT's ROI) is the label ``labels[v]`` when given, the file's own name otherwise; a file with
+    a single label is the dataset's primary (first) label. The grid check of :func:`medseg_core.io.load_mask`
     applies: a mask on another grid is refused."""
 
     def __init__(self, directory: str | Path, name: str | None = None, labels: dict[int, str] | None = None,
@@ -152,24 +153,15 @@ class PredictionFolder:
 
     def predict(self, case, volume, ref_labels) -> object:
         from .inference import prediction_from_masks
-        from .io import load_mask
+        from .io import load_label_masks
 
         f = self.file_for(case.case_id)
         if f is None:
             raise InputError(f"The predictions folder '{self.directory.name}' has no file for case '{case.case_id}'.")
-        lab = load_mask(f, like=volume)
-        values = [int(v) for v in np.unique(lab) if v]
-        if not values:
-            values = [1]
-        masks = {}
-        for v in values:
-            if v in self.labels:
-                name = self.labels[v]
-            elif len(values) == 1 and ref_labels:  # a binary mask is the dataset's primary (first) label
-                name = ref_labels[0]
-            else:
-                name = f"label_{v}"
-            masks[name] = (lab == v).astype(np.uint8)
+        masks = load_label_masks(f, like=volume, names=self.labels)
+        if len(masks) == 1 and ref_labels and not self.labels:
+            # a binary mask (or a single segment) is the dataset's primary (first) label
+            masks = {ref_labels[0]: next(iter(masks.values()))}
         return prediction_from_masks(self.name, masks, volume)
 
 

@@ -109,6 +109,7 @@ else:
                 st.warning(w)
 masks = pred.masks if pred is not None else {}
 primary = next(iter(masks.values()), None)
+removed_any = pred is not None and any(r.any() for r in pred.removed.values())  # once per run, not per slider move
 
 
 # ------------------------------------------------------------------ viewer
@@ -141,7 +142,7 @@ def viewer():
                                                       key=f"colour_{lab}", label_visibility="collapsed"))
         compare = st.toggle("Compare with reference (TP / FP / FN)", value=gt is not None,
                             disabled=gt is None or primary is None, key="compare") and primary is not None
-        show_removed = pred is not None and bool(pred.removed) and st.toggle(
+        show_removed = removed_any and st.toggle(
             "Show what post-processing removed", value=False, key="show_removed")
         show_sides = pred is not None and bool(pred.sides) and st.toggle("Colour two-pass sides", value=True, key="sides")
     n = n_slices(vol.shape, plane)
