@@ -30,6 +30,7 @@ class ModelChoice:
     source: str = "shipped"  # shipped | your models | uploaded in this session
     task: str = ""
     family: str = ""
+    anatomy: str | None = None  # what its training data show (the card's envelope)
 
     @property
     def outside(self) -> bool:
@@ -63,7 +64,7 @@ def envelope_warnings(spec, card: dict, volume: Volume, case: str | None = None)
     """check_envelope, memoised per (case, checkpoint) so the sidebar does not redo it on every rerun."""
     from .cards import check_envelope
 
-    key = (case, spec.name, card.get("sha256")) if case else None
+    key = (case, spec.name, card.get("sha256"), volume.meta.get("anatomy")) if case else None
     if key and key in _ENVELOPE_CACHE:
         return _ENVELOPE_CACHE[key]
     w = check_envelope(spec, card.get("envelope"), volume)
@@ -72,6 +73,26 @@ def envelope_warnings(spec, card: dict, volume: Volume, case: str | None = None)
         while len(_ENVELOPE_CACHE) > 512:
             _ENVELOPE_CACHE.popitem(last=False)
     return w
+
+
+def ultrasound_kinds() -> dict[str, str | None]:
+    """What a user can say an ultrasound shows -> the anatomy compared with the models' envelopes."""
+    from .cards import REGIONS
+
+    return {"Not stated": None, "Adnexal lesion (transvaginal ultrasound)": REGIONS["ultrasound"][1],
+            "Prostate (transrectal micro-ultrasound)": REGIONS["prostate"][1], "Another organ": "another organ"}
+
+
+def state_anatomy(volume: Volume, anatomy: str | None) -> bool:
+    """Record what the user says the case shows (``meta["anatomy"]``, compared with every model's
+    envelope); True when it changed."""
+    if volume.meta.get("anatomy") == anatomy:
+        return False
+    if anatomy is None:
+        volume.meta.pop("anatomy", None)
+    else:
+        volume.meta["anatomy"] = anatomy
+    return True
 
 
 def compatible_models(volume: Volume, directory=None, session_models: dict | None = None,
@@ -94,14 +115,17 @@ def compatible_models(volume: Volume, directory=None, session_models: dict | Non
             reason = "" if st == "ok" else st
         warn = envelope_warnings(spec, card, volume, case) if not reason else []
         out.append(ModelChoice(c.ref if directory is None else str(c.weights), spec.name, spec.title, not reason,
-                               reason, warn, "shipped" if c.shipped else "your models", spec.task, spec.family))
+                               reason, warn, "shipped" if c.shipped else "your models", spec.task, spec.family,
+                               (card.get("envelope") or {}).get("anatomy")))
     for key, lm in (session_models or {}).items():
         reason = fit_reason(lm.spec, volume)
         warn = envelope_warnings(lm.spec, lm.card, volume, case) if not reason else []
         out.append(ModelChoice(key, lm.spec.name, lm.spec.title, not reason, reason, warn, "uploaded in this session",
-                               lm.spec.task, lm.spec.family))
-    # runnable first; then inside the envelope; then the fewest ways outside it (';'-separated findings)
-    out.sort(key=lambda c: (not c.ok, c.outside, bool(c.warnings), sum(w.count(";") + 1 for w in c.warnings if c.outside),
+                               lm.spec.task, lm.spec.family, (lm.envelope or {}).get("anatomy")))
+    # runnable first; then made for what the user says the case shows; then inside the envelope; then
+    # the fewest ways outside it (';'-separated findings)
+    stated = volume.meta.get("anatomy")
+    out.sort(key=lambda c: (not c.ok, bool(stated) and c.anatomy != stated, c.outside, bool(c.warnings), sum(w.count(";") + 1 for w in c.warnings if c.outside),
                             _TASK_ORDER.get(c.task, 9), c.source != "shipped", c.name))
     return out
 

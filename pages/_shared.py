@@ -47,7 +47,7 @@ def set_case(volume, gt=None, extras=None, sample=None) -> None:
     ss["auto_window"] = auto_window(volume.array)  # once per case, not on every slider move
     ss["predictions"] = PredictionCache()
     ss["external_predictions"] = {}  # uploaded predictions belong to the case they were made on
-    for k in ("current", "load_error", "result_source", "slice_axial", "slice_coronal", "slice_sagittal", "unc_slice", "unc_key"):
+    for k in ("current", "load_error", "us_kind", "result_source", "slice_axial", "slice_coronal", "slice_sagittal", "unc_slice", "unc_key"):
         ss.pop(k, None)  # a new case opens on its own slices
     ss["clinical"] = dict((sample.extra.get("clinical") if sample else None) or {"menopausal": 0, "oncology_center": 0})
 

@@ -12,6 +12,7 @@ from medseg_core.io.orientation import display_aspect, display_slice
 from medseg_core.render import apply_window, aspect_correct
 from medseg_core.review import initial_slice
 from medseg_core.samples import list_samples
+from medseg_core.review import state_anatomy, ultrasound_kinds
 from pages._shared import open_sample, set_case
 from pages._shared import require_frame
 
@@ -65,6 +66,17 @@ vol = ss.get("volume")
 if vol is None:
     st.info("Choose a sample or upload a file to begin.")
     st.stop()
+
+if vol.modality == "US":
+    kinds = ultrasound_kinds()
+    stated = st.selectbox("What does this ultrasound show?", list(kinds), key="us_kind",
+                          index=list(kinds.values()).index(vol.meta.get("anatomy")) if vol.meta.get("anatomy") in
+                          kinds.values() else 0,
+                          help="Ovarian (transvaginal) and micro-ultrasound prostate models are told apart by their "
+                               "training data and by what you say here; the model picker puts the fitting ones first.")
+    if state_anatomy(vol, kinds[stated]):
+        ss["predictions"].clear()  # their warnings were made for the other statement
+        st.rerun()
 
 # ------------------------------------------------------------------ masks for the current case
 MASK_HELP = ("NIfTI or an image label map (every non-zero value is a label), a DICOM SEG or a DICOM RT Structure Set, "

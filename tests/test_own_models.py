@@ -232,3 +232,27 @@ def test_generic_ultrasound_does_not_default_to_the_prostate_model():
     micro, _, _ = get_sample("microus").load()
     first = [c for c in compatible_models(micro) if c.ok][0]
     assert first.name == "prostate_microus" and not first.warnings
+
+
+def test_stated_ultrasound_kind_picks_the_model():
+    """What the user says the ultrasound shows comes first in the picker and is checked against
+    every model's envelope."""
+    import io
+
+    from PIL import Image
+
+    from medseg_core.io import load_volume
+    from medseg_core.review import compatible_models, state_anatomy, ultrasound_kinds
+
+    png = io.BytesIO()
+    Image.fromarray(np.clip(np.random.default_rng(2).rayleigh(18.0, (224, 224)), 0, 255).astype(np.uint8)).save(png, format="PNG")
+    vol = load_volume(png.getvalue(), filename="probe.png", modality="US")
+    kinds = ultrasound_kinds()
+    assert state_anatomy(vol, kinds["Prostate (transrectal micro-ultrasound)"])
+    first = [c for c in compatible_models(vol) if c.ok][0]
+    assert first.name == "prostate_microus"
+    ovarian = next(c for c in compatible_models(vol) if c.name == "us_mtl_effb0")
+    assert ovarian.outside and "described as prostate" in ovarian.warnings[0]
+    assert state_anatomy(vol, kinds["Adnexal lesion (transvaginal ultrasound)"])
+    assert [c for c in compatible_models(vol) if c.ok][0].family == "ultrasound"
+    assert not state_anatomy(vol, kinds["Adnexal lesion (transvaginal ultrasound)"])
