@@ -147,22 +147,56 @@ def overlay_frame(array: np.ndarray, spacing, plane: str, index: int, width: flo
     return aspect_correct(rgb, r, c)
 
 
-def heat_overlay(grey: np.ndarray, values: np.ndarray, vmin: float, vmax: float, alpha: float = 0.6,
-                 floor: float | None = None, colorscale: str = "Inferno") -> np.ndarray:
-    """Blend a scalar map (probability, entropy, MI) onto a grey picture with a colour scale.
+#: The colour map of every uncertainty/probability overlay and its colour bar: viridis, perceptually
+#: uniform and sequential (CIE L* rises monotonically from dark purple to yellow), so equal steps in
+#: the value look like equal steps in colour and the low end is not confused with the black image
+#: background. These are plotly's ``Viridis`` stops (matplotlib's viridis at 10 points).
+HEAT_COLOURSCALE = "Viridis"
 
-    Pixels at or below ``floor`` (default ``vmin``) stay grey, so the background is not tinted."""
+
+def heat_lut(colorscale: str = HEAT_COLOURSCALE, n: int = 256) -> np.ndarray:
+    """(n, 3) uint8 RGB colours of ``colorscale`` from its low end to its high end, interpolated
+    between the scale's stops exactly as plotly draws its colour bar."""
     from plotly.colors import get_colorscale, sample_colorscale
 
+    cols = sample_colorscale(get_colorscale(colorscale), list(np.linspace(0, 1, n)))
+    return np.rint(np.array([_rgb(c) for c in cols], np.float64)).astype(np.uint8)
+
+
+def heat_colorscale(colorscale: str = HEAT_COLOURSCALE) -> list[list]:
+    """The colour bar's colourscale: the scale's own stops written as ``rgb(r, g, b)`` strings, so the
+    bar and :func:`heat_overlay`'s pixels are the same colours. (Hex stops such as inferno's
+    ``#000004`` collide with the placeholder colours that Streamlit's plotly theme replaces by its
+    own, which turned the bottom of the bar red.)"""
+    from plotly.colors import get_colorscale
+
+    return [[float(pos), "rgb({}, {}, {})".format(*(int(round(x)) for x in _rgb(c)))]
+            for pos, c in get_colorscale(colorscale)]
+
+
+def lightness(rgb) -> np.ndarray:
+    """CIE L* (0 black .. 100 white, D65) of sRGB uint8 colours, shape (..., 3) -> (...)."""
+    c = np.asarray(rgb, np.float64) / 255.0
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    y = lin @ np.array([0.2126, 0.7152, 0.0722])
+    return np.where(y > (6 / 29) ** 3, 116 * np.cbrt(y) - 16, y * (29 / 3) ** 3)
+
+
+def heat_overlay(grey: np.ndarray, values: np.ndarray, vmin: float, vmax: float, alpha: float = 0.6,
+                 floor: float | None = None, colorscale: str = HEAT_COLOURSCALE) -> np.ndarray:
+    """Blend a scalar map (probability, entropy, MI) onto a grey picture with :func:`heat_lut`
+    (``vmin`` -> the low end, ``vmax`` -> the high end; the colour bar of :func:`slice_figure` uses
+    the same colours). ``alpha`` 1 shows the bar's colours exactly.
+
+    Pixels at or below ``floor`` (default ``vmin``) stay grey, so the background is not tinted."""
     rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
     v = np.clip((np.asarray(values, np.float32) - vmin) / max(vmax - vmin, 1e-9), 0, 1)
     show = np.asarray(values) > (vmin if floor is None else floor)
     if show.any():
-        lut = np.array([_rgb(c) for c in sample_colorscale(get_colorscale(colorscale), list(np.linspace(0, 1, 256)))],
-                       np.float32)
-        cols = lut[(v[show] * 255).astype(int)]
+        lut = heat_lut(colorscale).astype(np.float32)
+        cols = lut[np.rint(v[show] * 255).astype(int)]
         rgb[show] = rgb[show] * (1 - alpha) + cols * alpha
-    return np.clip(rgb, 0, 255).astype(np.uint8)
+    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
 
 def _rgb(s: str) -> tuple[float, float, float]:
@@ -178,7 +212,8 @@ def slice_figure(rgb: np.ndarray, plane: str, title: str | None = None, height: 
     """A plotly figure of an aspect-correct RGB picture sent as a compressed image
     (``binary_string``), square pixels, orientation letters on the edges.
 
-    ``colorbar`` = {"title", "vmin", "vmax", "colorscale"} adds a colour bar for heat overlays."""
+    ``colorbar`` = {"title", "vmin", "vmax", "colorscale"} adds a colour bar for heat overlays, in the
+    colours of :func:`heat_overlay` (``title``: the unit, e.g. "nats")."""
     import plotly.graph_objects as go
 
     h, w = rgb.shape[:2]
@@ -193,9 +228,11 @@ def slice_figure(rgb: np.ndarray, plane: str, title: str | None = None, height: 
     data = [go.Image(source=png_data_uri(rgb), hoverinfo="skip")]
     if colorbar:
         data.append(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
-                               marker=dict(colorscale=colorbar.get("colorscale", "Inferno"), cmin=colorbar["vmin"],
+                               marker=dict(colorscale=heat_colorscale(colorbar.get("colorscale", HEAT_COLOURSCALE)),
+                                           cmin=colorbar["vmin"],
                                            cmax=colorbar["vmax"], color=[colorbar["vmin"]], showscale=True,
-                                           colorbar=dict(title=colorbar.get("title", ""), thickness=14))))
+                                           colorbar=dict(title=dict(text=colorbar.get("title", ""), side="right"),
+                                                         thickness=14))))  # title beside the bar: the picture keeps its width
     # one constructor call: plotly validates each update_* call separately (~15 ms for three here)
     fig = go.Figure(data=data, layout=dict(
         xaxis=dict(visible=False, range=[-0.5, w - 0.5]),

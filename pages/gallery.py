@@ -5,6 +5,7 @@ from medseg_core import analysis as A
 from medseg_core import cohort as C
 from medseg_core.checkpoints import checkpoint_status
 from medseg_core.io.errors import InputError
+from medseg_core.labels import display_name, display_rows, set_name
 from medseg_core.models import get_spec, list_models
 from pages._shared import cohort_case, follow_goto, open_in_review, require_frame
 
@@ -33,9 +34,10 @@ ovary_models = [m for m in list_models() if get_spec(m).family == "ovary" and ge
                 and checkpoint_status(m) == "ok"]
 runs = C.list_runs()
 with st.expander("New cohort run on synthetic pelvic phantoms", expanded=not runs):
-    st.caption("Fresh phantoms (seed 7, never seen in training), each model with side masking off (orig), "
-               "oracle masking (masked) and the two-pass deployment. The phantom has two look-alike ovaries with "
-               "one labelled, so side swaps and double-ovary predictions are expected.")
+    st.caption("Fresh phantoms (seed 7, never seen in training), each model with three option sets: "
+               f"{set_name('orig')}, {set_name('masked')} and {set_name('two_pass')} (the deployment that segments "
+               "each side separately). The phantom has two look-alike ovaries with one labelled, so side swaps and "
+               "double-ovary predictions are expected.")
     f1, f2, f3 = st.columns(3)
     models = f1.multiselect("Models", ovary_models, default=ovary_models[:1], key="coh_models")
     n_cases = f2.slider("Cases", 1, 12, 4, key="coh_n")
@@ -77,34 +79,35 @@ except (OSError, KeyError, ValueError) as e:
     st.stop()
 m = r.meta
 st.caption(f"{len(m['case_ids'])} cases · models {', '.join(m['models'])} · option sets "
-           f"{', '.join(f'{k} ({v})' for k, v in m['option_sets'].items())} · MC samples {m['mc_samples']} · "
+           f"{', '.join(set_name(k, v) for k, v in m['option_sets'].items())} · MC-dropout samples {m['mc_samples']} · "
            f"created {m['created']} · {m['seconds']} s")
 
 # ------------------------------------------------------------------ tables
 tab_t, tab_g, tab_u = st.tabs(["Side-masking table", "Gallery", "Uncertainty vs Dice"])
 with tab_t:
     if (r.path / "table1.csv").exists():
-        st.markdown("**Report 000 Table 1 format**: mean per-slice Dice on reference-positive slices, side masking "
-                    "off (orig) and oracle (masked).")
-        st.dataframe(C.read_rows(r.path / "table1.csv"), hide_index=True)
+        st.markdown("**Report 000 Table 1 format**: mean per-slice Dice on reference-positive slices, without side "
+                    "masking and with oracle side masking.")
+        st.dataframe(display_rows(C.read_rows(r.path / "table1.csv")), hide_index=True)
     if (r.path / "comparisons.csv").exists():
-        st.markdown(f"**Paired per-slice comparisons** against `{next(iter(m['option_sets']))}` "
+        st.markdown(f"**Paired per-slice comparisons** against {set_name(next(iter(m['option_sets'])))} "
                     "(reference-positive slices; Wilcoxon signed-rank p).")
-        st.dataframe(C.read_rows(r.path / "comparisons.csv"), hide_index=True)
+        st.dataframe(display_rows(C.read_rows(r.path / "comparisons.csv")), hide_index=True)
     st.caption("Command line: `python -m medseg_core.cohort` (see `make table1`).")
 
 # ------------------------------------------------------------------ filters
 with tab_g:
     counts_all = A.tag_counts(C.filter_slices(r.slices))
     st.markdown("**Slices per tag** (slices with a reference or a prediction; a slice can carry several tags): " +
-                " · ".join(f"{k} **{v}**" for k, v in counts_all.items() if v))
+                " · ".join(f"{display_name(k)} **{v}**" for k, v in counts_all.items() if v))
     g1, g2, g3 = st.columns(3)
     present = [t for t in A.TAGS if counts_all[t]]
     default = [t for t in ("side_swap", "double_ovary") if t in present] or present[:1]
-    tags = g1.multiselect("Failure tags", present, default=default, key="gal_tags",
-                          help="; ".join(f"{k}: {v}" for k, v in A.TAG_DESCRIPTIONS.items()))
+    tags = g1.multiselect("Failure tags", present, default=default, key="gal_tags", format_func=display_name,
+                          help="; ".join(f"{display_name(k)}: {v}" for k, v in A.TAG_DESCRIPTIONS.items()))
     models = g2.multiselect("Models", m["models"], default=m["models"], key="gal_models")
-    sets = g3.multiselect("Option sets", list(m["option_sets"]), default=list(m["option_sets"])[:1], key="gal_sets")
+    sets = g3.multiselect("Option sets", list(m["option_sets"]), default=list(m["option_sets"])[:1], key="gal_sets",
+                          format_func=lambda k: set_name(k, m["option_sets"].get(k)))
     h1, h2, h3, h4 = st.columns(4)
     dice_rng = h1.slider("Dice* range", 0.0, 1.0, (0.0, 1.0), 0.05, key="gal_dice")
     uvals = [x["uncertainty"] for x in r.slices if isinstance(x.get("uncertainty"), float)]
@@ -131,7 +134,7 @@ with tab_g:
                            "Export story (tick examples above; until then the first 6 shown)",
                            C.story_png(story or [(_thumb(path, x["model"], x["set"], x["case"], int(x["slice"]), 220),
                                                   C.caption(x)) for x in rows[:6]],
-                                       title=f"{', '.join(tags) or 'all slices'} · {r.name}"),
+                                       title=f"{', '.join(map(display_name, tags)) or 'all slices'} · {r.name}"),
                            file_name=f"story_{r.name}.png", mime="image/png", key="dl_story")
         st.download_button("Export the matching slices (CSV)", C.rows_csv(rows), file_name=f"slices_{r.name}.csv",
                            mime="text/csv", key="dl_slices")
@@ -143,6 +146,7 @@ with tab_u:
     else:
         fig, au = C.uncertainty_scatter(sel)
         st.plotly_chart(fig, width="stretch", key="gal_scatter")
-        st.caption(f"A slice *failed* when its primary tag is not `good`. {au['n_failed']} failed, {au['n_good']} good; "
+        st.caption(f"A slice *failed* when its main finding is not {display_name('good')}. {au['n_failed']} failed, "
+                   f"{au['n_good']} good; "
                    f"mean uncertainty {au['mean_failed']:.3f} vs {au['mean_good']:.3f} nats. AUROC 0.5 = the score "
                    "does not tell failed slices from good ones.")

@@ -6,7 +6,9 @@ from medseg_core.io import display_slice, n_slices
 from medseg_core.io.errors import InputError
 from medseg_core.io.orientation import display_aspect
 from pages._shared import get_spec
+from medseg_core.labels import display_name, name_and_unit, slice_words
 from medseg_core.render import apply_window, aspect_correct, heat_overlay, slice_figure
+from medseg_core.tables import csv_text, with_slice_numbers
 from medseg_core.review import initial_slice
 from medseg_core.uncertainty import LN2
 from pages._shared import run
@@ -47,39 +49,73 @@ if pred is None or not pred.uncertainty:
     st.stop()
 
 
+#: What each map is, in words, for the caption under the viewer.
+MAP_HELP = {"entropy": "predictive entropy of the mean probability (total uncertainty; at most ln 2 = 0.693 nats)",
+            "mutual_information": "mutual information between prediction and model weights (the model's own "
+                                  "uncertainty; at most ln 2 = 0.693 nats)",
+            "mean": "mean foreground probability over the samples",
+            "variance": "variance of the foreground probability over the samples (the bar ends at this "
+                        "case's largest variance)"}
+
+
 @st.fragment
 def unc_viewer():
     a, b = st.columns([3, 1])
     with b:
-        what = st.radio("Map", ["entropy", "mutual_information", "mean", "variance"], key="unc_map")
+        what = st.radio("Map", ["entropy", "mutual_information", "mean", "variance"], key="unc_map",
+                        format_func=lambda k: display_name(k, "map"))
         alpha = st.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="unc_alpha")
     m = pred.uncertainty[what]
+    # entropy and MI of a binary prediction are at most ln 2 nats, a probability at most 1; the
+    # variance (at most 1/4) is shown up to the case's largest value so that it stays visible
     vmax = {"entropy": LN2, "mutual_information": LN2, "mean": 1.0}.get(what, float(m.max()) or 1.0)
     nz = n_slices(vol.shape, "axial")
     if "unc_slice" not in st.session_state:
         st.session_state["unc_slice"] = initial_slice(vol.shape, "axial", pred.mask)
     with a:
-        z = st.slider("Slice", 0, nz - 1, key="unc_slice") if nz > 1 else 0
+        # the state holds the 0-based array index; people see slice numbers 1..n
+        z = st.select_slider("Slice", list(range(nz)), key="unc_slice", format_func=lambda i: str(i + 1)) if nz > 1 else 0
         grey = apply_window(display_slice(vol.array, "axial", z), *st.session_state["auto_window"])
         rgb = heat_overlay(grey, display_slice(m, "axial", z), 0.0, vmax, alpha=alpha, floor=vmax * 0.02)
         rgb = aspect_correct(rgb, *display_aspect(vol.spacing, "axial"))
-        st.plotly_chart(slice_figure(rgb, "axial", title=f"{what} (slice {z + 1}/{nz})",
-                                     colorbar={"title": "nats" if what in ("entropy", "mutual_information") else "",
-                                               "vmin": 0.0, "vmax": vmax}),
+        words, unit = name_and_unit(what, "map")
+        st.plotly_chart(slice_figure(rgb, "axial", title=f"{words}: axial {slice_words(z, nz)}",
+                                     colorbar={"title": unit, "vmin": 0.0, "vmax": vmax}),
                         width="stretch", key="unc_fig")
+        st.caption(f"{words} ({unit}): {MAP_HELP[what]}. Colour bar: viridis, dark purple = low, yellow = high; "
+                   "pixels below 2 % of the bar's top stay grey, the others are blended with the image at the "
+                   "chosen opacity (opacity 1 shows the bar's colours exactly).")
     scores = pred.uncertainty_scores.get("per_slice", [])
     if len(scores) > 1:
         import plotly.graph_objects as go
 
-        fig = go.Figure(go.Scatter(y=scores, x=list(range(len(scores))), mode="lines+markers"))
-        fig.add_vline(x=z, line_color="#ffd54f")
-        fig.update_layout(height=220, margin=dict(l=0, r=0, t=24, b=0), title="Per-slice uncertainty (mean entropy, mask + 2 px band)",
-                          xaxis_title="slice", yaxis_title="nats")
+        numbers = list(range(1, len(scores) + 1))  # slice numbers as people count them
+        fig = go.Figure(go.Scatter(y=scores, x=numbers, mode="lines+markers",
+                                   hovertemplate="slice %{x}: %{y:.3f} nats<extra></extra>"))
+        fig.add_vline(x=z + 1, line_color="#ffd54f")
+        fig.update_layout(height=220, margin=dict(l=0, r=0, t=24, b=0),
+                          title="Per-slice uncertainty (mean entropy over the prediction and a 2-pixel band)",
+                          xaxis_title="slice", yaxis_title="nats", xaxis_range=[0.5, len(scores) + 0.5])
         st.plotly_chart(fig, width="stretch", key="unc_curve")
-        ranked = sorted(range(len(scores)), key=lambda i: -scores[i])[:8]
-        st.caption("Most uncertain slices: " + ", ".join(f"{i + 1} ({scores[i]:.3f})" for i in ranked))
+        rows = per_slice_rows(scores)
+        ranked = sorted(rows, key=lambda r: -r["uncertainty_nats"])[:8]
+        st.caption("Most uncertain slices: " + ", ".join(f"{r['slice_number']} ({r['uncertainty_nats']:.3f} nats)"
+                                                         for r in ranked))
+        st.download_button("Per-slice uncertainty (CSV)", csv_text(rows).encode(), file_name="per_slice_uncertainty.csv",
+                           mime="text/csv", key="dl_unc_csv",
+                           help="Columns: slice (0-based array index), slice_number (1-based, as shown here), "
+                                "uncertainty_nats (mean entropy).")
+
+
+def per_slice_rows(scores) -> list[dict]:
+    """The per-slice scores as rows: ``slice`` is the 0-based array index, ``slice_number`` the
+    number shown on screen (the CSV convention of :mod:`medseg_core.tables`)."""
+    return [with_slice_numbers({"slice": z, "uncertainty_nats": float(v)}) for z, v in enumerate(scores)]
 
 
 unc_viewer()
+method_words = (f"MC dropout, {pred.options.mc_samples} samples" if pred.uncertainty_method == "mc_dropout"
+                else "test-time augmentation (flips)" if pred.uncertainty_method == "tta"
+                else display_name(pred.uncertainty_method or "unknown method"))
 st.caption(f"Case uncertainty score: {pred.uncertainty_scores.get('case', float('nan')):.4f} nats "
-           f"({pred.uncertainty_method}).")
+           f"(mean entropy over the prediction and a 2-pixel band; {method_words}).")

@@ -21,11 +21,11 @@ def test_apptest_gallery_counts_filters_story_and_open_in_review(pelvic_cohort, 
     assert not at.exception
     assert at.title[0].value == "Failure gallery"
     text = " ".join(m.value for m in at.markdown)
-    assert "side_swap **" in text and "double_ovary **" in text
+    assert "Side swap **" in text and "Double ovary **" in text  # tags in words (issue 17)
     # the side-masking table is on the page, with the run's numbers
     t1 = C.read_rows(pelvic_cohort / "table1.csv")[0]
     df = at.dataframe[0].value
-    assert abs(float(df["dice_orig"][0]) - t1["dice_orig"]) < 1e-9
+    assert abs(float(df["Dice, no side masking"][0]) - t1["dice_orig"]) < 1e-9
     # default filter: side swaps and double ovaries of the first option set
     assert list(at.multiselect(key="gal_tags").value) == ["side_swap", "double_ovary"]
     caption = next(c.value for c in at.caption if "slices match" in c.value)
@@ -64,7 +64,7 @@ def test_browser_gallery(pelvic_cohort):
         page.get_by_text("slices match").wait_for(timeout=60_000)
         page.locator("[data-testid=stImage] img").first.wait_for(timeout=60_000)
         assert page.locator("[data-testid=stImage] img").count() >= 1
-        assert page.get_by_text("side_swap").count() >= 1
+        assert page.get_by_text("Side swap").count() >= 1
         assert page.locator("[data-testid=stException]").count() == 0
         page.screenshot(path=str(ARTIFACTS / "gallery.png"), full_page=True)
         page.get_by_role("tab", name="Uncertainty vs Dice").click()
