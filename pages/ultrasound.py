@@ -1,16 +1,18 @@
-"""Ultrasound: multitask lesion segmentation + p(malignant) with clinical inputs, the cascade's crop,
-and annotation removal."""
+"""Ultrasound: multitask lesion segmentation + p(malignant) with clinical inputs, the cascade beside it,
+what the clinical inputs change, and annotation removal (the models then run on the cleaned image).
+All numbers come from medseg_core.ultrasound; this page only draws them."""
 import streamlit as st
 
 from medseg_core.checkpoints import checkpoint_status
-from medseg_core.inference import PredictOptions
 from medseg_core.io import display_slice
 from medseg_core.io.errors import InputError
 from medseg_core.io.orientation import display_aspect
 from medseg_core.models import get_spec
 from medseg_core.render import LABEL_COLOURS, apply_window, aspect_correct, overlay
-from pages._shared import run
-from pages._shared import require_frame
+from medseg_core.review import PredictionCache
+from medseg_core.ultrasound import (DENOISER, Call, analyse, clinical_table, crop_picture, model_label,
+                                    second_opinion)
+from pages._shared import get_model, require_frame
 
 require_frame()
 
@@ -22,65 +24,88 @@ if vol is None or vol.modality != "US" or not vol.is_2d:
     st.stop()
 cl = ss.get("clinical", {"menopausal": 0, "oncology_center": 0})
 c1, c2, c3 = st.columns(3)
-meno = int(c1.toggle("Postmenopausal (perimenopausal counts as post)", value=bool(cl.get("menopausal")), key="us_meno"))
-onco = int(c2.toggle("Seen at an oncology (referral) centre", value=bool(cl.get("oncology_center")), key="us_onco"))
+meno = int(c1.toggle("Postmenopausal", value=bool(cl.get("menopausal")), key="us_meno",
+                     help="Perimenopausal counts as postmenopausal (report 001)."))
+onco = int(c2.toggle("Oncology (referral) centre", value=bool(cl.get("oncology_center")), key="us_onco"))
 thr = c3.slider("Operating threshold on p(malignant)", 0.05, 0.95, 0.5, 0.05, key="us_thr",
-                help="The report's public code used 0.2 to favour sensitivity.")
+                help="The report's public code used 0.2 to favour sensitivity. Moving it never re-runs a model.")
 ss["clinical"] = {"menopausal": meno, "oncology_center": onco}
 models = [m for m in ("us_mtl_effb0", "us_mtl_unet", "us_cascade") if checkpoint_status(m) == "ok"]
 if not models:
     st.warning("No ultrasound checkpoint is available.")
     st.stop()
 name = st.selectbox("Model", models, format_func=lambda n: get_spec(n).title, key="us_model")
-denoise = st.toggle("Remove burned-in annotations first (before / after shown)", key="us_denoise",
-                    disabled=checkpoint_status("us_denoiser") != "ok")
-opts = PredictOptions(menopausal=meno, oncology_center=onco, class_threshold=thr)
+second = second_opinion(name, models)
+can_denoise = checkpoint_status(DENOISER) == "ok"
+denoise = st.toggle("Remove burned-in annotations first (the models then run on the cleaned image)", key="us_denoise",
+                    disabled=not can_denoise) and can_denoise
+cache = ss.setdefault("us_cache", PredictionCache(max_items=32))  # 9 predictions per Run; this page's own
+settings = (ss["case_key"], name, second, bool(denoise))
 if st.button("Run", type="primary"):
+    bar = st.progress(0.0, text="Running...")
     try:
-        if denoise:
-            d = run("us_denoiser", PredictOptions())
-            ss["us_clean"] = d.restored
-        run(name, opts)
-        ss["us_key"] = ss["current"]
-        if name != "us_cascade" and checkpoint_status("us_cascade") == "ok":
-            run("us_cascade", opts)  # shown beside the chosen model
-            ss["us_cascade_key"] = ss["current"]
+        analyse(vol, name, meno, onco, denoise=bool(denoise), second=second, cache=cache, load=get_model,
+                progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m))
+        ss["us_ran"] = settings
     except InputError as e:
         st.error(str(e))
-pred = ss["predictions"].get(ss.get("us_key")) if ss.get("us_key") else None
-if pred is None:
-    st.info("Set the clinical inputs and press **Run**.")
+    finally:
+        bar.empty()
+if ss.get("us_ran") != settings:
+    st.info("Set the clinical inputs and press **Run**." if not ss.get("us_ran") else
+            "The model, the case or annotation removal changed since the last run: press **Run**.")
     st.stop()
+# every clinical combination was computed by Run: changing the inputs reads the cache, never re-runs
+try:
+    res = analyse(vol, name, meno, onco, denoise=bool(denoise), second=second, cache=cache, load=get_model)
+except InputError as e:
+    st.error(str(e))
+    st.stop()
+ss["us_result"] = res
+
 r_mm, c_mm = display_aspect(vol.spacing, "axial")
-grey = apply_window(display_slice(vol.array, "axial", 0), 255, 127.5)
-a, b = st.columns(2)
-a.image(aspect_correct(overlay(grey, [(display_slice(pred.mask, "axial", 0), LABEL_COLOURS[0])], 0.3), r_mm, c_mm),
-        caption=f"{get_spec(name).title}: lesion", width="stretch")
-p = float(pred.class_probabilities[1])
-b.metric("p(malignant)", f"{p:.2f}", "above threshold: malignant" if p >= thr else "below threshold: benign",
-         delta_color="inverse")
-b.progress(p, text=f"threshold {thr:.2f}")
-b.caption("Trained on synthetic phantoms; not a diagnosis.")
-casc = ss["predictions"].get(ss.get("us_cascade_key")) if ss.get("us_cascade_key") else None
-if name == "us_cascade":
-    casc = pred
-if casc is not None and casc.boxes:
-    box = casc.boxes[0]
-    st.subheader("Cascade: crop and classification")
-    x1, x2 = st.columns(2)
-    if box:
-        r0, r1, c0, c1_ = box
-        crop = display_slice(vol.array, "axial", 0)
-        h, w = crop.shape
-        # boxes are on the canonical grid; the displayed picture is flipped in both axes
-        crop = crop[h - r1:h - r0, w - c1_:w - c0]
-        x1.image(apply_window(crop, 255, 127.5), caption="largest lesion, 1 % padding", clamp=True)
+seen = display_slice(res.volume.array, "axial", 0)  # the image the models ran on
+grey = apply_window(seen, 255, 127.5)
+if res.denoised:
+    st.info(res.ran_on)
+st.subheader(f"p(malignant) at threshold {thr:.2f}")
+cols = st.columns([1, 1, 2])
+for col, pred in zip(cols, (res.primary, res.second)):
+    if pred is not None:
+        call = Call(float(pred.class_probabilities[1]), thr)
+        col.metric(model_label(pred.model), f"{call.p:.2f}", call.badge, delta_color=call.colour, delta_arrow="off")
+msg = res.disagreement(thr)
+if msg:
+    cols[2].warning(msg)
+elif res.second is not None:
+    cols[2].caption(f"Both models call this lesion {Call(res.p, thr).label} at threshold {thr:.2f}.")
+for model, note in res.notes.items():
+    st.caption(note)
+
+a, b = st.columns([3, 2])
+a.image(aspect_correct(overlay(grey, [(display_slice(res.primary.mask, "axial", 0), LABEL_COLOURS[0])], 0.3),
+                       r_mm, c_mm),
+        caption=f"{get_spec(name).title}: lesion" + (" (on the annotation-removed image)" if res.denoised else ""),
+        width="stretch")
+casc = res.cascade()
+if casc is not None:
+    crop = crop_picture(res.volume, casc.boxes[0] if casc.boxes else None)
+    if crop is not None:
+        b.image(aspect_correct(apply_window(crop, 255, 127.5), r_mm, c_mm), width=260,
+                caption="The cascade's crop: largest segmented lesion, 1 % padding (resized to 164 x 164 "
+                        "for its classifier)")
     else:
-        x1.caption("No lesion segmented: the whole image was classified.")
-    x2.metric("Cascade p(malignant)", f"{float(casc.class_probabilities[1]):.2f}")
-if denoise and ss.get("us_clean") is not None:
+        b.caption("The cascade segmented no lesion: it classified the whole image.")
+b.caption("Trained on synthetic phantoms; not a diagnosis.")
+
+st.subheader("What the clinical inputs change")
+st.dataframe(clinical_table(res), hide_index=True, width="content")
+for eff in res.effects.values():
+    st.caption(eff.sentence(thr))
+
+if res.denoised:
     st.subheader("Annotation removal")
     d1, d2 = st.columns(2)
-    d1.image(aspect_correct(grey, r_mm, c_mm), caption="as uploaded", width="stretch")
-    d2.image(aspect_correct(apply_window(display_slice(ss["us_clean"], "axial", 0), 255, 127.5), r_mm, c_mm),
-             caption="annotations removed", width="stretch")
+    d1.image(aspect_correct(apply_window(display_slice(vol.array, "axial", 0), 255, 127.5), r_mm, c_mm),
+             caption="as loaded", width="stretch")
+    d2.image(aspect_correct(grey, r_mm, c_mm), caption="annotations removed: what the models ran on", width="stretch")
