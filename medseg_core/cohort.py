@@ -33,6 +33,7 @@ import numpy as np
 
 from . import analysis as A
 from . import metrics as M
+from .render import OTHER_OVARY_COLOUR
 from .tables import csv_text, with_slice_numbers, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -387,7 +388,7 @@ def sort_slices(rows: list[dict], how: str) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- pictures
-GALLERY_COLOURS = {"prediction": (230, 159, 0), "reference": (0, 158, 115), "other ovary": (204, 121, 167),
+GALLERY_COLOURS = {"prediction": (230, 159, 0), "reference": (0, 158, 115), "other ovary": OTHER_OVARY_COLOUR,
                    "removed": (86, 180, 233)}
 
 

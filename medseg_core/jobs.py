@@ -7,6 +7,7 @@ interrupted by a server restart continues where it stopped when started again on
 """
 from __future__ import annotations
 
+import json
 import threading
 import traceback
 from pathlib import Path
@@ -26,6 +27,7 @@ def start_cohort(out: str | Path, data_root: str | Path, adapter: str, models: l
     ``out``. Failures end up in ``progress.json`` as one sentence (state ``failed``)."""
     from . import cohort as C
 
+    Path(out).mkdir(parents=True, exist_ok=True)
     key = str(Path(out).resolve())
     with _LOCK:
         if is_running(out):
@@ -50,10 +52,35 @@ def start_cohort(out: str | Path, data_root: str | Path, adapter: str, models: l
                 traceback.print_exc()
 
         C.write_progress(out, state="running", done=0, total=0, message="starting")
+        Path(out, "job.json").write_text(json.dumps({
+            "data_root": str(data_root), "adapter": adapter, "models": list(models), "option_sets": option_sets,
+            "mc_samples": mc_samples, "max_cases": max_cases, "synthetic": synthetic}, indent=1))
         t = threading.Thread(target=work, name=f"cohort:{Path(out).name}", daemon=True)
         _JOBS[key] = t
         t.start()
         return True
+
+
+def unfinished(directory: str | Path | None = None) -> list[Path]:
+    """Run folders started from the app that have not finished (running here, or stopped by a server
+    restart: those can be resumed)."""
+    from . import cohort as C
+
+    d = Path(directory) if directory else C.runs_dir()
+    if not d.is_dir():
+        return []
+    out = []
+    for p in sorted(d.iterdir()):
+        prog = C.read_progress(p) if p.is_dir() else None
+        if prog and prog.get("state") in ("running", "failed") and (p / "job.json").exists():
+            out.append(p)
+    return out
+
+
+def resume(out: str | Path) -> bool:
+    """Start an interrupted run again with its recorded parameters; finished cases are kept."""
+    job = json.loads(Path(out, "job.json").read_text())
+    return start_cohort(out, **job)
 
 
 def wait(out: str | Path, timeout: float | None = None) -> None:

@@ -40,6 +40,7 @@ NAMES: dict[str, tuple[str, str]] = {
     # option sets of a cohort run (medseg_core.cohort.SIDE_SETS) and the options they set
     "set:orig": ("Original (no side masking)", ""), "set:masked": ("Oracle side masking", ""),
     "set:two_pass": ("Two-pass", ""), "set:as_delivered": ("As delivered", ""),
+    "set:gated": ("Slice-classifier gate (RAovSeg first stage)", ""),
     "side_masking": ("Side masking", ""), "postprocessing": ("Post-processing", ""),
     "preprocessing": ("Preprocessing", ""), "threshold": ("Threshold", ""), "mc_samples": ("MC samples", ""),
     "tta": ("Test-time augmentation", ""), "seed": ("Seed", ""), "gate": ("Slice classifier gate", ""),

@@ -94,6 +94,8 @@ def edge_labels(plane: str) -> dict[str, str]:
 #: (Okabe-Ito palette).
 LABEL_COLOURS = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
                  (213, 94, 0), (204, 121, 167)]
+#: The unlabelled other ovary (outline), as in the failure gallery's thumbnails.
+OTHER_OVARY_COLOUR = (204, 121, 167)
 #: TP / FP / FN colours for comparing a prediction with the reference.
 COMPARE_COLOURS = {"tp": (0, 200, 120), "fp": (235, 60, 60), "fn": (70, 140, 255)}
 
@@ -117,8 +119,10 @@ def overlay(grey: np.ndarray, layers: list[tuple[np.ndarray, tuple[int, int, int
 
     ``mode`` "fill" tints each label with opacity ``alpha`` and draws its outline opaque;
     "outline" draws only the outline (the anatomy stays fully visible). Background stays grey.
+    An RGB picture may be given instead of grey (to add layers to an overlay already drawn).
     """
-    rgb = np.repeat(np.asarray(grey, np.uint8)[..., None], 3, axis=2)
+    g = np.asarray(grey, np.uint8)
+    rgb = g.copy() if g.ndim == 3 else np.repeat(g[..., None], 3, axis=2)
     for mask, colour in layers:
         m = mask.astype(bool)
         if not m.any():

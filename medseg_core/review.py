@@ -142,14 +142,17 @@ POSTPROCESSING_CHOICES = {"model default": None, "none": (), "largest component 
 def review_state_for(name: str, option_kw: dict) -> dict:
     """The review page's widget values that reproduce ``option_kw`` (a cohort option set) for model
     ``name`` (a checkpoint reference), so a gallery thumbnail opens the case with the run's options.
-    Options the page has no widget for are left at their defaults."""
+    MC-dropout samples and their seed are part of it: a cohort stores the MC mean mask, and only the
+    same samples with the same seed reproduce it voxel for voxel."""
     spec = model_spec(name)
     post = option_kw.get("postprocessing")
     post = None if post is None else tuple(post)
     label = next((k for k, v in POSTPROCESSING_CHOICES.items() if v == post), "model default")
     return {f"pre_{name}": option_kw.get("preprocessing") or spec.preprocessing,
             "side_mode": option_kw.get("side_masking", "none"), "post_mode": label,
-            "thr": float(option_kw.get("threshold") or spec.threshold)}
+            "thr": float(option_kw.get("threshold") or spec.threshold),
+            "mc_n": int(option_kw.get("mc_samples") or 0), "mc_seed": int(option_kw.get("seed") or 0),
+            "gate_on": bool(option_kw.get("gate"))}
 
 
 def case_key(volume: Volume) -> str:
@@ -335,3 +338,32 @@ def gate_choices(spec) -> list[str]:
         if s.task == "classification" and s.family == spec.family and s.mode == "slicewise":
             out.append(c.ref)
     return out
+
+
+def segmentation_checkpoints() -> dict:
+    """{reference: spec} of every checkpoint in the model folders that segments (what a cohort runs)."""
+    out = {}
+    for c in list_checkpoints():
+        try:
+            s = model_spec(c.ref)
+        except InputError:
+            continue
+        if s.task in ("segmentation", "segmentation+classification"):
+            out[c.ref] = s
+    return out
+
+
+def cohort_option_sets(specs) -> dict[str, dict]:
+    """The option sets a cohort of these models can compare: report 000's side-masking sets when every
+    model supports side masking, the slice-classifier gate when every model has one, else the model
+    defaults alone."""
+    from .cohort import SIDE_SETS
+
+    specs = list(specs)
+    sets: dict[str, dict] = {"orig": {}}
+    if specs and all(s.side_masking for s in specs):
+        sets = {k: dict(v) for k, v in SIDE_SETS.items()}
+    gates = [gate_choices(s) for s in specs]
+    if specs and all(gates):
+        sets["gated"] = {"gate": gates[0][0]}
+    return sets

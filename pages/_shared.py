@@ -47,7 +47,7 @@ def set_case(volume, gt=None, extras=None, sample=None) -> None:
     ss["auto_window"] = auto_window(volume.array)  # once per case, not on every slider move
     ss["predictions"] = PredictionCache()
     ss["external_predictions"] = {}  # uploaded predictions belong to the case they were made on
-    for k in ("current", "load_error", "us_kind", "result_source", "slice_axial", "slice_coronal", "slice_sagittal", "unc_slice", "unc_key"):
+    for k in ("current", "load_error", "us_kind", "result_source", "from_gallery", "show_other", "slice_axial", "slice_coronal", "slice_sagittal", "unc_slice", "unc_key"):
         ss.pop(k, None)  # a new case opens on its own slices
     ss["clinical"] = dict((sample.extra.get("clinical") if sample else None) or {"menopausal": 0, "oncology_center": 0})
 
@@ -111,24 +111,62 @@ def cohort_case(run_path: str, case_id: str):
     return dataset_cases(read_meta(run_path))[case_id].load()
 
 
-def open_in_review(run_path: str, row: dict, option_kw: dict) -> None:
+def open_in_review(run_path: str, row: dict) -> None:
     """Button callback (runs before the script, so widget values may be set): make a gallery row's
-    case the session's case with the run's model and options and the viewer on that slice; the
-    review page then runs the model (cached) without a second click."""
+    case the session's case with exactly what the run showed, and the viewer on that slice. A model
+    is re-run with the run's exact options (MC-dropout samples and seed included, so the mask is the
+    thumbnail's, voxel for voxel); predictions made elsewhere open as the stored mask itself. The
+    unlabelled other ovary comes along as in the thumbnail."""
+    from medseg_core import cohort as C
+    from medseg_core.inference import prediction_from_masks
     from medseg_core.review import review_state_for
 
+    meta = C.read_meta(run_path)
     vol, masks = cohort_case(run_path, row["case"])
-    ref = masks.get("ovary", next(iter(masks.values()), None))
-    set_case(vol, ref, {k: v for k, v in masks.items() if k != "ovary"})
+    label = "ovary" if "ovary" in masks else next(iter(masks), None)
+    ref = masks.get(label)
+    set_case(vol, ref, {k: v for k, v in masks.items() if k != label})
     ss = st.session_state
     ss["sample_key"] = None
-    ss["model_name"] = row["model"]
-    ss.update(review_state_for(row["model"], option_kw))
+    model, set_name = row["model"], row["set"]
+    refs = meta.get("model_refs") or {m: m for m in meta["models"]}
+    if model in refs:
+        ref_model = refs[model]
+        kw = ((meta.get("exact_options") or {}).get(model) or {}).get(set_name) or {
+            **meta["option_sets"][set_name], "mc_samples": meta.get("mc_samples", 0), "seed": meta.get("seed", 0)}
+        ss["model_name"] = ref_model
+        ss.update(review_state_for(ref_model, kw))
+        ss["run_now"] = True
+    else:  # a folder of predictions made elsewhere: the stored mask itself
+        mask, _ = C.read_masks(run_path, model, set_name, row["case"])
+        ss["external_predictions"] = {model: prediction_from_masks(model, {label or "mask": mask}, vol)}
+        ss["result_source"] = f"uploaded:{model}"
     ss["plane"] = "axial"
     ss["slice_axial"] = int(row["slice"])
     ss["compare"] = True
-    ss["run_now"] = True
+    ss["show_other"] = True
+    ss["from_gallery"] = True
     ss["_goto"] = "pages/segment.py"
+
+
+def keep_state(keys, defaults: dict | None = None) -> None:
+    """Widget values that survive a visit to another page (Streamlit forgets the state of widgets
+    that were not drawn): call once before the widgets with their defaults, and :func:`remember`
+    after them. Widgets must then take their value from the state, not from a default argument."""
+    ss = st.session_state
+    for k in keys:
+        if k not in ss:
+            if f"_kept_{k}" in ss:
+                ss[k] = ss[f"_kept_{k}"]
+            elif defaults and k in defaults:
+                ss[k] = defaults[k]
+
+
+def remember(keys) -> None:
+    ss = st.session_state
+    for k in keys:
+        if k in ss:
+            ss[f"_kept_{k}"] = ss[k]
 
 
 def follow_goto() -> None:
@@ -150,3 +188,10 @@ def add_session_model(weights: bytes, card_text: bytes) -> str:
     models[key] = lm
     ss["model_name"] = key
     return lm.spec.name
+
+
+def unc_ok(lm) -> bool:
+    """Whether MC dropout can run on a loaded model (it has dropout layers that act)."""
+    from medseg_core.uncertainty import has_dropout
+
+    return has_dropout(lm.module)

@@ -3,11 +3,16 @@ import streamlit as st
 
 from medseg_core import analysis as A
 from medseg_core import cohort as C
-from medseg_core.checkpoints import checkpoint_status
+import time
+from pathlib import Path
+
+from medseg_core import jobs
+from medseg_core.data import datasets as D
+from medseg_core.data.datasets import ADAPTERS
 from medseg_core.io.errors import InputError
 from medseg_core.labels import display_name, display_rows, set_name
-from medseg_core.models import get_spec, list_models
-from pages._shared import cohort_case, follow_goto, open_in_review, require_frame
+from medseg_core.review import cohort_option_sets, segmentation_checkpoints
+from pages._shared import cohort_case, follow_goto, keep_state, open_in_review, remember, require_frame
 
 require_frame()
 follow_goto()
@@ -30,35 +35,73 @@ def _thumb(path: str, model: str, set_name: str, case: str, z: int, size: int):
 
 
 # ------------------------------------------------------------------ a new cohort run
-ovary_models = [m for m in list_models() if get_spec(m).family == "ovary" and get_spec(m).task == "segmentation"
-                and checkpoint_status(m) == "ok"]
+KEPT = ["gallery_run", "gal_tab", "gal_tags", "gal_models", "gal_sets", "gal_dice", "gal_unc", "gal_sort", "gal_n"]
+keep_state(KEPT)  # "Back to the gallery" finds the same run, tab, filters and sort
 runs = C.list_runs()
-with st.expander("New cohort run on synthetic pelvic phantoms", expanded=not runs):
-    st.caption("Fresh phantoms (seed 7, never seen in training), each model with three option sets: "
-               f"{set_name('orig')}, {set_name('masked')} and {set_name('two_pass')} (the deployment that segments "
-               "each side separately). The phantom has two look-alike ovaries with one labelled, so side swaps and "
-               "double-ovary predictions are expected.")
-    f1, f2, f3 = st.columns(3)
-    models = f1.multiselect("Models", ovary_models, default=ovary_models[:1], key="coh_models")
-    n_cases = f2.slider("Cases", 1, 12, 4, key="coh_n")
-    mc = f3.slider("MC-dropout samples (uncertainty)", 0, 16, 6, 2, key="coh_mc")
-    if st.button("Run cohort", type="primary", disabled=not models):
-        data, synthetic = C.runs_dir().parent / "data" / "pelvic_eval_seed7", "pelvic:12:7"
-        from medseg_core.data import datasets as D
-        from medseg_core.data.make_synthetic import ensure_synthetic, parse_synthetic
+ss["_runs_seen"] = len(runs)
 
-        bar = st.progress(0.0, text="Generating phantoms...")
+
+@st.fragment(run_every=2)
+def progress_panel():
+    """Runs in progress or interrupted, from any session; refreshed every 2 s."""
+    for p in jobs.unfinished():
+        prog = C.read_progress(p) or {}
+        done, total = prog.get("done", 0), prog.get("total", 0) or 1
+        if jobs.is_running(p):
+            st.progress(min(done / total, 1.0), text=f"{p.name}: {done}/{prog.get('total', '?')} · {prog.get('message', '')}")
+        elif prog.get("state") == "failed":
+            st.error(f"{p.name}: {prog.get('message')}")
+        else:
+            c1, c2 = st.columns([4, 1])
+            c1.warning(f"{p.name} stopped at {done}/{prog.get('total', '?')} (server restart?); finished cases are kept.")
+            if c2.button("Resume", key=f"resume_{p.name}"):
+                jobs.resume(p)
+    if ss.get("_runs_seen") != len(C.list_runs()):
+        st.rerun(scope="app")  # a run finished: list it
+
+
+progress_panel()
+with st.expander("New cohort run", expanded=not runs):
+    seg = segmentation_checkpoints()
+    src = st.radio("Cases", ["Fresh synthetic pelvic phantoms", "A dataset folder on this server"], horizontal=True,
+                   key="coh_src")
+    folder, adapter, synthetic = None, None, None
+    if src.startswith("Fresh"):
+        st.caption("Fresh phantoms (seed 7, never seen in training). The phantom has two look-alike ovaries with one "
+                   "labelled, so side swaps and double-ovary predictions are expected.")
+    else:
+        d1, d2 = st.columns([3, 1])
+        folder = d1.text_input("Folder", key="coh_folder", placeholder="/data/UT-EndoMRI or /data/mycases",
+                               help="A published layout (MSD Task09, UT-EndoMRI, MMOTU, UW-Madison GI, MicroSegNet) "
+                                    "or images/ + masks/ with matching file names (NIfTI, DICOM or images).")
+        adapter = d2.selectbox("Layout", ["detect"] + sorted(ADAPTERS), key="coh_adapter")
+    f1, f2, f3 = st.columns(3)
+    models = f1.multiselect("Models", list(seg), default=[r for r in seg if seg[r].family == "ovary"][:1],
+                            key="coh_models", format_func=lambda r: seg[r].title + " · " + seg[r].name)
+    n_cases = f2.slider("Cases (at most)", 1, 100, 4, key="coh_n")
+    mc = f3.slider("MC-dropout samples (uncertainty)", 0, 16, 6, 2, key="coh_mc")
+    offered = cohort_option_sets([seg[r] for r in models])
+    chosen = st.multiselect("Option sets (the first is the baseline of the comparisons)", list(offered),
+                            default=list(offered)[:3], key="coh_sets",
+                            format_func=lambda k: set_name(k, offered[k]))
+    if st.button("Start the run", type="primary", disabled=not models or not chosen or (folder is not None and not folder)):
         try:
-            ensure_synthetic(data, parse_synthetic(synthetic))
-            out = C.runs_dir() / f"pelvic_{'+'.join(models)}_{n_cases}cases_mc{mc}"
-            C.run_cohort(D.ut_endomri_d2(data)[:n_cases], models, C.SIDE_SETS, out, mc_samples=mc,
-                         dataset={"adapter": "ut_endomri_d2", "root": str(data), "synthetic": synthetic},
-                         progress=lambda d, t, m: bar.progress(d / t, text=f"{d}/{t}: {m}"))
-            ss["gallery_run"] = str(out)
-        except (InputError, OSError, ValueError) as e:
-            st.error(f"The cohort run failed: {e}")
-        bar.empty()
-        runs = C.list_runs()
+            if folder is None:
+                root, adapter, synthetic = C.runs_dir().parent / "data" / "pelvic_eval_seed7", "ut_endomri_d2", \
+                    {"kind": "pelvic", "n": 12, "seed": 7}
+            else:
+                root = folder
+                adapter = D.detect_adapter(root) if adapter == "detect" else adapter
+            out = C.runs_dir() / f"{Path(str(root)).name}_{'+'.join(seg[r].name for r in models)}_{time.strftime('%Y%m%d_%H%M%S')}"
+            jobs.start_cohort(out, root, adapter, models, {k: offered[k] for k in chosen}, mc_samples=mc,
+                              max_cases=n_cases, synthetic=synthetic)
+            st.success(f"The run '{out.name}' started in the background: it goes on if you leave this page or close "
+                       "the tab, and finished cases are kept if the server stops.")
+        except InputError as e:
+            st.error(str(e))
+
+
+runs = C.list_runs()
 
 if not runs:
     st.info("No cohort run yet. Start one above, or from the command line: "
@@ -71,8 +114,6 @@ if ss.get("gallery_run") not in paths:
     ss["gallery_run"] = paths[0]
 path = st.selectbox("Cohort run", paths, key="gallery_run", format_func=lambda p: p.rsplit("/", 1)[-1])
 try:
-    from pathlib import Path
-
     r = _run(path, Path(path, "slices.csv").stat().st_mtime)
 except (OSError, KeyError, ValueError) as e:
     st.error(f"This run folder cannot be read ({e}).")
@@ -83,7 +124,7 @@ st.caption(f"{len(m['case_ids'])} cases · models {', '.join(m['models'])} · op
            f"created {m['created']} · {m['seconds']} s")
 
 # ------------------------------------------------------------------ tables
-tab_t, tab_g, tab_u = st.tabs(["Side-masking table", "Gallery", "Uncertainty vs Dice"])
+tab_t, tab_g, tab_u = st.tabs(["Side-masking table", "Gallery", "Uncertainty vs Dice"], key="gal_tab", on_change="rerun")
 with tab_t:
     if (r.path / "table1.csv").exists():
         st.markdown("**Report 000 Table 1 format**: mean per-slice Dice on reference-positive slices, without side "
@@ -103,17 +144,25 @@ with tab_g:
     g1, g2, g3 = st.columns(3)
     present = [t for t in A.TAGS if counts_all[t]]
     default = [t for t in ("side_swap", "double_ovary") if t in present] or present[:1]
-    tags = g1.multiselect("Failure tags", present, default=default, key="gal_tags", format_func=display_name,
+    ss.setdefault("gal_tags", default)
+    ss.setdefault("gal_models", list(m["models"]))
+    ss.setdefault("gal_sets", list(m["option_sets"])[:1])
+    for k, allowed in (("gal_tags", present), ("gal_models", m["models"]), ("gal_sets", list(m["option_sets"]))):
+        ss[k] = [v for v in ss[k] if v in allowed]  # another run may lack some
+    tags = g1.multiselect("Failure tags", present, key="gal_tags", format_func=display_name,
                           help="; ".join(f"{display_name(k)}: {v}" for k, v in A.TAG_DESCRIPTIONS.items()))
-    models = g2.multiselect("Models", m["models"], default=m["models"], key="gal_models")
-    sets = g3.multiselect("Option sets", list(m["option_sets"]), default=list(m["option_sets"])[:1], key="gal_sets",
+    models = g2.multiselect("Models", m["models"], key="gal_models")
+    sets = g3.multiselect("Option sets", list(m["option_sets"]), key="gal_sets",
                           format_func=lambda k: set_name(k, m["option_sets"].get(k)))
     h1, h2, h3, h4 = st.columns(4)
-    dice_rng = h1.slider("Dice* range", 0.0, 1.0, (0.0, 1.0), 0.05, key="gal_dice")
+    ss.setdefault("gal_dice", (0.0, 1.0))
+    ss.setdefault("gal_unc", (0.0, 0.7))
+    ss.setdefault("gal_n", 12)
+    dice_rng = h1.slider("Dice* range", 0.0, 1.0, step=0.05, key="gal_dice")
     uvals = [x["uncertainty"] for x in r.slices if isinstance(x.get("uncertainty"), float)]
-    unc_rng = h2.slider("Uncertainty range (nats)", 0.0, 0.7, (0.0, 0.7), 0.01, key="gal_unc", disabled=not uvals)
+    unc_rng = h2.slider("Uncertainty range (nats)", 0.0, 0.7, step=0.01, key="gal_unc", disabled=not uvals)
     order = h3.selectbox("Sort", list(C.SORT_KEYS), key="gal_sort")
-    n_show = h4.slider("Thumbnails", 4, 48, 12, 4, key="gal_n")
+    n_show = h4.slider("Thumbnails", 4, 48, step=4, key="gal_n")
     rows = C.sort_slices(C.filter_slices(r.slices, tags, models, sets, dice_rng, unc_rng if uvals else None), order)
     st.caption(f"{len(rows)} slices match; showing {min(len(rows), n_show)}. Orange: prediction · green outline: "
                "reference · pink outline: the other (unlabelled) ovary · blue outline: removed by post-processing. "
@@ -126,7 +175,7 @@ with tab_g:
             st.image(th, caption=C.caption(row), width="stretch")
             b1, b2 = st.columns(2)
             b1.button("Open in review", key=f"open_{k}", on_click=open_in_review,
-                      args=(path, row, m["option_sets"][row["set"]]))
+                      args=(path, row))
             if b2.checkbox("Story", key=f"story_{row['model']}_{row['set']}_{row['case']}_{row['slice']}"):
                 story.append((th, C.caption(row)))
     if rows:
@@ -150,3 +199,5 @@ with tab_u:
                    f"{au['n_good']} good; "
                    f"mean uncertainty {au['mean_failed']:.3f} vs {au['mean_good']:.3f} nats. AUROC 0.5 = the score "
                    "does not tell failed slices from good ones.")
+
+remember(KEPT)

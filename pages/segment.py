@@ -6,20 +6,23 @@ from medseg_core.inference import PredictOptions
 from medseg_core.io import display_slice, mask_nifti_bytes, n_slices
 from medseg_core.io.errors import InputError
 from medseg_core.preprocessing import PREPROCESSING
-from medseg_core.render import (COMPARE_COLOURS, CT_PRESETS, LABEL_COLOURS, apply_window, aspect_correct, auto_window, display_notice, hex_to_rgb, rgb_to_hex,
+from medseg_core.render import (COMPARE_COLOURS, OTHER_OVARY_COLOUR, CT_PRESETS, LABEL_COLOURS, apply_window, aspect_correct, auto_window, display_notice, hex_to_rgb, rgb_to_hex,
                                 compare_layers, frame_png, overlay, slice_figure)
 from medseg_core.io.orientation import display_aspect
 from medseg_core.labels import describe, display_rows, slice_words
 from medseg_core.review import (POSTPROCESSING_CHOICES, SIDE_LABELS, contract_of, envelope_warnings, gate_choices, initial_slice,
                                 slice_curve, metrics_csv, metrics_table, preprocessing_preview,
                                 slice_metrics)
-from pages._shared import current_prediction, get_model, get_spec, run
+from pages._shared import current_prediction, get_model, get_spec, run, unc_ok
 from pages._shared import require_frame
 
 require_frame()
 
 st.title("Segment & review")
 ss = st.session_state
+if ss.get("from_gallery") and st.button("← Back to the failure gallery", key="back_gallery",
+                                        help="Returns to the same run, tab, filters and sort."):
+    st.switch_page("pages/gallery.py")
 vol = ss.get("volume")
 if vol is None:
     st.info("Load a case first (Load case page).")
@@ -80,8 +83,16 @@ else:
                            help="Report 000's RAovSeg first stage: a slice classifier decides which slices may hold "
                                 "an ovary; the others are left empty (shown as removed)."):
         gate = gates[0]
+    mc = {}
+    if unc_ok(get_model(name)):
+        with st.expander("MC-dropout average (as in cohort runs)", expanded=bool(ss.get("mc_n"))):
+            m1, m2 = st.columns(2)
+            mc["mc_samples"] = int(m1.number_input("MC-dropout samples averaged (0 = one deterministic pass)", 0, 30,
+                                                   key="mc_n", help="The mask is the mean of this many dropout "
+                                                   "samples; a cohort run with MC dropout stores exactly this."))
+            mc["seed"] = int(m2.number_input("Seed", 0, 10_000, key="mc_seed"))
     options = PredictOptions(preprocessing=pre, side_masking=side, postprocessing=POSTPROCESSING_CHOICES[post_label],
-                             threshold=thr, gate=gate, **clin)
+                             threshold=thr, gate=gate, **mc, **clin)
 
     if st.toggle("Preprocessing preview (before / after)", key="preview"):
         z0 = initial_slice(vol.shape, "axial", gt)
@@ -145,6 +156,10 @@ def viewer():
         show_removed = removed_any and st.toggle(
             "Show what post-processing removed", value=False, key="show_removed")
         show_sides = pred is not None and bool(pred.sides) and st.toggle("Colour two-pass sides", value=True, key="sides")
+        other = (ss.get("extra_masks") or {}).get("ovary_other")
+        show_other = other is not None and st.toggle("Outline the other (unlabelled) ovary in pink", key="show_other",
+                                                    help="The dataset marks one ovary; the other is shown as in "
+                                                         "the gallery's thumbnails.")
     n = n_slices(vol.shape, plane)
     if f"slice_{plane}" not in st.session_state:
         st.session_state[f"slice_{plane}"] = initial_slice(vol.shape, plane, primary, gt)
@@ -166,6 +181,8 @@ def viewer():
                 layers.append((display_slice(pred.removed[lab], plane, idx), (255, 0, 255)))
         grey = apply_window(display_slice(vol.array, plane, idx), width, level)
         rgb = overlay(grey, layers, alpha=alpha, mode=mode)
+        if show_other:
+            rgb = overlay(rgb, [(display_slice(other, plane, idx), OTHER_OVARY_COLOUR)], mode="outline")
         r_mm, c_mm = display_aspect(vol.spacing, plane)
         notice = display_notice(rgb.shape, r_mm, c_mm)
         rgb = aspect_correct(rgb, r_mm, c_mm)
@@ -185,7 +202,8 @@ def viewer():
                   "reference mask green" if primary is None and gt is not None else
                   "left side orange · right side blue" if show_sides else
                   " · ".join(f"{lab}" for lab in shown))
-        st.caption(f"{legend}{' · removed by post-processing: magenta' if show_removed else ''}. "
+        st.caption(f"{legend}{' · removed by post-processing: magenta' if show_removed else ''}"
+                   f"{' · other ovary: pink outline' if show_other else ''}. "
                    "Radiological convention: patient's right on the image left.")
         if gt is not None and plane == "axial" and primary is not None:
             sm = slice_metrics(primary, gt, vol.spacing, idx)

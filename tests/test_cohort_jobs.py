@@ -83,3 +83,33 @@ def test_background_run_on_a_generic_folder(pelvic3, tmp_path):
     jobs.wait(tmp_path / "bad", 60)
     p = C.read_progress(tmp_path / "bad")
     assert p["state"] == "failed" and p["message"]
+
+
+def test_gallery_starts_a_background_run_on_a_folder(pelvic3, tmp_path, monkeypatch):
+    """The gallery page starts a cohort on the user's own folder (a published layout, detected); the
+    run goes on in the server and appears in the gallery when done."""
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+
+    monkeypatch.setenv("MEDSEG_RUNS", str(tmp_path / "runs"))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    at.switch_page("pages/gallery.py").run()
+    assert not at.exception
+    at.radio(key="coh_src").set_value("A dataset folder on this server").run()
+    at.text_input(key="coh_folder").set_value(str(pelvic3)).run()
+    at.multiselect(key="coh_models").set_value(["ovary_unet"]).run()
+    at.slider(key="coh_n").set_value(2).run()
+    at.slider(key="coh_mc").set_value(0).run()
+    at.multiselect(key="coh_sets").set_value(["orig", "two_pass"]).run()
+    next(b for b in at.button if b.label == "Start the run").click().run()
+    assert not at.exception
+    assert any("started in the background" in s.value for s in at.success)
+    out = next((tmp_path / "runs").iterdir())
+    jobs.wait(out, 300)
+    assert C.read_progress(out)["state"] == "done"
+    at.run()
+    assert out.name in at.selectbox(key="gallery_run").value
+    meta = C.read_meta(out)
+    assert meta["dataset"]["adapter"] == "ut_endomri_d2" and len(meta["case_ids"]) == 2
+    assert set(meta["option_sets"]) == {"orig", "two_pass"}

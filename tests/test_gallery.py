@@ -47,6 +47,20 @@ def test_apptest_gallery_counts_filters_story_and_open_in_review(pelvic_cohort, 
     assert at.session_state["model_name"] == "ovary_unet" and at.session_state["side_mode"] == "none"
     assert at.session_state["volume"].shape == (24, 256, 256) and at.session_state["gt_mask"] is not None
     assert at.session_state["current"] is not None  # the prediction is ready: no second click
+    # issue 17 item 1: review shows exactly the mask the gallery showed (the run's MC-dropout mean,
+    # same samples and seed), voxel for voxel, with the other ovary outlined as in the thumbnail
+    pred = at.session_state["predictions"].get(at.session_state["current"])
+    stored, _ = C.read_masks(pelvic_cohort, row["model"], row["set"], row["case"])
+    assert pred.options.mc_samples == 4 and pred.options.seed == 0
+    assert int(pred.mask.sum()) == int(stored.sum()) > 0
+    assert (pred.mask.astype(bool) == stored).all()
+    assert at.session_state["show_other"] is True and "ovary_other" in at.session_state["extra_masks"]
+    # back to the gallery: the same tab, filters and sort
+    at.button(key="back_gallery").click().run()
+    assert not at.exception and at.title[0].value == "Failure gallery"
+    assert list(at.multiselect(key="gal_tags").value) == ["double_ovary"]
+    caption = next(c.value for c in at.caption if "slices match" in c.value)
+    assert int(caption.split()[0]) == len(C.filter_slices(run.slices, ["double_ovary"], None, ["orig"]))
 
 
 @pytest.mark.browser
