@@ -1,0 +1,72 @@
+"""Segment & review without dead ends (issue 17 item 3): a case no model fits can still be viewed,
+a 2D image has one plane, and the slice classifier shows what it computed."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from conftest import ROOT
+from medseg_core.io import load_volume
+from medseg_core.render import auto_window
+from medseg_core.review import PredictionCache, case_key
+
+
+def _open(at, vol, gt=None):
+    """What pages._shared.set_case does, from outside the app."""
+    ss = at.session_state
+    for k, v in {"volume": vol, "gt_mask": gt, "extra_masks": {}, "sample": None, "case_key": case_key(vol),
+                 "auto_window": auto_window(vol.array), "predictions": PredictionCache(),
+                 "clinical": {"menopausal": 0, "oncology_center": 0}, "external_predictions": {}}.items():
+        ss[k] = v
+    ss["model_name"] = None
+    ss["current"] = None
+    return at.run()
+
+
+def _app():
+    from streamlit.testing.v1 import AppTest
+
+    return AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+
+
+def test_no_model_fits_but_the_image_is_viewable():
+    """A single CT slice (pydicom's CT_small.dcm): the 3D spleen models need a volume, nothing else
+    takes CT. The page says so, offers no Run button, and still shows the image with windowing."""
+    ct = load_volume(Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm")
+    at = _open(_app(), ct)
+    assert not at.exception
+    assert at.session_state["model_name"] is None
+    assert any("No model fits this case" in w.value for w in at.warning)
+    assert not any(b.label == "Run model" for b in at.button)
+    assert not any("chosen in the sidebar" in c.value for c in at.caption)
+    assert len(at.get("plotly_chart")) == 1  # the viewer
+    assert "Abdomen" in at.selectbox(key="wl_preset").options or len(at.selectbox(key="wl_preset").options) > 2
+
+
+def test_a_2d_image_has_one_plane():
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.fromarray(np.clip(np.random.default_rng(0).rayleigh(18.0, (256, 336)), 0, 255).astype(np.uint8)).save(png, "PNG")
+    us = load_volume(png.getvalue(), filename="probe.png", modality="US")
+    at = _open(_app(), us)
+    assert not at.exception
+    assert not [r for r in at.radio if r.key == "plane"]  # no coronal / sagittal strip of one pixel
+    assert not [s for s in at.get("select_slider") if s.key and s.key.startswith("slice_")]
+
+
+@pytest.mark.slow
+def test_slice_classifier_shows_its_curve():
+    at = _app()
+    at.session_state["model_name"] = "ovary_slice_classifier"
+    at.run()
+    next(b for b in at.button if b.label == "Run model").click().run()
+    assert not at.exception
+    pred = at.session_state["predictions"].get(at.session_state["current"])
+    assert pred.slice_probabilities is not None and pred.slice_probabilities.shape == (24,)
+    assert len(at.get("plotly_chart")) == 2  # the viewer and the p(ovary present) curve under it
+    assert any("p(ovary present) per slice" in c.value for c in at.caption)
