@@ -184,7 +184,7 @@ def add_session_model(weights: bytes, card_text: bytes) -> str:
     lm = load_model_bytes(weights, card_text)
     ss = st.session_state
     models = ss.setdefault("session_models", {})
-    key = f"session:{lm.spec.name}"
+    key = f"session:{lm.spec.name}@{lm.card['sha256'][:12]}"  # another upload under the same name is another model
     models[key] = lm
     ss["model_name"] = key
     return lm.spec.name
