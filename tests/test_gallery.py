@@ -89,4 +89,14 @@ def test_browser_gallery(pelvic_cohort):
         page.get_by_text("chosen in the sidebar").wait_for(timeout=120_000)
         page.locator(".js-plotly-plot image").first.wait_for(timeout=120_000)
         assert page.locator("[data-testid=stException]").count() == 0
+        page.get_by_text("other ovary: pink outline").wait_for(timeout=120_000)  # as in the thumbnail
         page.screenshot(path=str(ARTIFACTS / "gallery_opened_in_review.png"), full_page=True)
+        for w, h in ((1280, 720), (1600, 1000)):
+            page.set_viewport_size({"width": w, "height": h})
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(ARTIFACTS / f"gallery_opened_in_review_{w}.png"))
+        # back to the gallery: the same tab (Gallery) with its thumbnails
+        page.get_by_role("button", name="Back to the failure gallery").click()
+        page.get_by_text("slices match").wait_for(timeout=60_000)
+        assert page.get_by_role("tab", name="Gallery").get_attribute("aria-selected") == "true"
+        assert page.locator("[data-testid=stException]").count() == 0

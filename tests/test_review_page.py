@@ -70,3 +70,44 @@ def test_slice_classifier_shows_its_curve():
     assert pred.slice_probabilities is not None and pred.slice_probabilities.shape == (24,)
     assert len(at.get("plotly_chart")) == 2  # the viewer and the p(ovary present) curve under it
     assert any("p(ovary present) per slice" in c.value for c in at.caption)
+
+
+@pytest.mark.browser
+def test_browser_no_model_fits_and_2d_image(tmp_path):
+    """In Chromium: a single CT slice opens, the page says no model fits and shows the image; a 2D
+    ultrasound PNG has one plane and no anatomical letters it cannot know."""
+    from PIL import Image
+
+    from browser import ARTIFACTS, app_server, browser
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    png = tmp_path / "probe.png"
+    Image.fromarray(np.clip(np.random.default_rng(0).rayleigh(18.0, (256, 336)), 0, 255).astype(np.uint8)).save(png)
+    with app_server() as url, browser() as b:
+        page = b.new_page(viewport={"width": 1280, "height": 720})
+        page.set_default_timeout(90_000)
+        page.goto(url)
+        page.get_by_role("button", name="Run model").wait_for()
+        page.get_by_role("link", name="Load case").click()
+        page.get_by_role("tab", name="Upload").click()
+        page.locator("[data-testid=stFileUploaderDropzoneInput]").first.set_input_files(
+            str(Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"))
+        page.get_by_text("DICOM CT series (1 slice)").first.wait_for()  # the sidebar names the new case
+        page.get_by_role("link", name="Segment & review").click()
+        page.get_by_text("No model fits this case").wait_for()
+        page.locator(".js-plotly-plot image").first.wait_for()
+        assert page.get_by_role("button", name="Run model").count() == 0
+        assert page.locator("[data-testid=stException]").count() == 0
+        page.screenshot(path=str(ARTIFACTS / "no_model_fits_1280.png"))
+        page.set_viewport_size({"width": 1600, "height": 1000})
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(ARTIFACTS / "no_model_fits_1600.png"))
+        page.get_by_role("link", name="Load case").click()
+        page.get_by_role("tab", name="Upload").click()
+        page.locator("[data-testid=stFileUploaderDropzoneInput]").first.set_input_files(str(png))
+        page.locator("[data-testid=stSidebar]").get_by_text("probe.png").first.wait_for()
+        page.get_by_role("link", name="Segment & review").click()
+        page.get_by_role("button", name="Run model").wait_for()
+        page.locator(".js-plotly-plot image").first.wait_for()
+        assert page.get_by_text("coronal", exact=True).count() == 0 and page.get_by_text("sagittal", exact=True).count() == 0
+        page.screenshot(path=str(ARTIFACTS / "us_png_one_plane_1600.png"))
