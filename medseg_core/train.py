@@ -13,6 +13,18 @@ Output: ``<out>/<name>.safetensors`` + ``<out>/<name>.json`` (model card), ``<na
 
 Samples are prepared with exactly the preprocessing and resizing that
 :func:`medseg_core.inference.predict` applies, so training and inference cannot drift apart.
+
+Best-epoch selection (:func:`_better`): a higher validation score wins; an equal score (AUC 1.0
+again) wins only with a lower validation loss, so the kept epoch is the best calibrated of those
+that rank equally well.
+
+``python -m medseg_core.train --recalibrate-bn CHECKPOINT --config CONFIG [--reason TEXT] [--out DIR]``
+repairs a trained checkpoint with batch norm whose running statistics do not match its weights
+(:func:`recalibrate_bn`): the statistics are re-estimated on the card's own training split, prepared
+as training prepared it (the cascade: its classifier on the reference-mask lesion crops), with no
+gradient and no weight change; the checkpoint and its card are written again through
+``save_checkpoint`` (same storage) with a ``repairs`` entry (what, on how many inputs, why, the old
+SHA-256, held-out metrics before and after, re-measured through the evaluation engine).
 """
 from __future__ import annotations
 
@@ -426,6 +438,31 @@ def validate_3d(model, spec, cfg, cases, size, device) -> dict:
     return {"val_dice": float(np.nanmean(dices)) if dices else float("nan")}
 
 
+def _selection(val: dict, select: str) -> tuple[float, float]:
+    """(score, validation loss) of one validation: the score is ``val[select]`` (higher is better;
+    the negated loss when selecting by loss); a NaN metric (e.g. AUC with one class present) falls
+    back to the negated loss far below any real score."""
+    loss = float(val.get("val_loss", math.nan))
+    score = -loss if select == "val_loss" else float(val.get(select, math.nan))
+    if math.isnan(score) and not math.isnan(loss):
+        score = -loss - 1e6
+    return score, loss
+
+
+def _better(score: float, loss: float, best_score: float, best_loss: float) -> bool:
+    """Whether an epoch with (``score``, validation ``loss``) replaces the best so far: a higher
+    score wins; an equal score (AUC 1.0 again, the same Dice) wins with a strictly lower validation
+    loss, so a later epoch that ranks as well and is better calibrated is kept instead of the first
+    one that got there (the shipped cascade's classifier was kept from epoch 3 at loss 2.33 over
+    epochs 7-8 at AUC 1.0 and loss 0.016 / 0.009). A NaN score never wins; a NaN loss never breaks
+    a tie."""
+    if math.isnan(score):
+        return False
+    if score > best_score:
+        return True
+    return score == best_score and not math.isnan(loss) and loss < best_loss
+
+
 def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -> dict:
     d = setup_distributed()
     seed = int(cfg["train"]["seed"])
@@ -486,14 +523,19 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
             ddp_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[d.local_rank] if "cuda" in d.device else None)
         optim = _optimizer(cfg, net.parameters())
         start_epoch, best, patience_left = 0, -math.inf, int(cfg["train"]["patience"])
+        best_loss = math.inf  # breaks ties on the selection metric (see _better)
         select = cfg["train"]["select_by"] if stage_kind != "cascade_cls" else "val_auc"
         if resume and stage_name == stages[-1][0]:
             start_epoch, best, history = load_training_state(Path(resume), net, optim)
             scored = [h for h in history if h.get(select) is not None and h["stage"] == stage_name]
             if scored:
-                top = max(scored, key=lambda h: -h["val_loss"] if select == "val_loss" else h[select])
+                top = scored[0]
+                for h in scored[1:]:  # the same rule as during training: ties go to the lower loss
+                    if _better(*_selection(h, select), *_selection(top, select)):
+                        top = h
                 best_metrics_resumed = {k: v for k, v in top.items() if k.startswith("val_")}
                 best_metrics_resumed["best_epoch"] = top["epoch"]
+                best_loss = float(top.get("val_loss", math.inf))
             _log(d, f"[{name}] resumed at epoch {start_epoch} (weights of the last epoch; best so far {best:.4f})")
         best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         best_metrics: dict = dict(locals().get("best_metrics_resumed", {}))
@@ -563,10 +605,8 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
             row = {"stage": stage_name, "epoch": epoch + 1, "train_loss": train_loss, **val,
                    "lr": optim.param_groups[0]["lr"], "seconds": time.time() - t0}
             history.append(row)
-            score = -val.get("val_loss", math.nan) if select == "val_loss" else val.get(select, float("nan"))
-            if val and math.isnan(score) and "val_loss" in val:  # e.g. AUC with one class present
-                score = -val["val_loss"] - 1e6
-            improved = not math.isnan(score) and score > best
+            score, loss_now = _selection(val, select) if val else (math.nan, math.nan)
+            improved = _better(score, loss_now, best, best_loss)
             if d.world > 1:  # rank 0 decides, so every rank keeps the same best weights
                 flag = torch.tensor([1 if improved else 0])
                 dist.broadcast(flag, 0)
@@ -574,7 +614,7 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
                 if improved and math.isnan(score):
                     score = best
             if improved:
-                best = score
+                best, best_loss = score, loss_now
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
                 best_metrics = dict(val, best_epoch=epoch + 1)
                 patience_left = int(cfg["train"]["patience"])
@@ -680,6 +720,171 @@ def evaluate_split(model, card: dict, cfg, cases, device) -> dict:
     return headline(list(evaluate_cases(lm, cases, label_map=cfg["data"].get("label_map", {}), per_slice=False)))
 
 
+# ----------------------------------------------------------------------------- batch-norm repair
+def _test_metrics(lm: LoadedModel, cases, label_map: dict) -> dict:
+    """Held-out metrics through the one evaluation engine: :func:`~medseg_core.engine.headline`,
+    plus sensitivity and specificity at the card's class threshold for a classifier."""
+    from .engine import evaluate_cases, headline, summarise
+
+    results = list(evaluate_cases(lm, cases, label_map=label_map, per_slice=False))
+    out = headline(results)
+    thr = lm.spec.class_threshold
+    cls = summarise(results, 0.5 if thr is None else float(thr)).get("classification")
+    if cls:
+        out["sensitivity"], out["specificity"] = float(cls["sensitivity"]), float(cls["specificity"])
+    return out
+
+
+def recalibrate_bn(ref: str | Path, config: str | Path, reason: str = "", out: str | Path | None = None,
+                   device: str = "cpu", argv: list[str] | None = None) -> dict:
+    """Re-estimate the batch-norm running statistics of a trained checkpoint on its own training
+    split and write it again (weights, card with a ``repairs`` entry); no weight changes.
+
+    The training cases are the card's ``split["train"]`` (patient IDs) of the dataset the card and
+    ``config`` name, prepared with the card's recipe exactly as training prepared them
+    (:func:`prepare_2d`; the cascade's classifier gets the reference-mask crops of
+    :func:`_cascade_crops`, the part whose statistics are re-estimated; 3D models get seeded
+    random ROI crops). Every batch-norm layer is reset and, with momentum None (a cumulative
+    average over the batches), updated by one seeded pass of forward passes in train mode (as
+    training and ``torch.optim.swa_utils.update_bn`` do), under ``torch.no_grad``. The card's ``test``
+    metrics are measured again on the card's test split through the evaluation engine; the old
+    SHA-256 and the metrics before and after go into the repair entry. Returns that entry."""
+    import copy
+    import datetime
+
+    from safetensors.torch import load_file
+
+    from .checkpoints import find_checkpoint, load_model
+
+    ckpt = find_checkpoint(ref)
+    lm = load_model(ref, device=device)
+    card = copy.deepcopy(lm.card)
+    builder = card["recipe"]["architecture"]["builder"]
+    cfg = load_config(config)
+    if cfg["model"] != builder:
+        raise InputError(f"The config '{config}' trains '{cfg['model']}' but the checkpoint '{ckpt.name}' is a "
+                         f"'{builder}'; give the config it was trained with.")
+    td = card.get("training_data") or {}
+    for k in ("adapter", "root", "synthetic"):  # the card records the data the checkpoint saw
+        if td.get(k) is not None:
+            cfg["data"][k] = td[k]
+    spec = replace(lm.spec, name=lm.spec.architecture)  # the registry name decides the data kind
+    cfg["preprocessing"], cfg["preprocessing_params"] = spec.preprocessing, dict(spec.preprocessing_params)
+    size = lm.size
+    kind = kind_of(spec, cfg)
+    split_ids = card.get("split") or {}
+    if not split_ids.get("train"):
+        raise InputError(f"The card of '{ckpt.name}' records no training split; its statistics cannot be re-estimated.")
+    cases = load_cases(cfg)
+    split = {k: [c for c in cases if c.patient_id in set(v)] for k, v in split_ids.items()}
+    found = {c.patient_id for c in split["train"]}
+    if found != set(split_ids["train"]):
+        raise InputError(f"{len(set(split_ids['train']) - found)} training patient(s) of '{ckpt.name}' are not in "
+                         f"{cfg['data']['root']}; re-estimate on the data it was trained on.")
+    label_map = cfg["data"].get("label_map", {})
+    model = lm.module
+    test_before = _test_metrics(lm, split.get("test") or [], label_map) if split.get("test") else {}
+
+    bs = int(cfg["train"]["batch_size"])
+    seed = int(cfg["train"]["seed"])
+    net, part, val_kind, va = model, "whole model", None, None
+    if kind == "seg3d":
+        roi = tuple(cfg["roi"] or size)
+        xs, _ = random_crops_3d(prepare_3d(split["train"], spec, cfg), roi, int(cfg["samples_per_volume"]),
+                                np.random.default_rng(seed))
+        arrays = {"x": xs.astype(np.float32)}
+        what = f"{len(xs)} random {' x '.join(map(str, roi))} crops ({cfg['samples_per_volume']} per training volume)"
+    else:
+        arrays = prepare_2d(split["train"], spec, cfg, size, True)
+        va = prepare_2d(split["val"], spec, cfg, size, False) if split.get("val") else None
+        what = f"{len(arrays['x'])} training slices at {' x '.join(map(str, size))}"
+        val_kind = kind
+        if kind == "cascade":
+            net, part, val_kind = model.classifier, "classifier", "cascade_cls"
+            arrays = _cascade_crops(arrays, model)
+            va = _cascade_crops(va, model) if va is not None else None
+            what = (f"{len(arrays['x'])} reference-mask lesion crops of the training split "
+                    f"({model.crop_size} x {model.crop_size}, as train._cascade_crops makes them)")
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        raise InputError(f"'{ckpt.name}' ({part}) has no batch-norm layer; there are no statistics to re-estimate.")
+
+    def forward(b):
+        if kind == "mtl" or val_kind == "cascade_cls":
+            return net(b["x"], b["clinical"])
+        return net(b["x"])
+
+    def loss_fn():
+        if val_kind == "cascade_cls":  # the cascade classifier's training loss
+            return torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0], device=device))
+        return make_loss(cfg, spec)
+
+    val_before = validate_2d(val_kind, net, loss_fn(), va, device) if va is not None else {}
+    params = {k: v.detach().clone() for k, v in net.named_parameters()}
+    momenta = [m.momentum for m in bns]
+    # train mode as in training (and torch.optim.swa_utils.update_bn): the statistics see the
+    # activations training saw, stochastic depth and dropout included, so the run is seeded
+    net.train()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+    torch.manual_seed(seed)
+    n = len(arrays["x"])
+    with torch.no_grad():
+        for b in _batches(arrays, np.arange(n), bs, device):
+            forward(b)
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    model.eval()
+    changed = [k for k, v in net.named_parameters() if not torch.equal(v, params[k])]
+    assert not changed, f"weights changed: {changed[:5]}"
+    val_after = validate_2d(val_kind, net, loss_fn(), va, device) if va is not None else {}
+    test_after = _test_metrics(lm, split.get("test") or [], label_map) if split.get("test") else {}
+
+    old_sha = card["sha256"]
+    entry = {
+        "date": datetime.date.today().isoformat(),
+        "what": (f"batch-norm running statistics of the {part} ({len(bns)} layers) re-estimated: reset, then a "
+                 "cumulative average (momentum None) over one pass of forward passes in batches of "
+                 f"{bs} in train mode (torch seed {seed}), no gradient; no weight changed"),
+        "inputs": what, "n_inputs": int(n), "why": reason or "the stored running statistics did not match the weights",
+        "old_sha256": old_sha,
+        "command": "python -m medseg_core.train " + " ".join(shlex.quote(a) for a in (argv or [
+            "--recalibrate-bn", str(ref), "--config", str(config)])),
+        "test_before": test_before, "test_after": test_after,
+    }
+    if val_before:
+        entry["validation_before"], entry["validation_after"] = val_before, val_after
+    card["repairs"] = list(card.get("repairs") or []) + [entry]
+    if test_after:
+        card["test"] = test_after
+    directory = Path(out) if out else ckpt.weights.parent
+    name = card["name"]
+    staging = directory / f".{name}.recalibrating"
+    try:
+        staged = save_checkpoint(model, name, card, staging, fp16=card.get("storage") == "float16")
+        # what is written: every tensor but the re-estimated batch-norm buffers is the old one, bit for bit
+        prefix = "classifier." if part == "classifier" else ""
+        buffers = {prefix + k for k, _ in net.named_buffers()}
+        before, after = load_file(str(ckpt.weights)), load_file(str(staged))
+        differ = sorted(set(after) ^ set(before)) or [
+            k for k in after if k not in buffers and not torch.equal(after[k], before[k])]
+        if differ:
+            raise RuntimeError(f"the rewritten checkpoint differs outside the batch-norm statistics: {differ[:5]}")
+        path = directory / staged.name
+        if path.exists():
+            os.chmod(staged, path.stat().st_mode & 0o777)
+        os.replace(staged, path)
+        os.replace(staged.with_suffix(".json"), path.with_suffix(".json"))
+    finally:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"[{card['name']}] re-estimated {len(bns)} batch-norm layers of the {part} on {what}; "
+          f"test before {test_before}, after {test_after}; wrote {path} (was sha256 {old_sha[:12]})", flush=True)
+    return entry
+
+
 def _tensorboard(cfg, out_dir, name):
     if not cfg["log"].get("tensorboard"):
         return None
@@ -696,10 +901,18 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Train a registry model (see the module docstring).")
     ap.add_argument("--config", required=True)
     ap.add_argument("--resume", default=None, help="a <name>_last.safetensors written by an earlier run")
+    ap.add_argument("--recalibrate-bn", default=None, metavar="CHECKPOINT",
+                    help="instead of training: re-estimate this checkpoint's batch-norm running statistics on its "
+                         "card's training split (no weight changes) and write it again (see recalibrate_bn)")
+    ap.add_argument("--reason", default="", help="with --recalibrate-bn: why, recorded in the card's repairs entry")
+    ap.add_argument("--out", default=None, help="with --recalibrate-bn: folder to write to (default: in place)")
     ap.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.epochs=5 optim.lr=1e-4")
     a = ap.parse_args(argv)
     if not Path(a.config).is_file():
         raise InputError(f"The config file '{a.config}' does not exist.")
+    if a.recalibrate_bn:
+        recalibrate_bn(a.recalibrate_bn, a.config, reason=a.reason, out=a.out, argv=argv)
+        return
     cfg = load_config(a.config, a.overrides)
     train(cfg, resume=a.resume, argv=argv)
 

@@ -39,14 +39,19 @@ RAN_ON_CLEANED = ("Models ran on the annotation-removed image (the annotation-re
 SHORT_NAMES = {"us_mtl_effb0": "the multitask EfficientNet-B0", "us_mtl_unet": "the multitask U-Net",
                "us_cascade": "the cascade"}
 
-#: Measured defects of shipped checkpoints, by SHA-256 of the weights file (see README, Ultrasound).
+#: Measured defects of checkpoints, by SHA-256 of the weights file (see README, Ultrasound). A
+#: checkpoint that was repaired or replaced has another SHA-256, so its entry no longer shows; an
+#: entry stays for anyone who still loads the old file.
 KNOWN_ISSUES = {
+    # the cascade as first shipped; repaired (batch-norm statistics re-estimated, card "repairs")
     "916e412b33be2361333eedd1db9783af56f82b6b4a3229648247f808db9adb66": (
         "Known defect of this cascade checkpoint: its classifier gives p(malignant) between 0.0016 and 0.0051 "
         "for every image measured (30 held-out and 20 fresh synthetic cases: AUC 1.00, but no malignant case "
         "reaches even the lowest threshold offered here, 0.05). It ranks lesions correctly, but its batch-norm "
         "statistics are stale (the classifier was kept from training epoch 3), so its low p is not evidence of "
-        "a benign lesion. Its crop, clinical inputs and normalisation were checked and match training."),
+        "a benign lesion. Its crop, clinical inputs and normalisation were checked and match training. "
+        "The shipped us_cascade is repaired; this file can be repaired with "
+        "`python -m medseg_core.train --recalibrate-bn <file> --config configs/demo/us_cascade.yaml`."),
 }
 
 Progress = Callable[[float, str], None]

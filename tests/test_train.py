@@ -138,3 +138,56 @@ def test_reproduce_configs_cover_every_report_row():
         assert c["model"] in list_models() and c["variant"] == "paper"
         assert c["loss"]["name"] in set(LOSSES) | {"dice_softmax"}
     assert cfgs["000_m7"]["side_masking_train"] == "oracle" and cfgs["000_m4"]["train"]["epochs"] == 50
+
+
+def test_selection_ties_go_to_the_lower_validation_loss():
+    """The best-epoch rule: a higher score wins; an equal score (AUC 1.0 again) wins only with a lower
+    validation loss. The shipped cascade's classifier log: AUC 1.0 at epochs 3, 5, 7, 8 with losses
+    2.33, 0.13, 0.016, 0.009 -- the rule keeps epoch 8, the old one kept epoch 3."""
+    import math
+
+    assert T._better(0.9, 5.0, 0.8, 0.1)  # higher score wins whatever the loss
+    assert not T._better(0.8, 0.01, 0.9, 5.0)  # lower score loses whatever the loss
+    assert T._better(1.0, 0.016, 1.0, 2.33) and not T._better(1.0, 2.33, 1.0, 0.016)
+    assert not T._better(1.0, 0.5, 1.0, 0.5)  # a full tie keeps the earlier epoch
+    assert T._better(0.5, 1.0, -math.inf, math.inf)  # the first scored epoch
+    assert not T._better(math.nan, 0.001, 0.5, 1.0)  # a NaN score never wins
+    assert not T._better(1.0, math.nan, 1.0, 0.5)  # a NaN loss never breaks a tie
+    # a NaN metric (one class present) falls back to the loss, below every real score
+    assert T._selection({"val_loss": 0.3}, "val_auc") == (-0.3 - 1e6, 0.3)
+    assert T._selection({"val_loss": 0.3}, "val_loss") == (-0.3, 0.3)
+    log = [(1, 0.21, 0.92), (2, 0.40, 1.46), (3, 1.0, 2.33), (4, 0.5, 6.44), (5, 1.0, 0.129), (6, 0.0, 9.11),
+           (7, 1.0, 0.0164), (8, 1.0, 0.0093)]
+    best, best_loss, kept = -math.inf, math.inf, None
+    for epoch, auc, loss in log:
+        score, loss = T._selection({"val_auc": auc, "val_loss": loss}, "val_auc")
+        if T._better(score, loss, best, best_loss):
+            best, best_loss, kept = score, loss, epoch
+    assert kept == 8
+
+
+@pytest.mark.slow
+def test_recalibrate_bn_changes_only_batchnorm_statistics(tmp_path, pelvic_root):
+    """``--recalibrate-bn``: the same weights bit for bit, new running statistics from the card's
+    training split, a card that keeps every field and records the repair with the old SHA-256."""
+    import torch
+    from safetensors.torch import load_file
+
+    cfgp = tiny_config(tmp_path, pelvic_root, train={"epochs": 1, "batch_size": 4, "patience": 5,
+                                                      "select_by": "val_dice", "seed": 0, "max_steps_per_epoch": 2})
+    T.main(["--config", str(cfgp)])
+    ck = tmp_path / "ck"
+    old_card = json.loads((ck / "ovary_unet.json").read_text())
+    old = load_file(str(ck / "ovary_unet.safetensors"))
+    T.main(["--config", str(cfgp), "--recalibrate-bn", str(ck / "ovary_unet.safetensors"), "--reason", "a test"])
+    card = json.loads((ck / "ovary_unet.json").read_text())
+    new = load_file(str(ck / "ovary_unet.safetensors"))
+    assert card["sha256"] == sha256_file(ck / "ovary_unet.safetensors") != old_card["sha256"]
+    assert set(old_card) <= set(card) and card["split"] == old_card["split"] and card["recipe"] == old_card["recipe"]
+    rep = card["repairs"][-1]
+    assert rep["old_sha256"] == old_card["sha256"] and rep["why"] == "a test" and rep["n_inputs"] > 0
+    assert "--recalibrate-bn" in rep["command"] and "dice" in rep["test_after"] and card["test"] == rep["test_after"]
+    stats = [k for k in new if k.endswith(("running_mean", "running_var"))]
+    assert stats and any(not torch.equal(new[k], old[k]) for k in stats)
+    assert all(torch.equal(new[k], old[k]) for k in new if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert not list(ck.glob(".*recalibrating*"))
