@@ -6,8 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q
+MEDSEG := $(VENV)/bin/medseg
 PORT ?= 8501
-export PYTHONPATH := $(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup setup-test run test test-fast fuzz bench checkpoints table1 clean help
@@ -18,8 +18,10 @@ help:
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.runtime.stamp: requirements.txt constraints.txt | $(VENV)/bin/python
+# the pinned requirements, then medseg itself (editable: `import medseg_core` and the `medseg` command anywhere)
+$(VENV)/.runtime.stamp: requirements.txt constraints.txt pyproject.toml | $(VENV)/bin/python
 	$(PIP) -r requirements.txt -c constraints.txt
+	$(PIP) --no-deps --no-build-isolation -e .
 	@touch $@
 
 $(VENV)/.dev.stamp: requirements-dev.txt constraints.txt $(VENV)/.runtime.stamp
@@ -35,7 +37,7 @@ setup: $(VENV)/.runtime.stamp
 setup-test: $(VENV)/.dev.stamp /usr/bin/chromium
 
 run: setup
-	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true
+	$(MEDSEG) app --server.port $(PORT) --server.headless true
 
 test: setup-test
 	$(PY) -m pytest -q -p no:cacheprovider tests
@@ -58,7 +60,7 @@ clean:
 MODELS ?= ovary_slice_classifier ovary_unet ovary_attention_unet ovary_tl5 prostate_microus gi_unetpp_effb3 \
           us_mtl_effb0 us_mtl_unet us_cascade us_denoiser unet3d unetr3d vnet3d
 checkpoints: setup
-	@for m in $(MODELS); do echo "== $$m"; $(PY) -m medseg_core.train --config configs/demo/$$m.yaml || exit 1; done
+	@for m in $(MODELS); do echo "== $$m"; $(MEDSEG) train --config configs/demo/$$m.yaml || exit 1; done
 	@rm -f checkpoints/*_last.safetensors checkpoints/*_last.json
 
 # Report 000 Table 1 (side masking off / oracle / two-pass) with the shipped ovary checkpoints on
@@ -66,7 +68,7 @@ checkpoints: setup
 # Your own models too, by name or path: make table1 TABLE1_MODELS="runs/000_m3 ovary_unet"
 TABLE1_MODELS ?= ovary_unet ovary_attention_unet ovary_tl5
 table1: setup
-	$(PY) -m medseg_core.cohort --models $(TABLE1_MODELS) \
+	$(MEDSEG) cohort --models $(TABLE1_MODELS) \
 	  --data data/synthetic/pelvic_eval_seed7 --adapter ut_endomri_d2 --synthetic pelvic:12:7 \
 	  --mc 4 --out runs/cohorts/table1_pelvic
 
@@ -75,5 +77,5 @@ table1: setup
 #   make reproduce-000 RUN=1    runs them
 reproduce-%: setup
 	@for c in configs/reproduce/$*_*.yaml; do \
-	  echo "$(PY) -m medseg_core.train --config $$c"; \
-	  if [ -n "$(RUN)" ]; then $(PY) -m medseg_core.train --config $$c || exit 1; fi; done
+	  echo "$(MEDSEG) train --config $$c"; \
+	  if [ -n "$(RUN)" ]; then $(MEDSEG) train --config $$c || exit 1; fi; done
