@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .io.orientation import EDGE_LABELS, display_aspect, display_slice
+from .io.orientation import display_aspect, display_slice, edge_letters
 
 #: Window presets as (width, level). CT values are HU.
 CT_PRESETS = {
@@ -85,9 +85,10 @@ def grey_frame(array: np.ndarray, spacing, plane: str, index: int, width: float,
     return aspect_correct(pic, r, c)
 
 
-def edge_labels(plane: str) -> dict[str, str]:
-    """Orientation letters for the picture's edges (e.g. axial: left 'R', right 'L')."""
-    return dict(EDGE_LABELS[plane])
+def edge_labels(plane: str, known: bool = True) -> dict[str, str]:
+    """Orientation letters for the picture's edges (e.g. axial: left 'R', right 'L'); empty when
+    the file does not state the orientation (see :func:`medseg_core.io.orientation.orientation_known`)."""
+    return edge_letters(plane, known)
 
 
 #: Default label colours (RGB), distinguishable for the common colour-vision deficiencies
@@ -211,11 +212,19 @@ def _rgb(s: str) -> tuple[float, float, float]:
     return tuple(float(x) for x in inner.split(",")[:3])
 
 
-def slice_figure(rgb: np.ndarray, plane: str, title: str | None = None, height: int = 620,
-                 colorbar: dict | None = None):
+#: Colour of the orientation letters (viewer and PNG export).
+LETTER_COLOUR = (255, 213, 79)
+
+
+def slice_figure(rgb: np.ndarray, plane: str, title: str | None = None, height: int | None = 620,
+                 colorbar: dict | None = None, letters: bool = True, title_inside: bool = False):
     """A plotly figure of an aspect-correct RGB picture sent as a compressed image
     (``binary_string``), square pixels, orientation letters on the edges.
 
+    ``height`` None leaves the height to the container (``st.plotly_chart(..., height="stretch")``).
+    ``letters`` False leaves the R/L/A/P/S/I letters out (the file does not state the orientation).
+    ``title_inside`` draws the title in the picture's top-left corner, as radiology viewers do,
+    instead of a title line above it (the figure keeps all of ``height`` for the picture).
     ``colorbar`` = {"title", "vmin", "vmax", "colorscale"} adds a colour bar for heat overlays, in the
     colours of :func:`heat_overlay` (``title``: the unit, e.g. "nats")."""
     import plotly.graph_objects as go
@@ -223,12 +232,16 @@ def slice_figure(rgb: np.ndarray, plane: str, title: str | None = None, height: 
     h, w = rgb.shape[:2]
     # The picture travels as a PNG data URI (lossless), encoded with zlib level 1: plotly's own
     # px.imshow(binary_string=True) encoder took ~55 ms for a 512 x 512 slice here, this ~10 ms.
-    labels = edge_labels(plane)
-    style = dict(font=dict(color="#ffd54f", size=18), showarrow=False, xref="x", yref="y")
-    annotations = [dict(x=4, y=h / 2, text=labels["left"], xanchor="left", **style),
-                   dict(x=w - 4, y=h / 2, text=labels["right"], xanchor="right", **style),
-                   dict(x=w / 2, y=4, text=labels["top"], yanchor="top", **style),
-                   dict(x=w / 2, y=h - 4, text=labels["bottom"], yanchor="bottom", **style)]
+    labels = edge_labels(plane, letters)
+    style = dict(font=dict(color=rgb_to_hex(LETTER_COLOUR), size=18), showarrow=False, xref="x", yref="y")
+    where = {"left": dict(x=4, y=h / 2, xanchor="left"), "right": dict(x=w - 4, y=h / 2, xanchor="right"),
+             "top": dict(x=w / 2, y=4, yanchor="top"), "bottom": dict(x=w / 2, y=h - 4, yanchor="bottom")}
+    annotations = [dict(text=labels[edge], **where[edge], **style) for edge in ("left", "right", "top", "bottom")
+                   if edge in labels]
+    if title and title_inside:
+        annotations.append(dict(text=title, x=0, y=1, xref="paper", yref="paper", xanchor="left", yanchor="top",
+                                showarrow=False, align="left", font=dict(color="#f0f0f0", size=14),
+                                bgcolor="rgba(0,0,0,0.55)", borderpad=3))
     data = [go.Image(source=png_data_uri(rgb), hoverinfo="skip")]
     if colorbar:
         data.append(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
@@ -237,11 +250,13 @@ def slice_figure(rgb: np.ndarray, plane: str, title: str | None = None, height: 
                                            cmax=colorbar["vmax"], color=[colorbar["vmin"]], showscale=True,
                                            colorbar=dict(title=dict(text=colorbar.get("title", ""), side="right"),
                                                          thickness=14))))  # title beside the bar: the picture keeps its width
+    top = 30 if title and not title_inside else 0
     # one constructor call: plotly validates each update_* call separately (~15 ms for three here)
     fig = go.Figure(data=data, layout=dict(
         xaxis=dict(visible=False, range=[-0.5, w - 0.5]),
         yaxis=dict(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", scaleratio=1),
-        annotations=annotations, height=height, margin=dict(l=0, r=0, t=30 if title else 0, b=0), title=title,
+        annotations=annotations, height=height, margin=dict(l=0, r=0, t=top, b=0),
+        title=None if title_inside else title,
         paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="black", dragmode="pan"))
     return fig
 
@@ -254,6 +269,155 @@ def frame_png(rgb: np.ndarray, compress_level: int = 6) -> bytes:
 
     buf = _io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+#: Scale-bar lengths (mm) the export chooses from: the longest that spans at most a quarter of the picture.
+SCALE_BAR_STEPS_MM = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+#: Exports smaller than this (longer side, px) are enlarged by a whole factor (nearest neighbour)
+#: so that the letters, legend and scale bar stay legible beside the picture.
+EXPORT_MIN_SIDE = 640
+#: Longest side of the exported picture (px): full resolution up to this size.
+EXPORT_MAX_SIDE = 4096
+FONT_PATH = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+FONT_BOLD_PATH = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
+
+
+def _font(size: int, bold: bool = False):
+    """DejaVu Sans (Debian's fonts-dejavu-core), else Pillow's own scalable default font."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype(FONT_BOLD_PATH if bold else FONT_PATH, size)
+    except OSError:
+        try:
+            return ImageFont.load_default(size=size)
+        except TypeError:  # Pillow < 10.1: a fixed bitmap font
+            return ImageFont.load_default()
+
+
+def scale_bar_mm(width_mm: float) -> float:
+    """The scale bar's length: the longest of :data:`SCALE_BAR_STEPS_MM` spanning at most a quarter
+    of ``width_mm`` (the picture's physical width), at least the shortest step."""
+    fits = [v for v in SCALE_BAR_STEPS_MM if v <= width_mm / 4.0]
+    return float(fits[-1] if fits else SCALE_BAR_STEPS_MM[0])
+
+
+def export_view(picture: np.ndarray, row_mm: float, col_mm: float, plane: str, *, letters: bool = True,
+                legend: list[tuple[str, tuple[int, int, int]]] | None = None, title: str | None = None,
+                pixel_size_known: bool = True, note: str | None = None):
+    """The "Export this view" picture: the slice (RGB, as :func:`overlay` drew it, *before* aspect
+    correction) at full resolution with square pixels, the orientation letters that are known on its
+    edges, its title in the top-left corner, and a band under it with the legend (colour swatches and
+    names) and a scale bar.
+
+    Returns ``(rgb, info)``: the uint8 RGB export and facts about it, ``info["pixel_mm"]`` (mm per
+    exported pixel, horizontally), ``info["scale_bar_mm"]``, ``info["scale_bar_px"]`` (its drawn
+    length; equals scale_bar_mm / pixel_mm rounded), ``info["scale_bar_box"]`` (x0, y0, x1, y1) of the
+    bar, ``info["picture_box"]`` and ``info["letters"]`` (edge -> letter drawn).
+    ``pixel_size_known`` False (an image file without a pixel size: 1 mm assumed) labels the bar in
+    source pixels instead of mm."""
+    from PIL import Image, ImageDraw
+
+    pic = np.asarray(picture)
+    if pic.ndim == 2:
+        pic = np.repeat(pic[..., None], 3, axis=2)
+    pic = np.ascontiguousarray(pic[..., :3], dtype=np.uint8)
+    h0, w0 = pic.shape[:2]
+    pic = aspect_correct(pic, row_mm, col_mm, max_side=EXPORT_MAX_SIDE)
+    h1, w1 = pic.shape[:2]
+    k = max(1, min(8, int(np.ceil(EXPORT_MIN_SIDE / max(h1, w1)))))
+    if k > 1:
+        pic = np.repeat(np.repeat(pic, k, axis=0), k, axis=1)
+    ph, pw = pic.shape[:2]
+    pixel_mm = w0 * col_mm / pw  # exact: the picture spans w0 * col_mm millimetres in pw pixels
+
+    base = max(12, min(28, int(round(max(ph, pw) / 45))))  # font size follows the picture's size
+    f_letter, f_text, f_small = _font(int(base * 1.3), bold=True), _font(base), _font(max(10, int(base * 0.8)))
+    pad = max(6, base // 2)
+    legend = list(legend or [])
+    canvas_w = max(pw, 420)
+    # lay the legend out in lines across the band's width, leaving room for the scale bar on the right
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    bar_mm = scale_bar_mm(pw * pixel_mm)
+    bar_px = int(round(bar_mm / pixel_mm))
+    bar_label = f"{bar_mm:g} mm" if pixel_size_known else f"{bar_mm:g} px (pixel size not stated)"
+    label_w = probe.textlength(bar_label, font=f_text)
+    right_w = int(max(bar_px, label_w)) + 2 * pad
+    sw = base  # swatch size
+    lines, line, x = [], [], pad
+    for text, colour in legend:
+        item_w = sw + pad // 2 + probe.textlength(text, font=f_text) + 2 * pad
+        if line and x + item_w > canvas_w - right_w:
+            lines.append(line)
+            line, x = [], pad
+        line.append((x, text, colour))
+        x += item_w
+    if line:
+        lines.append(line)
+    line_h = int(base * 1.5)
+    band_h = max(len(lines), 1) * line_h + 2 * pad + (line_h if note else 0)
+    band_h = max(band_h, int(base * 1.3) + 6 + 3 * pad + max(4, base // 4))  # room for the scale bar and its label
+    out = Image.new("RGB", (canvas_w, ph + band_h), (17, 17, 17))
+    x0 = (canvas_w - pw) // 2
+    out.paste(Image.fromarray(pic), (x0, 0))
+    d = ImageDraw.Draw(out)
+
+    # orientation letters (only those known), outlined so they read on any anatomy
+    labels = edge_labels(plane, letters)
+    m = pad
+    pos = {"left": (x0 + m, ph / 2, "lm"), "right": (x0 + pw - m, ph / 2, "rm"),
+           "top": (x0 + pw / 2, m, "mt"), "bottom": (x0 + pw / 2, ph - m, "mb")}
+    for edge, letter in labels.items():
+        px_, py_, anchor = pos[edge]
+        d.text((px_, py_), letter, font=f_letter, fill=LETTER_COLOUR, anchor=anchor,
+               stroke_width=max(1, base // 8), stroke_fill=(0, 0, 0))
+    if title:
+        d.text((x0 + m, m), title, font=f_text, fill=(240, 240, 240), anchor="lt",
+               stroke_width=max(1, base // 10), stroke_fill=(0, 0, 0))
+
+    # legend: a swatch and a name per item
+    y = ph + pad
+    for ln in lines:
+        for lx, text, colour in ln:
+            d.rectangle([lx, y + (line_h - sw) // 2 - 2, lx + sw, y + (line_h - sw) // 2 - 2 + sw], fill=tuple(colour),
+                        outline=(220, 220, 220))
+            d.text((lx + sw + pad // 2, y + line_h // 2 - 2), text, font=f_text, fill=(235, 235, 235), anchor="lm")
+        y += line_h
+    if note:
+        d.text((pad, y + line_h // 2 - 2), note, font=f_small, fill=(170, 170, 170), anchor="lm")
+
+    # scale bar: bottom right of the band, pure white, its label above it
+    bar_h = max(4, base // 4)
+    bx1 = canvas_w - pad
+    bx0 = bx1 - bar_px
+    by1 = ph + band_h - pad
+    by0 = by1 - bar_h
+    d.rectangle([bx0, by0, bx1 - 1, by1 - 1], fill=(255, 255, 255))
+    d.text(((bx0 + bx1) / 2, by0 - 4), bar_label, font=f_text, fill=(235, 235, 235), anchor="md")
+    info = {"pixel_mm": pixel_mm, "scale_bar_mm": bar_mm, "scale_bar_px": bar_px,
+            "scale_bar_box": (bx0, by0, bx1, by1), "picture_box": (x0, 0, x0 + pw, ph), "letters": labels,
+            "pixel_size_known": pixel_size_known}
+    return np.asarray(out), info
+
+
+def view_png(picture: np.ndarray, row_mm: float, col_mm: float, plane: str, **kw) -> bytes:
+    """PNG bytes of :func:`export_view`; its facts (pixel size, scale bar) are also written as PNG
+    text chunks (``medseg:pixel_mm``, ``medseg:scale_bar_mm``, ``medseg:letters``)."""
+    import io as _io
+
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    rgb, info = export_view(picture, row_mm, col_mm, plane, **kw)
+    meta = PngInfo()
+    meta.add_text("medseg:pixel_mm", f"{info['pixel_mm']:.6g}")
+    meta.add_text("medseg:scale_bar_mm", f"{info['scale_bar_mm']:g}")
+    meta.add_text("medseg:letters", "".join(info["letters"].get(e, "") for e in ("left", "right", "top", "bottom"))
+                  or "not stated")
+    meta.add_text("Software", "medseg (research use only; not for diagnosis)")
+    buf = _io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", pnginfo=meta, compress_level=6)
     return buf.getvalue()
 
 

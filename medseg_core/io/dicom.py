@@ -37,6 +37,11 @@ _NON_IMAGE_HINTS = {
 SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")  # Segmentation, Label Map Segmentation
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 
+#: Warning for images without ImageOrientationPatient / ImagePositionPatient (any number of slices).
+ORIENTATION_ASSUMED = ("This DICOM does not say how the patient lay (no Image Orientation / Image Position "
+                       "(Patient)): it is shown as stored, so the patient's left and right cannot be known and the "
+                       "viewer shows no R/L/A/P letters.")
+
 
 def is_segmentation(ds) -> bool:
     """A DICOM Segmentation (SEG): it has pixel data, but it is a mask, never an image."""
@@ -338,7 +343,8 @@ def assemble_series(items: list[tuple[str, object]], limits: Limits, label: str)
     if sp_note:
         warnings.append(sp_note[0].upper() + sp_note[1:] + ".")
 
-    if all(g is not None for g in geoms) and len(slices) >= 1:
+    orientation_known = all(g is not None for g in geoms) and len(slices) >= 1
+    if orientation_known:
         iops = [np.round(g[0], 3) for g in geoms]
         keys = [tuple(i) for i in iops]
         counts: dict = {}
@@ -424,6 +430,7 @@ def assemble_series(items: list[tuple[str, object]], limits: Limits, label: str)
                 "The images carry no patient position; they are stacked in acquisition order "
                 + ("(frames of a cine loop are shown as slices)." if any(s[2] is not None for s in slices) else "(by instance number).")
             )
+        warnings.append(ORIENTATION_ASSUMED)
         # Display-ready orientation: rows run anterior->posterior, columns patient right->left.
         affine = LPS_TO_RAS @ np.diag([col_sp, row_sp, _thickness(ds0), 1.0])
 
@@ -445,7 +452,10 @@ def assemble_series(items: list[tuple[str, object]], limits: Limits, label: str)
     meta["n_slices"] = int(stack.shape[0])
     import nibabel as nib
 
-    meta["source_orientation"] = "".join(nib.aff2axcodes(affine))
+    meta["source_orientation"] = "".join(nib.aff2axcodes(affine)) if orientation_known else "not stated (display order assumed)"
+    meta["orientation_known"] = bool(orientation_known)
+    if sp_note and sp_note.startswith("no pixel size"):
+        meta["spacing_source"] = "assumed"  # the export's scale bar is then labelled in pixels
     arr_zyx, canon = to_canonical(data_xyz, affine)
     ref = _seg_reference(slices, data_xyz.shape, affine, ds0)
     if ref:

@@ -14,9 +14,11 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 def read_image(data: bytes, name: str, limits: Limits, pixel_spacing_mm: tuple[float, float] | None = None):
     """Decode an image to a canonical (1, Y, X) array; colour becomes grey (BT.601 luminance).
 
-    The picture is treated as an axial slice in radiological display (rows anterior to posterior,
+    The picture is stored as an axial slice in radiological display (rows anterior to posterior,
     columns patient right to left), so :func:`orientation.display_slice` shows it exactly as the
-    file looks. ``pixel_spacing_mm`` is (row, column) in mm; 1 mm when not given.
+    file looks. That orientation is assumed, not stated by the file: ``meta["orientation_known"]``
+    is False and the viewer shows no anatomical letters. ``pixel_spacing_mm`` is (row, column) in
+    mm; 1 mm when not given.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -60,7 +62,9 @@ def read_image(data: bytes, name: str, limits: Limits, pixel_spacing_mm: tuple[f
     data_xyz = arr.T[:, :, None]  # (col, row, 1)
     affine = LPS_TO_RAS @ np.diag([cs, rs, 1.0, 1.0])
     arr_zyx, canon = to_canonical(data_xyz, affine)
+    # An image file states no patient orientation: it is shown as the file looks, without R/L/A/P letters.
     meta = {"format": f"image ({name.rsplit('.', 1)[-1].upper() if '.' in name else 'unknown'})",
-            "source_orientation": "display (radiological)", "image_mode": mode,
+            "source_orientation": "not stated (shown as the file looks)", "orientation_known": False,
+            "image_mode": mode,
             "spacing_source": "given" if pixel_spacing_mm else "assumed"}
     return arr_zyx, canon, warnings, meta

@@ -24,6 +24,26 @@ EDGE_LABELS = {
 }
 
 
+def orientation_known(meta: dict | None) -> bool:
+    """Whether the file stated where the patient is, so the R/L/A/P/S/I letters can be shown.
+
+    Loaders record ``meta["orientation_known"]``: False for a DICOM without ImageOrientationPatient /
+    ImagePositionPatient (shown with an assumed display orientation) and for 2D image files (PNG,
+    JPEG, ...: no orientation in the file). A NIfTI whose qform and sform codes are both 0
+    (``meta["geometry_note"]``) states no orientation either. Anything else (NIfTI with a
+    transform, DICOM with patient geometry, bundled samples) is known."""
+    meta = meta or {}
+    if "orientation_known" in meta:
+        return bool(meta["orientation_known"])
+    return meta.get("geometry_note") != "no qform/sform in header"
+
+
+def edge_letters(plane: str, known: bool = True) -> dict[str, str]:
+    """The orientation letters of a displayed picture's edges (``left``, ``right``, ``top``,
+    ``bottom``); empty when the orientation is not known (no letter is better than a wrong one)."""
+    return dict(EDGE_LABELS[_check_plane(plane)]) if known else {}
+
+
 def n_slices(shape: tuple[int, int, int], plane: str) -> int:
     """Number of slices of a (Z, Y, X) array along ``plane``."""
     z, y, x = shape
