@@ -35,7 +35,7 @@ def _thumb(path: str, model: str, set_name: str, case: str, z: int, size: int):
 
 
 # ------------------------------------------------------------------ a new cohort run
-KEPT = ["gallery_run", "gal_tab", "gal_tags", "gal_models", "gal_sets", "gal_dice", "gal_unc", "gal_sort", "gal_n"]
+KEPT = ["gallery_run", "gal_tags", "gal_models", "gal_sets", "gal_dice", "gal_unc", "gal_sort", "gal_n"]
 keep_state(KEPT)  # "Back to the gallery" finds the same run, tab, filters and sort
 runs = C.list_runs()
 ss["_runs_seen"] = len(runs)
@@ -124,7 +124,10 @@ st.caption(f"{len(m['case_ids'])} cases · models {', '.join(m['models'])} · op
            f"created {m['created']} · {m['seconds']} s")
 
 # ------------------------------------------------------------------ tables
-tab_t, tab_g, tab_u = st.tabs(["Side-masking table", "Gallery", "Uncertainty vs Dice"], key="gal_tab", on_change="rerun")
+# the open tab comes back as the tabs' default (a tab's state cannot be set through session state)
+TABS = ["Side-masking table", "Gallery", "Uncertainty vs Dice"]
+tab_t, tab_g, tab_u = st.tabs(TABS, key="gal_tab", on_change="rerun",
+                              default=ss.get("_kept_gal_tab") if ss.get("_kept_gal_tab") in TABS else None)
 with tab_t:
     if (r.path / "table1.csv").exists():
         st.markdown("**Report 000 Table 1 format**: mean per-slice Dice on reference-positive slices, without side "
@@ -200,4 +203,4 @@ with tab_u:
                    f"mean uncertainty {au['mean_failed']:.3f} vs {au['mean_good']:.3f} nats. AUROC 0.5 = the score "
                    "does not tell failed slices from good ones.")
 
-remember(KEPT)
+remember(KEPT + ["gal_tab"])

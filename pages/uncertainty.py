@@ -4,7 +4,7 @@ import streamlit as st
 from medseg_core.inference import PredictOptions
 from medseg_core.io import display_slice, n_slices
 from medseg_core.io.errors import InputError
-from medseg_core.io.orientation import display_aspect
+from medseg_core.io.orientation import display_aspect, orientation_known
 from pages._shared import get_spec
 from medseg_core.labels import display_name, name_and_unit, slice_words
 from medseg_core.render import apply_window, aspect_correct, heat_overlay, slice_figure
@@ -80,7 +80,8 @@ def unc_viewer():
         rgb = aspect_correct(rgb, *display_aspect(vol.spacing, "axial"))
         words, unit = name_and_unit(what, "map")
         st.plotly_chart(slice_figure(rgb, "axial", title=f"{words}: axial {slice_words(z, nz)}",
-                                     colorbar={"title": unit, "vmin": 0.0, "vmax": vmax}),
+                                     colorbar={"title": unit, "vmin": 0.0, "vmax": vmax},
+                                     letters=orientation_known(vol.meta)),
                         width="stretch", key="unc_fig")
         st.caption(f"{words} ({unit}): {MAP_HELP[what]}. Colour bar: viridis, dark purple = low, yellow = high; "
                    "pixels below 2 % of the bar's top stay grey, the others are blended with the image at the "
