@@ -59,6 +59,18 @@ NAMES: dict[str, tuple[str, str]] = {
     "boundary_error": ("Boundary error", ""),
 }
 
+# preprocessing steps (medseg_core.preprocessing.PREPROCESSING) as people read them
+NAMES.update({
+    "pre:none": ("None (raw intensities)", ""), "pre:plain": ("Z-score per slice", ""),
+    "pre:minmax": ("Min-max to 0..1", ""), "pre:scale255": ("Grey / 255", ""),
+    "pre:raovseg": ("RAovSeg remap", ""), "pre:raovseg_sharp": ("RAovSeg remap + sharpening", ""),
+    "pre:clahe": ("CLAHE (clip 2.0)", ""), "pre:ct_window": ("CT window (HU)", ""),
+    # stages of a prediction's timings (Prediction.timings keys, without their _s)
+    "time:preprocess": ("preprocessing", ""), "time:resize": ("resizing", ""), "time:resample": ("resampling", ""),
+    "time:model": ("model", ""), "time:postprocess": ("post-processing", ""), "time:uncertainty": ("uncertainty", ""),
+    "time:total": ("total", ""),
+})
+
 #: Units spelled in a machine name's suffix, for names not in :data:`NAMES`.
 _SUFFIX_UNITS = (("_mm2", "mm²"), ("_mm", "mm"), ("_ml", "mL"), ("_s", "s"))
 
@@ -164,3 +176,16 @@ def display_rows(rows: list[dict], drop=(), fmt: str | None = None) -> list[dict
 def slice_words(index: int, n: int | None = None) -> str:
     """The 0-based array index ``index`` as people count it: "slice 5 of 24"."""
     return f"slice {int(index) + 1}" + (f" of {n}" if n else "")
+
+
+def timings_words(timings: dict) -> str:
+    """``{"model_s": 0.48, "gate_model_s": 0.03, ...}`` -> "model 0.48 s, slice gate: model 0.03 s, ..."."""
+    parts = []
+    for k, v in timings.items():
+        if not k.endswith("_s"):
+            continue
+        stage = k[:-2]
+        gate = stage.startswith("gate_")
+        words = _lookup(stage[5:] if gate else stage, "time")[0].lower()
+        parts.append(f"{'slice gate: ' if gate else ''}{words} {v:.2f} s")
+    return ", ".join(parts)

@@ -14,7 +14,7 @@ from medseg_core.inference import PredictOptions
 from medseg_core.io import display_slice, mask_nifti_bytes, n_slices
 from medseg_core.io.errors import InputError
 from medseg_core.io.orientation import display_aspect, orientation_known
-from medseg_core.labels import describe, display_rows, slice_words
+from medseg_core.labels import describe, display_name, display_rows, slice_words, timings_words
 from medseg_core.preprocessing import PREPROCESSING
 from medseg_core.render import (COMPARE_COLOURS, CT_PRESETS, LABEL_COLOURS, OTHER_OVARY_COLOUR, apply_window,
                                 aspect_correct, auto_window, compare_layers, display_notice, hex_to_rgb, overlay,
@@ -223,8 +223,10 @@ else:
     with st.expander("Model and options", expanded=True, key="opts_open", on_change="rerun"):
         c1, c2, c3 = st.columns(3)
         pre = c1.selectbox("Preprocessing", pre_names, key=f"pre_{name}",
-                           help=f"The model was trained with '{spec.preprocessing}' (its card); others show how "
-                                "sensitive it is.")
+                           format_func=lambda n: display_name(n, "pre") + (" (trained with)" if n == spec.preprocessing
+                                                                            else ""),
+                           help="The model was trained with the step marked 'trained with' (its card); others "
+                                "show how sensitive it is.")
         side_modes = ["none"]
         if spec.side_masking:
             side_modes = ["none", "left", "right", "two_pass"] + (["oracle"] if gt is not None else [])
@@ -265,7 +267,7 @@ else:
             before, after = preprocessing_preview(vol, pre, z0, spec.preprocessing_params if pre == spec.preprocessing else {})
             p1, p2 = st.columns(2)
             p1.image(aspect_correct(apply_window(before, *auto_window(before[None])), r_mm, c_mm), caption="before", clamp=True)
-            p2.image(aspect_correct(apply_window(after, *auto_window(after[None])), r_mm, c_mm), caption=f"after: {pre}",
+            p2.image(aspect_correct(apply_window(after, *auto_window(after[None])), r_mm, c_mm), caption=f"after: {display_name(pre, 'pre')}",
                      clamp=True)
         st.button("Run model", type="primary", on_click=lambda: ss.__setitem__("_seg_run", True),
                   help="Results are cached: browsing never re-runs the model.")
@@ -430,8 +432,7 @@ if gt is not None and pred.mask is not None:
     rows = metrics_table(pred, gt, vol.spacing)
     st.dataframe(display_rows(rows), hide_index=True)
 if pred.timings:
-    timing = ", ".join(f"{k.replace('_s', '')} {v:.2f} s" for k, v in pred.timings.items() if k.endswith("_s"))
-    st.caption(f"Timings: {timing}.")
+    st.caption(f"Timings: {timings_words(pred.timings)}.")
 e1, e2, e3 = st.columns(3)
 if pred.mask is not None:
     e1.download_button("Export mask (NIfTI, source affine)", lambda: mask_nifti_bytes(pred.mask, vol),

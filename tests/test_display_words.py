@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Machine names and Python reprs that must never reach the screen.
 FORBIDDEN = ("_mm", "_ml", "mutual_information", "two_pass", "mc_dropout", "dice_star", "side_swap", "double_ovary",
-             "dice_orig", "{'", "': '")
+             "dice_orig", "{'", "': '", "raovseg_sharp", "ct_window", "gate_model", "postprocess ")
 
 
 # ----------------------------------------------------------------------------- the mapping
