@@ -84,10 +84,19 @@ def test_browser_gallery(pelvic_cohort):
         page.get_by_role("tab", name="Uncertainty vs Dice").click()
         page.get_by_text("AUROC for failed slices").wait_for(timeout=60_000)
         page.screenshot(path=str(ARTIFACTS / "gallery_uncertainty.png"), full_page=True)
-        page.get_by_role("tab", name="Gallery").click()
-        page.get_by_text("slices match").wait_for(timeout=60_000)
-        page.wait_for_timeout(2500)  # a tab change reruns the page (the open tab is remembered)
-        page.get_by_role("button", name="Open in review").first.click(timeout=60_000)
+        # a tab change reruns the page (the open tab is remembered): click again until the rerun has
+        # settled on the Gallery tab and its buttons are visible
+        opener = page.get_by_role("button", name="Open in review").first
+        for _ in range(6):
+            page.get_by_role("tab", name="Gallery").click()
+            try:
+                opener.wait_for(state="visible", timeout=15_000)
+                page.wait_for_timeout(1500)
+                if opener.is_visible():
+                    break
+            except Exception:  # noqa: BLE001 - the rerun replaced the tab's content; try again
+                continue
+        opener.click(timeout=60_000)
         page.get_by_text("chosen in the sidebar").wait_for(timeout=120_000)
         page.locator(".js-plotly-plot image").first.wait_for(timeout=120_000)
         assert page.locator("[data-testid=stException]").count() == 0
