@@ -52,3 +52,19 @@ def pelvic_cohort(tmp_path_factory) -> Path:
     C.run_cohort(D.ut_endomri_d2(root), ["ovary_unet"], C.SIDE_SETS, out, mc_samples=4,
                  dataset={"adapter": "ut_endomri_d2", "root": str(root)})
     return out
+
+
+def open_case(at, vol, gt=None):
+    """Make ``vol`` the case of an AppTest session, as ``pages._shared.set_case`` does in the app,
+    and run the app once."""
+    from medseg_core.render import auto_window
+    from medseg_core.review import PredictionCache, case_key
+
+    ss = at.session_state
+    for k, v in {"volume": vol, "gt_mask": gt, "extra_masks": {}, "sample": None, "case_key": case_key(vol),
+                 "auto_window": auto_window(vol.array), "predictions": PredictionCache(),
+                 "clinical": {"menopausal": 0, "oncology_center": 0}, "external_predictions": {}}.items():
+        ss[k] = v
+    ss["model_name"] = None
+    ss["current"] = None
+    return at.run()

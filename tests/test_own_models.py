@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import ROOT
 from medseg_core import cohort as C

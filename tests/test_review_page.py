@@ -9,22 +9,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, open_case
 from medseg_core.io import load_volume
-from medseg_core.render import auto_window
-from medseg_core.review import PredictionCache, case_key
-
-
-def _open(at, vol, gt=None):
-    """What pages._shared.set_case does, from outside the app."""
-    ss = at.session_state
-    for k, v in {"volume": vol, "gt_mask": gt, "extra_masks": {}, "sample": None, "case_key": case_key(vol),
-                 "auto_window": auto_window(vol.array), "predictions": PredictionCache(),
-                 "clinical": {"menopausal": 0, "oncology_center": 0}, "external_predictions": {}}.items():
-        ss[k] = v
-    ss["model_name"] = None
-    ss["current"] = None
-    return at.run()
 
 
 def _app():
@@ -37,7 +23,7 @@ def test_no_model_fits_but_the_image_is_viewable():
     """A single CT slice (pydicom's CT_small.dcm): the 3D spleen models need a volume, nothing else
     takes CT. The page says so, offers no Run button, and still shows the image with windowing."""
     ct = load_volume(Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm")
-    at = _open(_app(), ct)
+    at = open_case(_app(), ct)
     assert not at.exception
     assert at.session_state["model_name"] is None
     assert any("No model fits this case" in w.value for w in at.warning)
@@ -53,7 +39,7 @@ def test_a_2d_image_has_one_plane():
     png = io.BytesIO()
     Image.fromarray(np.clip(np.random.default_rng(0).rayleigh(18.0, (256, 336)), 0, 255).astype(np.uint8)).save(png, "PNG")
     us = load_volume(png.getvalue(), filename="probe.png", modality="US")
-    at = _open(_app(), us)
+    at = open_case(_app(), us)
     assert not at.exception
     assert not [r for r in at.radio if r.key == "plane"]  # no coronal / sagittal strip of one pixel
     assert not [s for s in at.get("select_slider") if s.key and s.key.startswith("slice_")]

@@ -9,7 +9,6 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT
 from medseg_core.cards import recipe_from_spec, new_card
 from medseg_core.checkpoints import CheckpointError, load_model_bytes, save_checkpoint
 from medseg_core.models import build_model, get_spec

@@ -17,7 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, open_case
 from dicom_factory import axial_series, dicom_slice
 from medseg_core.io import load_volume
 from medseg_core.io.dicom import ORIENTATION_ASSUMED
@@ -89,20 +89,6 @@ def _app():
     return AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()
 
 
-def _open(at, vol):
-    from medseg_core.render import auto_window
-    from medseg_core.review import PredictionCache, case_key
-
-    ss = at.session_state
-    for k, v in {"volume": vol, "gt_mask": None, "extra_masks": {}, "sample": None, "case_key": case_key(vol),
-                 "auto_window": auto_window(vol.array), "predictions": PredictionCache(),
-                 "clinical": {"menopausal": 0, "oncology_center": 0}, "external_predictions": {}}.items():
-        ss[k] = v
-    ss["model_name"] = None
-    ss["current"] = None
-    return at.run()
-
-
 def _viewer_annotations(at) -> list[str]:
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     return [a["text"] for a in spec["layout"].get("annotations", [])]
@@ -121,7 +107,7 @@ def test_page_letters_and_caption_follow_what_the_file_states():
     for key in ("side_mode", "post_mode", "thr", "gate_on", "mc_n", "mc_seed", "plane", "slice_axial", "compare"):
         assert key in at.session_state, key
     # a DICOM ultrasound frame without orientation: no letters, no radiological-convention sentence
-    at = _open(at, load_volume(PYDICOM_FILES / "examples_rgb_color.dcm"))
+    at = open_case(at, load_volume(PYDICOM_FILES / "examples_rgb_color.dcm"))
     assert not at.exception
     texts = _viewer_annotations(at)
     assert not {"R", "L", "A", "P", "S", "I"} & set(texts)
