@@ -68,3 +68,21 @@ def open_case(at, vol, gt=None):
     ss["model_name"] = None
     ss["current"] = None
     return at.run()
+
+
+@pytest.fixture
+def watched_disk(tmp_path, monkeypatch):
+    """(temporary folder, working directory), both empty and in force for the test: a test that
+    reads uploads asserts afterwards that nothing was written to either."""
+    import tempfile
+
+    import streamlit.testing.v1  # noqa: F401 - imported before the watch starts: the import makes a temporary folder
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return tmp, work

@@ -384,20 +384,12 @@ def test_unexpected_loader_failures_become_input_errors(monkeypatch):
     assert_readable(str(e.value))
 
 
-def test_uploads_never_touch_the_disk(tmp_path, monkeypatch):
+def test_uploads_never_touch_the_disk(watched_disk):
     """An upload (a DICOM zip and a mask) is read in memory: nothing is written to the temporary
     folder or the working directory, so there is nothing to leak or to clean up afterwards."""
-    import tempfile
-
     from streamlit.testing.v1 import AppTest
 
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-    monkeypatch.setenv("TMPDIR", str(tmp))
-    work = tmp_path / "cwd"
-    work.mkdir()
-    monkeypatch.chdir(work)
+    tmp, work = watched_disk
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
     at.switch_page("pages/load_case.py").run()
     at.file_uploader(key="upload").set_value(("study.zip", zip_bytes(_named(_series(6))), "application/zip")).run()

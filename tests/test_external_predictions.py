@@ -381,22 +381,14 @@ def test_apptest_upload_prediction_then_review_it_with_metrics():
     assert at.session_state["external_predictions"] == {}
 
 
-def test_apptest_seg_and_rtstruct_uploads_in_memory(series, tmp_path, monkeypatch):
+def test_apptest_seg_and_rtstruct_uploads_in_memory(series, watched_disk):
     """A DICOM series as the image, a two-segment DICOM SEG as the reference (one segment picked), an RT
     Structure Set as a prediction: all read in memory (nothing written to the temporary folder or the working
     directory). (AppTest draws the sidebar on the first run only, so the sidebar's agreement is checked in
     Chromium.)"""
-    import tempfile
-
     from streamlit.testing.v1 import AppTest
 
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-    monkeypatch.setenv("TMPDIR", str(tmp))
-    work = tmp_path / "cwd"
-    work.mkdir()
-    monkeypatch.chdir(work)
+    tmp, work = watched_disk
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()
     at.switch_page("pages/load_case.py").run()
     at.file_uploader(key="upload").set_value([(f"IM{i}.dcm", b, "application/dicom") for i, b in enumerate(series)]).run()
