@@ -12,6 +12,7 @@ folder holding one checkpoint.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -111,10 +112,13 @@ def _looks_like_path(ref: str) -> bool:
     return any(c in ref for c in ("/", os.sep)) or ref.endswith((".safetensors", ".json")) or ref.endswith(PICKLE_SUFFIXES)
 
 
-def find_checkpoint(ref: str | Path, directory: str | Path | None = None) -> CheckpointRef:
-    """Resolve a reference (name, ``.safetensors`` path, card path or folder) to its files.
+def find_checkpoint(ref: str | Path | CheckpointRef, directory: str | Path | None = None) -> CheckpointRef:
+    """Resolve a reference (name, ``.safetensors`` path, card path or folder) to its files; a
+    :class:`CheckpointRef` from :func:`list_checkpoints` is already resolved.
 
     ``directory`` restricts name look-ups to that folder (``--checkpoints DIR``)."""
+    if isinstance(ref, CheckpointRef):
+        return ref
     text = str(ref)
     if isinstance(ref, Path) or _looks_like_path(text) or Path(text).is_dir():
         p = Path(text).expanduser()
@@ -216,7 +220,7 @@ def save_checkpoint(model: torch.nn.Module, name: str, card: dict[str, Any], dir
     return path
 
 
-def read_card(ref: str | Path, directory: str | Path | None = None) -> dict | None:
+def read_card(ref: "str | Path | CheckpointRef", directory: str | Path | None = None) -> dict | None:
     """The card of a checkpoint in the current schema (old cards migrated), or None if there is none."""
     try:
         c = find_checkpoint(ref, directory)
@@ -226,6 +230,14 @@ def read_card(ref: str | Path, directory: str | Path | None = None) -> dict | No
 
 
 def _read_card_file(path: Path) -> dict:
+    """The card at ``path`` in the current schema; parsed once per file version (the sidebar reads
+    every card on every rerun). A copy, so a caller may change it."""
+    path = Path(path)
+    return copy.deepcopy(_card_cached(str(path.resolve()), path.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=256)
+def _card_cached(path: str, mtime_ns: int) -> dict:
     try:
         raw = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -238,17 +250,17 @@ def _read_card_file(path: Path) -> dict:
 
 @functools.lru_cache(maxsize=256)
 def _spec_cached(card_path: str, mtime_ns: int) -> ModelSpec:
-    return cards.spec_from_card(_read_card_file(Path(card_path)))
+    return cards.spec_from_card(_card_cached(card_path, mtime_ns))
 
 
-def model_spec(ref: str | Path, directory: str | Path | None = None) -> ModelSpec:
+def model_spec(ref: str | Path | CheckpointRef, directory: str | Path | None = None) -> ModelSpec:
     """The spec a checkpoint's card describes (memoised by card file and time): what the app shows
     and checks before loading any weights."""
     c = find_checkpoint(ref, directory)
     return _spec_cached(str(c.card_path.resolve()), c.card_path.stat().st_mtime_ns)
 
 
-def checkpoint_status(ref: str | Path, directory: str | Path | None = None) -> str:
+def checkpoint_status(ref: "str | Path | CheckpointRef", directory: str | Path | None = None) -> str:
     """"ok", "missing" or a sentence saying what is wrong (hash memoised by file size and time)."""
     try:
         _verified(find_checkpoint(ref, directory), cached=True)

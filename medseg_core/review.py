@@ -100,22 +100,21 @@ def compatible_models(volume: Volume, directory=None, session_models: dict | Non
     """Every checkpoint in the model folders (``directory`` alone if given) and the session's
     uploads, with whether it can run on ``volume``, why not, and where the case lies outside the
     model's training data. Sorted: runnable first, then inside the envelope, then by task."""
-    refs = list_checkpoints([Path(directory)] if directory is not None else None)
     out = []
-    for c in refs:
-        try:
-            spec = model_spec(c.ref if directory is None else c.weights)
-            card = read_card(c.ref if directory is None else c.weights) or {}
+    for c in list_checkpoints([Path(directory)] if directory is not None else None):
+        ref = c.ref if directory is None else str(c.weights)
+        source = "shipped" if c.shipped else "your models"
+        try:  # the resolved CheckpointRef itself: no second look-up through the model folders
+            spec, card = model_spec(c), read_card(c) or {}
         except InputError as e:
-            out.append(ModelChoice(c.ref, c.name, c.name, False, str(e), [], "shipped" if c.shipped else "your models"))
+            out.append(ModelChoice(ref, c.name, c.name, False, str(e), [], source))
             continue
         reason = fit_reason(spec, volume)
         if not reason:
-            st = checkpoint_status(c.ref if directory is None else c.weights)
+            st = checkpoint_status(c)
             reason = "" if st == "ok" else st
         warn = envelope_warnings(spec, card, volume, case) if not reason else []
-        out.append(ModelChoice(c.ref if directory is None else str(c.weights), spec.name, spec.title, not reason,
-                               reason, warn, "shipped" if c.shipped else "your models", spec.task, spec.family,
+        out.append(ModelChoice(ref, spec.name, spec.title, not reason, reason, warn, source, spec.task, spec.family,
                                (card.get("envelope") or {}).get("anatomy")))
     for key, lm in (session_models or {}).items():
         reason = fit_reason(lm.spec, volume)
@@ -332,7 +331,7 @@ def gate_choices(spec) -> list[str]:
     out = []
     for c in list_checkpoints():
         try:
-            s = model_spec(c.ref)
+            s = model_spec(c)
         except InputError:
             continue
         if s.task == "classification" and s.family == spec.family and s.mode == "slicewise":
@@ -345,7 +344,7 @@ def segmentation_checkpoints() -> dict:
     out = {}
     for c in list_checkpoints():
         try:
-            s = model_spec(c.ref)
+            s = model_spec(c)
         except InputError:
             continue
         if s.task in ("segmentation", "segmentation+classification"):
