@@ -83,7 +83,10 @@ def recipe_from_spec(spec: ModelSpec, variant: str = "demo", overrides: dict | N
         "architecture": {"builder": builder, "variant": variant, "overrides": _plain(overrides),
                          "kwargs": _plain(kwargs)},
         "task": spec.task, "dims": spec.dims, "mode": spec.mode, "in_channels": spec.in_channels,
-        "modalities": list(spec.modalities), "intensity": spec.intensity,
+        "modalities": list(spec.modalities),
+        # the registry's words describe its default step; another step is named as itself
+        "intensity": spec.intensity if (preprocessing or spec.preprocessing) == spec.preprocessing
+        else f"{preprocessing} preprocessing",
         "input_size": [int(s) for s in (input_size or spec.input_size)],
         "target_spacing": list(spec.target_spacing) if spec.target_spacing else None,
         "sw_overlap": spec.sw_overlap, "sw_batch_size": spec.sw_batch_size,

@@ -295,9 +295,15 @@ def preprocessing_preview(volume: Volume, name: str, z: int, params: dict | None
 
 
 def contract_of(spec) -> str:
-    """The input contract a checkpoint runs with (from its card's recipe)."""
+    """The input contract a checkpoint runs with (from its card's recipe), in words: the
+    preprocessing step by its name for people (the card's step, whatever its architecture's default)."""
+    from .labels import display_name
+
+    size = " x ".join(map(str, spec.input_size))
+    sp = f", resampled to {' x '.join(f'{s:g}' for s in spec.target_spacing)} mm" if spec.target_spacing else ""
     arch = "" if spec.builder_name == spec.name else f"; architecture {spec.builder_name}"
-    return spec.contract() + arch + f"; preprocessing {spec.preprocessing}"
+    return (f"{spec.dims.upper()} {spec.in_channels} x {size}{sp}; {', '.join(spec.modalities)}; "
+            f"{display_name(spec.preprocessing, 'pre')}{arch}")
 
 
 def slice_curve(values, current: int, y_title: str, threshold: float | None = None, marked=(), height: int = 170):
