@@ -65,6 +65,8 @@ NAMES.update({
     "pre:minmax": ("Min-max to 0..1", ""), "pre:scale255": ("Grey / 255", ""),
     "pre:raovseg": ("RAovSeg remap", ""), "pre:raovseg_sharp": ("RAovSeg remap + sharpening", ""),
     "pre:clahe": ("CLAHE (clip 2.0)", ""), "pre:ct_window": ("CT window (HU)", ""),
+    "post:largest_2d": ("largest component per slice", ""), "post:largest_3d": ("largest component in 3D", ""),
+    "post:raovseg": ("RAovSeg closing + largest 3D component", ""),
     # stages of a prediction's timings (Prediction.timings keys, without their _s)
     "time:preprocess": ("preprocessing", ""), "time:resize": ("resizing", ""), "time:resample": ("resampling", ""),
     "time:model": ("model", ""), "time:postprocess": ("post-processing", ""), "time:uncertainty": ("uncertainty", ""),

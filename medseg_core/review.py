@@ -240,13 +240,15 @@ def _summary(spec, card: dict, status: str) -> dict:
 
 def card_view(s: dict) -> dict:
     """The words and numbers of a model summary for people: a recipe line, headline metrics, training."""
+    from .labels import display_name
+
     card = s["card"]
     r = card.get("recipe") or {}
     pre = r.get("preprocessing") or {}
     params = ", ".join(f"{k} {v}" for k, v in (pre.get("params") or {}).items())
-    post = ", ".join(r.get("postprocessing") or []) or "none"
+    post = ", ".join(display_name(p, "post") for p in r.get("postprocessing") or []) or "none"
     summary = (f"**Report** {s['report']} · **Task** {s['task']} · **Architecture** {s['builder']}  \n"
-               f"**Input** {s['contract']}  \n**Preprocessing** {pre.get('name')}{f' ({params})' if params else ''} · "
+               f"**Input** {s['contract']}  \n**Preprocessing** {display_name(pre.get('name'), 'pre')}{f' ({params})' if params else ''} · "
                f"**Post-processing** {post} · **Threshold** {r.get('threshold')} · "
                f"**Labels** {', '.join(r.get('labels') or [])}  \n**Dropout** {s['dropout']}")
     test = card.get("test") or {}
@@ -261,8 +263,9 @@ def card_view(s: dict) -> dict:
     arch = r.get("architecture") or {}
     if td.get("adapter"):
         kind = "synthetic" if td.get("synthetic") else "real"
-        data = (f"**Training data** {td['adapter']} ({td.get('n_cases', '?')} {kind} cases), split by patient; "
-                f"loss {(card.get('loss') or {}).get('name', '?')}; {card.get('epochs_run', '?')} epochs")
+        data = (f"**Training data** `{td['adapter']}` layout ({td.get('n_cases', '?')} {kind} cases), split by "
+                f"patient; loss {display_name((card.get('loss') or {}).get('name', '?')).lower()}; "
+                f"{card.get('epochs_run', '?')} epochs")
     elif td.get("source"):  # e.g. an imported MONAI bundle: its training data are not described here
         data = (f"**Training data** not recorded: imported from a {td['source']} "
                 f"({td.get('bundle', '')} {td.get('version', '')}".rstrip() + ")")
