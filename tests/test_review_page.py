@@ -80,7 +80,7 @@ def test_browser_no_model_fits_and_2d_image(tmp_path):
             str(Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"))
         page.get_by_text("DICOM CT series (1 slice)").first.wait_for()  # the sidebar names the new case
         page.get_by_role("link", name="Segment & review").click()
-        page.get_by_text("No model fits this case").wait_for()
+        page.locator("[data-testid=stMain]").get_by_text("No model fits this case").first.wait_for()
         page.locator(".js-plotly-plot image").first.wait_for()
         assert page.get_by_role("button", name="Run model").count() == 0
         assert page.locator("[data-testid=stException]").count() == 0
