@@ -124,10 +124,8 @@ st.caption(f"{len(m['case_ids'])} cases · models {', '.join(m['models'])} · op
            f"created {m['created']} · {m['seconds']} s")
 
 # ------------------------------------------------------------------ tables
-# the open tab comes back as the tabs' default (a tab's state cannot be set through session state)
-TABS = ["Side-masking table", "Gallery", "Uncertainty vs Dice"]
-tab_t, tab_g, tab_u = st.tabs(TABS, key="gal_tab", on_change="rerun",
-                              default=ss.get("_kept_gal_tab") if ss.get("_kept_gal_tab") in TABS else None)
+# plain tabs: tracking the open tab (on_change="rerun") made a click during a rerun get lost
+tab_t, tab_g, tab_u = st.tabs(["Side-masking table", "Gallery", "Uncertainty vs Dice"])
 with tab_t:
     if (r.path / "table1.csv").exists():
         st.markdown("**Report 000 Table 1 format**: mean per-slice Dice on reference-positive slices, without side "
@@ -203,4 +201,4 @@ with tab_u:
                    f"mean uncertainty {au['mean_failed']:.3f} vs {au['mean_good']:.3f} nats. AUROC 0.5 = the score "
                    "does not tell failed slices from good ones.")
 
-remember(KEPT + ["gal_tab"])
+remember(KEPT)
