@@ -64,7 +64,8 @@ DEFAULTS: dict[str, Any] = {
     "preprocessing": None, "preprocessing_params": None, "postprocessing": None, "threshold": None, "title": None,
     "body_region": None, "anatomy": None, "side_masking_train": "none",
     "loss": {"name": "bce", "params": {}},
-    "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9},
+    "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9, "scheduler": None},
+    "encoder_weights": None, "init_from": None,
     "train": {"epochs": 20, "batch_size": 8, "patience": 10, "select_by": "val_dice", "seed": 0,
               "max_steps_per_epoch": None, "val_every": 1},
     "augment": {"flip": True, "vflip": False, "rotate_deg": 10.0, "translate": 0.05, "intensity": 0.1},
@@ -363,7 +364,146 @@ def _optimizer(cfg, params):
                                weight_decay=float(o.get("weight_decay", 0)))
     if o["name"] == "rmsprop":
         return torch.optim.RMSprop(params, lr=float(o["lr"]), momentum=float(o.get("momentum", 0.9)))
-    raise SystemExit(f"unknown optimiser {o['name']}")
+    raise InputError(f"The config asks for optimiser '{o['name']}'; medseg trains with adam, adamw, sgd or rmsprop.")
+
+
+SCHEDULERS = {
+    "step": "StepLR", "multistep": "MultiStepLR", "cosine": "CosineAnnealingLR",
+    "cosine_warm_restarts": "CosineAnnealingWarmRestarts", "plateau": "ReduceLROnPlateau", "exponential": "ExponentialLR",
+}
+
+
+def _scheduler(o: dict, optim: torch.optim.Optimizer, epochs: int):
+    """The learning-rate scheduler of ``optim.scheduler`` (``{name: ..., <torch kwargs>}``), stepped once
+    per epoch by :func:`_scheduler_step`; None for no scheduler (``name: none`` or absent).
+
+    Names map to ``torch.optim.lr_scheduler``: step, multistep, cosine (``T_max`` defaults to the
+    number of epochs), cosine_warm_restarts, plateau (on the validation loss), exponential."""
+    sc = dict(o.get("scheduler") or {})
+    name = str(sc.pop("name", "none")).lower()
+    if name in ("none", "constant", ""):
+        return None
+    if name not in SCHEDULERS:
+        raise InputError(f"The config asks for scheduler '{name}'; medseg knows {', '.join(['none', *SCHEDULERS])}.")
+    if name == "cosine":
+        sc.setdefault("T_max", max(int(epochs), 1))
+    return getattr(torch.optim.lr_scheduler, SCHEDULERS[name])(optim, **sc)
+
+
+def _scheduler_step(sched, val: dict, train_loss: float) -> None:
+    """One epoch's scheduler step; ReduceLROnPlateau watches the validation loss (the training loss
+    on epochs without validation)."""
+    if sched is None:
+        return
+    if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        v = val.get("val_loss") if val else None
+        sched.step(float(v) if v is not None and not math.isnan(float(v)) else train_loss)
+    else:
+        sched.step()
+
+
+def split_cases(cases: list, cfg: dict) -> dict[str, list]:
+    """The patient-level split of ``data.split``: ``counts: [n_train, n_val, n_test]`` (patients, as a
+    report gives them: report 003's 28/8/5) or ``fractions``; seeded. When the dataset has fewer
+    patients than the counts ask for (a smoke run on phantoms), the counts are used as proportions."""
+    sp = cfg["data"]["split"]
+    counts = sp.get("counts")
+    fractions = tuple(sp.get("fractions") or (0.7, 0.15, 0.15))
+    if counts:
+        counts = [int(c) for c in counts]
+        n = len({c.patient_id for c in cases})
+        if len(counts) != 3 or min(counts) < 0 or not sum(counts):
+            raise InputError("data.split.counts must be three patient counts [train, val, test].")
+        if n == sum(counts):
+            fractions = tuple(c / n for c in counts)
+        elif n < sum(counts):
+            fractions = tuple(c / sum(counts) for c in counts)
+        else:
+            raise InputError(f"data.split.counts asks for {sum(counts)} patients but the dataset has {n}; "
+                             "give counts that sum to the number of patients, or fractions.")
+    return D.patient_split(cases, fractions, int(sp.get("seed", 0)))
+
+
+def _matching_state(target: torch.nn.Module, state: dict, prefixes=("", "encoder.", "model.", "module.")) -> dict:
+    """The entries of ``state`` that fit ``target`` by name (after removing one of ``prefixes``) and shape."""
+    own = target.state_dict()
+    out = {}
+    for k, v in state.items():
+        for p in prefixes:
+            kk = k[len(p):] if p and k.startswith(p) else (k if not p else None)
+            if kk is not None and kk in own and tuple(own[kk].shape) == tuple(v.shape):
+                out[kk] = v
+                break
+    return out
+
+
+def encoder_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The encoder a pretrained weights file is for: ``model.encoder`` (smp models, TL-5),
+    ``model.features`` (the EfficientNet-B0 multitask model), else the whole model."""
+    for attr in ("encoder", "features"):
+        if isinstance(getattr(model, attr, None), torch.nn.Module):
+            return getattr(model, attr)
+    return model
+
+
+def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> dict:
+    """Pretrained encoder weights from a local ``.safetensors`` file (ImageNet weights cannot be
+    downloaded here): loaded into ``model.encoder`` (smp and TL-5 models) or the model itself, by name
+    and shape. Refused with a sentence unless most of the encoder's tensors are found. Returns the card's
+    ``pretrained`` entry (file name, SHA-256, how many tensors were loaded)."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_absolute() and not p.exists():
+        p = ROOT / p
+    if not p.is_file():
+        raise InputError(f"The encoder weights file '{path}' does not exist; give a local .safetensors file, or "
+                         "encoder_weights: null to train from random initialisation.")
+    target = encoder_of(model)
+    try:
+        state = load_file(str(p))
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one sentence
+        raise InputError(f"'{p.name}' is not a readable safetensors file ({type(e).__name__}).") from None
+    found = _matching_state(target, state)
+    n_own = len([k for k in target.state_dict() if not k.endswith("num_batches_tracked")])
+    n_found = len([k for k in found if not k.endswith("num_batches_tracked")])
+    if n_own and n_found < 0.9 * n_own:
+        raise InputError(f"'{p.name}' fits {n_found} of the encoder's {n_own} tensors by name and shape; it is not "
+                         "a weights file for this encoder.")
+    target.load_state_dict(found, strict=False)
+    return {"encoder": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "tensors_loaded": n_found,
+            "encoder_tensors": n_own}
+
+
+def load_init_weights(model: torch.nn.Module, ref: str) -> dict:
+    """Start from another trained checkpoint (fine-tuning, e.g. report 001's MMOTU-pretrained models on
+    the primary data): every tensor that fits by name and shape is copied; heads whose shape differs
+    (8 MMOTU classes vs 2) keep their fresh initialisation. Returns the card's ``init_from`` entry."""
+    from .checkpoints import load_model
+
+    lm = load_model(ref)
+    found = _matching_state(model, lm.module.state_dict())
+    model.load_state_dict(found, strict=False)
+    n_own = len(model.state_dict())
+    return {"checkpoint": lm.card.get("name") or str(ref), "sha256": lm.card.get("sha256"), "tensors_loaded": len(found),
+            "model_tensors": n_own}
+
+
+def pretrained_entry(model: torch.nn.Module, cfg: dict) -> dict:
+    """Apply ``init_from`` and ``encoder_weights`` to a freshly built model; the card's ``pretrained``
+    field: where the starting weights came from, "random init" when from nowhere."""
+    out: dict = {}
+    if cfg.get("init_from"):
+        out["init_from"] = load_init_weights(model, str(cfg["init_from"]))
+    if cfg.get("encoder_weights"):
+        out.update(load_encoder_weights(model, cfg["encoder_weights"]))
+    elif encoder_of(model) is not model:
+        out.setdefault("encoder", "random init")
+    if not out:
+        out["encoder"] = "random init"
+    return out
 
 
 def _forward_loss(kind, model, loss_fn, batch, spec):
@@ -477,11 +617,13 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
         over.setdefault("img_size", list(size))
     t_start = time.time()
     cases = load_cases(cfg)
-    split = D.patient_split(cases, tuple(cfg["data"]["split"]["fractions"]), int(cfg["data"]["split"]["seed"]))
+    split = split_cases(cases, cfg)
     _log(d, f"[{cfg['name']}] {len(cases)} cases: {len(split['train'])} train / {len(split['val'])} val / "
             f"{len(split['test'])} test; kind={kind}; world={d.world}")
     torch.manual_seed(seed)  # identical initial weights on every rank
-    model = build_model(spec.name, cfg["variant"], **over).to(d.device)
+    model = build_model(spec.name, cfg["variant"], **over)
+    pretrained = pretrained_entry(model, cfg)
+    model = model.to(d.device)
     loss_fn = make_loss(cfg, spec)
     if hasattr(loss_fn, "to"):
         loss_fn = loss_fn.to(d.device)
@@ -522,6 +664,7 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
         if d.world > 1:
             ddp_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[d.local_rank] if "cuda" in d.device else None)
         optim = _optimizer(cfg, net.parameters())
+        sched = _scheduler(cfg["optim"], optim, int(cfg["train"]["epochs"]))
         start_epoch, best, patience_left = 0, -math.inf, int(cfg["train"]["patience"])
         best_loss = math.inf  # breaks ties on the selection metric (see _better)
         select = cfg["train"]["select_by"] if stage_kind != "cascade_cls" else "val_auc"
@@ -536,6 +679,9 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
                 best_metrics_resumed = {k: v for k, v in top.items() if k.startswith("val_")}
                 best_metrics_resumed["best_epoch"] = top["epoch"]
                 best_loss = float(top.get("val_loss", math.inf))
+            if sched is not None and not isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                for _ in range(start_epoch):  # the schedule where it was (plateau restarts its patience)
+                    sched.step()
             _log(d, f"[{name}] resumed at epoch {start_epoch} (weights of the last epoch; best so far {best:.4f})")
         best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         best_metrics: dict = dict(locals().get("best_metrics_resumed", {}))
@@ -604,6 +750,7 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
                 val = validate_2d(stage_kind, net, s_loss, va, d.device)
             row = {"stage": stage_name, "epoch": epoch + 1, "train_loss": train_loss, **val,
                    "lr": optim.param_groups[0]["lr"], "seconds": time.time() - t0}
+            _scheduler_step(sched, val, train_loss)
             history.append(row)
             score, loss_now = _selection(val, select) if val else (math.nan, math.nan)
             improved = _better(score, loss_now, best, best_loss)
@@ -641,6 +788,7 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
     result = {"val": best_overall, "history": history}
     if d.main:
         card = training_card(cfg, spec, name, over, size, split, cases, argv)
+        card["pretrained"] = pretrained
         test_metrics = evaluate_split(model, card, cfg, split["test"], d.device) if cfg.get("evaluate_test") else {}
         card.update({
             "epochs_run": len([h for h in history if h["stage"] == stages[-1][0]]),
