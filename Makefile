@@ -72,10 +72,10 @@ table1: setup
 	  --data data/synthetic/pelvic_eval_seed7 --adapter ut_endomri_d2 --synthetic pelvic:12:7 \
 	  --mc 4 --out runs/cohorts/table1_pelvic
 
-# Reproduce a report's table on the real dataset (place it under data/, see configs/reproduce/*.yaml):
-#   make reproduce-000          lists the commands, one per table row
-#   make reproduce-000 RUN=1    runs them
+# Every result row of a report (configs/reproduce/rows/NNN.yaml), one config each:
+#   make reproduce-001            lists the commands (train per config, evaluate per row with the report's protocol)
+#   make reproduce-001 RUN=1      runs them on the real dataset (place it under data/) and prints the report's
+#                                 numbers beside the reproduced ones (runs/reproduce/001/table.md)
+#   make reproduce-001 SMOKE=1    the same on small synthetic phantoms, one epoch of two steps per config
 reproduce-%: setup
-	@for c in configs/reproduce/$*_*.yaml; do \
-	  echo "$(MEDSEG) train --config $$c"; \
-	  if [ -n "$(RUN)" ]; then $(MEDSEG) train --config $$c || exit 1; fi; done
+	$(MEDSEG) reproduce $* $(if $(or $(RUN),$(SMOKE)),--run) $(if $(SMOKE),--smoke)

@@ -105,6 +105,7 @@ class CaseResult:
     slice_scores: np.ndarray | None = None  # slice classifier: p(ovary present) per slice
     slice_truth: np.ndarray | None = None  # ... and whether the reference has foreground there
     seconds: float = 0.0
+    units: list[dict] | None = None  # a report protocol's scoring units (evaluate_cases(scorer=...))
 
 
 # ----------------------------------------------------------------------------- sources
@@ -174,12 +175,15 @@ def _stem(name: str) -> str:
 
 # ----------------------------------------------------------------------------- the engine
 def evaluate_cases(source, cases, options=None, label_map: dict | None = None, rules: A.TagRules = A.TagRules(),
-                   per_slice: bool = True, progress: Callable[[int, int], None] | None = None) -> Iterator[CaseResult]:
+                   per_slice: bool = True, progress: Callable[[int, int], None] | None = None,
+                   scorer: Callable | None = None) -> Iterator[CaseResult]:
     """Predict every case with ``source`` (a LoadedModel with PredictOptions ``options``, or a
     PredictionFolder) and score it against the case's references; yields one CaseResult per case.
 
     Clinical inputs (menopausal, oncology_center) come from each case's metadata; oracle side
-    masking gets the case's reference. ``per_slice`` adds per-slice records for 3D cases."""
+    masking gets the case's reference. ``per_slice`` adds per-slice records for 3D cases.
+    ``scorer(case, prediction, refs, volume)`` (a report's protocol, :mod:`medseg_core.protocols`)
+    fills ``CaseResult.units`` from the same prediction and references."""
     import time
 
     from .inference import PredictOptions, predict
@@ -240,7 +244,9 @@ def evaluate_cases(source, cases, options=None, label_map: dict | None = None, r
                         bool(tg["ref_present"]), bool(tg["pred_present"]), tg["dice_star"], tg["dice_before_pp"],
                         tg["delta_pp"], tg["frac_on_other"], int(tg["n_components"]),
                         None if u is None else float(u[z]), tg["primary"], tuple(tg["tags"])))
-        if pred.class_probabilities is not None:
+        if scorer is not None:
+            res.units = scorer(case, pred, refs, vol)
+        if pred.class_probabilities is not None and len(pred.class_probabilities) == 2:  # not MMOTU's 8 classes
             res.p_malignant = float(pred.class_probabilities[1])
             if "malignant" in case.extra:
                 res.malignant = int(case.extra["malignant"])

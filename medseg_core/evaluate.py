@@ -16,7 +16,12 @@ evaluation engine (:mod:`medseg_core.engine`), and writes:
   confusion matrix) at the operating threshold.
 
 Under ``torchrun --nproc_per_node N`` each rank evaluates a share of the cases (``cases[rank::N]``)
-and rank 0 gathers and writes the results. A bad input or an unknown model prints one sentence and
+and rank 0 gathers and writes the results.
+
+``--protocol report000|report001|report002|report003|report004`` scores the same predictions the way
+that report did (:mod:`medseg_core.protocols`: what is averaged, which HD95, spacing, empty-mask
+convention, post-processing); ``protocol.csv`` holds its units and ``summary.json`` its means under
+``protocol_scores``. The default stays medseg's own protocol. A bad input or an unknown model prints one sentence and
 exits with status 2.
 """
 from __future__ import annotations
@@ -29,7 +34,10 @@ from pathlib import Path
 from .checkpoints import load_model
 from .cli import guarded
 from .data import datasets as D
+from dataclasses import replace
+
 from .engine import PredictionFolder, evaluate_cases, summarise
+from .protocols import PROTOCOLS, aggregate, get_protocol, scorer as protocol_scorer
 from .io.errors import InputError
 from .options import parse_value, predict_options
 from .tables import write_csv
@@ -52,7 +60,8 @@ def summary_markdown(summary: dict, model: str) -> str:
     lines = [f"# Evaluation of `{model}` ({summary['n_cases']} cases)", "",
              "| label | metric | mean | sd | n |", "| --- | --- | --- | --- | --- |"]
     for lab, s in summary.items():
-        if lab in ("n_cases", "classification", "slice_classification", "options") or not isinstance(s, dict):
+        if lab in ("n_cases", "classification", "slice_classification", "options", "protocol", "protocol_scores") \
+                or not isinstance(s, dict):
             continue
         for k, v in s.items():
             lines.append(f"| {lab} | {k} | {v['mean']:.4f} | {v['sd']:.4f} | {v['n']} |")
@@ -62,10 +71,36 @@ def summary_markdown(summary: dict, model: str) -> str:
                   "| --- | --- | --- | --- | --- | --- | --- |",
                   f"| {c['accuracy']:.3f} | {c['sensitivity']:.3f} | {c['specificity']:.3f} | {c['precision']:.3f} | "
                   f"{c['f1']:.3f} | {c['auc']:.3f} | {c['threshold']} |"]
+    if "protocol_scores" in summary:
+        from .labels import display_name as metric_label
+
+        ps, p = summary["protocol_scores"], summary["protocol"]
+        lines += ["", f"## {p['title']}", "", p["description"], "", f"{ps['n_units']} scoring units.", "",
+                  "| label | metric | mean | n |", "| --- | --- | --- | --- |"]
+        for lab, s in ps.items():
+            if isinstance(s, dict):
+                lines += [f"| {lab} | {metric_label(k)} | {v['mean']:.4f} | {v['n']} |" for k, v in s.items()]
     if "slice_classification" in summary:
         c = summary["slice_classification"]
         lines += ["", f"Slice classification: ROC AUC {c['auc']:.3f} over {c['n_slices']} slices."]
     return "\n".join(lines) + "\n"
+
+
+def split_part(cases: list, checkpoint: str | None, part: str) -> list:
+    """The cases of one part (train / val / test) of the split recorded in ``checkpoint``'s card, by
+    patient: a reproduction is scored on the patients its training run held out."""
+    from .checkpoints import find_checkpoint, read_card
+
+    if not checkpoint:
+        raise InputError("--split needs --split-of (or --model): the checkpoint whose card lists the split.")
+    card = read_card(find_checkpoint(checkpoint)) or {}
+    patients = set((card.get("split") or {}).get(part) or [])
+    if not patients:
+        raise InputError(f"The card of '{checkpoint}' lists no '{part}' patients; evaluate the whole dataset instead.")
+    chosen = [c for c in cases if c.patient_id in patients]
+    if not chosen:
+        raise InputError(f"None of the '{part}' patients of '{checkpoint}' is in this dataset.")
+    return chosen
 
 
 def main(argv=None) -> dict | None:
@@ -84,7 +119,13 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--label-map", default="{}", help='YAML mapping, e.g. "{prostate: expert}"')
     ap.add_argument("--max-cases", type=int, default=None)
     ap.add_argument("--synthetic", default=None, help="KIND:N:SEED: generate a synthetic dataset at --data if absent")
+    ap.add_argument("--protocol", default="medseg", choices=sorted(PROTOCOLS),
+                    help="score as a report did (see medseg_core.protocols); default: medseg's own")
+    ap.add_argument("--split", default=None, choices=("train", "val", "test"),
+                    help="evaluate one part of a training split: needs --split-of (a checkpoint whose card lists it)")
+    ap.add_argument("--split-of", default=None, help="checkpoint whose card's split selects the cases (default --model)")
     a = ap.parse_args(argv)
+    protocol = get_protocol(a.protocol)
     if a.synthetic:
         from .data.make_synthetic import ensure_synthetic, parse_synthetic
 
@@ -95,20 +136,28 @@ def main(argv=None) -> dict | None:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
     rank = dist.get_rank() if world > 1 else 0
-    options = predict_options(a.option)
+    options = predict_options([f"{k}={v}" for k, v in protocol.options.items() if not isinstance(v, tuple)] + a.option)
+    if protocol.options.get("postprocessing") == () and not any(o.startswith("postprocessing=") for o in a.option):
+        options = replace(options, postprocessing=())
     if a.model:
         source = load_model(a.model, directory=a.checkpoints)
         name = source.name
         thr = options.class_threshold if options.class_threshold is not None else (source.spec.class_threshold or 0.5)
+        if protocol.class_threshold is not None and options.class_threshold is None:
+            thr = protocol.class_threshold
     else:
         source = PredictionFolder(a.predictions, a.name, parse_value(a.prediction_labels) or {})
         name, thr = source.name, 0.5
     if not Path(a.data).is_dir():
         raise InputError(f"The dataset folder '{a.data}' does not exist.")
     cases = D.ADAPTERS[a.adapter](a.data)
+    if a.split:
+        cases = split_part(cases, a.split_of or a.model, a.split)
     if a.max_cases:
         cases = cases[: a.max_cases]
-    results = list(evaluate_cases(source, cases[rank::world], options, parse_value(a.label_map) or {}))
+    scorer = None if protocol.name == "medseg" else protocol_scorer(protocol)
+    results = list(evaluate_cases(source, cases[rank::world], options, parse_value(a.label_map) or {},
+                                  scorer=scorer))
     if world > 1:
         for res in results:
             res.prediction = None  # predictions stay on their rank; the records travel
@@ -129,6 +178,12 @@ def main(argv=None) -> dict | None:
     if slices:
         write_csv(out / "per_slice.csv", slices)
     summary = summarise(results, thr)
+    if scorer is not None:
+        units = {str(r.case): r.units or [] for r in results}
+        summary["protocol_scores"] = aggregate(protocol, units)
+        write_csv(out / "protocol.csv", [{"case": c, **u} for c, us in sorted(units.items()) for u in us]
+                  or [{"case": "", "label": "", "slice": ""}])
+    summary["protocol"] = {"name": protocol.name, "title": protocol.title, "description": protocol.description}
     summary["model"] = name
     summary["source"] = a.model or str(a.predictions)
     summary["options"] = {k: v for k, v in options.__dict__.items()}
