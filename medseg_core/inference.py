@@ -1,7 +1,9 @@
 """``predict``: preprocessing -> model -> inverse mapping -> post-processing, on the input grid.
 
 * 2D models run slice-wise over every axial slice in batches (ultrasound: the one image), each
-  slice resized to the model's input size and the probabilities resized back.
+  slice resized to the model's input size and the probabilities resized back. A card with a
+  ``recipe.geometry`` (report 000: 0.35 mm in-plane, pelvis crop) has the volume resampled and cut
+  first and the maps taken back afterwards (:class:`~medseg_core.preprocessing.PelvisGeometry`).
 * 3D models: the volume is resampled to the model's spacing, run with MONAI's
   ``sliding_window_inference`` (Gaussian blending, the spec's roi and overlap), and the
   probabilities are resampled back to the input grid.
@@ -27,7 +29,7 @@ from . import uncertainty as unc
 from .checkpoints import LoadedModel, load_model
 from .io import Volume
 from .io.errors import InputError
-from .preprocessing import SIDE_MODES, SliceResize, apply_side_masking, preprocess, side_mask
+from .preprocessing import SIDE_MODES, SliceResize, apply_side_masking, plan_geometry, preprocess, side_mask
 
 Progress = Callable[[float, str], None]
 _THREADS_SET = False
@@ -203,24 +205,47 @@ def predict(model, volume: Volume, options: PredictOptions | None = None, progre
     params = spec.preprocessing_params if pre_name == spec.preprocessing else {}
     pred.warnings.extend(out_of_envelope(loaded, volume))
     t = time.perf_counter()
-    x = preprocess(pre_name, volume.array, **params)
+    # report 000's geometry (card recipe.geometry): resample in-plane and cut the pelvis box before
+    # slicing, exactly as training prepared the slices; the maps go back onto the input grid below
+    geo, work = None, volume
+    if spec.geometry and spec.dims == "2d" and spec.mode == "slicewise":
+        geo = plan_geometry(volume, **spec.geometry)
+        work = geo.volume(volume)
+        if reference is not None:
+            reference = (geo.forward(np.asarray(reference, np.float32), order=0) > 0.5).astype(np.uint8)
+        timings["geometry_s"] = time.perf_counter() - t
+    x = preprocess(pre_name, work.array, **params)
     timings["preprocess_s"] = time.perf_counter() - t
     prog(0.05, f"preprocessed ({pre_name})")
     with loaded.lock:
         if spec.dims == "3d":
             out = _run_3d(loaded, x, volume, options, prog, timings)
         elif options.side_masking == "two_pass":
-            out = _two_pass(loaded, x, volume, options, prog, timings, pred)
+            out = _two_pass(loaded, x, work, options, prog, timings, pred)
         else:
-            xm, info = apply_side_masking(x, volume, options.side_masking, reference)
+            xm, info = apply_side_masking(x, work, options.side_masking, reference)
             pred.side_info = info
-            out = _run_2d(loaded, xm, volume, options, prog, timings, 0.1, 0.9)
+            out = _run_2d(loaded, xm, work, options, prog, timings, 0.1, 0.9)
+    if geo is not None:
+        out = _geometry_back(geo, out, pred)
     _finish(pred, loaded, volume, options, out, timings)
     if options.gate:
         _apply_gate(pred, volume, options, prog)
     prog(1.0, "done")
     timings["total_s"] = time.perf_counter() - t0
     return pred
+
+
+def _geometry_back(geo, out: dict, pred: Prediction) -> dict:
+    """Maps made on a :class:`~medseg_core.preprocessing.PelvisGeometry` grid back onto the input
+    grid: probabilities and MC samples bilinear, two-pass side masks nearest (0 outside the box)."""
+    out = dict(out)
+    for k in ("seg", "samples", "image"):
+        if k in out:
+            out[k] = geo.inverse(out[k])
+    for side in pred.sides.values():
+        side["mask"] = (geo.inverse(side["mask"], order=0) > 0.5).astype(np.uint8)
+    return out
 
 
 _GATES: dict = {}

@@ -54,6 +54,10 @@ class ModelSpec:
     preprocessing_params: dict = field(default_factory=dict)
     #: the full builder kwargs of a checkpoint (set from its card; empty for registry specs)
     arch_kwargs: dict = field(default_factory=dict)
+    #: 2D slice-wise models: an in-plane geometry step applied to the volume before slicing
+    #: (report 000's 0.35 mm resampling and pelvis crop: keywords of
+    #: :func:`medseg_core.preprocessing.plan_geometry`); empty = none (every card written before it)
+    geometry: dict = field(default_factory=dict)
 
     @property
     def builder_name(self) -> str:

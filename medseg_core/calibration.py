@@ -1,0 +1,183 @@
+"""Does a model's confidence mean anything? Reliability diagrams, expected calibration error and
+temperature scaling, for segmentation (voxel level) and classification (case level).
+
+Binary calibration throughout: a prediction is a probability ``p`` of the positive class (foreground
+voxel, malignant case) and the truth is 0/1. Probabilities are grouped into ``n_bins`` equal-width
+bins on [0, 1]; in each bin the *confidence* is the mean ``p`` and the *observed frequency* is the
+fraction of positives. A calibrated model has frequency = confidence in every bin.
+
+* ECE (expected calibration error) = sum over bins of (n_b / N) * |frequency_b - confidence_b|
+  (Naeini et al. 2015; Guo et al. 2017 use the same binning on the top-class confidence, which for a
+  binary problem is the same diagram folded at 0.5, so the numbers differ: this module uses p of the
+  positive class, the form that reliability diagrams of segmentation maps use);
+* MCE = the largest |frequency_b - confidence_b| over non-empty bins.
+
+Voxel-level ECE over a whole CT is dominated by millions of confidently-right background voxels and
+says little; ``region="near"`` restricts the voxels to the bounding box of prediction and reference
+together, grown by ``margin`` voxels (default 8), which is where a reviewer looks. Both are offered and
+the region is always named with the number.
+
+Temperature scaling (Guo et al. 2017): one scalar ``T > 0`` applied to the logits,
+``p' = sigmoid(logit(p) / T)``, fitted on a validation split by minimising the negative
+log-likelihood (a bounded 1-D search on log T); it changes confidence, never the ranking of
+voxels, so at threshold 0.5 the mask is unchanged. :class:`Accumulator` gathers bin counts case by
+case so a cohort never holds all voxels at once; :func:`fit_temperature` subsamples voxels
+(``max_samples``, seeded) for the fit.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+EPS = 1e-6
+
+
+@dataclass
+class Reliability:
+    """One reliability diagram: per bin the count, mean confidence and observed frequency."""
+
+    edges: np.ndarray
+    counts: np.ndarray
+    confidence: np.ndarray  # NaN in empty bins
+    frequency: np.ndarray  # NaN in empty bins
+    ece: float
+    mce: float
+    n: int
+    region: str = "all"
+
+    def rows(self) -> list[dict]:
+        """One row per non-empty bin, in words for a table."""
+        return [{"Bin": f"{self.edges[i]:.2f}-{self.edges[i + 1]:.2f}", "Voxels or cases": int(self.counts[i]),
+                 "Mean predicted probability": float(self.confidence[i]), "Observed frequency": float(self.frequency[i])}
+                for i in range(len(self.counts)) if self.counts[i]]
+
+
+@dataclass
+class Accumulator:
+    """Bin sums over many cases (a cohort): add probabilities and truths case by case."""
+
+    n_bins: int = 15
+    counts: np.ndarray = field(init=False)
+    sum_p: np.ndarray = field(init=False)
+    sum_y: np.ndarray = field(init=False)
+    region: str = "all"
+
+    def __post_init__(self) -> None:
+        self.counts = np.zeros(self.n_bins, np.int64)
+        self.sum_p = np.zeros(self.n_bins, np.float64)
+        self.sum_y = np.zeros(self.n_bins, np.float64)
+
+    def add(self, probs, truth) -> "Accumulator":
+        p = np.clip(np.asarray(probs, np.float64).ravel(), 0.0, 1.0)
+        y = (np.asarray(truth).ravel() > 0).astype(np.float64)
+        if p.shape != y.shape:
+            raise ValueError(f"probabilities ({p.size}) and truth ({y.size}) differ in size")
+        b = np.minimum((p * self.n_bins).astype(np.int64), self.n_bins - 1)
+        self.counts += np.bincount(b, minlength=self.n_bins)
+        self.sum_p += np.bincount(b, weights=p, minlength=self.n_bins)
+        self.sum_y += np.bincount(b, weights=y, minlength=self.n_bins)
+        return self
+
+    def result(self) -> Reliability:
+        n = int(self.counts.sum())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            conf = np.where(self.counts > 0, self.sum_p / np.maximum(self.counts, 1), np.nan)
+            freq = np.where(self.counts > 0, self.sum_y / np.maximum(self.counts, 1), np.nan)
+        gap = np.abs(freq - conf)
+        ece = float(np.nansum(self.counts / max(n, 1) * gap)) if n else math.nan
+        mce = float(np.nanmax(gap)) if n else math.nan
+        return Reliability(np.linspace(0.0, 1.0, self.n_bins + 1), self.counts.copy(), conf, freq, ece, mce, n,
+                           self.region)
+
+
+def near_region(pred, ref, margin: int = 8) -> tuple[slice, ...]:
+    """The bounding box of prediction and reference together, grown by ``margin`` voxels per side
+    (clipped to the array); the whole array when both are empty."""
+    u = (np.asarray(pred) > 0) | (np.asarray(ref) > 0)
+    if not u.any():
+        return tuple(slice(0, s) for s in u.shape)
+    idx = np.nonzero(u)
+    return tuple(slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, s)) for i, s in zip(idx, u.shape))
+
+
+def reliability(probs, truth, n_bins: int = 15, region: str = "all", pred=None, margin: int = 8) -> Reliability:
+    """The reliability diagram and ECE of one probability map (or a vector of case probabilities)
+    against its truth. ``region="near"`` uses :func:`near_region` of ``pred`` (default: ``probs >= 0.5``)
+    and the truth."""
+    probs, truth = np.asarray(probs), np.asarray(truth)
+    if region == "near":
+        box = near_region(probs >= 0.5 if pred is None else pred, truth, margin)
+        probs, truth = probs[box], truth[box]
+    elif region != "all":
+        raise ValueError(f"region must be 'all' or 'near', not {region!r}")
+    return Accumulator(n_bins, region=region).add(probs, truth).result()
+
+
+# ----------------------------------------------------------------------------- temperature scaling
+def logit(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), EPS, 1 - EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def apply_temperature(probs, temperature: float) -> np.ndarray:
+    """``sigmoid(logit(p) / T)`` in float32 (T = 1 returns the probabilities unchanged)."""
+    if temperature == 1.0:
+        return np.asarray(probs, np.float32)
+    z = logit(probs) / float(temperature)
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
+def nll(probs, truth) -> float:
+    """Mean binary negative log-likelihood (cross-entropy) in nats."""
+    p = np.clip(np.asarray(probs, np.float64).ravel(), EPS, 1 - EPS)
+    y = (np.asarray(truth).ravel() > 0)
+    return float(-np.mean(np.where(y, np.log(p), np.log1p(-p))))
+
+
+def fit_temperature(probs, truth, max_samples: int = 2_000_000, seed: int = 0,
+                    bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """The temperature minimising the NLL of ``sigmoid(logit(p) / T)`` on (a seeded subsample of) the
+    given validation probabilities and truths."""
+    from scipy.optimize import minimize_scalar
+
+    z = logit(probs).ravel()
+    y = (np.asarray(truth).ravel() > 0).astype(np.float64)
+    if z.size != y.size:
+        raise ValueError("probabilities and truth differ in size")
+    if z.size > max_samples:
+        keep = np.random.default_rng(seed).choice(z.size, max_samples, replace=False)
+        z, y = z[keep], y[keep]
+    if y.min() == y.max():
+        raise ValueError("temperature scaling needs both classes in the validation data")
+
+    def f(log_t: float) -> float:
+        s = z / math.exp(log_t)
+        # log(1 + exp(-s)) for y=1 and log(1 + exp(s)) for y=0, stably
+        return float(np.mean(np.logaddexp(0.0, -s) * y + np.logaddexp(0.0, s) * (1 - y)))
+
+    res = minimize_scalar(f, bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
+                          options={"xatol": 1e-5})
+    return float(math.exp(res.x))
+
+
+def reliability_figure(rel: Reliability, title: str = "", height: int = 360):
+    """A plotly reliability diagram: observed frequency against mean predicted probability per bin
+    (marker size by count), the diagonal of perfect calibration, ECE in the title."""
+    import plotly.graph_objects as go
+
+    ok = rel.counts > 0
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="#888"),
+                             name="Perfect calibration", hoverinfo="skip"))
+    size = 6 + 14 * np.sqrt(rel.counts[ok] / max(rel.counts.max(), 1))
+    fig.add_trace(go.Scatter(
+        x=rel.confidence[ok], y=rel.frequency[ok], mode="lines+markers", marker=dict(size=size), name="Model",
+        customdata=rel.counts[ok], hovertemplate="Mean predicted %{x:.2f}<br>Observed %{y:.2f}<br>n = %{customdata}"))
+    where = "all voxels" if rel.region == "all" else "voxels near the structure"
+    fig.update_layout(title=(title + " " if title else "") + f"ECE {rel.ece:.3f} ({where}, n = {rel.n:,})",
+                      xaxis_title="Mean predicted probability", yaxis_title="Observed frequency",
+                      xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1]), height=height,
+                      margin=dict(l=50, r=10, t=50, b=45), showlegend=False)
+    return fig
