@@ -181,3 +181,113 @@ def reliability_figure(rel: Reliability, title: str = "", height: int = 360):
                       xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1]), height=height,
                       margin=dict(l=50, r=10, t=50, b=45), showlegend=False)
     return fig
+
+
+# ----------------------------------------------------------------------------- fitting a checkpoint
+def collect(lm, cases, options=None, region: str = "near", margin: int = 8, per_case: int = 200_000,
+            seed: int = 0, label_map: dict | None = None):
+    """Validation evidence of a model through the one engine: for segmentation a seeded subsample of
+    (probability, truth) voxels per case (``region`` as in :func:`reliability`), for a benign/malignant
+    classifier the cases' (p(malignant), truth). Returns ``(probs, truth, n_cases, kind)``."""
+    from .engine import evaluate_cases
+
+    rng = np.random.default_rng(seed)
+
+    def voxels(case, pred, refs, volume):
+        out = []
+        for lab, ref in refs.items():
+            p = pred.probabilities.get(lab)
+            if p is None:
+                continue
+            box = near_region(pred.masks_before_postprocessing.get(lab, p >= 0.5), ref, margin) if region == "near" \
+                else tuple(slice(0, s) for s in p.shape)
+            pv, yv = p[box].ravel(), (np.asarray(ref)[box] > 0).ravel()
+            if pv.size > per_case:
+                keep = rng.choice(pv.size, per_case, replace=False)
+                pv, yv = pv[keep], yv[keep]
+            out.append({"p": pv.astype(np.float32), "y": yv})
+        return out
+
+    ps, ys, n, kind = [], [], 0, "voxels"
+    for res in evaluate_cases(lm, cases, options, label_map, per_slice=False, scorer=voxels):
+        n += 1
+        if res.p_malignant is not None and res.malignant is not None:
+            kind = "cases"
+            ps.append(np.array([res.p_malignant], np.float32))
+            ys.append(np.array([res.malignant > 0]))
+        else:
+            for u in res.units or []:
+                ps.append(u["p"])
+                ys.append(u["y"])
+    if not ps:
+        raise ValueError("no validation evidence: the cases have no reference masks or class labels")
+    return np.concatenate(ps), np.concatenate(ys), n, kind
+
+
+def calibrate_checkpoint(ref: str, cases, source: str, region: str = "near", write: bool = True,
+                         n_bins: int = 15) -> dict:
+    """Fit a temperature for checkpoint ``ref`` on ``cases`` (its validation data) and store it in the
+    card's ``recipe.calibration`` (with ECE before and after on the same evidence, the region, the
+    number of cases and voxels, and ``source``: what the cases were). Returns that entry."""
+    import datetime
+    import json
+
+    from .checkpoints import find_checkpoint, load_model
+
+    lm = load_model(ref)
+    probs, truth, n_cases, kind = collect(lm, cases, region=region)
+    t = fit_temperature(probs, truth)
+    before = Accumulator(n_bins, region=region).add(probs, truth).result()
+    after = Accumulator(n_bins, region=region).add(apply_temperature(probs, t), truth).result()
+    entry = {"method": "temperature scaling (NLL)", "temperature": round(t, 6), "evidence": kind,
+             "region": region if kind == "voxels" else "cases", "n_cases": n_cases, "n": int(probs.size),
+             "ece_before": before.ece, "ece_after": after.ece, "nll_before": nll(probs, truth),
+             "nll_after": nll(apply_temperature(probs, t), truth), "fitted_on": source,
+             "date": datetime.date.today().isoformat()}
+    if write:
+        cref = find_checkpoint(ref)
+        card = json.loads(cref.card_path.read_text())
+        card.setdefault("recipe", {})["calibration"] = entry
+        cref.card_path.write_text(json.dumps(card, indent=1, default=str))
+    return entry
+
+
+def main(argv=None) -> dict:
+    """``medseg calibrate --model REF --data DIR --adapter A [--split val] [--region near|all] [--dry-run]``"""
+    import argparse
+
+    from .data import datasets as D
+    from .evaluate import split_part
+    from .io.errors import InputError
+
+    ap = argparse.ArgumentParser(description="Fit temperature scaling for a checkpoint on validation data and store "
+                                             "it in its card (the app's 'Calibrated probabilities' switch uses it).")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--adapter", required=True, choices=sorted(D.ADAPTERS))
+    ap.add_argument("--split", default="val", choices=("train", "val", "test", "all"),
+                    help="which part of the checkpoint's recorded split to fit on (default val; all = every case)")
+    ap.add_argument("--region", default="near", choices=("near", "all"))
+    ap.add_argument("--max-cases", type=int, default=None)
+    ap.add_argument("--dry-run", action="store_true", help="print the fit, leave the card unchanged")
+    a = ap.parse_args(argv)
+    from pathlib import Path
+
+    if not Path(a.data).is_dir():
+        raise InputError(f"The dataset folder '{a.data}' does not exist.")
+    cases = D.ADAPTERS[a.adapter](a.data)
+    if a.split != "all":
+        cases = split_part(cases, a.model, a.split)
+    cases = cases[: a.max_cases] if a.max_cases else cases
+    entry = calibrate_checkpoint(a.model, cases, f"{a.adapter}:{a.data} ({a.split}, {len(cases)} cases)",
+                                 region=a.region, write=not a.dry_run)
+    print(f"temperature {entry['temperature']:.3f}: ECE {entry['ece_before']:.4f} -> {entry['ece_after']:.4f}, "
+          f"NLL {entry['nll_before']:.4f} -> {entry['nll_after']:.4f} over {entry['n']:,} {entry['evidence']} of "
+          f"{entry['n_cases']} cases" + (" (card unchanged)" if a.dry_run else " (written to the card)"))
+    return entry
+
+
+if __name__ == "__main__":
+    from .cli import guarded
+
+    guarded(main)

@@ -35,6 +35,7 @@ SUBCOMMANDS = {
     "cohort": ("medseg_core.cohort", "a cohort run (models x option sets) for the failure gallery"),
     "import-bundle": ("medseg_core.checkpoints", "import a MONAI Model Zoo bundle as a checkpoint"),
     "cards": ("medseg_core.cards", "migrate model cards to the current schema"),
+    "calibrate": ("medseg_core.calibration", "fit temperature scaling on validation data, stored in the card"),
     "reproduce": ("medseg_core.reproduce", "list / run every result row of a report (configs/reproduce/rows/)"),
     "bench": (None, "run the benchmarks (writes benchmarks/RESULTS.md; needs the repository)"),
 }

@@ -54,6 +54,8 @@ class PredictOptions:
             first stage, e.g. ``ovary_slice_classifier``): slices it calls free of the structure are
             left empty. 2D slice-wise segmentation models only.
         gate_threshold: p(present) below which a slice is skipped (default: the classifier's card).
+        calibrated: show temperature-scaled probabilities (the card's ``recipe.calibration``, fitted by
+            ``medseg calibrate``); masks and class decisions stay those of the uncalibrated model.
     """
 
     preprocessing: str | None = None
@@ -69,6 +71,7 @@ class PredictOptions:
     class_threshold: float | None = None
     gate: str | None = None
     gate_threshold: float | None = None
+    calibrated: bool = False
 
     def key(self) -> tuple:
         return tuple(sorted(asdict(self).items()))
@@ -97,6 +100,7 @@ class Prediction:
     sides: dict = field(default_factory=dict)
     side_info: dict = field(default_factory=dict)
     gate: dict = field(default_factory=dict)  # slice-classifier gate: model, threshold, skipped slices
+    calibration: dict = field(default_factory=dict)  # temperature applied to the probabilities shown
     options: PredictOptions = field(default_factory=PredictOptions)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -204,6 +208,12 @@ def predict(model, volume: Volume, options: PredictOptions | None = None, progre
     # the card's parameters belong to the card's step; another step chosen by the user runs with its defaults
     params = spec.preprocessing_params if pre_name == spec.preprocessing else {}
     pred.warnings.extend(out_of_envelope(loaded, volume))
+    denoiser = (loaded.card or {}).get("denoiser")
+    if denoiser:  # report 001's denoised models: their annotation-removal checkpoint cleans every input first
+        from .denoise import apply_denoiser
+
+        volume = apply_denoiser(volume, str(denoiser))
+        timings["denoise_s"] = time.perf_counter() - t0
     t = time.perf_counter()
     # report 000's geometry (card recipe.geometry): resample in-plane and cut the pelvis box before
     # slicing, exactly as training prepared the slices; the maps go back onto the input grid below
@@ -294,13 +304,17 @@ def _outputs_to_probs(spec, out) -> dict[str, torch.Tensor]:
     """Model output -> {"seg": (B,L,H,W) probs, "cls": (B,2) probs, "score": (B,), "image": ...}."""
     if spec.task == "restoration":
         return {"image": out}
-    if spec.task == "classification":
-        return {"score": torch.sigmoid(out)[:, 0]}
-    if isinstance(out, dict):
-        r = {"seg": torch.sigmoid(out["seg"]), "cls": torch.softmax(out["cls"], dim=1)}
+    if isinstance(out, dict):  # multitask models; a single-task one (task seg / cls) gives one of the two
+        r = {}
+        if "seg" in out:
+            r["seg"] = torch.sigmoid(out["seg"])
+        if "cls" in out:
+            r["cls"] = torch.softmax(out["cls"], dim=1)
         if "boxes" in out:
             r["boxes"] = out["boxes"]
         return r
+    if spec.task == "classification":
+        return {"score": torch.sigmoid(out)[:, 0]}
     if spec.activation == "softmax":
         return {"seg": torch.softmax(out, dim=1)[:, 1:]}
     return {"seg": torch.sigmoid(out)}
@@ -538,7 +552,20 @@ def _finish(pred: Prediction, loaded: LoadedModel, volume: Volume, options: Pred
         pred.slice_class_probabilities = out["cls"]
         pred.class_probabilities = out["cls"].mean(0)
         ct = options.class_threshold if options.class_threshold is not None else (spec.class_threshold or 0.5)
-        pred.malignant = bool(pred.class_probabilities[1] >= ct)
+        # a benign/malignant head only: MMOTU's 8-class head (report 001) has no p(malignant)
+        pred.malignant = bool(pred.class_probabilities[1] >= ct) if len(pred.class_probabilities) == 2 else None
+    temperature = card_temperature(loaded) if options.calibrated else None
+    if temperature is not None:  # after every decision: calibration changes confidence, not masks
+        from .calibration import apply_temperature
+
+        pred.probabilities = {k: apply_temperature(v, temperature) for k, v in pred.probabilities.items()}
+        if pred.class_probabilities is not None and len(pred.class_probabilities) == 2:
+            pm = float(apply_temperature(np.array([pred.class_probabilities[1]]), temperature)[0])
+            pred.class_probabilities = np.array([1 - pm, pm], np.float32)
+        pred.calibration = {"temperature": temperature}
+    elif options.calibrated:
+        pred.warnings.append("This model's card has no calibration: the probabilities shown are the model's own. "
+                             "Fit one with 'medseg calibrate'.")
     if "score" in out:
         pred.slice_probabilities = out["score"]
     if "image" in out:
@@ -560,6 +587,13 @@ def _finish(pred: Prediction, loaded: LoadedModel, volume: Volume, options: Pred
         if pred.mask is not None:
             pred.uncertainty_scores = unc.uncertainty_scores(pred.uncertainty["entropy"], pred.mask)
         timings["uncertainty_s"] = time.perf_counter() - t
+
+
+def card_temperature(loaded: LoadedModel) -> float | None:
+    """The temperature of the card's ``recipe.calibration`` (None when the model was never calibrated)."""
+    cal = ((loaded.card or {}).get("recipe") or {}).get("calibration") or {}
+    t = cal.get("temperature")
+    return float(t) if t is not None else None
 
 
 def prediction_from_masks(name: str, masks: dict[str, np.ndarray], volume: Volume) -> Prediction:

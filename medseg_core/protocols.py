@@ -98,7 +98,12 @@ def get_protocol(name: str | None) -> Protocol:
 
 
 def _scores(p: Protocol, pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
-    out = {"dice": M.dice_report002(pred, ref) if p.dice == "report002" else M.dice(pred, ref),
+    if p.dice == "report002":  # (N, C, H, W): one slice, one channel
+        d = M.dice_report002(pred.reshape((1, 1) + pred.shape[-2:]).astype(np.float32),
+                             ref.reshape((1, 1) + ref.shape[-2:]).astype(np.float32))
+    else:
+        d = M.dice(pred, ref)
+    out = {"dice": float(d),
            "iou": M.iou(pred, ref), "precision": M.precision(pred, ref), "recall": M.recall(pred, ref),
            "specificity": M.specificity(pred, ref)}
     out["hd95_mm"] = M.hd95_pooled(pred, ref, spacing) if p.hd95 == "pooled" else M.hd95(pred, ref, spacing)

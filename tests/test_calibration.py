@@ -69,3 +69,35 @@ def test_near_region_is_the_box_of_prediction_and_reference_grown_by_the_margin(
     fig = C.reliability_figure(near, "Spleen")
     assert "ECE" in fig.layout.title.text and "near the structure" in fig.layout.title.text
     assert math.isclose(near.ece, abs(0.9 - 1.0) * 50 / near.n + 0.01 * (near.n - 50) / near.n, rel_tol=1e-6)
+
+
+def test_calibrate_a_checkpoint_writes_the_card_and_the_app_option_rescales_probabilities_not_masks(tmp_path):
+    import json
+    import shutil
+
+    from medseg_core.checkpoints import find_checkpoint, load_model
+    from medseg_core.data import datasets as D
+    from medseg_core.data.make_synthetic import ensure_synthetic
+    from medseg_core.inference import PredictOptions, predict
+
+    src = find_checkpoint("ovary_unet")
+    shutil.copy(src.weights, tmp_path / "mine.safetensors")
+    shutil.copy(src.card_path, tmp_path / "mine.json")
+    data = ensure_synthetic(tmp_path / "pelvic", {"kind": "pelvic", "n": 3, "seed": 21})
+    cases = D.ADAPTERS["ut_endomri_d2"](data)
+    ref = str(tmp_path / "mine.safetensors")
+    entry = C.main(["--model", ref, "--data", str(data), "--adapter", "ut_endomri_d2", "--split", "all"])
+    card = json.loads((tmp_path / "mine.json").read_text())
+    assert card["recipe"]["calibration"]["temperature"] == entry["temperature"] > 0
+    assert entry["evidence"] == "voxels" and entry["n_cases"] == 3 and entry["n"] > 1000
+    assert entry["nll_after"] <= entry["nll_before"] + 1e-9  # the fit minimises NLL; T = 1 is a candidate
+    vol, _ = cases[0].load()
+    lm = load_model(ref)
+    raw = predict(lm, vol, PredictOptions())
+    cal = predict(lm, vol, PredictOptions(calibrated=True))
+    p0, p1 = raw.probability, cal.probability
+    np.testing.assert_allclose(p1, C.apply_temperature(p0, entry["temperature"]), atol=1e-5)
+    assert np.array_equal(raw.mask, cal.mask) and cal.calibration == {"temperature": entry["temperature"]}
+    # the shipped card has no calibration: asking for it says so instead of pretending
+    plain = predict(load_model("ovary_unet"), vol, PredictOptions(calibrated=True))
+    assert any("no calibration" in w for w in plain.warnings)
