@@ -7,12 +7,14 @@ name              definition                                                    
 ================  ==================================================================  =========
 BCELoss           mean binary cross-entropy with logits                               000, 002
 SoftDiceLoss      1 - (2 sum(p g) + s) / (sum p + sum g + s), per sample and channel   all
-CompoundLoss      0.4 Dice + 0.6 BCE                                                   002
+CompoundLoss      0.4 Dice + 0.6 BCE (``dice: report002``: smp multilabel DiceLoss)     002
+SmpMultilabel...  smp ``DiceLoss(mode="multilabel")``: per channel over the batch        002
 FocalTverskyLoss  TI = (TP + s)/(TP + a FP + b FN + s); (1 - TI)^gamma                 000
 FocalLoss         alpha (1 - p_t)^gamma BCE, mean (alpha 0.25, gamma 2)                004
 AGBCELoss         annotation-guided BCE, hard = dilate(expert XOR non-expert), w = 4   004
 AdaptiveFocalLoss report 004 section 3.3.6 step by step                               004
 MultiTaskLoss     0.3 Dice(seg, non-empty masks only) + CE(cls, weights [1, 2])        001
+                  (or + softmax focal loss, MMOTU's 8 classes)                         001
 WeightedMSELoss   sum w (clean - pred)^2 / sum w, w = alpha M + beta (1 - M)           001
 ================  ==================================================================  =========
 """
@@ -53,13 +55,50 @@ class SoftDiceLoss(nn.Module):
         return (1.0 - (2.0 * inter + self.smooth) / (denom + self.smooth)).mean()
 
 
-class CompoundLoss(nn.Module):
-    """``dice_weight`` * Dice + ``bce_weight`` * BCE (report 002: 0.4 / 0.6, multilabel)."""
+class SmpMultilabelDiceLoss(nn.Module):
+    """Report 002's Dice term (section 2.4): ``smp.losses.DiceLoss(mode='multilabel')`` with its
+    defaults, called from segmentation-models-pytorch itself (not re-implemented).
 
-    def __init__(self, dice_weight: float = 0.4, bce_weight: float = 0.6):
+    What that is, for the record (smp 0.6 ``DiceLoss.forward``): p = sigmoid(logits); per channel c,
+    sums run over the **whole batch and all pixels** (dims (0, 2)): I_c = sum p g,
+    D_c = sum p + sum g; score_c = (2 I_c + smooth) / max(D_c + smooth, eps) with smooth 0 and
+    eps 1e-7; loss_c = 1 - score_c, set to 0 for a channel with no reference pixel anywhere in the
+    batch (still counted in the mean); loss = mean over channels. It is *not* the per-sample soft
+    Dice of :class:`SoftDiceLoss` (smooth 1e-5, one term per sample and channel, empty channels
+    included): on the same tensors the two differ (tests/test_report002.py).
+    """
+
+    def __init__(self, smooth: float = 0.0, eps: float = 1e-7):
         super().__init__()
+        from segmentation_models_pytorch.losses import DiceLoss
+
+        self.dice = DiceLoss(mode="multilabel", from_logits=True, smooth=smooth, eps=eps)
+
+    def forward(self, logits, target):
+        return self.dice(logits, target.float())
+
+
+#: the Dice terms :class:`CompoundLoss` can use (``loss.params.dice``)
+COMPOUND_DICE = {"per_sample": SoftDiceLoss, "smp_multilabel": SmpMultilabelDiceLoss,
+                 "report002": SmpMultilabelDiceLoss}
+
+
+class CompoundLoss(nn.Module):
+    """``dice_weight`` * Dice + ``bce_weight`` * BCE (report 002: 0.4 / 0.6, multilabel).
+
+    ``dice`` picks the Dice term: ``"per_sample"`` (default, :class:`SoftDiceLoss`, smooth 1e-5)
+    or ``"report002"`` / ``"smp_multilabel"`` (:class:`SmpMultilabelDiceLoss`, report 002 section
+    2.4's ``smp.losses.DiceLoss(mode='multilabel')``). The BCE term is the mean BCE with logits, which
+    is what report 002's ``smp.losses.SoftBCEWithLogitsLoss()`` computes with its defaults (no label
+    smoothing, no ignored label present).
+    """
+
+    def __init__(self, dice_weight: float = 0.4, bce_weight: float = 0.6, dice: str = "per_sample"):
+        super().__init__()
+        if dice not in COMPOUND_DICE:
+            raise ValueError(f"dice must be one of {', '.join(COMPOUND_DICE)}")
         self.dw, self.bw = dice_weight, bce_weight
-        self.dice, self.bce = SoftDiceLoss(), BCELoss()
+        self.dice, self.bce = COMPOUND_DICE[dice](), BCELoss()
 
     def forward(self, logits, target):
         return self.dw * self.dice(logits, target) + self.bw * self.bce(logits, target)
@@ -118,12 +157,18 @@ class FocalLoss(nn.Module):
 
 
 def hard_region(expert: torch.Tensor, other: torch.Tensor, ks: int = 5) -> torch.Tensor:
-    """dilate(expert XOR other) with a ``ks`` x ``ks`` square kernel (binary, same shape)."""
+    """dilate(expert XOR other) with a ``ks`` x ``ks`` square kernel (binary, same shape).
+
+    As ``cv2.dilate(x, cv2.getStructuringElement(MORPH_RECT, (ks, ks)))`` in MicroSegNet's public code:
+    the anchor is the kernel centre ``ks // 2``, so an even kernel (the public trainer uses ks = 2 at
+    the 56 x 56 scale) reaches ``ks // 2`` pixels up/left and ``ks - 1 - ks // 2`` down/right.
+    """
     x = (expert > 0.5) ^ (other > 0.5)
     x = x.float()
     if ks > 1:
-        flat = x.reshape(-1, 1, *x.shape[-2:])
-        flat = F.max_pool2d(flat, ks, stride=1, padding=ks // 2)
+        lo, hi = ks // 2, ks - 1 - ks // 2
+        flat = F.pad(x.reshape(-1, 1, *x.shape[-2:]), (lo, hi, lo, hi))
+        flat = F.max_pool2d(flat, ks, stride=1)
         x = flat.reshape(x.shape)
     return x
 
@@ -136,53 +181,143 @@ class AGBCELoss(nn.Module):
     ``forward(logits, expert, non_expert)``.
     """
 
-    def __init__(self, w: float = 4.0, ks: int = 5):
+    def __init__(self, w: float = 4.0, ks: int = 5, beta: float = 1.0):
         super().__init__()
-        self.w, self.ks = w, ks
+        self.w, self.ks, self.beta = w, ks, beta
 
-    def forward(self, logits, expert, non_expert):
-        hard = hard_region(expert, non_expert, self.ks)
+    def forward(self, logits, expert, non_expert, ks: int | None = None):
+        """``ks`` overrides the dilation kernel for this call (deep supervision: one per scale).
+        ``beta`` scales the per-pixel BCE: MicroSegNet's public ``attention_BCE_loss`` computes
+        -beta y log p - (1 - beta)(1 - y) log(1 - p) with beta 0.5, i.e. 0.5 BCE."""
+        hard = hard_region(expert, non_expert, self.ks if ks is None else ks)
         easy = 1 - hard
-        bce = F.binary_cross_entropy_with_logits(logits, expert.float(), reduction="none")
+        bce = self.beta * F.binary_cross_entropy_with_logits(logits, expert.float(), reduction="none")
         n = bce.numel() / (bce.shape[1] if bce.ndim > 3 else 1)
         return ((easy * bce).sum() / (1 + self.w) + self.w * (hard * bce).sum() / (1 + self.w)) / n
 
 
 class AdaptiveFocalLoss(nn.Module):
-    """Report 004's adaptive focal loss, section 3.3.6, step by step.
+    r"""Report 004's adaptive focal loss, read exactly as section 3.3.6 writes it (``reading="report"``).
 
-    1. N = height x width x channels (as in the report: the batch is *not* in N, so the loss grows
-       with batch size; kept for fidelity).
-    2. hard = dilate(y_true XOR y_std, ks); easy = 1 - hard.
-    3. p = sigmoid(y_pred); p_t = p y + (1 - p)(1 - y);
-       focal = -theta (1 - p_t)^focal_gamma log(p_t + eps)  (theta 0.25, focal_gamma 2 as the
-       report's focal baseline; the report leaves them unnamed).
-    4. hard_loss = sum(focal hard); easy_loss = sum(focal easy).
-    5. difficulty = 1 - mean(p) (the report's "mean prediction confidence": on probabilities);
-       variability = mean(y_std); gamma = difficulty + variability (a weight: no gradient).
-    6. loss = (gamma hard_loss + easy_loss / gamma) / N.
+    The report's algorithm (inputs y_true, y_pred "model predictions", y_std "annotation
+    variability", ks), quoted step by step:
 
-    ``y_std`` is the second annotation the report passes (the non-expert mask in MicroSegNet), or
-    any per-pixel annotation standard-deviation map in [0, 1].
+    1. "N_pixels = height x width x channels".
+    2. "hard_np = y_true_np XOR y_std_np"; "hard_dilated = dilate(hard_np, kernel)" (ks x ks);
+       "easy = 1 - hard_dilated".
+    3. "y_pred_sigmoid = torch.sigmoid(y_pred)"; p_t = p y + (1 - p)(1 - y);
+       "focal_loss = -theta (1 - p_t)^gamma log(p_t + eps)".
+    4. "hard_loss = sum(focal_loss x hard_dilated)"; "easy_loss = sum(focal_loss x easy)".
+    5. "sample_difficulty = 1.0 - mean(y_pred)" -- of y_pred, the tensor the algorithm passes through
+       the sigmoid in step 3, i.e. the network's raw outputs (logits in medseg), *not* of
+       y_pred_sigmoid;
+       "annotation_variability = mean(y_std), where mean(y_std) is the average annotation standard
+       deviation across all pixels" -- with the two annotations of MicroSegNet (expert y_true,
+       non-expert), the per-pixel standard deviation is |e - n| / 2 (population std of two values),
+       so variability = mean(|e - n|) / 2 = (fraction of disagreeing pixels) / 2.
+    6. "gamma = sample_difficulty + annotation_variability"; "weighted_hard_loss = gamma hard_loss";
+       "weighted_easy_loss = easy_loss / gamma"; "LOSS = (weighted_easy_loss + weighted_hard_loss) /
+       N_pixels".
+
+    The focal term's exponent is written gamma, the same symbol as step 6, so it is the adaptive gamma
+    (``focal_gamma="adaptive"``); theta is unnamed in the report (beta in section 3.3.9): 0.5 as the
+    public code. gamma is a weight: no gradient flows through it (the public code takes ``.item()``).
+
+    Where the report's public code (``utils.adaptive_focal_loss``, called by the MicroSegNet trainer
+    with ``torch.sigmoid`` outputs) differs, ``reading="public_code"`` switches all of them:
+
+    ===================  ===========================================  ===========================================
+    parameter            report (default)                             public code
+    ===================  ===========================================  ===========================================
+    ``difficulty_from``  ``"y_pred"``: 1 - mean(logits)               ``"probabilities"``: 1 - mean(sigmoid)
+    ``variability``      ``"annotation_std"``: mean |e - n| / 2        ``"y_std_mean"``: mean(non-expert mask),
+                                                                      its foreground fraction
+    ``n_pixels``         ``"hwc"``: H x W x C (the batch not in N)     ``"bhw"``: B x H x W
+    ===================  ===========================================  ===========================================
+
+    Both: ``theta`` 0.5, ``focal_gamma`` adaptive, eps 1e-6, ``ks`` the dilation kernel (MicroSegNet's
+    trainer: 4 at 224 x 224, 3, 2, 1 at 112, 56, 28 for deep supervision; ``forward(..., ks=)``).
+    The report reading can make gamma <= 0 (1 - mean(logits) <= -variability, when the logits are
+    mostly large and positive); gamma is then clamped to ``gamma_min`` (not in the report, which
+    gives no guard) so 1 / gamma stays finite.
+
+    ``forward(logits, y_true, y_std)``: ``y_std`` is the second (non-expert) annotation, as MicroSegNet
+    passes it.
     """
 
-    def __init__(self, ks: int = 5, theta: float = 0.25, focal_gamma: float = 2.0, eps: float = 1e-7):
-        super().__init__()
-        self.ks, self.theta, self.focal_gamma, self.eps = ks, theta, focal_gamma, eps
+    READINGS = {"report": {"difficulty_from": "y_pred", "variability": "annotation_std", "n_pixels": "hwc"},
+                "public_code": {"difficulty_from": "probabilities", "variability": "y_std_mean", "n_pixels": "bhw"}}
 
-    def forward(self, logits, y_true, y_std):
+    def __init__(self, ks: int = 5, theta: float = 0.5, focal_gamma="adaptive", eps: float = 1e-6,
+                 reading: str = "report", difficulty_from: str | None = None, variability: str | None = None,
+                 n_pixels: str | None = None, gamma_min: float = 1e-3):
+        super().__init__()
+        if reading not in self.READINGS:
+            raise ValueError(f"reading must be one of {', '.join(self.READINGS)}")
+        opts = dict(self.READINGS[reading])
+        for k, v in (("difficulty_from", difficulty_from), ("variability", variability), ("n_pixels", n_pixels)):
+            if v is not None:
+                opts[k] = v
+        if opts["difficulty_from"] not in ("y_pred", "probabilities"):
+            raise ValueError("difficulty_from must be 'y_pred' or 'probabilities'")
+        if opts["variability"] not in ("annotation_std", "y_std_mean"):
+            raise ValueError("variability must be 'annotation_std' or 'y_std_mean'")
+        if opts["n_pixels"] not in ("hwc", "bhw"):
+            raise ValueError("n_pixels must be 'hwc' or 'bhw'")
+        if focal_gamma != "adaptive":
+            focal_gamma = float(focal_gamma)
+        self.ks, self.theta, self.focal_gamma, self.eps = ks, float(theta), focal_gamma, float(eps)
+        self.reading, self.gamma_min = reading, float(gamma_min)
+        self.difficulty_from, self.variability, self.n_pixels = opts["difficulty_from"], opts["variability"], opts["n_pixels"]
+
+    def gamma(self, logits, y_true, y_std) -> torch.Tensor:
+        """Step 5-6: sample_difficulty + annotation_variability (detached, clamped at ``gamma_min``)."""
+        with torch.no_grad():
+            pred = logits.float() if self.difficulty_from == "y_pred" else torch.sigmoid(logits.float())
+            difficulty = 1.0 - pred.mean()
+            if self.variability == "annotation_std":
+                e, n = (y_true > 0.5).float(), (y_std > 0.5).float()
+                variability = ((e - n).abs() / 2).mean()
+            else:
+                variability = y_std.float().mean()
+            return torch.clamp(difficulty + variability, min=self.gamma_min)
+
+    def forward(self, logits, y_true, y_std, ks: int | None = None):
         y = y_true.float()
-        n_pixels = float(torch.tensor(logits.shape[1:]).prod())
-        hard = hard_region(y, y_std, self.ks)
+        if self.n_pixels == "hwc":
+            n_pixels = float(torch.tensor(logits.shape[1:]).prod())
+        else:
+            n_pixels = float(logits.shape[0] * logits.shape[-2] * logits.shape[-1])
+        hard = hard_region(y, y_std, self.ks if ks is None else ks)
         easy = 1 - hard
+        gamma = self.gamma(logits, y, y_std)
+        exponent = gamma if self.focal_gamma == "adaptive" else self.focal_gamma
         p = torch.sigmoid(logits)
         pt = p * y + (1 - p) * (1 - y)
-        focal = -self.theta * (1 - pt).pow(self.focal_gamma) * torch.log(pt + self.eps)
+        focal = -self.theta * (1 - pt).pow(exponent) * torch.log(pt + self.eps)
         hard_loss = (focal * hard).sum()
         easy_loss = (focal * easy).sum()
-        gamma = (1.0 - p.mean()).detach() + y_std.float().mean()
-        gamma = torch.clamp(gamma, min=1e-3)
         return (gamma * hard_loss + easy_loss / gamma) / n_pixels
+
+
+class MultiClassFocalLoss(nn.Module):
+    """Softmax focal loss (Lin et al. 2017) for C classes: mean over samples of
+    -(1 - p_t)^gamma log p_t, with p_t the softmax probability of the true class; optional per-class
+    ``alpha`` weights multiply each sample's term. Report 001 uses focal loss for the 8 MMOTU classes
+    (Appendix B) and names no gamma; 2 is Lin et al.'s default. ``forward(logits (N, C), label (N,))``."""
+
+    def __init__(self, gamma: float = 2.0, alpha=None):
+        super().__init__()
+        self.gamma = float(gamma)
+        self.alpha = None if alpha is None else torch.tensor(alpha, dtype=torch.float32)
+
+    def forward(self, logits, label):
+        label = label.long()
+        logp_t = F.log_softmax(logits, dim=1).gather(1, label[:, None])[:, 0]
+        loss = -(1 - logp_t.exp()).pow(self.gamma) * logp_t
+        if self.alpha is not None:
+            loss = loss * self.alpha.to(logits.device, logits.dtype)[label]
+        return loss.mean()
 
 
 class MultiTaskLoss(nn.Module):
@@ -190,21 +325,40 @@ class MultiTaskLoss(nn.Module):
 
     Dice is computed only on samples whose reference mask is non-empty (a normal ovary with no
     lesion must not be pushed towards an empty prediction by Dice's 0/0). ``forward(outputs,
-    mask, label)`` with ``outputs = {"seg": logits, "cls": logits}``.
+    mask, label)`` with ``outputs = {"seg": logits, "cls": logits}``; a single-task network
+    (``task`` seg or cls) gives only one of the two and only that term is computed.
+    ``cls_loss="focal"`` (MMOTU, report 001 Appendix B: 0.3 Dice + 1.0 Focal) uses
+    :class:`MultiClassFocalLoss` (``focal_gamma``) instead of weighted cross-entropy;
+    ``class_weights`` None means unweighted (the [1, 2] default is for the 2 primary-data classes).
     """
 
-    def __init__(self, seg_weight: float = 0.3, cls_weight: float = 1.0, class_weights=(1.0, 2.0)):
+    def __init__(self, seg_weight: float = 0.3, cls_weight: float = 1.0, class_weights=(1.0, 2.0),
+                 cls_loss: str = "ce", focal_gamma: float = 2.0):
         super().__init__()
-        self.sw, self.cw = seg_weight, cls_weight
-        self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32))
+        if cls_loss not in ("ce", "focal"):
+            raise ValueError("cls_loss must be 'ce' or 'focal'")
+        self.sw, self.cw, self.cls_loss = seg_weight, cls_weight, cls_loss
+        self.register_buffer("class_weights", None if class_weights is None
+                             else torch.tensor(class_weights, dtype=torch.float32))
         self.dice = SoftDiceLoss()
+        self.focal = MultiClassFocalLoss(focal_gamma, class_weights) if cls_loss == "focal" else None
 
     def forward(self, outputs, mask, label):
-        seg, cls = outputs["seg"], outputs["cls"]
-        nonempty = mask.flatten(1).sum(1) > 0
-        dice = self.dice(seg[nonempty], mask[nonempty]) if nonempty.any() else seg.sum() * 0.0
-        ce = F.cross_entropy(cls, label.long(), weight=self.class_weights.to(cls.dtype))
-        return self.sw * dice + self.cw * ce
+        total = 0.0
+        if "seg" in outputs:
+            seg = outputs["seg"]
+            nonempty = mask.flatten(1).sum(1) > 0
+            dice = self.dice(seg[nonempty], mask[nonempty]) if nonempty.any() else seg.sum() * 0.0
+            total = total + self.sw * dice
+        if "cls" in outputs:
+            cls = outputs["cls"]
+            if self.focal is not None:
+                term = self.focal(cls, label)
+            else:
+                w = None if self.class_weights is None else self.class_weights.to(cls.dtype)
+                term = F.cross_entropy(cls, label.long(), weight=w)
+            total = total + self.cw * term
+        return total
 
 
 class WeightedMSELoss(nn.Module):
@@ -222,6 +376,6 @@ class WeightedMSELoss(nn.Module):
         return (w * (clean - pred) ** 2).sum() / w.sum()
 
 
-LOSSES = {"bce": BCELoss, "dice": SoftDiceLoss, "compound": CompoundLoss, "focal_tversky": FocalTverskyLoss,
+LOSSES = {"bce": BCELoss, "dice": SoftDiceLoss, "dice_smp_multilabel": SmpMultilabelDiceLoss, "compound": CompoundLoss, "focal_tversky": FocalTverskyLoss,
           "focal": FocalLoss, "agbce": AGBCELoss, "adaptive_focal": AdaptiveFocalLoss, "multitask": MultiTaskLoss,
           "weighted_mse": WeightedMSELoss}

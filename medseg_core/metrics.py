@@ -111,6 +111,28 @@ def hd95(pred, ref, spacing: Sequence[float] | None = None, percentile: float = 
     return _hd(*surface_distances(pred, ref, spacing), percentile)
 
 
+def hd95_pooled(pred, ref, spacing: Sequence[float] | None = None, percentile: float = 95.0) -> float:
+    """medpy's ``metric.binary.hd95`` in mm: the 95th percentile of the **pooled** directed surface
+    distances, ``np.percentile(np.hstack((d(pred -> ref), d(ref -> pred))), 95)``.
+
+    This is the HD95 of MicroSegNet's and report 004's evaluation (``utils.calculate_metric_percase``
+    calls medpy's ``hd95`` per slice, in pixels, then multiplies by 0.033586 mm; with equal in-plane
+    spacing that equals passing the spacing here). medpy's surfaces are ``mask ^ binary_erosion(mask,
+    generate_binary_structure(ndim, connectivity=1))``: a foreground pixel with a 4-connected (6 in
+    3D) background neighbour or on the image border (erosion's border value 0) -- the same surface as
+    :func:`surface_distances`, whose ``ndimage.binary_erosion`` default structure is that connectivity-1
+    element. Distances: ``distance_transform_edt`` of the other mask's surface complement with
+    ``sampling`` = spacing.
+
+    It differs from :func:`hd95` (the max of the two directed 95th percentiles, MONAI's definition):
+    when one direction has the far outliers, the pooled percentile dilutes them with the other
+    direction's small distances and is smaller (tests/test_report004.py has a hand-made pair).
+    medpy raises on an empty mask; here NaN.
+    """
+    a, b = surface_distances(pred, ref, spacing)
+    return NAN if a.size == 0 else float(np.percentile(np.concatenate([a, b]), percentile))
+
+
 def assd(pred, ref, spacing: Sequence[float] | None = None) -> float:
     """Average symmetric surface distance in mm (NaN if either mask is empty)."""
     return _assd(*surface_distances(pred, ref, spacing))
@@ -148,6 +170,38 @@ def nanmean(values) -> float:
     v = np.asarray([x for x in values if x is not None], dtype=float)
     v = v[~np.isnan(v)]
     return float(v.mean()) if v.size else NAN
+
+
+def dice_report002(pred_probs_or_masks, ref, threshold: float = 0.5, eps: float = 0.001,
+                   reduction: str = "mean"):
+    """Report 002's Dice (section 2.4, its ``dice_coefficient(groundtruth, y_pred, thr=0.5,
+    epsilon=0.001)``), on arrays or tensors shaped ``(N, C, H, W)`` (or one slice ``(C, H, W)``).
+
+    pred = (pred_probs_or_masks > threshold) (probabilities, or 0/1 masks, which pass unchanged);
+    per slice n and channel (organ) c: (2 |P ∩ G| + eps) / (|P| + |G| + eps), sums over H and W.
+    So a channel empty in both prediction and reference scores **1** (eps / eps), a false positive
+    on an empty reference about 0. This differs from :func:`dice`, where both-empty is NaN and
+    excluded. ``reduction="mean"``: the mean over every (slice, channel) pair, as the report's
+    ``.mean(dim=(1, 0))`` does within a batch (a float); ``"none"``: the ``(N, C)`` array.
+    """
+    p = np.asarray(pred_probs_or_masks.detach().cpu() if hasattr(pred_probs_or_masks, "detach") else pred_probs_or_masks,
+                   dtype=np.float64)
+    g = np.asarray(ref.detach().cpu() if hasattr(ref, "detach") else ref, dtype=np.float64)
+    if p.shape != g.shape:
+        raise ValueError(f"prediction {p.shape} and reference {g.shape} differ in shape")
+    if p.ndim == 3:
+        p, g = p[None], g[None]
+    if p.ndim != 4:
+        raise ValueError("dice_report002 expects (N, C, H, W) or (C, H, W)")
+    pb = (p > threshold).astype(np.float64)
+    inter = (g * pb).sum(axis=(2, 3))
+    den = g.sum(axis=(2, 3)) + pb.sum(axis=(2, 3))
+    d = (2 * inter + eps) / (den + eps)
+    if reduction == "none":
+        return d
+    if reduction != "mean":
+        raise ValueError("reduction must be 'mean' or 'none'")
+    return float(d.mean())
 
 
 # ----------------------------------------------------------------------------- classification

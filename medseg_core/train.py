@@ -49,11 +49,12 @@ from . import losses as L
 from . import metrics as M
 from .tables import write_csv
 from .checkpoints import LoadedModel, RESEARCH_NOTICE, save_checkpoint
+from . import train_features as TF
 from .data import datasets as D
 from .io.errors import InputError
-from .models import build_model, count_parameters, get_spec, list_models
+from .models import build_model, count_parameters, get_spec, list_models, model_kwargs
 from .options import parse_pairs, set_dotted
-from .preprocessing import SliceResize, apply_side_masking, preprocess
+from .preprocessing import SliceResize, apply_side_masking, plan_geometry, preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,12 +63,12 @@ DEFAULTS: dict[str, Any] = {
     "data": {"adapter": None, "root": None, "synthetic": None, "split": {"fractions": [0.7, 0.15, 0.15], "seed": 0},
              "positive_slices_only": False, "negative_fraction": 0.0, "label_map": {}, "max_cases": None},
     "preprocessing": None, "preprocessing_params": None, "postprocessing": None, "threshold": None, "title": None,
-    "body_region": None, "anatomy": None, "side_masking_train": "none",
+    "body_region": None, "anatomy": None, "side_masking_train": "none", "geometry": None,
     "loss": {"name": "bce", "params": {}},
     "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9, "scheduler": None},
     "encoder_weights": None, "init_from": None,
     "train": {"epochs": 20, "batch_size": 8, "patience": 10, "select_by": "val_dice", "seed": 0,
-              "max_steps_per_epoch": None, "val_every": 1},
+              "max_steps_per_epoch": None, "val_every": 1, "select_on": "original"},
     "augment": {"flip": True, "vflip": False, "rotate_deg": 10.0, "translate": 0.05, "intensity": 0.1},
     "roi": None, "samples_per_volume": 4,
     "log": {"tensorboard": False},
@@ -161,6 +162,8 @@ def load_cases(cfg: dict) -> list:
     root = ensure_data(cfg)
     adapter = D.ADAPTERS[cfg["data"]["adapter"]]
     cases = adapter(root)
+    if cfg["data"].get("drop_unlabelled"):  # report 002 section 2.2: unlabelled slices dropped before the split
+        cases = D.drop_unlabelled(cases)
     n = cfg["data"].get("max_cases")
     return cases[: int(n)] if n else cases
 
@@ -187,6 +190,14 @@ def _preprocessing(spec, cfg) -> tuple[str, dict]:
     return pre, dict(params)
 
 
+def _geometry(spec, cfg) -> dict:
+    """The in-plane geometry step (report 000: ``{inplane_mm: 0.35, crop: body, margin_mm}``) this
+    run trains with and writes into the card (``recipe.geometry``); config ``geometry`` (``{}`` for
+    none), else the registry spec's."""
+    g = cfg.get("geometry")
+    return dict(spec.geometry if g is None else g)
+
+
 def prepare_2d(cases, spec, cfg, size, training: bool) -> dict[str, np.ndarray]:
     """Slices on the model grid, prepared exactly as predict() prepares them."""
     pre, params = _preprocessing(spec, cfg)
@@ -194,8 +205,19 @@ def prepare_2d(cases, spec, cfg, size, training: bool) -> dict[str, np.ndarray]:
     kind = kind_of(spec, cfg)
     X, Y, EXTRA, LAB, CLIN, PID, CASE = [], [], [], [], [], [], []
     rng = np.random.default_rng(cfg["train"]["seed"])
+    denoiser = cfg.get("denoiser") if kind != "restore" else None
+    label_key = dcfg.get("label_key") or "malignant"
+    geometry = _geometry(spec, cfg)
     for case in cases:
         vol, masks = case.load()
+        if denoiser:  # report 001's denoised rows: annotation removal before everything (medseg_core.denoise)
+            from .denoise import apply_denoiser
+
+            vol = apply_denoiser(vol, str(denoiser))
+        if geometry and kind in ("seg2d", "cls2d"):  # report 000: 0.35 mm in-plane + pelvis crop, as predict() does
+            geo = plan_geometry(vol, **geometry)
+            vol = geo.volume(vol)
+            masks = {k: (geo.forward(np.asarray(m, np.float32), order=0) > 0.5).astype(np.uint8) for k, m in masks.items()}
         x = preprocess(pre, vol.array, **params)
         if kind == "restore":
             clean_path = Path(case.image).parent.parent / "clean" / f"{case.case_id}.PNG"
@@ -210,7 +232,10 @@ def prepare_2d(cases, spec, cfg, size, training: bool) -> dict[str, np.ndarray]:
             continue
         ys = _label_masks(spec, masks, dcfg.get("label_map", {})) if kind != "cls2d" else [
             (next(iter(masks.values())) > 0).astype(np.uint8)]
-        if cfg.get("side_masking_train", "none") == "oracle":
+        # Model 7 (report 000 section 3.5): masked training images; the validation images that pick
+        # the checkpoint are the original ones unless train.select_on says masked
+        if cfg.get("side_masking_train", "none") == "oracle" and (
+                training or cfg["train"].get("select_on", "original") == "masked"):
             x, _ = apply_side_masking(x, vol, "oracle", ys[0])
         rs = SliceResize(x.shape[-2:], size)
         xr = rs.forward(x)
@@ -223,12 +248,17 @@ def prepare_2d(cases, spec, cfg, size, training: bool) -> dict[str, np.ndarray]:
             pos = yr.reshape(yr.shape[0], -1).any(1)
             neg = ~pos & (rng.random(x.shape[0]) < float(dcfg.get("negative_fraction", 0.0)))
             keep = pos | neg
+        if dcfg.get("drop_unlabelled") and kind in ("seg2d",):  # report 002: slices with no organ mask
+            keep = yr.reshape(yr.shape[0], -1).any(1)
         X.append(xr[keep])
         Y.append(yr[keep])
         if extra is not None:
             EXTRA.append(extra[keep])
         if kind in ("mtl", "cascade"):
-            LAB += [int(case.extra.get("malignant", 0))] * int(keep.sum())
+            if label_key not in case.extra:
+                raise InputError(f"Case '{case.case_id}' has no '{label_key}' (data.label_key); the "
+                                 f"{cfg['data']['adapter']} adapter gives {sorted(case.extra)}.")
+            LAB += [int(case.extra[label_key])] * int(keep.sum())
             CLIN += [[float(case.extra.get("menopausal", 0)), float(case.extra.get("oncology_center", 0))]] * int(keep.sum())
         PID += [case.patient_id] * int(keep.sum())
         CASE += [case.case_id] * int(keep.sum())
@@ -287,6 +317,39 @@ def augment_2d(x: torch.Tensor, ys: list[torch.Tensor], a: dict, gen: torch.Gene
         shift = (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * j * x.std()
         x = x * scale + shift
     return x, ys
+
+
+_AXES_3D = {"z": -3, "y": -2, "x": -1}
+
+
+def augment_3d(x: torch.Tensor, y: torch.Tensor, a: dict, gen: torch.Generator):
+    """3D training augmentation of a batch (B, C, Z, Y, X), image and label moved alike (report 003
+    section III.B: "random flipping, rotation"):
+
+    * ``flip``: each axis of ``flip_axes`` (words z / y / x; default all three) flipped with
+      probability 0.5 (MONAI ``RandFlipd``); the public code's config names MONAI spatial axes
+      [0, 1] of RAS arrays, i.e. x and y.
+    * ``rotate_deg``: a rotation by angles drawn uniformly in +-``rotate_deg`` about each axis
+      (MONAI ``RandRotated(range_x=range_y=range_z)``), done with MONAI's ``Rotate`` per sample:
+      bilinear for the image, nearest for the label, zeros outside, same size.
+    Draws come from ``gen`` so a seeded run repeats."""
+    if a.get("flip"):
+        for name in a.get("flip_axes") or ("z", "y", "x"):
+            ax = _AXES_3D[str(name)]
+            f = (torch.rand(x.shape[0], generator=gen) < 0.5)[:, None, None, None, None]
+            x = torch.where(f.to(x.device), x.flip(ax), x)
+            y = torch.where(f.to(y.device), y.flip(ax), y)
+    deg = float(a.get("rotate_deg") or 0)
+    if deg:
+        from monai.transforms import Rotate
+
+        xs, ys = [], []
+        for i in range(x.shape[0]):
+            ang = tuple(float(v) for v in (torch.rand(3, generator=gen) * 2 - 1) * math.radians(deg))
+            xs.append(torch.as_tensor(Rotate(ang, keep_size=True, mode="bilinear", padding_mode="zeros")(x[i])))
+            ys.append(torch.as_tensor(Rotate(ang, keep_size=True, mode="nearest", padding_mode="zeros")(y[i])))
+        x, y = torch.stack(xs).as_subclass(torch.Tensor), torch.stack(ys).as_subclass(torch.Tensor)
+    return x, y
 
 
 def random_crops_3d(vols, roi, n_per_volume, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -370,6 +433,8 @@ def _optimizer(cfg, params):
 SCHEDULERS = {
     "step": "StepLR", "multistep": "MultiStepLR", "cosine": "CosineAnnealingLR",
     "cosine_warm_restarts": "CosineAnnealingWarmRestarts", "plateau": "ReduceLROnPlateau", "exponential": "ExponentialLR",
+    # MicroSegNet (report 004): lr = base (1 - t / T)^0.9; torch's PolynomialLR, stepped per epoch here
+    "poly": "PolynomialLR",
 }
 
 
@@ -387,6 +452,9 @@ def _scheduler(o: dict, optim: torch.optim.Optimizer, epochs: int):
         raise InputError(f"The config asks for scheduler '{name}'; medseg knows {', '.join(['none', *SCHEDULERS])}.")
     if name == "cosine":
         sc.setdefault("T_max", max(int(epochs), 1))
+    if name == "poly":
+        sc.setdefault("total_iters", max(int(epochs), 1))
+        sc.setdefault("power", 0.9)
     return getattr(torch.optim.lr_scheduler, SCHEDULERS[name])(optim, **sc)
 
 
@@ -421,6 +489,8 @@ def split_cases(cases: list, cfg: dict) -> dict[str, list]:
         else:
             raise InputError(f"data.split.counts asks for {sum(counts)} patients but the dataset has {n}; "
                              "give counts that sum to the number of patients, or fractions.")
+    if sp.get("stratify"):  # report 002 section 2.2: a case-level split keeping each stratum's share
+        return D.stratified_split(cases, fractions, int(sp.get("seed", 0)), by=str(sp["stratify"]))
     return D.patient_split(cases, fractions, int(sp.get("seed", 0)))
 
 
@@ -506,6 +576,18 @@ def pretrained_entry(model: torch.nn.Module, cfg: dict) -> dict:
     return out
 
 
+def cascade_seg_loss(cfg: dict) -> torch.nn.Module:
+    """The cascade segmenter's loss, ``cascade.seg_loss``: ``dice`` (report 001 section 5.3 / Appendix B:
+    the segmentation-only EfficientNet-B0 trained with Dice loss) or ``compound`` (0.5 Dice + 0.5 BCE,
+    the shipped demo cascade; the default)."""
+    name = (cfg.get("cascade") or {}).get("seg_loss", "compound")
+    if name == "compound":
+        return L.CompoundLoss(0.5, 0.5)
+    if name not in L.LOSSES:
+        raise InputError(f"cascade.seg_loss '{name}' is not a loss medseg knows ({', '.join(L.LOSSES)}).")
+    return L.LOSSES[name]()
+
+
 def _forward_loss(kind, model, loss_fn, batch, spec):
     x = batch["x"]
     if kind == "seg3d":
@@ -522,7 +604,12 @@ def _forward_loss(kind, model, loss_fn, batch, spec):
     if kind == "cascade_cls":
         return loss_fn(model(x, batch["clinical"]), batch["label"])
     logits = model(x)
-    if isinstance(loss_fn, (L.AGBCELoss, L.AdaptiveFocalLoss)):
+    guided = isinstance(loss_fn, (L.AGBCELoss, L.AdaptiveFocalLoss))
+    if isinstance(logits, (list, tuple)):  # deep supervision (TransUNet in train mode): MicroSegNet's sum
+        from .deep_supervision import deep_supervision_loss
+
+        return deep_supervision_loss(loss_fn, logits, batch["y"], batch["non_expert"] if guided else None)
+    if guided:
         return loss_fn(logits, batch["y"], batch["non_expert"])
     return loss_fn(logits, batch["y"])
 
@@ -536,20 +623,27 @@ def _batches(arrays: dict, idx: np.ndarray, bs: int, device):
 @torch.no_grad()
 def validate_2d(kind, model, loss_fn, arrays, device, bs=16) -> dict:
     model.eval()
-    losses, dices, probs, labels = [], [], [], []
+    losses, dices, probs, labels, correct = [], [], [], [], []
+    dices002: list = []  # report 002's Dice per (slice, organ), both-empty = 1 (metrics.dice_report002)
     idx = np.arange(len(arrays["x"]))
     for b in _batches(arrays, idx, bs, device):
         losses.append(float(_forward_loss(kind, model, loss_fn, b, None)) * len(b["x"]))
         if kind in ("seg2d", "mtl", "cascade_seg"):
             out = model(b["x"], b["clinical"]) if kind == "mtl" else model(b["x"])
-            seg = out["seg"] if isinstance(out, dict) else out
-            p = (torch.sigmoid(seg) > 0.5).cpu().numpy()
-            y = b["y"].cpu().numpy() > 0.5
-            for i in range(len(p)):
-                if y[i].any():
-                    dices.append(M.dice(p[i], y[i]))
-            if kind == "mtl":
-                probs += torch.softmax(out["cls"], 1)[:, 1].cpu().tolist()
+            seg = out.get("seg") if isinstance(out, dict) else out
+            if seg is not None:  # a classification-only network has no segmentation output
+                p = (torch.sigmoid(seg) > 0.5).cpu().numpy()
+                y = b["y"].cpu().numpy() > 0.5
+                for i in range(len(p)):
+                    if y[i].any():
+                        dices.append(M.dice(p[i], y[i]))
+                if kind == "seg2d":
+                    dices002 += M.dice_report002(p, y, reduction="none").ravel().tolist()
+            if kind == "mtl" and "cls" in out:
+                sm = torch.softmax(out["cls"], 1)
+                if sm.shape[1] == 2:
+                    probs += sm[:, 1].cpu().tolist()
+                correct += (sm.argmax(1) == b["label"]).cpu().tolist()
                 labels += b["label"].cpu().tolist()
         if kind in ("cls2d",):
             probs += torch.sigmoid(model(b["x"])[:, 0]).cpu().tolist()
@@ -560,8 +654,12 @@ def validate_2d(kind, model, loss_fn, arrays, device, bs=16) -> dict:
     out = {"val_loss": sum(losses) / max(len(idx), 1)}
     if dices:
         out["val_dice"] = float(np.mean(dices))
+    if dices002:
+        out["val_dice_report002"] = float(np.mean(dices002))
     if probs:
         out["val_auc"] = M.roc_auc(labels, probs)
+    if correct:
+        out["val_accuracy"] = float(np.mean(correct))
     return out
 
 
@@ -645,6 +743,10 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
     stages = [("main", kind)]
     if kind == "cascade":
         stages = [("segmenter", "cascade_seg"), ("classifier", "cascade_cls")]
+    phases = TF.phases_of(cfg) if kind not in ("cascade", "seg3d") else []
+    if phases:  # train.phases (report 002 section 3.2): one stage per phase, run one after another
+        stages = [(ph["name"], kind) for ph in phases]
+    carried = None  # best (score, loss, metrics, weights) handed from one phase to the next
     history: list[dict] = []
     best_overall = {}
     for stage_name, stage_kind in stages:
@@ -652,7 +754,7 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
             model.segmenter if stage_kind == "cascade_seg" else model.classifier)
         s_loss = loss_fn
         if stage_kind == "cascade_seg":
-            s_loss = L.CompoundLoss(0.5, 0.5)
+            s_loss = cascade_seg_loss(cfg)
             tr = {k: v for k, v in train_arrays.items()}
             va = {k: v for k, v in val_arrays.items()}
         elif stage_kind == "cascade_cls":
@@ -663,11 +765,18 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
         ddp_net = net
         if d.world > 1:
             ddp_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[d.local_rank] if "cuda" in d.device else None)
-        optim = _optimizer(cfg, net.parameters())
-        sched = _scheduler(cfg["optim"], optim, int(cfg["train"]["epochs"]))
+        phase = next((ph for ph in phases if ph["name"] == stage_name), None)
+        if phase:  # its epochs, optimiser, scheduler and frozen parts (train_features.apply_freeze)
+            TF.apply_freeze(net, phase)
+        epochs = phase["epochs"] if phase else int(cfg["train"]["epochs"])
+        optim = _optimizer({"optim": phase["optim"]}, [q for q in net.parameters() if q.requires_grad]) \
+            if phase else _optimizer(cfg, net.parameters())
+        sched = _scheduler(phase["optim"] if phase else cfg["optim"], optim, epochs)
         start_epoch, best, patience_left = 0, -math.inf, int(cfg["train"]["patience"])
         best_loss = math.inf  # breaks ties on the selection metric (see _better)
-        select = cfg["train"]["select_by"] if stage_kind != "cascade_cls" else "val_auc"
+        # the cascade's classifier: cascade.cls_select_by (report 001: val_loss, Appendix B; the shipped demo: val_auc)
+        select = cfg["train"]["select_by"] if stage_kind != "cascade_cls" else \
+            (cfg.get("cascade") or {}).get("cls_select_by", "val_auc")
         if resume and stage_name == stages[-1][0]:
             start_epoch, best, history = load_training_state(Path(resume), net, optim)
             scored = [h for h in history if h.get(select) is not None and h["stage"] == stage_name]
@@ -685,11 +794,12 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
             _log(d, f"[{name}] resumed at epoch {start_epoch} (weights of the last epoch; best so far {best:.4f})")
         best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         best_metrics: dict = dict(locals().get("best_metrics_resumed", {}))
+        if phase and carried:  # a later phase starts from, and competes with, the earlier phases' best epoch
+            best, best_loss, best_metrics, best_state = carried
         gen = torch.Generator().manual_seed(seed + 1000 * d.rank)
         rng = np.random.default_rng(seed + d.rank)
         log_path = out_dir / f"{name}_log.csv"
         writer = _tensorboard(cfg, out_dir, name) if d.main else None
-        epochs = int(cfg["train"]["epochs"])
         for epoch in range(start_epoch, epochs):
             t0 = time.time()
             net.train()
@@ -700,6 +810,9 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
                 arrays = tr
             n = len(arrays["x"])
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).numpy()
+            weighted = TF.epoch_order(cfg, arrays, seed, epoch) if stage_kind == "seg2d" else None
+            if weighted is not None:  # train.sampler (report 002: WeightedRandomSampler by organ combination)
+                order = weighted
             order = order[d.rank::d.world]  # distributed sampler: a disjoint shard per rank
             bs = int(cfg["train"]["batch_size"])
             max_steps = cfg["train"].get("max_steps_per_epoch")
@@ -716,14 +829,12 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
                 b = {k: torch.from_numpy(v[sel]).to(d.device) for k, v in arrays.items() if k not in ("pid", "case")}
                 if stage_kind in ("seg2d", "mtl", "cascade_seg") or stage_kind == "cls2d":
                     ys_aug = [b["y"]] + ([b["non_expert"]] if "non_expert" in b else [])
-                    x, ys_aug = augment_2d(b["x"].cpu(), [y.cpu() for y in ys_aug], cfg["augment"], gen)
+                    x, ys_aug = TF.augment_fn(cfg["augment"])(b["x"].cpu(), [y.cpu() for y in ys_aug], cfg["augment"], gen)
                     b["x"], b["y"] = x.to(d.device), ys_aug[0].to(d.device)
                     if "non_expert" in b:
                         b["non_expert"] = ys_aug[1].to(d.device)
-                elif stage_kind == "seg3d" and cfg["augment"].get("flip"):
-                    for ax in (-1, -2, -3):
-                        if torch.rand(1, generator=gen).item() < 0.5:
-                            b["x"], b["y"] = b["x"].flip(ax), b["y"].flip(ax)
+                elif stage_kind == "seg3d":
+                    b["x"], b["y"] = augment_3d(b["x"], b["y"], cfg["augment"], gen)
                 loss = _forward_loss(stage_kind, ddp_net, s_loss, b, spec)
                 optim.zero_grad(set_to_none=True)
                 loss.backward()
@@ -753,7 +864,8 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
             _scheduler_step(sched, val, train_loss)
             history.append(row)
             score, loss_now = _selection(val, select) if val else (math.nan, math.nan)
-            improved = _better(score, loss_now, best, best_loss)
+            # select_by "last": the last epoch's weights (report 001's denoiser, Appendix B)
+            improved = bool(val) if select == "last" else _better(score, loss_now, best, best_loss)
             if d.world > 1:  # rank 0 decides, so every rank keeps the same best weights
                 flag = torch.tensor([1 if improved else 0])
                 dist.broadcast(flag, 0)
@@ -784,14 +896,22 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
                 break
         net.load_state_dict(best_state)
         best_overall[stage_name] = best_metrics
+        carried = (best, best_loss, best_metrics, best_state)
     model.eval()
     result = {"val": best_overall, "history": history}
     if d.main:
         card = training_card(cfg, spec, name, over, size, split, cases, argv)
         card["pretrained"] = pretrained
+        if cfg["data"]["split"].get("stratify"):  # a case-level split: patients span parts, so list the cases
+            card["split_cases"] = {k: [c.case_id for c in v] for k, v in split.items()}
+        if cfg.get("denoiser") and kind != "restore":  # inference applies it too (medseg_core.denoise)
+            card["denoiser"] = str(cfg["denoiser"])
+        if kind in ("mtl", "cascade") and int(model_kwargs(spec.name, cfg["variant"], **over).get("n_clinical", 2)) == 0:
+            card["recipe"]["clinical_inputs"] = []
         test_metrics = evaluate_split(model, card, cfg, split["test"], d.device) if cfg.get("evaluate_test") else {}
         card.update({
-            "epochs_run": len([h for h in history if h["stage"] == stages[-1][0]]),
+            "epochs_run": len([h for h in history if h["stage"] == stages[-1][0] or (phases and h["stage"] in
+                                                                                   {ph["name"] for ph in phases})]),
             "validation": best_overall, "test": test_metrics, "parameters": count_parameters(model),
             "training_seconds": round(time.time() - t_start, 1), "device": d.device, "world_size": d.world})
         save_checkpoint(model, name, card, out_dir, fp16=bool(cfg.get("fp16")))
@@ -813,7 +933,7 @@ def training_card(cfg: dict, spec, name: str, over: dict, size, split: dict, cas
     pre, params = _preprocessing(spec, cfg)
     recipe = cards.recipe_from_spec(spec, cfg["variant"], over, input_size=size, preprocessing=pre,
                                     preprocessing_params=params, postprocessing=cfg.get("postprocessing"),
-                                    threshold=cfg.get("threshold"))
+                                    threshold=cfg.get("threshold"), geometry=_geometry(spec, cfg))
     region, anatomy = cards.region_defaults(spec.family)
     train_cases = split["train"] or cases
     envelope = cards.data_envelope((c.load()[0] for c in train_cases), pre, params,

@@ -41,6 +41,7 @@ TINY = {  # name -> (overrides, model input size, volume shape, spacing, modalit
     "us_denoiser": ({}, (64, 96), (1, 60, 80), (1.0, 0.2, 0.2), "US"),
     "gi_unetpp_effb3": ({}, (64, 64), (2, 70, 70), (1.0, 1.5, 1.5), "MR"),
     "prostate_microus": ({}, (64, 64), (2, 50, 50), (1.0, 0.03, 0.03), "US"),
+    "prostate_transunet": ({}, (64, 64), (2, 50, 50), (1.0, 0.03, 0.03), "US"),
 }
 CLIN = PredictOptions(menopausal=1, oncology_center=0)
 

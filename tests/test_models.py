@@ -23,6 +23,7 @@ SMALL = {  # name -> (overrides, input shape)
     "us_denoiser": ({}, (2, 1, 64, 96)),
     "gi_unetpp_effb3": ({}, (2, 1, 64, 64)),
     "prostate_microus": ({}, (2, 1, 64, 64)),
+    "prostate_transunet": ({}, (2, 1, 64, 64)),
 }
 
 

@@ -131,11 +131,23 @@ def _unetpp(encoder_name="efficientnet-b3", classes=3, decoder_channels=(256, 12
     return m
 
 
+def _gi_scratch(**kw):
+    from .gi_scratch import GIScratchCNN
+
+    return GIScratchCNN(**kw)
+
+
 def _unet2d_monai(channels=(16, 32, 64, 128, 256), dropout=0.0, num_res_units=2):
     from monai.networks.nets import UNet
 
     return UNet(spatial_dims=2, in_channels=1, out_channels=1, channels=tuple(channels),
                 strides=(2,) * (len(channels) - 1), num_res_units=num_res_units, dropout=dropout)
+
+
+def _transunet(**kw):
+    from .transunet import TransUNet
+
+    return TransUNet(**kw)
 
 
 def _m3d(fn):
@@ -201,12 +213,15 @@ _SPECS = [
               task="segmentation+classification", input_size=(336, 544), postprocessing=("largest_2d",),
               labels=("lesion",), activation="sigmoid", clinical_inputs=("menopausal", "oncology_center"),
               class_threshold=0.5, dropout="classification head (0.25); optional decoder Dropout2d", mc_prefix=True,
-              paper_kwargs={"base": 64}, demo_kwargs={"base": 16, "decoder_dropout": 0.1}, **_US),
+              # report 001 Figure 7: the head pools the last two encoder blocks; the shipped demo pools the bottleneck
+              paper_kwargs={"base": 64, "cls_pool": "last_two"},
+              demo_kwargs={"base": 16, "decoder_dropout": 0.1, "cls_pool": "bottleneck"}, **_US),
     ModelSpec(name="us_cascade", title="US cascade: segment, crop 164 x 164, classify", builder=_cascade,
               task="segmentation+classification", input_size=(336, 544), postprocessing=("largest_2d",),
               labels=("lesion",), activation="sigmoid", clinical_inputs=("menopausal", "oncology_center"),
               class_threshold=0.5, dropout="classifier head (0.25)", mc_prefix=False,
-              paper_kwargs={"seg_base": 64}, demo_kwargs={"seg_base": 16},
+              # report 001 section 5.3: the segmenter is the segmentation-only EfficientNet-B0; the shipped demo a U-Net
+              paper_kwargs={"seg_base": 64, "segmenter": "effb0"}, demo_kwargs={"seg_base": 16, "segmenter": "unet"},
               notes="Report 001: AUC 0.9367 with clinical data.", **_US),
     ModelSpec(name="us_denoiser", title="US annotation removal (U-Net)", builder=_denoiser, task="restoration",
               input_size=(336, 544), postprocessing=(), labels=("clean",), activation="identity",
@@ -221,6 +236,21 @@ _SPECS = [
               dropout="none (smp UNet++); MC dropout unavailable", mc_prefix=False,
               paper_kwargs={}, demo_kwargs={"decoder_channels": (64, 32, 16, 16, 8)},
               notes="Report 002: test Dice 0.8248."),
+    *[ModelSpec(name=f"gi_scratch_{version}", title=f"GI from-scratch CNN ({title}, report 002 section {sec})",
+                builder=_gi_scratch, family="gi", report="002", task="segmentation", dims="2d", mode="slicewise",
+                in_channels=1, input_size=(224, 224), modalities=("MR",), intensity="CLAHE (clip 2.0) then 0..1",
+                preprocessing="clahe", postprocessing=(), labels=("large_bowel", "small_bowel", "stomach"),
+                activation="sigmoid", dropout=drop, mc_prefix=False,
+                paper_kwargs={"version": version, "base": 64}, demo_kwargs={"base": 16},
+                notes=f"Report 002 section {sec}: {result}.")
+      for version, title, sec, result, drop in (
+          ("simple", "simple CNN", "3.1.1", "validation Dice 0.4677", "none"),
+          ("bn_dropout", "with dropout and batch norm", "3.1.2", "validation Dice 0.6940",
+           "Dropout2d(0.1) after every activation; MC needs full passes"),
+          ("residual", "with residuals and skips", "3.1.3", "validation Dice 0.6995",
+           "Dropout2d(0.1) after every encoder activation; MC needs full passes"),
+          ("final", "final", "3.1.4", "test Dice 0.8054, 25,436,486 parameters at 3 input channels",
+           "Dropout2d(0.1) after every encoder activation; MC needs full passes"))],
     ModelSpec(name="prostate_microus", title="Micro-US prostate U-Net (adaptive focal loss)", builder=_unet2d_monai,
               family="prostate", report="004", task="segmentation", dims="2d", mode="slicewise", in_channels=1,
               input_size=(224, 224), modalities=("US",), intensity="0..254 scaled to 0..1", preprocessing="minmax",
@@ -228,6 +258,18 @@ _SPECS = [
               dropout="in every residual unit (MONAI UNet); MC needs full passes", mc_prefix=False,
               paper_kwargs={"channels": (32, 64, 128, 256, 512)}, demo_kwargs={"channels": (8, 16, 32, 64, 128), "dropout": 0.1},
               notes="Report 004: adaptive focal Dice 0.9400, HD95 1.949 mm."),
+    ModelSpec(name="prostate_transunet", title="Micro-US prostate TransUNet (MicroSegNet, deep supervision)",
+              builder=_transunet, family="prostate", report="004", task="segmentation", dims="2d", mode="slicewise",
+              in_channels=1, input_size=(224, 224), modalities=("US",), intensity="0..254 divided by 255 (0..1)",
+              preprocessing="scale255", postprocessing=(), labels=("prostate",), activation="sigmoid",
+              dropout="transformer blocks (dropout 0.1); MC needs full passes", mc_prefix=False,
+              paper_kwargs={}, demo_kwargs={"resnet_layers": (1, 1, 1), "resnet_channels": (64, 128, 256),
+                                            "stem_channels": 32, "hidden_size": 128, "depth": 2, "num_heads": 4,
+                                            "mlp_dim": 256, "head_channels": 128, "decoder_channels": (64, 32, 16, 8),
+                                            "gn_groups": 8},
+              notes="R50-ViT-B/16 TransUNet as MicroSegNet's public code (105.3 M parameters, patch 16, 224 x 224, "
+                    "deep supervision at 28/56/112/224 in training); evaluated without post-processing. "
+                    "Report 004: adaptive focal Dice 0.9400, HD95 1.949 mm."),
 ]
 _REGISTRY = {s.name: s for s in _SPECS}
 
