@@ -46,6 +46,7 @@ SMOKE_DATA = {
     "ut_endomri_d2": {"kind": "pelvic", "n": 6, "seed": 11},
     "ut_endomri_d1": {"kind": "pelvic", "n": 6, "seed": 11},
     "mmotu": {"kind": "us", "n": 24, "seed": 11},
+    "us_primary": {"kind": "us", "n": 24, "seed": 11},  # report 001's hospital layout: the same phantoms' primary.csv
     "uw_madison_gi": {"kind": "gi", "n": 24, "seed": 11},
     "microsegnet": {"kind": "microus", "n": 6, "seed": 11},
 }
@@ -219,7 +220,7 @@ def smoke_overrides(cfg: dict, out_root: Path) -> list[str]:
     if adapter not in SMOKE_DATA:
         raise InputError(f"No synthetic smoke dataset for adapter '{adapter}'.")
     syn = dict(SMOKE_DATA[adapter])
-    if adapter == "mmotu" and (cfg["model"] == "us_denoiser" or cfg.get("denoiser")):
+    if adapter in ("mmotu", "us_primary") and (cfg["model"] == "us_denoiser" or cfg.get("denoiser")):
         syn["annotate"] = True
     syn.update((cfg.get("smoke") or {}).get("synthetic") or {})
     root = f"data/synthetic/smoke/{syn['kind']}" + ("_annotated" if syn.get("annotate") else "")

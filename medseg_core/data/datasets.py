@@ -10,6 +10,7 @@ Each adapter returns a list of :class:`Case` records (paths and labels, nothing 
   rule: keep subjects with ``_T2FS`` and ``_ov`` and neither ``_cy`` nor ``_em``.
 * :func:`ut_endomri_d1` -- UT-EndoMRI D1 multi-rater ovary masks (``_ov_r1``, ``_r2``, ``_r3``).
 * :func:`mmotu` -- ``images/*.JPG``, ``annotations/*.PNG``, ``train_cls.txt`` / ``val_cls.txt``.
+* :func:`us_primary` -- report 001's hospital data in our layout: MMOTU's folders + ``primary.csv``.
 * :func:`uw_madison_gi` -- ``train.csv`` (RLE) + ``train/caseN/caseN_dayM/scans/slice_*.png``.
 * :func:`microsegnet` -- micro-US volumes with expert and non-expert annotations.
 * :func:`generic_folder` -- ``images/`` + ``masks/`` with matching file stems.
@@ -175,6 +176,30 @@ def mmotu(root: str | Path, split: str | None = None, clinical_csv: str | Path |
     return out
 
 
+def us_primary(root: str | Path) -> list[Case]:
+    """Report 001's primary (hospital) dataset, private; our layout for it: MMOTU's ``images/`` and
+    ``annotations/<stem>.PNG`` plus ``primary.csv`` with columns ``image,patient_id,malignant,
+    menopausal,oncology_center`` (1 to 20 slides per patient; splits are per patient, section 3.5.1;
+    perimenopausal recorded as postmenopausal, Appendix C step 8). The synthetic ``us`` layout writes one."""
+    root = Path(root)
+    table = root / "primary.csv"
+    if not table.exists():
+        return []
+    out = []
+    with open(table, newline="") as fh:
+        for row in csv.DictReader(fh):
+            name = row["image"]
+            stem = Path(name).stem
+            ann = root / "annotations" / f"{stem}.PNG"
+            if not ann.exists():
+                ann = root / "annotations" / f"{stem}.png"
+            extra = {"malignant": int(row["malignant"]), "menopausal": int(row["menopausal"]),
+                     "oncology_center": int(row["oncology_center"])}
+            out.append(Case(stem, str(row["patient_id"]), root / "images" / name, {"lesion": ann}, extra=extra,
+                            modality="US"))
+    return out
+
+
 # ----------------------------------------------------------------------------- UW-Madison GI
 def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
     """Decode a UW-Madison run-length string to a (height, width) uint8 mask.
@@ -303,7 +328,8 @@ def patient_split(cases: list[Case], fractions=(0.7, 0.15, 0.15), seed: int = 0)
 
 
 ADAPTERS = {"msd_spleen": msd_spleen, "ut_endomri_d2": ut_endomri_d2, "ut_endomri_d1": ut_endomri_d1,
-            "mmotu": mmotu, "uw_madison_gi": uw_madison_gi, "microsegnet": microsegnet, "generic": generic_folder}
+            "mmotu": mmotu, "uw_madison_gi": uw_madison_gi, "microsegnet": microsegnet, "generic": generic_folder,
+            "us_primary": us_primary}
 
 
 def detect_adapter(root: str | Path) -> str:

@@ -8,8 +8,10 @@ kind       layout written (read back by the adapter in :mod:`medseg_core.data.da
 pelvic     UT-EndoMRI D2: ``D2_TCPW/D2-NNN/D2-NNN_T2FS.nii.gz``, ``_ov``, ``_ut`` (+ our
            ``_ovother`` with the unlabelled ovary, and ``synthetic_meta.json``)
 ct         MSD Task09: ``dataset.json``, ``imagesTr/spleen_N.nii.gz``, ``labelsTr/spleen_N.nii.gz``
-us         MMOTU: ``images/N.JPG``, ``annotations/N.PNG``, ``train_cls.txt``/``val_cls.txt``, plus
-           ``clinical.csv`` (and ``clean/N.PNG`` with ``--annotate``)
+us         MMOTU: ``images/N.JPG``, ``annotations/N.PNG``, ``train_cls.txt``/``val_cls.txt`` (class ids
+           0-7: 7 high-grade serous for a malignant phantom, another for a benign one), plus
+           ``clinical.csv``, ``primary.csv`` (report 001's hospital layout, adapter ``us_primary``:
+           patient IDs, two images each, malignant, clinical) and ``clean/N.PNG`` with ``--annotate``
 microus    MicroSegNet: ``train/micro_ultrasound_scans/microUS_train_NN.nii.gz``,
            ``expert_annotations/``, ``non_expert_annotations/``
 gi         UW-Madison: ``train.csv`` (RLE) and ``train/caseN/caseN_day0/scans/slice_*.png``
@@ -82,7 +84,7 @@ def write_us(out: Path, n: int, seed: int = 0, annotate: bool = False, val_fract
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     lines = {"train": [], "val": []}
-    clinical = []
+    clinical, primary = [], []  # primary.csv: report 001's hospital layout (us_primary), two images per patient
     for i in range(n):
         c = ultrasound(_case_seed(seed, i), annotate=annotate)
         name = f"{i + 1}.JPG"
@@ -96,12 +98,18 @@ def write_us(out: Path, n: int, seed: int = 0, annotate: bool = False, val_fract
         cls = 7 if c.meta["malignant"] else int(rng.choice(BENIGN_MMOTU))
         lines["val" if rng.random() < val_fraction else "train"].append(f"{name} {cls}")
         clinical.append({"image": name, **c.meta["clinical"]})
+        primary.append({"image": name, "patient_id": f"P{i // 2:04d}", "malignant": int(bool(c.meta["malignant"])),
+                        **c.meta["clinical"]})
     for k, v in lines.items():
         (out / f"{k}_cls.txt").write_text("\n".join(v) + ("\n" if v else ""))
     with open(out / "clinical.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["image", "menopausal", "oncology_center"])
         w.writeheader()
         w.writerows(clinical)
+    with open(out / "primary.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["image", "patient_id", "malignant", "menopausal", "oncology_center"])
+        w.writeheader()
+        w.writerows(primary)
 
 
 def write_microus(out: Path, n: int, seed: int = 0, slices: int = 4) -> None:

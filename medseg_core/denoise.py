@@ -1,0 +1,52 @@
+"""Report 001's "denoised" setting: the annotation-removal autoencoder applied to every input.
+
+Report 001 (Appendix C step 7, Tables 2, 4 and 6) removes burned-in annotations with the denoising
+U-Net before the classifier / segmenter sees the image, in training and at test time alike. A
+training config names the denoiser with ``denoiser: <checkpoint ref>`` (a registry name such as
+``us_denoiser``, or the path of a trained ``.safetensors``); :func:`medseg_core.train.prepare_2d`
+runs every case through :func:`apply_denoiser` before preprocessing, the card records the reference
+(``card["denoiser"]``) and :func:`medseg_core.inference.predict` applies it again to every input
+of that checkpoint, so training and inference see the same cleaned image.
+
+The denoiser runs through the ordinary inference path (``predict`` on the restoration model, its
+``Prediction.restored`` back in the input's intensity range), exactly as the Ultrasound page's
+annotation removal (:func:`medseg_core.ultrasound.remove_annotations`) does.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from .io import Volume
+
+_LOADED: dict = {}
+_LOCK = threading.Lock()
+
+
+def load_denoiser(ref: str):
+    """The denoiser checkpoint ``ref`` loaded once per process (a restoration model, or InputError)."""
+    from .checkpoints import load_model
+    from .io.errors import InputError
+
+    with _LOCK:
+        if ref not in _LOADED:
+            lm = load_model(ref)
+            if lm.spec.task != "restoration":
+                raise InputError(f"The denoiser '{ref}' is a {lm.spec.task} model; give an annotation-removal "
+                                 "(restoration) checkpoint such as us_denoiser.")
+            _LOADED[ref] = lm
+        return _LOADED[ref]
+
+
+def apply_denoiser(volume: Volume, ref) -> Volume:
+    """``volume`` with its annotations removed by the denoiser ``ref`` (a checkpoint reference or a
+    loaded restoration model): same grid and geometry, the restored intensities, and
+    ``meta["annotation_removed"]`` naming the denoiser."""
+    from .inference import PredictOptions, predict
+
+    lm = load_denoiser(ref) if isinstance(ref, str) else ref
+    pred = predict(lm, volume, PredictOptions())
+    restored = np.asarray(pred.restored, dtype=np.float32)
+    meta = dict(volume.meta, annotation_removed=getattr(lm, "name", str(ref)))
+    return volume.with_array(restored, name=f"{volume.name} (annotations removed)", meta=meta)
