@@ -6,6 +6,7 @@ before the page runs (a page may stop early); actions that change the case rerun
 import streamlit as st
 
 from medseg_core.review import compatible_models
+from pages._access import gate, sidebar_identity
 from pages._shared import ensure_state
 
 st.set_page_config(page_title="medseg review", layout="wide")
@@ -21,13 +22,16 @@ pages = [
 # st.navigation is called before any widget: on a freshly started server the first run otherwise
 # registered the sidebar's widgets while Streamlit still treated the pages/ folder as legacy pages,
 # under another identity than on every later run, so their values were lost on the first rerun.
-page = st.navigation(pages)
+# The sign-in gate (pages/_access.py): with an [auth] section in Streamlit's secrets every run needs a signed-in user
+# on the allow-list; everybody else sees one sentence (it calls st.navigation itself, pages hidden, then stops).
+page = gate(pages)
 ensure_state()
 ss = st.session_state
 ss["_framed"] = True  # pages check this (see pages._shared.require_frame)
 
 with st.sidebar:
     st.markdown("### medseg")
+    sidebar_identity()
     vol = ss.get("volume")
     if vol is not None:
         st.markdown(f"**Case:** {vol.name}")

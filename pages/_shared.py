@@ -50,6 +50,9 @@ def set_case(volume, gt=None, extras=None, sample=None) -> None:
     for k in ("current", "load_error", "us_kind", "result_source", "from_gallery", "show_other", "slice_axial", "slice_coronal", "slice_sagittal", "unc_slice", "unc_key"):
         ss.pop(k, None)  # a new case opens on its own slices
     ss["clinical"] = dict((sample.extra.get("clinical") if sample else None) or {"menopausal": 0, "oncology_center": 0})
+    from pages._access import audit  # issue 22: who opened which case (its pseudonymous key, never a name)
+
+    audit("open_case", case_key=ss["case_key"], detail=f"bundled sample {sample.key}" if sample else None)
 
 
 def open_sample(key: str) -> None:
@@ -82,6 +85,9 @@ def run(model_name: str, options: PredictOptions, reference=None):
         finally:
             bar.empty()  # never leave a stuck progress bar beside an error
         cache.put(key, pred)
+        from pages._access import audit, options_text
+
+        audit("run_model", case_key=ss["case_key"], model=model_name, detail=options_text(options))
     ss["current"] = key
     return pred
 

@@ -12,6 +12,7 @@ from medseg_core.data.datasets import ADAPTERS
 from medseg_core.io.errors import InputError
 from medseg_core.labels import display_name, display_rows, set_name
 from medseg_core.review import cohort_option_sets, segmentation_checkpoints
+from pages._access import exported
 from pages._shared import cohort_case, follow_goto, keep_state, open_in_review, remember, require_frame
 
 require_frame()
@@ -185,9 +186,11 @@ with tab_g:
                            C.story_png(story or [(_thumb(path, x["model"], x["set"], x["case"], int(x["slice"]), 220),
                                                   C.caption(x)) for x in rows[:6]],
                                        title=f"{', '.join(map(display_name, tags)) or 'all slices'} · {r.name}"),
-                           file_name=f"story_{r.name}.png", mime="image/png", key="dl_story")
+                           file_name=f"story_{r.name}.png", mime="image/png", key="dl_story",
+                           on_click=exported(f"failure-gallery story PNG (run {r.name})", with_case=False))
         st.download_button("Export the matching slices (CSV)", C.rows_csv(rows), file_name=f"slices_{r.name}.csv",
-                           mime="text/csv", key="dl_slices")
+                           mime="text/csv", key="dl_slices",
+                           on_click=exported(f"failure-gallery slices CSV (run {r.name})", with_case=False))
 
 with tab_u:
     sel = C.filter_slices(r.slices, None, models=st.session_state.get("gal_models"), sets=st.session_state.get("gal_sets"))

@@ -22,6 +22,7 @@ from medseg_core.render import (COMPARE_COLOURS, CT_PRESETS, LABEL_COLOURS, OTHE
 from medseg_core.review import (POSTPROCESSING_CHOICES, SIDE_LABELS, contract_of, envelope_warnings, gate_choices,
                                 initial_slice, metrics_csv, metrics_table, preprocessing_preview, slice_curve,
                                 slice_metrics)
+from pages._access import exported, verdict_control
 from pages._shared import current_prediction, get_model, get_spec, require_frame, run, unc_ok
 
 require_frame()
@@ -290,6 +291,9 @@ else:
         with head:
             warnings_block([w for w in pred.warnings if w not in envelope])  # the envelope is shown once
 masks = pred.masks if pred is not None else {}
+# issue 22: exports and verdicts are recorded with the model; a prediction uploaded for review is recorded as such
+# (its name may be a file name, and the audit trail holds no free text that could identify a patient)
+audit_model = "uploaded prediction" if str(ss.get("result_source") or "").startswith("uploaded:") else getattr(pred, "model", None)
 primary = next(iter(masks.values()), None)
 removed_any = pred is not None and any(r.any() for r in pred.removed.values())  # once per run, not per slider move
 
@@ -399,6 +403,7 @@ def viewer():
                              lambda: view_png(picture, r_mm, c_mm, plane, letters=letters, legend=legend, title=title,
                                               pixel_size_known=vol.meta.get("spacing_source") != "assumed"),
                              file_name=f"view_{plane}_{idx + 1}.png", mime="image/png", key="dl_png",
+                             on_click=exported(f"view PNG ({plane} {idx + 1})", audit_model),
                              help="The picture at full resolution with its orientation letters (where the file "
                                   "states them), the legend and a scale bar.")
 
@@ -436,14 +441,19 @@ if pred.timings:
 e1, e2, e3 = st.columns(3)
 if pred.mask is not None:
     e1.download_button("Export mask (NIfTI, source affine)", lambda: mask_nifti_bytes(pred.mask, vol),
-                       file_name=f"{result_name}_mask.nii.gz", mime="application/gzip", key="dl_nii")
+                       file_name=f"{result_name}_mask.nii.gz", mime="application/gzip", key="dl_nii",
+                       on_click=exported("mask NIfTI", audit_model))
     seg_reason = dicom_seg_available(vol)
     if seg_reason is None:
         e3.download_button("Export DICOM SEG", lambda: dicom_seg_bytes(pred.masks, vol, result_name),
                            file_name=f"{result_name}_seg.dcm", mime="application/dicom", key="dl_seg",
+                           on_click=exported("DICOM SEG", audit_model),
                            help="A binary DICOM Segmentation referencing the source series; no patient data.")
     else:
         e3.caption(seg_reason)
 if rows:
     e2.download_button("Export metrics (CSV)", metrics_csv(rows, {"model": result_name}), file_name=f"{result_name}_metrics.csv",
-                       mime="text/csv", key="dl_csv")
+                       mime="text/csv", key="dl_csv", on_click=exported("metrics CSV", audit_model))
+# issue 22: the reviewer's decision on this result, recorded with their identity (issue 18 builds the worklist on it)
+_vplane = ss.get("plane") or "axial"
+verdict_control(ss["case_key"], audit_model, pred.options, _vplane, ss.get(f"slice_{_vplane}"))

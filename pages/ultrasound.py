@@ -12,6 +12,7 @@ from medseg_core.render import LABEL_COLOURS, apply_window, aspect_correct, over
 from medseg_core.review import PredictionCache
 from medseg_core.ultrasound import (DENOISER, Call, analyse, clinical_table, crop_picture, model_label,
                                     second_opinion)
+from pages._access import audit
 from pages._shared import get_model, require_frame
 
 require_frame()
@@ -47,6 +48,8 @@ if st.button("Run", type="primary"):
         analyse(vol, name, meno, onco, denoise=bool(denoise), second=second, cache=cache, load=get_model,
                 progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m))
         ss["us_ran"] = settings
+        audit("run_model", case_key=ss["case_key"], model=name,
+              detail=f"ultrasound analysis; second opinion {second}; annotation removal {bool(denoise)}")
     except InputError as e:
         st.error(str(e))
     finally:

@@ -12,6 +12,7 @@ from medseg_core.tables import csv_text, with_slice_numbers
 from medseg_core.review import initial_slice
 from medseg_core.uncertainty import LN2
 from pages._shared import run
+from pages._access import exported
 from pages._shared import require_frame
 
 require_frame()
@@ -103,7 +104,7 @@ def unc_viewer():
         st.caption("Most uncertain slices: " + ", ".join(f"{r['slice_number']} ({r['uncertainty_nats']:.3f} nats)"
                                                          for r in ranked))
         st.download_button("Per-slice uncertainty (CSV)", csv_text(rows).encode(), file_name="per_slice_uncertainty.csv",
-                           mime="text/csv", key="dl_unc_csv",
+                           mime="text/csv", key="dl_unc_csv", on_click=exported("per-slice uncertainty CSV", name),
                            help="Columns: slice (0-based array index), slice_number (1-based, as shown here), "
                                 "uncertainty_nats (mean entropy).")
 

@@ -10,6 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 # loaders re-raise unexpected exceptions instead of wrapping them, so the tests find them
 os.environ["MEDSEG_STRICT_LOADING"] = "1"
+# the app writes its audit trail (medseg_core.store): tests never touch the user's own database
+os.environ.setdefault("MEDSEG_DB", str(Path(__import__("tempfile").mkdtemp(prefix="medseg-db-")) / "medseg.db"))
 
 
 @pytest.fixture(scope="session")
