@@ -166,12 +166,21 @@ def case_key(volume: Volume) -> str:
 class PredictionCache:
     """LRU cache of predictions per (case, model, options): moving a slider never re-runs a model.
 
-    Lives in one session's state (never shared), holding at most ``max_items`` predictions.
+    Lives in one session's state (never shared), holding at most ``max_items`` predictions. With a
+    ``budget`` (:class:`medseg_core.budget.MemoryBudget`) and the ``session`` id, every prediction
+    is stored compactly (:func:`medseg_core.budget.compact_prediction`) and accounted in the
+    server-wide budget, which may evict it for another session's request: ``get`` then misses and
+    :meth:`was_evicted` says so (the page recomputes it and says why).
     """
 
-    def __init__(self, max_items: int = 4):
+    def __init__(self, max_items: int = 4, budget=None, session: str | None = None):
+        import threading
+
         self.max_items = max_items
+        self.budget, self.session = budget, session
         self._d: OrderedDict = OrderedDict()
+        self._lock = threading.RLock()
+        self.evicted: set = set()
         self.hits = 0
         self.misses = 0
 
@@ -180,21 +189,55 @@ class PredictionCache:
         return (case, model, options.key())
 
     def get(self, key):
-        if key in self._d:
-            self._d.move_to_end(key)
-            self.hits += 1
-            return self._d[key]
-        self.misses += 1
-        return None
+        with self._lock:
+            if key in self._d:
+                self._d.move_to_end(key)
+                self.hits += 1
+                pred = self._d[key]
+            else:
+                self.misses += 1
+                return None
+        if self.budget is not None:
+            self.budget.touch(self.session, ("prediction", id(self), key))
+        return pred
 
-    def put(self, key, pred: Prediction) -> None:
-        self._d[key] = pred
-        self._d.move_to_end(key)
-        while len(self._d) > self.max_items:
-            self._d.popitem(last=False)
+    def was_evicted(self, key) -> bool:
+        """Whether ``key``'s prediction was released by the memory budget (not recomputed since)."""
+        return key in self.evicted
+
+    def _release(self, key) -> None:  # the budget's callback, possibly from another session's thread
+        with self._lock:
+            if self._d.pop(key, None) is not None:
+                self.evicted.add(key)
+
+    def put(self, key, pred: Prediction) -> Prediction:
+        """Store ``pred`` (compactly, with a budget); returns what is stored."""
+        if self.budget is not None:
+            from .budget import compact_prediction, prediction_bytes
+
+            pred = compact_prediction(pred)
+            self.budget.hold(self.session, ("prediction", id(self), key), prediction_bytes(pred), evictable=True,
+                             on_release=lambda: self._release(key), what="keeping this result")
+        with self._lock:
+            self._d[key] = pred
+            self._d.move_to_end(key)
+            self.evicted.discard(key)
+            dropped = []
+            while len(self._d) > self.max_items:
+                dropped.append(self._d.popitem(last=False)[0])
+        if self.budget is not None:
+            for k in dropped:
+                self.budget.drop(self.session, ("prediction", id(self), k))
+        return pred
 
     def clear(self) -> None:
-        self._d.clear()
+        with self._lock:
+            keys = list(self._d)
+            self._d.clear()
+            self.evicted.clear()
+        if self.budget is not None:
+            for k in keys:
+                self.budget.drop(self.session, ("prediction", id(self), k))
 
     def __len__(self) -> int:
         return len(self._d)
@@ -238,6 +281,31 @@ def _summary(spec, card: dict, status: str) -> dict:
             "checkpoint": status, "card": card, "envelope": envelope_summary(card.get("envelope"))}
 
 
+RANDOM_INIT = "random init (no ImageNet weights available offline)"
+
+
+def pretrained_words(card: dict) -> str:
+    """Where a checkpoint's starting weights came from, in words (issue 19 item 5; the card's
+    ``pretrained`` field written by :func:`medseg_core.train.pretrained_entry`): a local encoder
+    weights file by name and SHA-256 prefix, a checkpoint it was fine-tuned from, or random
+    initialisation (the reports fine-tune ImageNet encoders; none can be downloaded here)."""
+    p = card.get("pretrained")
+    if p is None:
+        return "not recorded (card written before the field; medseg never downloads weights)"
+    if isinstance(p, str):
+        return RANDOM_INIT if p == "random init" else p
+    parts = []
+    enc = p.get("encoder")
+    if enc and enc != "random init":
+        sha = (p.get("sha256") or "")[:12]
+        n = f", {p['tensors_loaded']} of {p['encoder_tensors']} tensors" if p.get("encoder_tensors") else ""
+        parts.append(f"encoder from `{enc}`" + (f" (SHA-256 {sha}…{n})" if sha else ""))
+    init = p.get("init_from")
+    if init:
+        parts.append(f"fine-tuned from checkpoint `{init.get('checkpoint')}`")
+    return "; ".join(parts) or RANDOM_INIT
+
+
 def card_view(s: dict) -> dict:
     """The words and numbers of a model summary for people: a recipe line, headline metrics, training."""
     from .labels import display_name
@@ -251,6 +319,11 @@ def card_view(s: dict) -> dict:
                f"**Input** {s['contract']}  \n**Preprocessing** {display_name(pre.get('name'), 'pre')}{f' ({params})' if params else ''} · "
                f"**Post-processing** {post} · **Threshold** {r.get('threshold')} · "
                f"**Labels** {', '.join(r.get('labels') or [])}  \n**Dropout** {s['dropout']}")
+    summary += f"  \n**Encoder weights** {pretrained_words(card)}"
+    geo = r.get("geometry")
+    if geo:
+        summary += (f" · **Geometry** in-plane {geo.get('inplane_mm')} mm, "
+                    f"{'pelvis crop' if geo.get('crop') == 'body' else 'no crop'} before slicing")
     test = card.get("test") or {}
     metrics = {"Parameters": f"{card.get('parameters', 0) / 1e6:.2f} M"}
     if "dice" in test:
