@@ -14,6 +14,7 @@ pages = [
     st.Page("pages/load_case.py", title="Load case", url_path="load_case"),
     st.Page("pages/segment.py", title="Segment & review", default=True),
     st.Page("pages/uncertainty.py", title="Uncertainty", url_path="uncertainty"),
+    st.Page("pages/compare.py", title="Compare", url_path="compare"),
     st.Page("pages/ultrasound.py", title="Ultrasound", url_path="ultrasound"),
     st.Page("pages/gallery.py", title="Failure gallery", url_path="gallery"),
     st.Page("pages/models.py", title="Models", url_path="models"),

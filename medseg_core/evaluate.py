@@ -37,7 +37,7 @@ from .data import datasets as D
 from dataclasses import replace
 
 from .engine import PredictionFolder, evaluate_cases, summarise
-from .protocols import PROTOCOLS, aggregate, get_protocol, scorer as protocol_scorer
+from .protocols import PROTOCOLS, aggregate, get_protocol, per_case as protocol_per_case, scorer as protocol_scorer
 from .io.errors import InputError
 from .options import parse_value, predict_options
 from .tables import write_csv
@@ -60,7 +60,8 @@ def summary_markdown(summary: dict, model: str) -> str:
     lines = [f"# Evaluation of `{model}` ({summary['n_cases']} cases)", "",
              "| label | metric | mean | sd | n |", "| --- | --- | --- | --- | --- |"]
     for lab, s in summary.items():
-        if lab in ("n_cases", "classification", "slice_classification", "options", "protocol", "protocol_scores") \
+        if lab in ("n_cases", "classification", "slice_classification", "options", "protocol", "protocol_scores",
+                   "protocol_per_case") \
                 or not isinstance(s, dict):
             continue
         for k, v in s.items():
@@ -94,6 +95,13 @@ def split_part(cases: list, checkpoint: str | None, part: str) -> list:
     if not checkpoint:
         raise InputError("--split needs --split-of (or --model): the checkpoint whose card lists the split.")
     card = read_card(find_checkpoint(checkpoint)) or {}
+    by_case = (card.get("split_cases") or {}).get(part)
+    if by_case:  # a case-level (stratified) split, report 002: its cases, not its patients
+        ids = set(by_case)
+        chosen = [c for c in cases if c.case_id in ids]
+        if not chosen:
+            raise InputError(f"None of the '{part}' cases of '{checkpoint}' is in this dataset.")
+        return chosen
     patients = set((card.get("split") or {}).get(part) or [])
     if not patients:
         raise InputError(f"The card of '{checkpoint}' lists no '{part}' patients; evaluate the whole dataset instead.")
@@ -181,6 +189,7 @@ def main(argv=None) -> dict | None:
     if scorer is not None:
         units = {str(r.case): r.units or [] for r in results}
         summary["protocol_scores"] = aggregate(protocol, units)
+        summary["protocol_per_case"] = protocol_per_case(units)
         write_csv(out / "protocol.csv", [{"case": c, **u} for c, us in sorted(units.items()) for u in us]
                   or [{"case": "", "label": "", "slice": ""}])
     summary["protocol"] = {"name": protocol.name, "title": protocol.title, "description": protocol.description}

@@ -168,9 +168,24 @@ def aggregate(p: Protocol, per_case_units: dict[str, list[dict]]) -> dict:
     return out
 
 
-def row_value(summary: dict, metric: str, label: str | None = None) -> float:
+def per_case(per_case_units: dict[str, list[dict]]) -> dict[str, dict]:
+    """Each case's own means (``{case: {label | "all labels": {metric: mean}}}``): the per-case rows of
+    a report's table (report 004's Table 2 lists every test case)."""
+    out = {}
+    for case, us in per_case_units.items():
+        labels = sorted({u["label"] for u in us})
+        out[case] = {lab: {k: _mean([u[k] for u in us if lab in ("all labels", u["label"])]) for k in SCORED}
+                     for lab in labels + ["all labels"]}
+    return out
+
+
+def row_value(summary: dict, metric: str, label: str | None = None, case: str | None = None) -> float:
     """The number a report's table row reads from an ``evaluate --protocol`` summary: a segmentation
-    metric of ``label`` (default: all labels together) or a classification metric."""
+    metric of ``label`` (default: all labels together), of one ``case`` when the row is a per-case
+    row, or a classification metric."""
+    if case is not None:
+        v = ((summary.get("protocol_per_case") or {}).get(case) or {}).get(label or "all labels", {}).get(metric)
+        return math.nan if v is None else float(v)
     prot = summary.get("protocol_scores") or {}
     if metric in SCORED:
         return float(prot.get(label or "all labels", {}).get(metric, {}).get("mean", math.nan))

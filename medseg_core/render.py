@@ -141,6 +141,17 @@ def compare_layers(pred2d: np.ndarray, ref2d: np.ndarray) -> list[tuple[np.ndarr
     return [(p & r, COMPARE_COLOURS["tp"]), (p & ~r, COMPARE_COLOURS["fp"]), (~p & r, COMPARE_COLOURS["fn"])]
 
 
+#: Two results compared (issue 18): where only A or only B says foreground; agreement is outlined.
+DISAGREE_COLOURS = {"only_a": (230, 159, 0), "only_b": (86, 180, 233), "both": (235, 235, 235)}
+
+
+def disagreement_layers(a2d: np.ndarray, b2d: np.ndarray) -> list[tuple[np.ndarray, tuple[int, int, int]]]:
+    """Layers of two results on one slice: only A, only B (filled) and both (in light grey)."""
+    a, b = a2d.astype(bool), b2d.astype(bool)
+    return [(a & b, DISAGREE_COLOURS["both"]), (a & ~b, DISAGREE_COLOURS["only_a"]),
+            (b & ~a, DISAGREE_COLOURS["only_b"])]
+
+
 def overlay_frame(array: np.ndarray, spacing, plane: str, index: int, width: float, level: float,
                   masks: list[tuple[np.ndarray, tuple[int, int, int]]], alpha: float = 0.4,
                   mode: str = "fill") -> np.ndarray:

@@ -65,6 +65,8 @@ class Row:
     label: str | None = None
     column: str | None = None
     note: str = ""
+    case: str | None = None  # a per-case row (report 004's Table 2): that case's value
+    epoch: int | None = None  # a training-curve row (metric train_loss): that epoch of the training log
 
     @property
     def eval_key(self) -> str:
@@ -94,7 +96,8 @@ def rows_of(report: str) -> list[Row]:
                        else math.nan, config=str(r.get("config") or ""), protocol=str(r.get("protocol") or
                                                                                       f"report{report}"),
                        options=dict(r.get("options") or {}), label=r.get("label"), column=r.get("column"),
-                       note=str(r.get("note") or "")))
+                       note=str(r.get("note") or ""), case=None if r.get("case") is None else str(r["case"]),
+                       epoch=None if r.get("epoch") is None else int(r["epoch"])))
     return out
 
 
@@ -185,6 +188,8 @@ def check(report: str | None = None) -> list[str]:
                 findings.append(f"{rep} {r.table} '{r.row}': config '{r.config}' has no 'states' entry in the table")
             if math.isnan(r.value):
                 findings.append(f"{rep} {r.table} '{r.row}' {r.metric}: no reported value")
+            if r.metric == "train_loss" and r.epoch is None:
+                findings.append(f"{rep} {r.table} '{r.row}': a train_loss row needs 'epoch'")
             if r.protocol not in _protocol_names():
                 findings.append(f"{rep} {r.table} '{r.row}': unknown protocol '{r.protocol}'")
         for name, entry in configs.items():
@@ -288,7 +293,12 @@ def run(report: str, execute: bool = False, smoke: bool = False, out: str | Path
             evaluated[r.eval_key] = evaluate_main(args) or {}
         elif not execute:
             print("medseg evaluate " + " ".join(shlex.quote(a) for a in _eval_args(r, ckpt, cfg, ev_dir, "test")))
-        got = row_value(evaluated.get(r.eval_key) or {}, r.metric, r.label) if execute else math.nan
+        if not execute:
+            got = math.nan
+        elif r.metric == "train_loss":
+            got = training_log_value(ckpt.with_name(f"{cfg['name']}_log.csv"), r.epoch)
+        else:
+            got = row_value(evaluated.get(r.eval_key) or {}, r.metric, r.label, r.case)
         table.append({"table": r.table, "row": r.row, "column": r.column or "", "metric": r.metric,
                       "report": r.value, "reproduced": got, "config": r.config, "protocol": r.protocol})
     if execute:
@@ -298,6 +308,20 @@ def run(report: str, execute: bool = False, smoke: bool = False, out: str | Path
         (out_root / "table.json").write_text(json.dumps(table, indent=1))
         print(md)
     return table
+
+
+def training_log_value(log: Path, epoch: int | None, key: str = "train_loss") -> float:
+    """A training-curve row's number: ``key`` of ``epoch`` (1-based) in the run's ``<name>_log.csv``
+    (the last stage's row; NaN when the run stopped earlier or the log is missing)."""
+    import csv
+
+    if epoch is None or not log.is_file():
+        return math.nan
+    rows = [r for r in csv.DictReader(log.open()) if str(r.get("epoch")) == str(epoch)]
+    try:
+        return float(rows[-1][key]) if rows else math.nan
+    except (KeyError, ValueError):
+        return math.nan
 
 
 def table_markdown(report: str, table: list[dict], smoke: bool) -> str:

@@ -71,8 +71,10 @@ def ensure_state() -> None:
             open_sample(DEFAULT_SAMPLE)
 
 
-def run(model_name: str, options: PredictOptions, reference=None):
-    """The cached prediction for (case, model, options), computing it with a progress bar once."""
+def run(model_name: str, options: PredictOptions, reference=None, slot: str = "current"):
+    """The cached prediction for (case, model, options), computing it with a progress bar once.
+    ``slot`` is the page's own state key for its result (Segment & review: "current"; Uncertainty and
+    Compare keep theirs, so running one never replaces another page's result)."""
     ss = st.session_state
     cache: PredictionCache = ss["predictions"]
     key = cache.key(ss["case_key"], model_name, options)
@@ -88,7 +90,7 @@ def run(model_name: str, options: PredictOptions, reference=None):
         from pages._access import audit, options_text
 
         audit("run_model", case_key=ss["case_key"], model=model_name, detail=options_text(options))
-    ss["current"] = key
+    ss[slot] = key
     return pred
 
 

@@ -40,8 +40,7 @@ if spec.clinical_inputs:
 opts = PredictOptions(mc_samples=n if method == "MC dropout" else 0, tta=method != "MC dropout", seed=0, **clin)
 if st.button("Compute uncertainty", type="primary"):
     try:
-        run(name, opts)
-        ss["unc_key"] = ss["current"]
+        run(name, opts, slot="unc_key")
     except InputError as e:
         st.error(str(e))
 pred = ss["predictions"].get(ss.get("unc_key")) if ss.get("unc_key") else None
