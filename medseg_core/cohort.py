@@ -7,10 +7,13 @@ uncertainty, stored in a folder that the failure gallery reads.
 A run folder holds:
 
 * ``cohort.json``: models, option sets, dataset (adapter, root, case ids), tag rules, settings;
-* ``slices.csv``: one row per (model, option set, case, axial slice): Dice, IoU, HD95 (mm),
+* ``slices.parquet``: one row per (model, option set, case, axial slice): Dice, IoU, HD95 (mm),
   predicted/reference areas (mm^2), Dice before post-processing, tags, primary tag, uncertainty
   (mean entropy in nats over the predicted region, when MC dropout ran);
-* ``cases.csv``: one row per (model, option set, case): 3D metrics and case-level tags;
+* ``cases.parquet``: one row per (model, option set, case): 3D metrics and case-level tags;
+* ``slices.csv`` / ``cases.csv``: the same rows as CSV exports (``tags`` joined with ';'); the
+  Parquet files are the store, typed by a declared schema (:mod:`medseg_core.cohort_store`: case
+  ids strings, numbers numbers, tags a list). Runs written before the store (CSV only) still open;
 * ``comparisons.csv``: paired per-slice Dice deltas of every option set against the first one;
 * ``table1.csv`` / ``table1.md``: report 000's Table 1 format (Dice orig, Dice masked, ΔDice on
   reference-positive slices) when the run has the two option sets it needs;
@@ -18,13 +21,19 @@ A run folder holds:
   post-processing), so the gallery draws thumbnails without re-running a model.
 
 Images are not copied: the gallery reloads them from the dataset folder through the adapter.
+
+**Sharding.** Under ``torchrun --nproc_per_node N`` (gloo, CPU is enough) each rank takes
+``cases[rank::N]`` of every (model, option set), writes its own ``parts/`` and ``masks/`` files, and
+rank 0 merges the parts in the canonical order (models x option sets x cases) and writes the tables,
+exactly what one process writes. Finished (model, set, case) parts are never recomputed, whatever
+the number of processes of the run that made them (resume after an interruption).
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +41,10 @@ from pathlib import Path
 import numpy as np
 
 from . import analysis as A
+from . import cohort_store as S
 from . import metrics as M
 from .render import OTHER_OVARY_COLOUR
-from .tables import csv_text, with_slice_numbers, write_csv
+from .tables import csv_text, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = ROOT / "runs" / "cohorts"
@@ -101,7 +111,7 @@ def read_progress(run: str | Path) -> dict | None:
 def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Path, mc_samples: int = 0,
                rules: A.TagRules = A.TagRules(), dataset: dict | None = None, progress=None,
                directory=None, predictions: dict[str, str | Path] | None = None, seed: int = 0,
-               resume: bool = True) -> Path:
+               resume: bool = True, csv_export: bool = True) -> Path:
     """Run every model with every option set over ``cases`` and write the run folder ``out``.
 
     ``models``: checkpoint references (shipped names, ``.safetensors`` paths, run folders) or loaded
@@ -113,7 +123,9 @@ def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Pat
     uncertainty to every row; the stored masks are exactly what predict() returns with those options,
     so the review page reproduces them. ``progress(done, total, message)``; the same is written to
     ``progress.json``. Each finished (model, set, case) is kept under ``parts/``: with ``resume``
-    (default) a run started again on the same folder skips what is already done.
+    (default) a run started again on the same folder skips what is already done. Under ``torchrun``
+    each rank runs ``cases[rank::world]`` and rank 0 merges (module docstring, "Sharding"); the
+    tables go to ``slices.parquet`` / ``cases.parquet`` and, with ``csv_export``, to CSV exports.
 
     Every number comes from the one evaluation engine (:func:`medseg_core.engine.evaluate_cases`).
     """
@@ -125,7 +137,7 @@ def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Pat
     out = Path(out)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "parts").mkdir(parents=True, exist_ok=True)
-    slices, case_rows = [], []
+    rank, world, started = _distributed()
     t0 = time.perf_counter()
     loaded = {}
     for m in models:
@@ -139,12 +151,16 @@ def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Pat
             runs.append((name, set_name, lm, predict_options({**kw, "mc_samples": n_mc, "seed": seed})))
     for name, f in folders.items():
         runs.append((name, EXTERNAL_SET, f, None))
+    mine = list(cases)[rank::world]  # this rank's share (all of them in one process)
     total, done = len(cases) * len(runs), 0
     exact: dict[str, dict] = {}
-    write_progress(out, state="running", done=0, total=total, message="starting")
+    if rank == 0:
+        write_progress(out, state="running", done=0, total=total, message="starting")
 
     def report(message: str) -> None:
-        write_progress(out, state="running", done=done, total=total, message=message)
+        if rank == 0:  # with several ranks, count every rank's finished parts
+            n = done if world == 1 else min(total, len(os.listdir(out / "parts")))
+            write_progress(out, state="running", done=n, total=total, message=message)
         if progress:
             progress(done, total, message)
 
@@ -154,12 +170,9 @@ def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Pat
                                                    for k, v in opts.__dict__.items()}
         base = {"model": name, "set": set_name}
         todo = []
-        for case in cases:
+        for case in mine:
             part = part_file(out, name, set_name, case.case_id)
             if resume and part.exists() and mask_file(out, name, set_name, case.case_id).exists():
-                kept = json.loads(part.read_text())
-                slices += kept["slices"]
-                case_rows += kept["cases"]
                 done += 1
                 report(f"{name} · {set_name} · {case.case_id} (kept from before)")
             else:
@@ -176,14 +189,34 @@ def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Pat
                 s_rows = [{**base, **sr.row()} for sr in res.slices if sr.label == first]
                 c_rows = [{**base, **cr.row(), "seconds": round(res.seconds, 3)} for cr in res.records
                           if cr.label == first]
-            part_file(out, name, set_name, res.case).write_text(
-                json.dumps({"slices": s_rows, "cases": c_rows}, default=_json_value))
-            slices += s_rows
-            case_rows += c_rows
+            part = part_file(out, name, set_name, res.case)
+            tmp = part.with_suffix(".tmp")  # a part exists whole or not at all
+            tmp.write_text(json.dumps({"slices": s_rows, "cases": c_rows}, default=_json_value))
+            tmp.replace(part)
             done += 1
             report(f"{name} · {set_name} · {res.case}")
-    write_csv(out / "slices.csv", slices)
-    write_csv(out / "cases.csv", case_rows)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank's parts are written
+        if started:
+            dist.destroy_process_group()
+        if rank != 0:
+            return out
+        done = total
+    # merge the parts in the canonical order (models x option sets x cases): one process or many,
+    # a fresh or a resumed run, the tables come out the same
+    slices, case_rows = [], []
+    for name, set_name, _, _ in runs:
+        for case in cases:
+            kept = json.loads(part_file(out, name, set_name, case.case_id).read_text())
+            slices += kept["slices"]
+            case_rows += kept["cases"]
+    S.write_parquet(out / "slices.parquet", slices, S.SLICE_SCHEMA)
+    S.write_parquet(out / "cases.parquet", case_rows, S.CASE_SCHEMA)
+    if csv_export:
+        write_csv(out / "slices.csv", slices)
+        write_csv(out / "cases.csv", case_rows)
     names = list(option_sets)
     model_names = list(loaded)
     comps = [compare_sets(slices, m, names[0], b) for m in model_names for b in names[1:]]
@@ -193,7 +226,8 @@ def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Pat
             "predictions": {n: str(f.directory) for n, f in folders.items()},
             "option_sets": option_sets, "exact_options": exact, "mc_samples": mc_samples, "seed": seed,
             "rules": rules.to_dict(), "dataset": dataset or {}, "case_ids": [c.case_id for c in cases],
-            "seconds": round(time.perf_counter() - t0, 1), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "seconds": round(time.perf_counter() - t0, 1), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "processes": world}
     if "orig" in option_sets and "masked" in option_sets:
         rows = table1(slices, model_names)
         write_csv(out / "table1.csv", rows)
@@ -203,42 +237,47 @@ def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Pat
     return out
 
 
+def _distributed() -> tuple[int, int, bool]:
+    """(rank, world size, whether the process group was started here). Under ``torchrun``
+    (``WORLD_SIZE`` > 1) the gloo group is started unless the caller already did, as in
+    :mod:`medseg_core.evaluate`; otherwise (0, 1, False)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, False
+    import torch.distributed as dist
+
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), started
+
+
 def _json_value(v):
     """NaN-safe JSON for part files (numpy scalars to Python)."""
     return v.item() if hasattr(v, "item") else str(v)
 
 
 # ----------------------------------------------------------------------------- reading a run
-def _num(v):
-    if v in ("", None, "None"):
-        return None
-    if v in ("True", "False"):
-        return v == "True"
-    try:
-        f = float(v)
-    except ValueError:
-        return v
-    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() and v.lower() != "nan" else f
-
-
 def read_rows(path: str | Path) -> list[dict]:
-    """A run's CSV as dict rows (numbers parsed, ``tags`` split). ``slice`` is the 0-based array
-    index; ``slice_number`` (1-based, what the app shows) is derived for files written before it
-    was stored beside ``slice`` (see :mod:`medseg_core.tables`)."""
-    with open(path, newline="") as fh:
-        rows = [with_slice_numbers({k: _num(v) for k, v in r.items()}) for r in csv.DictReader(fh)]
-    for r in rows:
-        if "tags" in r:
-            r["tags"] = [t for t in str(r["tags"] or "").split(";") if t]
-    return rows
+    """A run's CSV (or Parquet) file as dict rows, typed by the declared schema
+    (:func:`medseg_core.cohort_store.read_csv_typed`: case ids strings, numbers numbers, missing
+    numbers NaN, ``tags`` a list). ``slice`` is the 0-based array index; ``slice_number`` (1-based,
+    what the app shows) is derived for files written before it was stored beside ``slice`` (see
+    :mod:`medseg_core.tables`)."""
+    path = Path(path)
+    t = S.pq.read_table(path) if path.suffix == ".parquet" else S.read_csv_typed(path)
+    return S.RowTable.from_arrow(t).records()
 
 
 @dataclass
 class CohortRun:
+    """A run folder: ``meta`` (cohort.json) and its slice and case tables as
+    :class:`~medseg_core.cohort_store.RowTable` (columnar; also a sequence of dict rows)."""
+
     path: Path
     meta: dict
-    slices: list[dict]
-    cases: list[dict]
+    slices: S.RowTable
+    cases: S.RowTable
 
     @property
     def name(self) -> str:
@@ -275,8 +314,15 @@ def dataset_cases(meta: dict) -> dict:
 
 
 def load_run(path: str | Path) -> CohortRun:
+    """A run folder with its tables from the Parquet store (an old CSV-only run is converted once,
+    :func:`medseg_core.cohort_store.read_table`)."""
     path = Path(path)
-    return CohortRun(path, read_meta(path), read_rows(path / "slices.csv"), read_rows(path / "cases.csv"))
+    return CohortRun(path, read_meta(path), S.read_rows_table(path, "slices"), S.read_rows_table(path, "cases"))
+
+
+def run_mtime(path: str | Path) -> float:
+    """When a run's slice table last changed (a cache key for the gallery)."""
+    return S.table_mtime(path)
 
 
 def list_runs(directory: str | Path | None = None) -> list[Path]:
@@ -348,41 +394,56 @@ def table1_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def filter_slices(rows: list[dict], tags=None, models=None, sets=None, dice_range=(0.0, 1.0),
-                  uncertainty_range=None, informative_only: bool = True) -> list[dict]:
+def _table(rows) -> S.RowTable:
+    return rows if isinstance(rows, S.RowTable) else S.RowTable.from_records(list(rows))
+
+
+def filter_slices(rows, tags=None, models=None, sets=None, dice_range=(0.0, 1.0),
+                  uncertainty_range=None, informative_only: bool = True):
     """Rows with any of ``tags`` (all if None), in the models / option sets given, with Dice* in
-    ``dice_range`` and uncertainty in ``uncertainty_range`` (when given and present)."""
-    out = []
-    for r in rows:
-        if informative_only and not (r["ref_present"] or r["pred_present"]):
-            continue
-        if tags and not set(tags) & set(r["tags"]):
-            continue
-        if models and r["model"] not in models:
-            continue
-        if sets and r["set"] not in sets:
-            continue
-        if not dice_range[0] <= r["dice_star"] <= dice_range[1]:
-            continue
-        u = r.get("uncertainty")
-        if uncertainty_range and _finite(u) and not uncertainty_range[0] <= u <= uncertainty_range[1]:
-            continue
-        out.append(r)
-    return out
+    ``dice_range`` and uncertainty in ``uncertainty_range`` (when given and finite); with
+    ``informative_only`` only slices with a reference or a prediction.
+
+    Done on the columns (:meth:`medseg_core.cohort_store.RowTable.mask`): a
+    :class:`~medseg_core.cohort_store.RowTable` in, a RowTable out; a list of dict rows in, a list
+    out."""
+    t = _table(rows)
+    out = t.filter(tags, models, sets, dice_range, uncertainty_range, informative_only)
+    return out if isinstance(rows, S.RowTable) else out.records()
 
 
-def rows_csv(rows: list[dict]) -> bytes:
+def tag_counts(rows) -> dict[str, int]:
+    """Rows per tag (a row counts under each of its tags), on the columns for a RowTable
+    (:func:`medseg_core.analysis.tag_counts` for dict rows)."""
+    return rows.tag_counts() if isinstance(rows, S.RowTable) else A.tag_counts(rows)
+
+
+def has_uncertainty(rows) -> bool:
+    """Whether any row has a finite uncertainty score (the run used MC dropout)."""
+    if isinstance(rows, S.RowTable):
+        return rows.has_uncertainty()
+    return any(_finite(r.get("uncertainty")) for r in rows)
+
+
+def rows_csv(rows) -> bytes:
     """Slice rows as CSV bytes (tags joined with ';'), for the gallery's export."""
+    if isinstance(rows, S.RowTable):
+        return rows.csv_bytes()
     return csv_text([{k: (";".join(v) if isinstance(v, list) else v) for k, v in r.items()} for r in rows]).encode()
 
 
+#: The gallery's sort orders: the key of one dict row and whether it is descending. The columnar
+#: :meth:`medseg_core.cohort_store.RowTable.order` sorts the same way (stable, ties in row order).
 SORT_KEYS = {"Dice (worst first)": (lambda r: r["dice_star"], False),
              "Uncertainty (highest first)": (lambda r: r["uncertainty"] if _finite(r.get("uncertainty")) else -1.0, True),
              "Post-processing change (largest first)": (lambda r: abs(r["delta_pp"]) if _finite(r.get("delta_pp")) else 0.0, True),
              "Case and slice": (lambda r: (r["case"], r["slice"]), False)}
 
 
-def sort_slices(rows: list[dict], how: str) -> list[dict]:
+def sort_slices(rows, how: str):
+    """Rows in the order ``SORT_KEYS[how]``: a RowTable sorted on its columns, or a list of dicts."""
+    if isinstance(rows, S.RowTable):
+        return rows.sort(how)
     key, rev = SORT_KEYS[how]
     return sorted(rows, key=key, reverse=rev)
 
@@ -486,6 +547,11 @@ def uncertainty_scatter(rows: list[dict], height: int = 360):
     with the AUROC of the uncertainty for detecting failed slices (:func:`analysis.uncertainty_auroc`)."""
     import plotly.graph_objects as go
 
+    if isinstance(rows, S.RowTable):  # select on the columns, make dict rows only for those plotted
+        u = rows.frame["uncertainty"].to_numpy(float, na_value=np.nan) if "uncertainty" in rows.frame else np.array([])
+        keep = np.isfinite(u) & (rows.frame["ref_present"].to_numpy(bool) | rows.frame["pred_present"].to_numpy(bool)) \
+            if len(u) else np.zeros(len(rows), bool)
+        rows = rows.take(np.flatnonzero(keep))
     use = [r for r in rows if _finite(r.get("uncertainty")) and (r["ref_present"] or r["pred_present"])]
     au = A.uncertainty_auroc(use)
     fig = go.Figure()
@@ -536,9 +602,11 @@ def main(argv=None) -> Path:
     run = run_cohort(cases, a.models, sets, out, mc_samples=a.mc, directory=a.checkpoints, predictions=predictions,
                      dataset={"adapter": a.adapter, "root": str(a.data), "synthetic": a.synthetic},
                      progress=lambda d, t, m: print(f"[{d}/{t}] {m}", flush=True))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return run  # rank 0 merged and reports
     r = load_run(run)
     print(f"\nCohort run written to {run}")
-    counts = A.tag_counts(filter_slices(r.slices))
+    counts = tag_counts(filter_slices(r.slices))
     print("Slice tags (slices with reference or prediction): " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
     if (run / "table1.md").exists():
         print("\n" + (run / "table1.md").read_text())

@@ -22,8 +22,10 @@ st.title("Failure gallery")
 ss = st.session_state
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
+@st.cache_resource(show_spinner=False, max_entries=8)
 def _run(path: str, mtime: float):
+    """The run's columnar tables, loaded once per process and shared read-only (a cache_data copy
+    would unpickle the whole table on every rerun)."""
     return C.load_run(path)
 
 
@@ -115,7 +117,7 @@ if ss.get("gallery_run") not in paths:
     ss["gallery_run"] = paths[0]
 path = st.selectbox("Cohort run", paths, key="gallery_run", format_func=lambda p: p.rsplit("/", 1)[-1])
 try:
-    r = _run(path, Path(path, "slices.csv").stat().st_mtime)
+    r = _run(path, C.run_mtime(path))
 except (OSError, KeyError, ValueError) as e:
     st.error(f"This run folder cannot be read ({e}).")
     st.stop()
@@ -140,7 +142,7 @@ with tab_t:
 
 # ------------------------------------------------------------------ filters
 with tab_g:
-    counts_all = A.tag_counts(C.filter_slices(r.slices))
+    counts_all = C.tag_counts(C.filter_slices(r.slices))
     st.markdown("**Slices per tag** (slices with a reference or a prediction; a slice can carry several tags): " +
                 " · ".join(f"{display_name(k)} **{v}**" for k, v in counts_all.items() if v))
     g1, g2, g3 = st.columns(3)
@@ -161,7 +163,7 @@ with tab_g:
     ss.setdefault("gal_unc", (0.0, 0.7))
     ss.setdefault("gal_n", 12)
     dice_rng = h1.slider("Dice* range", 0.0, 1.0, step=0.05, key="gal_dice")
-    uvals = [x["uncertainty"] for x in r.slices if isinstance(x.get("uncertainty"), float)]
+    uvals = C.has_uncertainty(r.slices)
     unc_rng = h2.slider("Uncertainty range (nats)", 0.0, 0.7, step=0.01, key="gal_unc", disabled=not uvals)
     order = h3.selectbox("Sort", list(C.SORT_KEYS), key="gal_sort")
     n_show = h4.slider("Thumbnails", 4, 48, step=4, key="gal_n")
@@ -188,13 +190,13 @@ with tab_g:
                                        title=f"{', '.join(map(display_name, tags)) or 'all slices'} · {r.name}"),
                            file_name=f"story_{r.name}.png", mime="image/png", key="dl_story",
                            on_click=exported(f"failure-gallery story PNG (run {r.name})", with_case=False))
-        st.download_button("Export the matching slices (CSV)", C.rows_csv(rows), file_name=f"slices_{r.name}.csv",
+        st.download_button("Export the matching slices (CSV)", lambda: C.rows_csv(rows), file_name=f"slices_{r.name}.csv",
                            mime="text/csv", key="dl_slices",
                            on_click=exported(f"failure-gallery slices CSV (run {r.name})", with_case=False))
 
 with tab_u:
     sel = C.filter_slices(r.slices, None, models=st.session_state.get("gal_models"), sets=st.session_state.get("gal_sets"))
-    if not any(isinstance(x.get("uncertainty"), float) for x in sel):
+    if not C.has_uncertainty(sel):
         st.info("This run has no uncertainty scores (run it with MC-dropout samples).")
     else:
         fig, au = C.uncertainty_scatter(sel)
