@@ -252,7 +252,10 @@ def uw_madison_gi(root: str | Path) -> list[Case]:
         p, m = index[sid]
         w, h, pw, ph = int(m.group(2)), int(m.group(3)), float(m.group(4)), float(m.group(5))
         masks = {c: _gi_mask(segs.get(c, ""), (h, w)) for c in GI_CLASSES}
-        out.append(Case(sid, sid.split("_")[0], p, masks, modality="MR", pixel_spacing_mm=(ph, pw)))
+        # report 002 section 2.2's "organ" column (which organs the slice has), read from the RLE
+        combo = "_".join(c for c in GI_CLASSES if (segs.get(c) or "").strip())
+        out.append(Case(sid, sid.split("_")[0], p, masks, extra={"organ_combination": combo}, modality="MR",
+                        pixel_spacing_mm=(ph, pw)))
     return out
 
 
@@ -325,6 +328,78 @@ def patient_split(cases: list[Case], fractions=(0.7, 0.15, 0.15), seed: int = 0)
         n_val = min(max(n_val, 1), n - n_train - (1 if fractions[2] > 0 else 0))
     parts = {"train": set(order[:n_train]), "val": set(order[n_train:n_train + n_val]), "test": set(order[n_train + n_val:])}
     return {k: [c for c in cases if c.patient_id in v] for k, v in parts.items()}
+
+
+def organ_combination(case: Case) -> str:
+    """Which labels a case has, as report 002 section 2.2's ``organ`` column: the non-empty mask names
+    joined by ``_`` ("" for none). Read from ``case.extra["organ_combination"]`` when the adapter
+    records it (UW-Madison, from the RLE strings, no image read), else from the loaded masks."""
+    if "organ_combination" in case.extra:
+        return str(case.extra["organ_combination"])
+    _, masks = case.load()
+    return "_".join(k for k in sorted(masks) if np.asarray(masks[k]).any())
+
+
+def drop_unlabelled(cases: list[Case]) -> list[Case]:
+    """The cases with at least one labelled organ (report 002 section 2.2: slices without labels,
+    Kaggle's test cases, were discarded before the split). For UW-Madison a case is one slice; a
+    volume case is kept when any of its slices is labelled (training then drops its unlabelled slices,
+    ``data.drop_unlabelled`` in :func:`medseg_core.train.prepare_2d`)."""
+    return [c for c in cases if organ_combination(c)]
+
+
+def _largest_remainder(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Integer parts of ``total`` proportional to ``sizes`` (Hamilton's method), never above a size."""
+    sizes = np.asarray(sizes, np.int64)
+    if total <= 0 or sizes.sum() == 0:
+        return np.zeros_like(sizes)
+    ideal = sizes * (total / sizes.sum())
+    base = np.minimum(np.floor(ideal).astype(np.int64), sizes)
+    rest = ideal - base
+    for i in np.argsort(-rest, kind="stable"):
+        if base.sum() >= total:
+            break
+        if base[i] < sizes[i]:
+            base[i] += 1
+    return base
+
+
+def stratified_split(cases: list[Case], fractions=(0.8, 0.1, 0.1), seed: int = 0,
+                     by: str = "organ_combination") -> dict[str, list[Case]]:
+    """Seeded split of **cases** (not patients) keeping each stratum's share in every part (report
+    002 section 2.2: "split into training, test, and validation with a proportion of 80%-10%-10%,
+    maintaining the class imbalance across the three splits", the class being the organ combination).
+
+    The report splits its table of slices, so for UW-Madison (one case = one slice) this is a
+    slice-level split: slices of one patient and one scan land in different parts, as in the report.
+    Part sizes: round(fraction x n) for train and val, the rest test (at least one validation case
+    from 2 cases on, one test case from 3 on when its fraction is non-zero); within the parts each
+    stratum gets its proportional share by largest remainders, members drawn at random (seeded).
+    ``by``: ``organ_combination`` (:func:`organ_combination`) or any key of ``case.extra``."""
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError("fractions must sum to 1")
+    keys = [organ_combination(c) if by == "organ_combination" else str(c.extra.get(by, "")) for c in cases]
+    n = len(cases)
+    n_train, n_val = int(round(fractions[0] * n)), int(round(fractions[1] * n))
+    if n >= 2 and fractions[1] > 0:
+        n_val = max(n_val, 1)
+    n_test = n - n_train - n_val
+    if n >= 3 and fractions[2] > 0:
+        n_test = max(n_test, 1)
+    n_train = max(n - n_val - n_test, 0)
+    strata = sorted(set(keys))
+    rng = np.random.default_rng(seed)
+    members = {k: [i for i in rng.permutation(n) if keys[i] == k] for k in strata}
+    sizes = np.array([len(members[k]) for k in strata])
+    tr = _largest_remainder(sizes, n_train)
+    va = _largest_remainder(sizes - tr, n_val)
+    parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for k, a, b in zip(strata, tr, va):
+        m = members[k]
+        parts["train"] += m[:a]
+        parts["val"] += m[a:a + b]
+        parts["test"] += m[a + b:]
+    return {k: [cases[i] for i in sorted(v)] for k, v in parts.items()}
 
 
 ADAPTERS = {"msd_spleen": msd_spleen, "ut_endomri_d2": ut_endomri_d2, "ut_endomri_d1": ut_endomri_d1,
