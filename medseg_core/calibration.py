@@ -291,3 +291,10 @@ if __name__ == "__main__":
     from .cli import guarded
 
     guarded(main)
+
+
+def card_calibration(card: dict | None) -> dict | None:
+    """A card's ``recipe.calibration`` entry (temperature, where it was fitted, ECE before/after), or
+    None when the model was never calibrated."""
+    cal = ((card or {}).get("recipe") or {}).get("calibration")
+    return dict(cal) if cal and cal.get("temperature") is not None else None

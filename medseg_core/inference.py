@@ -591,9 +591,10 @@ def _finish(pred: Prediction, loaded: LoadedModel, volume: Volume, options: Pred
 
 def card_temperature(loaded: LoadedModel) -> float | None:
     """The temperature of the card's ``recipe.calibration`` (None when the model was never calibrated)."""
-    cal = ((loaded.card or {}).get("recipe") or {}).get("calibration") or {}
-    t = cal.get("temperature")
-    return float(t) if t is not None else None
+    from .calibration import card_calibration
+
+    cal = card_calibration(loaded.card)
+    return float(cal["temperature"]) if cal else None
 
 
 def prediction_from_masks(name: str, masks: dict[str, np.ndarray], volume: Volume) -> Prediction:

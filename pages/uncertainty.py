@@ -5,13 +5,14 @@ from medseg_core.inference import PredictOptions
 from medseg_core.io import display_slice, n_slices
 from medseg_core.io.errors import InputError
 from medseg_core.io.orientation import display_aspect, orientation_known
-from pages._shared import get_spec
+from pages._shared import get_model, get_spec
 from medseg_core.labels import display_name, name_and_unit, slice_words
 from medseg_core.render import apply_window, aspect_correct, heat_overlay, slice_figure
 from medseg_core.tables import csv_text, with_slice_numbers
 from medseg_core.review import initial_slice
+from medseg_core.calibration import card_calibration, reliability, reliability_figure
 from medseg_core.uncertainty import LN2
-from pages._shared import run
+from pages._shared import cached_prediction, run
 from pages._access import exported
 from pages._shared import require_frame
 
@@ -33,17 +34,32 @@ method = c2.radio("Method", ["MC dropout", "Test-time augmentation (flips)"], ke
 n = c3.slider("MC samples", 2, 30, 10, key="unc_n", disabled=method != "MC dropout")
 spec = get_spec(name)
 st.caption(f"Dropout in this model: {spec.dropout}.")
+
+
+def calibration_of(ref: str):
+    """The card's calibration entry of the chosen model (None when it was never calibrated)."""
+    if ref.startswith("session:"):
+        return card_calibration(get_model(ref).card)
+    from medseg_core.checkpoints import read_card
+
+    return card_calibration(read_card(ref))
+
 clin = {}
 if spec.clinical_inputs:
     cl = ss.get("clinical", {"menopausal": 0, "oncology_center": 0})
     clin = {"menopausal": int(cl.get("menopausal", 0)), "oncology_center": int(cl.get("oncology_center", 0))}
-opts = PredictOptions(mc_samples=n if method == "MC dropout" else 0, tta=method != "MC dropout", seed=0, **clin)
+cal = calibration_of(name)
+calibrated = st.toggle("Calibrated probabilities", key="unc_calibrated", disabled=cal is None,
+                       help=(f"Temperature {cal['temperature']:.3g} from this model's card ({cal.get('fitted_on', '')})"
+                             if cal else "This model's card has no calibration; fit one with 'medseg calibrate'."))
+opts = PredictOptions(mc_samples=n if method == "MC dropout" else 0, tta=method != "MC dropout", seed=0,
+                      calibrated=bool(calibrated and cal), **clin)
 if st.button("Compute uncertainty", type="primary"):
     try:
         run(name, opts, slot="unc_key")
     except InputError as e:
         st.error(str(e))
-pred = ss["predictions"].get(ss.get("unc_key")) if ss.get("unc_key") else None
+pred = cached_prediction(ss.get("unc_key"))  # recomputed if the memory budget released it
 if pred is None or not pred.uncertainty:
     st.info("Press **Compute uncertainty**. Maps are computed from probabilities (never logits).")
     st.stop()
@@ -120,3 +136,28 @@ method_words = (f"MC dropout, {pred.options.mc_samples} samples" if pred.uncerta
                 else display_name(pred.uncertainty_method or "unknown method"))
 st.caption(f"Case uncertainty score: {pred.uncertainty_scores.get('case', float('nan')):.4f} nats "
            f"(mean entropy over the prediction and a 2-pixel band; {method_words}).")
+
+
+# ------------------------------------------------------------------ calibration
+st.subheader("Calibration")
+gt = ss.get("gt_mask")
+if gt is None or pred.probability is None or gt.shape != pred.probability.shape:
+    st.caption("A reliability diagram needs this case's reference mask (Load case).")
+else:
+    region = st.radio("Voxels", ["near", "all"], horizontal=True, key="cal_region",
+                      format_func=lambda r: {"near": "Near the structure", "all": "Whole volume"}[r],
+                      help="Near the structure: the box around prediction and reference, 8 voxels wider. The whole "
+                           "volume is dominated by easy background voxels.")
+    rel = reliability(pred.probability, gt, region=region, pred=pred.mask)
+    cc1, cc2 = st.columns([2, 1])
+    cc1.plotly_chart(reliability_figure(rel, spec.title), width="stretch", key="cal_fig",
+                     config={"displaylogo": False, "displayModeBar": False})
+    with cc2:
+        st.metric("Expected calibration error", f"{rel.ece:.3f}")
+        st.metric("Largest bin gap", f"{rel.mce:.3f}")
+        st.caption(f"Over {rel.n:,} voxels of this case in 15 bins of the foreground probability "
+                   + ("(temperature-scaled)" if pred.calibration else "(the model's own)")
+                   + ". A calibrated model lies on the diagonal: of the voxels given 0.8, 80 % are foreground. "
+                     "One case is a small sample; 'medseg calibrate' measures a validation split.")
+    with st.expander("Bins"):
+        st.dataframe(rel.rows(), hide_index=True)

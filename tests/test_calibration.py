@@ -101,3 +101,24 @@ def test_calibrate_a_checkpoint_writes_the_card_and_the_app_option_rescales_prob
     # the shipped card has no calibration: asking for it says so instead of pretending
     plain = predict(load_model("ovary_unet"), vol, PredictOptions(calibrated=True))
     assert any("no calibration" in w for w in plain.warnings)
+
+
+@pytest.mark.slow
+def test_uncertainty_page_shows_the_cases_reliability_diagram_and_ece():
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240).run()
+    at.switch_page("pages/uncertainty.py").run()
+    at.session_state["unc_n"] = 3
+    at.run()
+    assert at.toggle(key="unc_calibrated").disabled  # the shipped card has no temperature
+    next(b for b in at.button if b.label == "Compute uncertainty").click().run()
+    assert not at.exception, at.exception
+    ss = at.session_state
+    pred = ss["predictions"].get(ss["unc_key"])
+    want = C.reliability(pred.probability, ss["gt_mask"], region="near", pred=pred.mask)
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Expected calibration error"] == f"{want.ece:.3f}"
+    assert any(f"Over {want.n:,} voxels" in c.value for c in at.caption)
