@@ -325,6 +325,7 @@ class MemoryBudget:
         self.idle_seconds = float(idle_seconds if idle_seconds is not None else default_idle_seconds())
         self.clock = clock
         self._lock = threading.RLock()
+        self._freed = threading.Condition(self._lock)  # notified when bytes are let go (waiting runs retry)
         self._entries: dict[tuple, Entry] = {}
         self._activity: dict[str, float] = {}
         self._session_release: dict[str, Callable[[], None]] = {}
@@ -370,7 +371,7 @@ class MemoryBudget:
 
     # -- holding
     def hold(self, session: str, key, nbytes: int, *, evictable: bool, on_release=None, what: str = "",
-             reserve: bool = True) -> None:
+             reserve: bool = True, wait_s: float = 0.0) -> None:
         """Account ``nbytes`` held by ``session`` under ``key`` (replacing an earlier entry of that
         key). With ``reserve`` room is made first (evicting others' least recently used results) and
         :class:`BudgetExceeded` raised when it cannot fit; nothing is held then."""
@@ -379,7 +380,7 @@ class MemoryBudget:
             old = self._entries.pop((session, key), None)
         try:
             if reserve:
-                self.reserve(session, nbytes, what)
+                self.reserve(session, nbytes, what, wait_s=wait_s)
         except BudgetExceeded:
             if old is not None:
                 with self._lock:
@@ -394,6 +395,7 @@ class MemoryBudget:
         """The owner let go of ``key`` itself: forget it (no callback)."""
         with self._lock:
             self._entries.pop((session, key), None)
+            self._freed.notify_all()
 
     def drop_session(self, session: str) -> None:
         with self._lock:
@@ -403,19 +405,31 @@ class MemoryBudget:
             self._session_release.pop(session, None)
 
     # -- making room
-    def reserve(self, session: str, nbytes: int, what: str = "this request") -> list:
+    def reserve(self, session: str, nbytes: int, what: str = "this request", wait_s: float = 0.0) -> list:
         """Make room for ``nbytes`` more: release idle sessions, then evict the least recently used
         evictable entries of any session. Returns the evicted entries; raises
-        :class:`BudgetExceeded` (evicting nothing) when even evicting every result would not do."""
+        :class:`BudgetExceeded` (evicting nothing) when even evicting every result would not do.
+        When only other sessions' running models stand in the way, waits up to ``wait_s`` seconds
+        for them to finish (a queue, not a refusal)."""
         self.release_idle()
         callbacks, evicted = [], []
+        deadline = time.monotonic() + wait_s
         with self._lock:
-            used = self.used
-            if used + nbytes > self.limit:
+            while True:
+                used = self.used
+                if used + nbytes <= self.limit:
+                    break
                 pinned = sum(e.nbytes for e in self._entries.values() if not e.evictable)
-                if pinned + nbytes > self.limit:
-                    self.refusals += 1
-                    raise BudgetExceeded(self._refusal(nbytes, pinned, what))
+                if pinned + nbytes <= self.limit:
+                    break
+                running = sum(e.nbytes for e in self._entries.values() if _is_transient(e.key))
+                left = deadline - time.monotonic()
+                if running and pinned - running + nbytes <= self.limit and left > 0:
+                    self._freed.wait(min(left, 1.0))  # another session's model run will give its memory back
+                    continue
+                self.refusals += 1
+                raise BudgetExceeded(self._refusal(nbytes, pinned, what))
+            if used + nbytes > self.limit:
                 for e in sorted((e for e in self._entries.values() if e.evictable), key=lambda e: e.last_used):
                     if used + nbytes <= self.limit:
                         break
@@ -440,10 +454,11 @@ class MemoryBudget:
                 "please try again in a few minutes, or close cases you no longer need.")
 
     @contextmanager
-    def transient(self, session: str, nbytes: int, what: str = "this request"):
-        """Hold ``nbytes`` for the duration of a ``with`` block (a model run's working memory)."""
+    def transient(self, session: str, nbytes: int, what: str = "this request", wait_s: float = 600.0):
+        """Hold ``nbytes`` for the duration of a ``with`` block (a model run's working memory),
+        waiting up to ``wait_s`` for other sessions' runs when only they stand in the way."""
         key = ("transient", object())
-        self.hold(session, key, nbytes, evictable=False, what=what)
+        self.hold(session, key, nbytes, evictable=False, what=what, wait_s=wait_s)
         try:
             yield
         finally:
@@ -458,7 +473,7 @@ class MemoryBudget:
             for s, t in list(self._activity.items()):
                 if now - t <= self.idle_seconds:
                     continue
-                if any(k[0] == s and isinstance(k[1], tuple) and k[1][:1] == ("transient",) for k in self._entries):
+                if any(k[0] == s and _is_transient(k[1]) for k in self._entries):
                     continue  # a model is running for it: not idle
                 released.append(s)
                 for k in [k for k in self._entries if k[0] == s]:
@@ -476,6 +491,10 @@ class MemoryBudget:
             except Exception:  # a vanished session must not break another one's request
                 pass
         return released
+
+
+def _is_transient(key) -> bool:
+    return isinstance(key, tuple) and key[:1] == ("transient",)
 
 
 _SERVER: MemoryBudget | None = None

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import streamlit as st
 
+from medseg_core import budget as B
 from medseg_core.checkpoints import load_model, model_spec
 from medseg_core.inference import PredictOptions, predict
+from medseg_core.io.errors import InputError
 from medseg_core.render import auto_window
 from medseg_core.review import PredictionCache, case_key
 from medseg_core.samples import get_sample, list_samples
@@ -36,16 +38,93 @@ def get_spec(ref: str):
     return model_spec(ref)
 
 
-def set_case(volume, gt=None, extras=None, sample=None) -> None:
-    """Make ``volume`` the session's case; earlier predictions and uploads are dropped."""
+# ------------------------------------------------------------------ server-wide memory budget (issue 21)
+#: Session-state entries that hold a session's case and results; released with an idle session.
+HEAVY_KEYS = ("volume", "gt_mask", "extra_masks", "predictions", "external_predictions", "us_cache", "mask_uploads",
+              "current", "unc_key", "case_key", "sample", "upload_sig", "gt_sig")
+
+
+def session_id() -> str:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "no-session"
+
+
+def _release_idle_session(state, minutes: float):
+    """The budget's callback for an idle session (runs in another session's thread): drop the
+    session's case and results from its state; its next run says so (:func:`ensure_state`)."""
+    def release():
+        for k in HEAVY_KEYS:
+            try:
+                del state[k]
+            except KeyError:
+                pass
+        state["_released_idle"] = minutes
+    return release
+
+
+def _arrays_bytes(*objs) -> int:
+    """Bytes of the arrays in ``objs`` (arrays, dicts / lists of them, predictions), each counted once."""
+    from medseg_core.inference import Prediction
+
+    seen, total, stack = set(), 0, list(objs)
+    while stack:
+        o = stack.pop()
+        if o is None or id(o) in seen:
+            continue
+        seen.add(id(o))
+        if isinstance(o, Prediction):
+            total += B.prediction_bytes(o)
+        elif isinstance(o, dict):
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple)):
+            stack.extend(o)
+        elif hasattr(o, "array") and hasattr(o, "affine"):  # a Volume
+            total += B.array_bytes(o.array)
+        elif hasattr(o, "nbytes"):
+            total += B.array_bytes(o)
+    return total
+
+
+def case_bytes(volume=None, gt=None, extras=None) -> int:
+    """What this session holds besides its cached model results: the volume, the reference and other
+    masks, uploaded predictions and mask files, checkpoints uploaded for this session."""
     ss = st.session_state
+    models = sum(sum(p.numel() * p.element_size() for p in lm.module.parameters())
+                 for lm in (ss.get("session_models") or {}).values())
+    if volume is None:
+        volume, gt, extras = ss.get("volume"), ss.get("gt_mask"), ss.get("extra_masks")
+    return models + _arrays_bytes(volume, gt, extras, ss.get("external_predictions"), ss.get("mask_uploads"))
+
+
+def account_case(volume=None, gt=None, extras=None, what: str = "opening this case", reserve: bool = False) -> None:
+    """(Re-)account this session's case in the server budget; with ``reserve`` room is made first and
+    :class:`medseg_core.budget.BudgetExceeded` (a sentence) raised when it cannot fit."""
+    B.server_budget().hold(session_id(), "case", case_bytes(volume, gt, extras), evictable=False,
+                           what=what, reserve=reserve)
+
+
+def new_prediction_cache(max_items: int = 4):
+    """A session's prediction cache, accounted in the server-wide budget (stored compactly)."""
+    return PredictionCache(max_items=max_items, budget=B.server_budget(), session=session_id())
+
+
+def set_case(volume, gt=None, extras=None, sample=None) -> None:
+    """Make ``volume`` the session's case; earlier predictions and uploads are dropped. Refused with
+    a sentence (:class:`medseg_core.budget.BudgetExceeded`, the current case kept) when the server's
+    memory budget cannot hold it."""
+    ss = st.session_state
+    account_case(volume, gt, extras, reserve=True)
+    if "predictions" in ss:
+        ss["predictions"].clear()  # their bytes leave the budget
     ss["volume"] = volume
     ss["gt_mask"] = gt
     ss["extra_masks"] = extras or {}
     ss["sample"] = sample
     ss["case_key"] = case_key(volume)
     ss["auto_window"] = auto_window(volume.array)  # once per case, not on every slider move
-    ss["predictions"] = PredictionCache()
+    ss["predictions"] = new_prediction_cache()
     ss["external_predictions"] = {}  # uploaded predictions belong to the case they were made on
     for k in ("current", "load_error", "us_kind", "result_source", "from_gallery", "show_other", "slice_axial", "slice_coronal", "slice_sagittal", "unc_slice", "unc_key"):
         ss.pop(k, None)  # a new case opens on its own slices
@@ -65,10 +144,28 @@ def open_sample(key: str) -> None:
 def ensure_state() -> None:
     """First visit of a session: open the default bundled sample so the app is never empty."""
     ss = st.session_state
-    if "initialised" not in ss:
+    budget = B.server_budget()
+    minutes = ss.pop("_released_idle", None)
+    if "initialised" not in ss or minutes is not None:
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+        ctx = get_script_run_ctx()
+        if ctx is not None:
+            budget.session_started(session_id(), _release_idle_session(ctx.session_state, budget.idle_seconds / 60))
         ss["initialised"] = True
+        if minutes is not None:
+            st.info(f"This session was idle for more than {minutes:g} minutes, so its case and results were released "
+                    "to free the server's memory for other reviewers. The bundled sample is open; load your case again "
+                    "on Load case.")
         if list_samples():
-            open_sample(DEFAULT_SAMPLE)
+            try:
+                open_sample(DEFAULT_SAMPLE)
+            except B.BudgetExceeded as e:
+                st.warning(str(e))
+    else:
+        budget.touch(session_id())
+        if ss.get("volume") is not None:
+            account_case()  # uploads (reference, masks, predictions, checkpoints) since the last run
 
 
 def run(model_name: str, options: PredictOptions, reference=None, slot: str = "current"):
@@ -80,13 +177,22 @@ def run(model_name: str, options: PredictOptions, reference=None, slot: str = "c
     key = cache.key(ss["case_key"], model_name, options)
     pred = cache.get(key)
     if pred is None:
-        bar = st.progress(0.0, text=f"Running {get_spec(model_name).title}...")
+        spec, vol = get_spec(model_name), ss["volume"]
+        if cache.was_evicted(key):
+            st.info("This result had been released to free the server's memory for other reviewers "
+                    "(least recently used first); it is being recomputed.")
+        bar = st.progress(0.0, text=f"Running {spec.title}...")
         try:
-            pred = predict(get_model(model_name), ss["volume"], options,
-                           progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m), reference=reference)
+            # the run's working memory is reserved for as long as it runs (evicting others' old results,
+            # or refused with a sentence); the result is then kept compactly (medseg_core.budget)
+            with B.server_budget().transient(session_id(), B.predict_working_bytes(spec, vol.shape, vol.spacing, options)
+                                             + B.compact_bytes_estimate(vol.shape, len(spec.labels)),
+                                             what=f"running {spec.title} on this case"):
+                pred = predict(get_model(model_name), vol, options,
+                               progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m), reference=reference)
         finally:
             bar.empty()  # never leave a stuck progress bar beside an error
-        cache.put(key, pred)
+        pred = cache.put(key, pred)
         from pages._access import audit, options_text
 
         audit("run_model", case_key=ss["case_key"], model=model_name, detail=options_text(options))
@@ -94,10 +200,28 @@ def run(model_name: str, options: PredictOptions, reference=None, slot: str = "c
     return pred
 
 
-def current_prediction():
+def cached_prediction(key):
+    """The cached prediction of ``key``; recomputed (the page says why) when the server's memory budget
+    had released it."""
     ss = st.session_state
-    key = ss.get("current")
-    return ss["predictions"].get(key) if key and "predictions" in ss else None
+    if not key or "predictions" not in ss:
+        return None
+    cache = ss["predictions"]
+    pred = cache.get(key)
+    if pred is None and cache.was_evicted(key) and key[0] == ss.get("case_key"):
+        from medseg_core.inference import PredictOptions
+
+        options = PredictOptions(**dict(key[2]))
+        try:
+            pred = run(key[1], options, reference=ss.get("gt_mask") if options.side_masking == "oracle" else None)
+        except InputError as e:
+            st.error(str(e))
+            return None
+    return pred
+
+
+def current_prediction():
+    return cached_prediction(st.session_state.get("current"))
 
 
 def require_frame() -> None:

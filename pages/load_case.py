@@ -32,8 +32,11 @@ with tab_sample:
     pick = st.selectbox("Sample case", list(titles), key="sample_pick")
     st.caption(titles[pick].description)
     if st.button("Open sample", key="open_sample"):
-        open_sample(titles[pick].key)
-        st.rerun()  # redraw the sidebar for the new case
+        try:
+            open_sample(titles[pick].key)
+            st.rerun()  # redraw the sidebar for the new case
+        except InputError as e:  # e.g. the server's memory budget cannot hold it: the current case stays
+            ss["load_error"] = str(e)
 
 with tab_upload:
     st.caption("NIfTI (.nii, .nii.gz), DICOM (files or a .zip of a series), or an image (PNG, JPEG, TIFF, BMP). "

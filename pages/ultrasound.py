@@ -9,11 +9,10 @@ from medseg_core.io.errors import InputError
 from medseg_core.io.orientation import display_aspect
 from medseg_core.models import get_spec
 from medseg_core.render import LABEL_COLOURS, apply_window, aspect_correct, overlay
-from medseg_core.review import PredictionCache
 from medseg_core.ultrasound import (DENOISER, Call, analyse, clinical_table, crop_picture, model_label,
                                     second_opinion)
 from pages._access import audit
-from pages._shared import get_model, require_frame
+from pages._shared import get_model, new_prediction_cache, require_frame
 
 require_frame()
 
@@ -40,7 +39,7 @@ second = second_opinion(name, models)
 can_denoise = checkpoint_status(DENOISER) == "ok"
 denoise = st.toggle("Remove burned-in annotations first (the models then run on the cleaned image)", key="us_denoise",
                     disabled=not can_denoise) and can_denoise
-cache = ss.setdefault("us_cache", PredictionCache(max_items=32))  # 9 predictions per Run; this page's own
+cache = ss.setdefault("us_cache", new_prediction_cache(max_items=32))  # 9 predictions per Run; this page's own
 settings = (ss["case_key"], name, second, bool(denoise))
 if st.button("Run", type="primary"):
     bar = st.progress(0.0, text="Running...")

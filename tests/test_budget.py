@@ -195,3 +195,31 @@ def test_idle_sessions_are_released():
     assert b.held_by("A") == 0 and ca.get("p") is None and b.idle_releases == 1
     b.reserve("B", 10)  # any request sweeps idle sessions first
     assert released == ["A"]
+
+
+def test_a_run_waits_for_another_sessions_run_instead_of_being_refused():
+    import threading
+    import time as _t
+
+    b = MemoryBudget(limit_bytes=1000, idle_seconds=600)
+    b.hold("A", "case", 300, evictable=False)
+    order = []
+    started = threading.Event()
+
+    def first():
+        with b.transient("A", 600, "run A"):
+            started.set()
+            _t.sleep(0.3)
+            order.append("A done")
+
+    t = threading.Thread(target=first)
+    t.start()
+    started.wait(5)
+    with b.transient("B", 600, "run B", wait_s=10):  # 300 + 600 + 600 > 1000: waits for A's run
+        order.append("B runs")
+        assert b.used == 900
+    t.join()
+    assert order == ["A done", "B runs"] and b.refusals == 0 and b.used == 300
+    with pytest.raises(BudgetExceeded):  # 300 pinned + 800 can never fit: no waiting
+        with b.transient("B", 800, "run B", wait_s=10):
+            pass
