@@ -106,6 +106,8 @@ class CaseResult:
     slice_truth: np.ndarray | None = None  # ... and whether the reference has foreground there
     seconds: float = 0.0
     units: list[dict] | None = None  # a report protocol's scoring units (evaluate_cases(scorer=...))
+    class_pred: int | None = None  # a multi-class head (MMOTU's 8 classes): the argmax class ...
+    class_truth: int | None = None  # ... and the case's class id
 
 
 # ----------------------------------------------------------------------------- sources
@@ -246,6 +248,10 @@ def evaluate_cases(source, cases, options=None, label_map: dict | None = None, r
                         None if u is None else float(u[z]), tg["primary"], tuple(tg["tags"])))
         if scorer is not None:
             res.units = scorer(case, pred, refs, vol)
+        if pred.class_probabilities is not None and len(pred.class_probabilities) > 2:
+            res.class_pred = int(np.argmax(pred.class_probabilities))
+            if "class_id" in case.extra:
+                res.class_truth = int(case.extra["class_id"])
         if pred.class_probabilities is not None and len(pred.class_probabilities) == 2:  # not MMOTU's 8 classes
             res.p_malignant = float(pred.class_probabilities[1])
             if "malignant" in case.extra:
@@ -278,6 +284,11 @@ def summarise(results: list[CaseResult], threshold: float = 0.5) -> dict:
     if cls:
         y, p = zip(*cls)
         out["classification"] = M.classification_metrics(list(y), list(p), threshold)
+    multi = [(r.class_truth, r.class_pred) for r in results if r.class_truth is not None and r.class_pred is not None]
+    if multi:
+        y, p = np.array(multi).T
+        out["multiclass"] = {"accuracy": float(np.mean(y == p)), "n_cases": int(len(y)),
+                             "n_classes_seen": int(len(set(y.tolist())))}
     scored = [r for r in results if r.slice_scores is not None]
     if scored:
         y = np.concatenate([r.slice_truth for r in scored])

@@ -61,7 +61,7 @@ def summary_markdown(summary: dict, model: str) -> str:
              "| label | metric | mean | sd | n |", "| --- | --- | --- | --- | --- |"]
     for lab, s in summary.items():
         if lab in ("n_cases", "classification", "slice_classification", "options", "protocol", "protocol_scores",
-                   "protocol_per_case") \
+                   "protocol_per_case", "multiclass") \
                 or not isinstance(s, dict):
             continue
         for k, v in s.items():
@@ -81,6 +81,9 @@ def summary_markdown(summary: dict, model: str) -> str:
         for lab, s in ps.items():
             if isinstance(s, dict):
                 lines += [f"| {lab} | {metric_label(k)} | {v['mean']:.4f} | {v['n']} |" for k, v in s.items()]
+    if "multiclass" in summary:
+        c = summary["multiclass"]
+        lines += ["", f"Multi-class accuracy (argmax): {c['accuracy']:.3f} over {c['n_cases']} cases."]
     if "slice_classification" in summary:
         c = summary["slice_classification"]
         lines += ["", f"Slice classification: ROC AUC {c['auc']:.3f} over {c['n_slices']} slices."]

@@ -189,7 +189,7 @@ def row_value(summary: dict, metric: str, label: str | None = None, case: str | 
     prot = summary.get("protocol_scores") or {}
     if metric in SCORED:
         return float(prot.get(label or "all labels", {}).get(metric, {}).get("mean", math.nan))
-    cls = summary.get("classification") or summary.get("slice_classification") or {}
+    cls = summary.get("classification") or summary.get("multiclass") or summary.get("slice_classification") or {}
     if metric in cls:
         return float(cls[metric])
     return math.nan

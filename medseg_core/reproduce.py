@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,8 +231,23 @@ def smoke_overrides(cfg: dict, out_root: Path) -> list[str]:
     syn.update((cfg.get("smoke") or {}).get("synthetic") or {})
     root = f"data/synthetic/smoke/{syn['kind']}" + ("_annotated" if syn.get("annotate") else "")
     return [f"data.root={root}", f"data.synthetic={json.dumps(syn)}", "train.epochs=1",
-            "train.max_steps_per_epoch=2", "train.patience=1", "evaluate_test=false", f"out={out_root}",
+            "train.max_steps_per_epoch=2", "train.batch_size=2", "train.patience=1", "evaluate_test=false", f"out={out_root}",
             "data.max_cases=null"]
+
+
+_DEPENDENCY = re.compile(r"runs/reproduce/\d{3}[^/]*/([^/]+)/")
+
+
+def dependencies(cfg: dict) -> list[tuple[str, str]]:
+    """(config key, reproduce config) pairs a config builds on: report 001's primary-data models start
+    from their MMOTU counterparts (``init_from``) and its denoised rows clean every input with the
+    annotation-removal run (``denoiser``), both named by their place under ``runs/reproduce/NNN/``."""
+    out = []
+    for key in ("init_from", "denoiser"):
+        m = _DEPENDENCY.search(str(cfg.get(key) or ""))
+        if m and (CONFIG_DIR / f"{m.group(1)}.yaml").is_file():
+            out.append((key, m.group(1)))
+    return out
 
 
 def _train_cmd(name: str, extra: list[str]) -> str:
@@ -269,16 +285,28 @@ def run(report: str, execute: bool = False, smoke: bool = False, out: str | Path
     table = []
     trained: dict[str, tuple[Path, dict]] = {}
     evaluated: dict[str, dict] = {}
+
+    def ensure_trained(name: str, chain: tuple[str, ...] = ()) -> None:
+        """Train ``name`` once, after the runs it starts from (init_from) or cleans its inputs with
+        (denoiser), whose checkpoints are then taken from this run's folder."""
+        if name in trained:
+            return
+        if name in chain:
+            raise InputError(f"The reproduce configs depend on each other in a circle: {' -> '.join(chain + (name,))}.")
+        base = load_config(CONFIG_DIR / f"{name}.yaml")
+        ckpt_dir = out_root / name
+        extra = smoke_overrides(base, ckpt_dir) if smoke else [f"out={ckpt_dir}"]
+        for key, dep in dependencies(base):
+            ensure_trained(dep, chain + (name,))
+            extra.append(f"{key}={trained[dep][0]}")
+        cfg = load_config(CONFIG_DIR / f"{name}.yaml", extra)
+        print(_train_cmd(name, extra), flush=True)
+        if execute:
+            train(cfg, argv=["--config", str(CONFIG_DIR / f"{name}.yaml"), *extra])
+        trained[name] = (ckpt_dir / f"{cfg['name']}.safetensors", cfg)
+
     for r in rows:
-        ckpt_dir = out_root / r.config
-        extra = smoke_overrides(load_config(CONFIG_DIR / f"{r.config}.yaml"), ckpt_dir) if smoke else [
-            f"out={ckpt_dir}"]
-        cfg = load_config(CONFIG_DIR / f"{r.config}.yaml", extra)
-        if r.config not in trained:
-            print(_train_cmd(r.config, extra), flush=True)
-            if execute:
-                train(cfg, argv=["--config", str(CONFIG_DIR / f"{r.config}.yaml"), *extra])
-            trained[r.config] = (ckpt_dir / f"{cfg['name']}.safetensors", cfg)
+        ensure_trained(r.config)
         ckpt, cfg = trained[r.config]
         ev_dir = out_root / "evaluations" / r.eval_key
         split = None

@@ -130,3 +130,22 @@ def test_evaluate_with_a_protocol_scores_the_same_predictions_the_reports_way(tm
     assert (tmp_path / "r004" / "protocol.csv").read_text().count("\n") > 2
     assert "Report 004" in (tmp_path / "r004" / "summary.md").read_text()
     assert json.loads((tmp_path / "r004" / "summary.json").read_text())["protocol_scores"]["n_units"] > 2
+
+
+def test_runs_that_build_on_other_runs_are_trained_after_them_from_this_runs_folder(capsys, tmp_path):
+    """Report 001: the primary-data models start from their MMOTU counterparts and the denoised rows
+    clean their inputs with the annotation-removal run; the listing trains those first and points the
+    later configs at this run's checkpoints."""
+    names = [p.stem for p in R.CONFIG_DIR.glob("001_*.yaml")]
+    deps = {n: R.dependencies(load_config(R.CONFIG_DIR / f"{n}.yaml")) for n in names}
+    denoised = [n for n, d in deps.items() if ("denoiser", "001_denoiser") in d]
+    assert denoised and any(k == "init_from" for d in deps.values() for k, _ in d)
+    R.run("001", out=tmp_path)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("medseg train")]
+    order = [ln.split("configs/reproduce/")[1].split(".yaml")[0] for ln in lines]
+    assert len(order) == len(set(order))  # each config trained once
+    for n, d in deps.items():
+        for key, dep in d:
+            assert order.index(dep) < order.index(n)
+            line = lines[order.index(n)]
+            assert f"{key}={tmp_path / dep / dep}.safetensors" in line
