@@ -14,7 +14,9 @@ Rows (each a median of several runs; ratios against a baseline measured in the s
 6. the app in Chromium: URL to first overlay on the default sample (cold server, target <= 15 s)
    and slider move to updated image (target median <= 300 ms);
 7. peak RSS of ``predict`` with ``unet3d`` on CT volumes of three sizes up to 512 x 512 x 300
-   (target <= 3 GB), each in a fresh process.
+   (target <= 3 GB), each in a fresh process;
+8. cohorts at scale: the failure gallery's counts + filter + sort on a generated cohort of 300 000
+   slice rows (target <= 200 ms; ``benchmarks/cohort_bench.py``).
 
 Nothing here runs in ``make test``. ``--quick`` shrinks repeats and sizes (a smoke run).
 """
@@ -284,6 +286,15 @@ def memory_rows(quick: bool) -> list[dict]:
     return rows
 
 
+# ----------------------------------------------------------------------------- 8. cohorts at scale
+def _cohort(quick: bool) -> dict:
+    from cohort_bench import cohort_bench
+
+    res = cohort_bench(quick)
+    print(json.dumps({k: v for k, v in res.items() if k != "counts"}), flush=True)
+    return res
+
+
 # ----------------------------------------------------------------------------- report
 def _verdict(value, target, lower_is_better=True) -> str:
     ok = value <= target if lower_is_better else value >= target
@@ -322,6 +333,11 @@ def write_markdown(r: dict) -> str:
         big = mem[-1]
         lines.append(f"| peak RSS, `predict` unet3d on CT {big['shape_zyx']} | {big['peak_rss_mb'] / 1024:.2f} GB | "
                      f"<= 3 GB | {_verdict(big['peak_rss_mb'] / 1024, 3.0)} |")
+    co = r.get("cohort")
+    if co:
+        lines.append(f"| gallery counts + filter + sort, cohort of {co['rows']:,} slice rows (slowest sort order) | "
+                     f"{co['refresh_worst_ms']:.0f} ms (load {co['load_s']:.2f} s) | <= 200 ms | "
+                     f"{_verdict(co['refresh_worst_ms'], 200)} |")
     lines += ["", f"Dense float32 matmul (2048 x 2048): **{r['matmul_gflops']:.1f} GFLOP/s**.", "",
               "## Models", "", "FLOPs from `torch.utils.flop_counter` (multiply-add = 2 FLOPs) for one forward pass at the "
               "shipped checkpoint's input size (2D: one slice; 3D: one 64^3 sliding-window roi); latency of that pass "
@@ -366,6 +382,18 @@ def write_markdown(r: dict) -> str:
                   f"abdomen window, TP/FP/FN layers, square pixels, "
                   f"plotly figure with the PNG-encoded picture, serialised): {rr['frame_512_ms']} ms. The replaced viewer "
                   f"re-ran the model on every slider move: {rr['rerun_model_ms']} ms for {rr['rerun_model_case']}."]
+    if co:
+        f = co["filter"]
+        lines += ["", "## Cohorts at scale", "", f"A generated cohort run (`medseg_core.cohort_store.synthetic_run`: 4 models x "
+                  f"3 option sets x 500 cases x 50 slices = {co['rows']:,} slice rows, realistic tag mix, case ids like "
+                  f"\"0007\") in the Parquet store ({co['store_mb']} MB, written in {co['generate_s']} s); loading it into "
+                  f"the columnar table: {co['load_s']} s. One gallery refresh = tag counts of the whole run + filter "
+                  f"(tags {', '.join(f['tags'])}; models {', '.join(f['models'])}; set {', '.join(f['sets'])}; Dice* "
+                  f"{f['dice_range'][0]}-{f['dice_range'][1]}; uncertainty {f['uncertainty_range'][0]}-"
+                  f"{f['uncertainty_range'][1]} nats: {co['matching']} rows) + sort + the first 12 rows as dicts "
+                  "(medians, ms):", "", "| sort order | refresh (ms) |", "| --- | --- |"]
+        lines += [f"| {k} | {v} |" for k, v in co["refresh_ms"].items()]
+        lines += ["", "Parts (ms): " + ", ".join(f"{k} {v}" for k, v in co["steps_ms"].items()) + "."]
     lines += ["", f"Total benchmark time: {r['seconds']:.0f} s.", ""]
     return "\n".join(lines)
 
@@ -373,11 +401,11 @@ def write_markdown(r: dict) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats and sizes (smoke run)")
-    ap.add_argument("--only", nargs="*", default=None, help="matmul models predict mc render app memory")
+    ap.add_argument("--only", nargs="*", default=None, help="matmul models predict mc render app memory cohort")
     a = ap.parse_args(argv)
     configure_threads()
     t0 = time.perf_counter()
-    want = set(a.only or ["matmul", "models", "predict", "mc", "render", "app", "memory"])
+    want = set(a.only or ["matmul", "models", "predict", "mc", "render", "app", "memory", "cohort"])
     old = json.loads(OUT_JSON.read_text()) if (a.only and OUT_JSON.exists()) else {}
     r = dict(old)
     r["machine"] = machine()
@@ -386,7 +414,7 @@ def main(argv=None) -> dict:
         print("matmul GFLOP/s", round(r["matmul_gflops"], 1), flush=True)
     steps = [("models", lambda: model_rows(r["matmul_gflops"], a.quick)), ("predict_vs_monai", lambda: predict_vs_monai(a.quick)),
              ("mc", lambda: mc_rows(a.quick)), ("render", lambda: render_row(a.quick)), ("app", lambda: app_row(a.quick)),
-             ("memory", lambda: memory_rows(a.quick))]
+             ("memory", lambda: memory_rows(a.quick)), ("cohort", lambda: _cohort(a.quick))]
     for key, fn in steps:
         short = "predict" if key == "predict_vs_monai" else key
         if short in want:

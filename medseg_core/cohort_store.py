@@ -156,8 +156,9 @@ def read_table(run: str | Path, name: str) -> pa.Table:
     the declared types and kept as Parquet beside it (when the folder is writable)."""
     run = Path(run)
     pqf, csvf = run / f"{name}.parquet", run / f"{name}.csv"
-    if pqf.exists():
-        return pq.read_table(pqf)
+    if pqf.exists():  # string columns straight into dictionary arrays (pandas categoricals)
+        names = pq.read_schema(pqf).names
+        return pq.read_table(pqf, read_dictionary=[k for k in names if k != "tags" and pa.types.is_string(column_type(k))])
     t = read_csv_typed(csvf)
     try:
         write_parquet(pqf, t)
