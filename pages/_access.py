@@ -131,7 +131,7 @@ def verdict_control(case_key: str, model: str | None, options=None, plane: str |
     ident = identity()
     with st.expander("Verdict", expanded=False):
         with st.form("verdict_form", clear_on_submit=True):
-            choice = st.radio("Verdict", VERDICTS, format_func=VERDICT_WORDS.get, horizontal=True, key="verdict_choice")
+            choice = st.radio("Decision", VERDICTS, format_func=VERDICT_WORDS.get, horizontal=True, key="verdict_choice")
             note = st.text_input("Note", key="verdict_note", max_chars=2000)
             this_slice = False
             if plane is not None and slice_index is not None:
