@@ -68,12 +68,13 @@ class Row:
     note: str = ""
     case: str | None = None  # a per-case row (report 004's Table 2): that case's value
     epoch: int | None = None  # a training-curve row (metric train_loss): that epoch of the training log
+    split: str | None = None  # which held-out part the report scored (val | test); default test, else val
 
     @property
     def eval_key(self) -> str:
         """Rows that share config, protocol and options share one evaluation."""
         opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
-        return f"{self.config}__{self.protocol}" + (f"__{opts}" if opts else "")
+        return f"{self.config}__{self.protocol}" + (f"__{opts}" if opts else "") + (f"__{self.split}" if self.split else "")
 
 
 def reports() -> list[str]:
@@ -98,7 +99,8 @@ def rows_of(report: str) -> list[Row]:
                                                                                       f"report{report}"),
                        options=dict(r.get("options") or {}), label=r.get("label"), column=r.get("column"),
                        note=str(r.get("note") or ""), case=None if r.get("case") is None else str(r["case"]),
-                       epoch=None if r.get("epoch") is None else int(r["epoch"])))
+                       epoch=None if r.get("epoch") is None else int(r["epoch"]),
+                       split=None if r.get("split") is None else str(r["split"])))
     return out
 
 
@@ -189,6 +191,8 @@ def check(report: str | None = None) -> list[str]:
                 findings.append(f"{rep} {r.table} '{r.row}': config '{r.config}' has no 'states' entry in the table")
             if math.isnan(r.value):
                 findings.append(f"{rep} {r.table} '{r.row}' {r.metric}: no reported value")
+            if r.split not in (None, "val", "test"):
+                findings.append(f"{rep} {r.table} '{r.row}': split must be val or test, not '{r.split}'")
             if r.metric == "train_loss" and r.epoch is None:
                 findings.append(f"{rep} {r.table} '{r.row}': a train_loss row needs 'epoch'")
             if r.protocol not in _protocol_names():
@@ -315,12 +319,12 @@ def run(report: str, execute: bool = False, smoke: bool = False, out: str | Path
             from .evaluate import main as evaluate_main
 
             card_split = (read_card(ckpt) or {}).get("split") or {}
-            split = "test" if card_split.get("test") else ("val" if card_split.get("val") else None)
+            split = r.split or ("test" if card_split.get("test") else ("val" if card_split.get("val") else None))
             args = _eval_args(r, ckpt, cfg, ev_dir, split)
             print("medseg evaluate " + " ".join(shlex.quote(a) for a in args), flush=True)
             evaluated[r.eval_key] = evaluate_main(args) or {}
         elif not execute:
-            print("medseg evaluate " + " ".join(shlex.quote(a) for a in _eval_args(r, ckpt, cfg, ev_dir, "test")))
+            print("medseg evaluate " + " ".join(shlex.quote(a) for a in _eval_args(r, ckpt, cfg, ev_dir, r.split or "test")))
         if not execute:
             got = math.nan
         elif r.metric == "train_loss":
