@@ -262,12 +262,19 @@ vol = Volume(arr, (1.5, 0.8, 0.8), np.diag([0.8, 0.8, 1.5, 1.0]), modality="CT")
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 p = predict(lm, vol, PredictOptions())
-print(json.dumps({{"seconds": time.perf_counter() - t, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "before_predict_mb": base / 1024}}))
+sec, peak = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from medseg_core.budget import compact_prediction, prediction_bytes  # issue 21 item 2: what a session keeps
+t = time.perf_counter()
+c = compact_prediction(p)
+print(json.dumps({{"seconds": sec, "peak_rss_mb": peak, "before_predict_mb": base / 1024,
+                  "prediction_mb": prediction_bytes(p) / 2**20, "compact_mb": prediction_bytes(c) / 2**20,
+                  "compact_s": time.perf_counter() - t}}))
 """
 
 
 def memory_rows(quick: bool) -> list[dict]:
+    from medseg_core.budget import compact_bytes_estimate
+
     shapes = [(75, 128, 128), (150, 256, 256), (300, 512, 512)]
     if quick:
         shapes = shapes[:2]
@@ -281,7 +288,10 @@ def memory_rows(quick: bool) -> list[dict]:
         res = json.loads(r.stdout.strip().splitlines()[-1])
         rows.append({"shape_zyx": " x ".join(map(str, shape)), "voxels_M": round(np.prod(shape) / 1e6, 1),
                      "input_mb": round(np.prod(shape) * 4 / 2**20), "peak_rss_mb": round(res["peak_rss_mb"]),
-                     "rss_before_predict_mb": round(res["before_predict_mb"]), "seconds": round(res["seconds"], 1)})
+                     "rss_before_predict_mb": round(res["before_predict_mb"]), "seconds": round(res["seconds"], 1),
+                     "prediction_mb": round(res["prediction_mb"], 1), "compact_mb": round(res["compact_mb"], 1),
+                     "compact_s": round(res["compact_s"], 2),
+                     "worst_mb": round(compact_bytes_estimate(shape) / 2**20, 1)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -333,6 +343,11 @@ def write_markdown(r: dict) -> str:
         big = mem[-1]
         lines.append(f"| peak RSS, `predict` unet3d on CT {big['shape_zyx']} | {big['peak_rss_mb'] / 1024:.2f} GB | "
                      f"<= 3 GB | {_verdict(big['peak_rss_mb'] / 1024, 3.0)} |")
+        if "compact_mb" in big:
+            lines.append(f"| one prediction kept by a session, unet3d on CT {big['shape_zyx']}, no uncertainty maps | "
+                         f"{big['compact_mb']:.0f} MiB measured, {big['worst_mb']:.0f} MiB at most (every mask non-empty); "
+                         f"float32 + uint8 masks: {big['prediction_mb']:.0f} MiB | <= 120 MB | "
+                         f"{_verdict(big['worst_mb'] * 2**20 / 1e6, 120)} |")
     co = r.get("cohort")
     if co:
         lines.append(f"| gallery counts + filter + sort, cohort of {co['rows']:,} slice rows (slowest sort order) | "
@@ -368,11 +383,15 @@ def write_markdown(r: dict) -> str:
                   "samples would no longer equal the naive passes sample for sample (the equality is kept here)."]
     if mem:
         lines += ["", "## Memory of `predict` (unet3d, fresh process per size)", "",
-                  "| CT volume (Z x Y x X) | voxels (M) | input float32 (MB) | RSS before predict (MB) | peak RSS (MB) | seconds |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "| CT volume (Z x Y x X) | voxels (M) | input float32 (MB) | RSS before predict (MB) | peak RSS (MB) | seconds "
+                  "| prediction (MB) | kept compactly (MB) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for x in mem:
             lines.append(f"| {x['shape_zyx']} | {x['voxels_M']} | {x['input_mb']} | {x['rss_before_predict_mb']} | "
-                         f"{x['peak_rss_mb']} | {x['seconds']} |")
+                         f"{x['peak_rss_mb']} | {x['seconds']} | {x.get('prediction_mb', '')} | {x.get('compact_mb', '')} |")
+        lines += ["", "A prediction is kept by the app compactly (`medseg_core.budget.compact_prediction`): masks "
+                  "bit-packed (exact), probabilities uint8 (at most 1/510 off); uncertainty maps, when computed, "
+                  "add 1 byte a voxel each."]
     if ap:
         lines += ["", "## App", "", f"Server start {ap['server_start_s']} s; opening the URL, pressing Run model on the default "
                   f"pelvic sample and waiting for the overlay: {ap['url_to_first_overlay_s']} s; slider moves (ArrowRight "

@@ -101,6 +101,10 @@ def test_compact_prediction_keeps_metrics_exports_and_overlays(real_pred):
     for k, u in p.uncertainty.items():
         top = 1.0 if k == "mean" else float(u.max())  # the mean is a probability: quantised on [0, 1]
         assert np.abs(np.asarray(c.uncertainty[k]) - u).max() <= top / 510 + 1e-7, k
+    from medseg_core.calibration import reliability
+
+    ec, ep = reliability(c.probability, ref).ece, reliability(p.probability, ref).ece  # the Uncertainty page's ECE
+    assert abs(ec - ep) <= 0.005, (ec, ep)
     hp = heat_overlay(grey, display_slice(p.uncertainty["entropy"], "axial", 5), 0.0, np.log(2), alpha=1.0)
     hc = heat_overlay(grey, display_slice(c.uncertainty["entropy"], "axial", 5), 0.0, np.log(2), alpha=1.0)
     assert np.abs(hp.astype(int) - hc.astype(int)).max() <= 3
