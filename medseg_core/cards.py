@@ -20,6 +20,8 @@ Schema (every key is written by :func:`new_card`; ``recipe`` and ``envelope`` ar
       labels, activation, threshold, class_threshold, postprocessing
       side_masking  whether ovary-side masking applies; clinical_inputs: names, in order
       dropout       {where: words, mc_prefix: bool}
+      geometry      2D slice-wise models: in-plane resampling + pelvis crop before slicing
+                    (keywords of preprocessing.plan_geometry; absent or null = none)
     envelope:       the training data the model has seen (None when unknown):
       modalities, body_region, anatomy, n_cases, fingerprint (SHA-256 of the cases' ids and geometry),
       spacing_mm / fov_mm: per axis (z, y, x) [min, max], intensity: percentiles p1/p50/p99
@@ -73,7 +75,7 @@ class CardError(InputError):
 def recipe_from_spec(spec: ModelSpec, variant: str = "demo", overrides: dict | None = None,
                      input_size=None, preprocessing: str | None = None, preprocessing_params: dict | None = None,
                      postprocessing=None, threshold: float | None = None,
-                     architecture_kwargs: dict | None = None) -> dict:
+                     architecture_kwargs: dict | None = None, geometry: dict | None = None) -> dict:
     """The recipe of a model built from registry builder ``spec`` with these choices (registry
     defaults fill the rest)."""
     builder = spec.architecture or spec.name
@@ -100,6 +102,8 @@ def recipe_from_spec(spec: ModelSpec, variant: str = "demo", overrides: dict | N
         "postprocessing": list(spec.postprocessing if postprocessing is None else postprocessing),
         "side_masking": spec.side_masking, "clinical_inputs": list(spec.clinical_inputs),
         "dropout": {"where": spec.dropout, "mc_prefix": spec.mc_prefix},
+        # report 000's in-plane resampling + pelvis crop before slicing (null: none); inference repeats it
+        "geometry": _plain(dict(geometry if geometry is not None else spec.geometry)) or None,
     }
 
 
@@ -188,7 +192,7 @@ def spec_from_card(card: dict) -> ModelSpec:
         clinical_inputs=tuple(r.get("clinical_inputs") or ()),
         dropout=(r.get("dropout") or {}).get("where", base.dropout),
         mc_prefix=bool((r.get("dropout") or {}).get("mc_prefix", base.mc_prefix)),
-        arch_kwargs=dict(r["architecture"].get("kwargs") or {}))
+        arch_kwargs=dict(r["architecture"].get("kwargs") or {}), geometry=dict(r.get("geometry") or {}))
 
 
 # ----------------------------------------------------------------------------- the data envelope

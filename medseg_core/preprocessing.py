@@ -9,7 +9,8 @@ none           unchanged (float32)
 plain          z-score per axial slice (report 000 "plain"): (x - mean) / std, std floor 1e-6
 minmax         linear to [0, 1] from the array's min/max (ultrasound and micro-US grey)
 scale255       x / 255 clipped to [0, 1] (fixed scale for the annotation-removal model)
-raovseg        RAovSeg: clip to the 1st/99th percentile of the whole array, rescale to [0, 1],
+raovseg        RAovSeg: clip to the 1st/99th percentile of the whole array (``clip_scope="slice"``:
+               of each axial slice, report 000), rescale to [0, 1],
                remap with o1 = 0.24, o2 = 0.30 (``x<o1 -> x``; ``o1<x<=o2 -> 1``;
                ``o2<x<=0.5 -> x``; ``x>0.5 -> 1-x``)
 raovseg_sharp  raovseg then an in-plane unsharp mask (report 000's "local contrast
@@ -59,9 +60,27 @@ def scale255(x: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(x, np.float32) / 255.0, 0, 1)
 
 
-def percentile_clip(x: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.0) -> np.ndarray:
-    """Clip to the percentiles of the whole array and rescale to [0, 1]."""
+CLIP_SCOPES = ("volume", "slice")
+
+
+def percentile_clip(x: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.0, scope: str = "volume") -> np.ndarray:
+    """Clip to the ``lo_pct``/``hi_pct`` percentiles and rescale to [0, 1].
+
+    ``scope="volume"``: one pair of percentiles over the whole array (the official RAovSeg tools,
+    methods.md section 1, and every checkpoint trained before the parameter existed: it is the
+    default, so a card without ``clip_scope`` runs as it was trained). ``scope="slice"``: a pair per
+    axial slice of a (Z, Y, X) array (report 000 section 4.4: the preprocessing is applied
+    "slice-wise before feeding the images to the network"); a slice with p_hi <= p_lo becomes 0."""
+    if scope not in CLIP_SCOPES:
+        raise ValueError(f"clip scope must be one of {CLIP_SCOPES}, got {scope!r}")
     x = np.asarray(x, np.float32)
+    if scope == "slice" and x.ndim == 3:
+        lo, hi = np.percentile(x, [lo_pct, hi_pct], axis=(1, 2))
+        lo, hi = lo[:, None, None].astype(np.float32), hi[:, None, None].astype(np.float32)
+        span = hi - lo
+        ok = span > 0
+        out = (np.clip(x, lo, hi) - lo) / np.where(ok, span, 1)
+        return np.where(ok, out, 0).astype(np.float32)
     lo, hi = np.percentile(x, [lo_pct, hi_pct])
     if hi <= lo:
         return np.zeros_like(x)
@@ -78,8 +97,11 @@ def raovseg_remap(x: np.ndarray, o1: float = 0.24, o2: float = 0.30) -> np.ndarr
     return out
 
 
-def raovseg(x: np.ndarray, o1: float = 0.24, o2: float = 0.30, lo_pct: float = 1.0, hi_pct: float = 99.0) -> np.ndarray:
-    return raovseg_remap(percentile_clip(x, lo_pct, hi_pct), o1, o2)
+def raovseg(x: np.ndarray, o1: float = 0.24, o2: float = 0.30, lo_pct: float = 1.0, hi_pct: float = 99.0,
+            clip_scope: str = "volume") -> np.ndarray:
+    """RAovSeg: percentile clip (``clip_scope`` volume | slice, see :func:`percentile_clip`) then
+    :func:`raovseg_remap`."""
+    return raovseg_remap(percentile_clip(x, lo_pct, hi_pct, clip_scope), o1, o2)
 
 
 def unsharp(x: np.ndarray, sigma_px: float = 2.0, amount: float = 1.0) -> np.ndarray:
@@ -89,8 +111,11 @@ def unsharp(x: np.ndarray, sigma_px: float = 2.0, amount: float = 1.0) -> np.nda
     return np.clip(x + amount * (x - ndimage.gaussian_filter(x, sig)), 0, 1).astype(np.float32)
 
 
-def raovseg_sharp(x: np.ndarray, **kw) -> np.ndarray:
-    return unsharp(raovseg(x, **kw))
+def raovseg_sharp(x: np.ndarray, sigma_px: float = 2.0, amount: float = 1.0, **kw) -> np.ndarray:
+    """Report 000 section 3.3's RAovSeg-style input: :func:`raovseg` (``kw``: o1, o2, percentiles,
+    clip_scope) then the "local contrast enhancement (high-pass or sharpening)" as an in-plane
+    :func:`unsharp` mask."""
+    return unsharp(raovseg(x, **kw), sigma_px=sigma_px, amount=amount)
 
 
 def clahe(x: np.ndarray, clip_limit: float = 2.0, tiles: int = 8, nbins: int = 256) -> np.ndarray:
@@ -167,6 +192,131 @@ def resample_inplane(x: np.ndarray, spacing_yx: tuple[float, float], target_yx: 
     size = (max(1, int(round(h * spacing_yx[0] / target_yx[0]))), max(1, int(round(w * spacing_yx[1] / target_yx[1]))))
     rs = SliceResize((h, w), size)
     return rs.forward(x, order), rs
+
+
+# ----------------------------------------------------------------------------- report 000 geometry
+#: Report 000's in-plane geometry (sections 3.1 and 3.3): resample to a common in-plane resolution
+#: (0.35 mm, the RAovSeg tools' grid, methods.md section 1) and crop around the pelvis before
+#: resizing to the model input. A card's ``recipe.geometry`` holds these keys.
+PELVIS_GEOMETRY = {"inplane_mm": 0.35, "crop": "body", "margin_mm": 10.0}
+CROPS = ("none", "body")
+
+
+def body_box(image: np.ndarray, margin_px: int = 0, square: bool = True) -> tuple[int, int, int, int]:
+    """In-plane box ``(y0, y1, x0, x1)`` (end exclusive) around the body of a (Z, Y, X) or (Y, X)
+    image: Otsu's threshold (scikit-image) on the mean projection over slices (the body against the
+    empty background; a maximum projection would keep only the brightest organs), the largest
+    connected component (holes filled), its bounding box grown by ``margin_px`` and, with ``square``, widened
+    about its centre to a square (the model input is square; the box may then leave the image and
+    the outside is padded with 0, as RAovSeg pads). One box for the whole volume, so every slice
+    is cut alike. An image without contrast gives the whole image."""
+    from skimage.filters import threshold_otsu
+
+    a = np.asarray(image, np.float32)
+    mip = a.mean(axis=0) if a.ndim == 3 else a
+    h, w = mip.shape
+    if float(mip.max()) <= float(mip.min()):
+        return 0, h, 0, w
+    fg = ndimage.binary_fill_holes(mip > threshold_otsu(mip))
+    lab, n = ndimage.label(fg)
+    if n == 0:
+        return 0, h, 0, w
+    big = np.argmax(np.bincount(lab.ravel())[1:]) + 1
+    ys, xs = np.nonzero(lab == big)
+    y0, y1, x0, x1 = ys.min() - margin_px, ys.max() + 1 + margin_px, xs.min() - margin_px, xs.max() + 1 + margin_px
+    y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
+    if square:
+        side = max(y1 - y0, x1 - x0)
+        y0 -= (side - (y1 - y0)) // 2
+        x0 -= (side - (x1 - x0)) // 2
+        y1, x1 = y0 + side, x0 + side
+    return int(y0), int(y1), int(x0), int(x1)
+
+
+@dataclass(frozen=True)
+class PelvisGeometry:
+    """Report 000's geometry step on a (Z, Y, X) volume, with its exact inverse.
+
+    ``forward``: resample every slice in-plane from ``in_shape`` to ``resampled_shape`` (the
+    0.35 mm grid; bilinear, ``order=0`` nearest for masks) and cut ``box`` (zero outside the
+    image). ``inverse``: paste a map on the box grid into the resampled grid (0 outside the box)
+    and resample back to ``in_shape``. Slices are never touched: the step is in-plane only."""
+
+    in_shape: tuple[int, int]
+    resampled_shape: tuple[int, int]
+    box: tuple[int, int, int, int]
+
+    @property
+    def out_shape(self) -> tuple[int, int]:
+        y0, y1, x0, x1 = self.box
+        return y1 - y0, x1 - x0
+
+    def forward(self, x, order: int = 1) -> np.ndarray:
+        r = SliceResize(self.in_shape, self.resampled_shape).forward(np.asarray(x, np.float32), order)
+        y0, y1, x0, x1 = self.box
+        H, W = self.resampled_shape
+        out = np.zeros(r.shape[:-2] + self.out_shape, np.float32)
+        sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, H), max(x0, 0), min(x1, W)
+        out[..., sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = r[..., sy0:sy1, sx0:sx1]
+        return out
+
+    def inverse(self, y, order: int = 1) -> np.ndarray:
+        y = np.asarray(y, np.float32)
+        y0, y1, x0, x1 = self.box
+        H, W = self.resampled_shape
+        full = np.zeros(y.shape[:-2] + (H, W), np.float32)
+        sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, H), max(x0, 0), min(x1, W)
+        full[..., sy0:sy1, sx0:sx1] = y[..., sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]
+        return SliceResize(self.resampled_shape, self.in_shape).forward(full, order)
+
+    def volume(self, vol):
+        """``vol`` on the step's grid: array resampled and cut, spacing and affine to match (so
+        anatomical side masking still finds the patient's left and right)."""
+        from .io import Volume
+
+        (h, w), (H, W) = self.in_shape, self.resampled_shape
+        ky, kx = h / H, w / W  # input pixels per resampled pixel
+        y0, _, x0, _ = self.box
+        m = np.eye(4)  # new voxel (x, y, z) -> input voxel, pixel centres as ndimage.zoom(grid_mode=True)
+        m[0, 0], m[0, 3] = kx, (x0 + 0.5) * kx - 0.5
+        m[1, 1], m[1, 3] = ky, (y0 + 0.5) * ky - 0.5
+        spacing = (vol.spacing[0], vol.spacing[1] * ky, vol.spacing[2] * kx)
+        return Volume(self.forward(vol.array), spacing, vol.affine @ m, modality=vol.modality, name=vol.name,
+                      meta=dict(vol.meta), warnings=list(vol.warnings))
+
+    def describe(self) -> str:
+        return (f"resampled {self.in_shape[0]} x {self.in_shape[1]} -> {self.resampled_shape[0]} x "
+                f"{self.resampled_shape[1]} px, pelvis box {self.out_shape[0]} x {self.out_shape[1]} px")
+
+
+def plan_geometry(vol, inplane_mm: float | None = 0.35, crop: str = "body", margin_mm: float = 10.0,
+                  square: bool = True) -> PelvisGeometry:
+    """The :class:`PelvisGeometry` of one volume (a card's ``recipe.geometry`` are the keywords):
+    in-plane resampling to ``inplane_mm`` (None: keep the spacing) and, with ``crop="body"``, the
+    :func:`body_box` of the resampled image grown by ``margin_mm``."""
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+    h, w = vol.shape[-2:]
+    sy, sx = vol.spacing[1], vol.spacing[2]
+    if inplane_mm:
+        H, W = max(1, int(round(h * sy / inplane_mm))), max(1, int(round(w * sx / inplane_mm)))
+    else:
+        H, W = h, w
+    if crop == "body":  # found on the input grid (cheaper), then scaled to the resampled grid
+        y0, y1, x0, x1 = body_box(vol.array, 0, square=False)
+        fy, fx = H / h, W / w
+        mpx = int(round(margin_mm / float(inplane_mm or sy)))
+        y0, y1 = max(int(np.floor(y0 * fy)) - mpx, 0), min(int(np.ceil(y1 * fy)) + mpx, H)
+        x0, x1 = max(int(np.floor(x0 * fx)) - mpx, 0), min(int(np.ceil(x1 * fx)) + mpx, W)
+        if square:
+            side = max(y1 - y0, x1 - x0)
+            y0 -= (side - (y1 - y0)) // 2
+            x0 -= (side - (x1 - x0)) // 2
+            y1, x1 = y0 + side, x0 + side
+        box = (y0, y1, x0, x1)
+    else:
+        box = (0, H, 0, W)
+    return PelvisGeometry((h, w), (H, W), box)
 
 
 # ----------------------------------------------------------------------------- side masking
