@@ -10,10 +10,10 @@ MEDSEG := $(VENV)/bin/medseg
 PORT ?= 8501
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup setup-test run test test-fast fuzz bench checkpoints table1 clean help
+.PHONY: setup setup-test run test test-fast fuzz bench loadtest checkpoints table1 clean help
 
 help:
-	@echo "make run | make test | make test-fast | make fuzz | make bench | make checkpoints | make table1 | make clean"
+	@echo "make run | make test | make test-fast | make fuzz | make bench | make loadtest | make checkpoints | make table1 | make clean"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,13 @@ fuzz: setup-test
 # Benchmarks (never part of make test): writes benchmarks/RESULTS.md and results.json (about 2 min here).
 bench: setup-test
 	$(PY) benchmarks/run_all.py
+
+# Load test (issue 21; never part of make test): N concurrent Chromium sessions, each uploading a large CT,
+# running a model, moving the slider and exporting; peak RSS, latency percentiles, failures -> RESULTS.md.
+# Defaults: 6 sessions, 300 x 512 x 512 CTs, MEDSEG_MEMORY_GB=8; e.g. LOADTEST_ARGS="--sessions 3 --budget-gb 4".
+LOADTEST_ARGS ?=
+loadtest: setup-test
+	$(PY) benchmarks/loadtest.py $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts
