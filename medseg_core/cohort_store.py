@@ -103,11 +103,18 @@ def arrow_table(rows: list[dict], schema: pa.Schema | None = None) -> pa.Table:
     for r in rows:
         keys += [k for k in r if k not in keys]
     seen = set().union(*rows) if rows else set(keys)
+    if "slice" in seen:  # every table carries the 1-based slice_number beside slice (medseg_core.tables)
+        seen.add("slice_number")
+        if "slice_number" not in keys:
+            keys.insert(keys.index("slice") + 1, "slice_number")
     keys = [k for k in keys if k in seen]
     cols = {}
     for k in keys:
         t = column_type(k)
         vals = [r.get(k) for r in rows]
+        if k == "slice_number":
+            vals = [v if v not in (None, "") else (None if r.get("slice") in (None, "") else int(r["slice"]) + 1)
+                    for v, r in zip(vals, rows)]
         if k == "tags":
             vals = [_tags_list(v) for v in vals]
         elif pa.types.is_string(t):

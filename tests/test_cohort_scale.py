@@ -40,6 +40,9 @@ def test_numeric_looking_case_ids_stay_strings_in_old_csv_runs(tmp_path):
     assert rows[0]["dice"] == 0.5 and rows[0]["ref_present"] is True and math.isnan(rows[0]["uncertainty"])
     assert rows[0]["tags"] == ["missed", "fragmented"] and rows[1]["tags"] == []
     assert math.isnan(rows[1]["dice"]) and rows[1]["uncertainty"] == 0.25
+    # rows written by the engine carry slice but not slice_number: the store adds it beside slice
+    t = S.arrow_table([{"case": "007", "slice": 4, "dice": 1.0}], S.SLICE_SCHEMA)
+    assert t.column_names == ["case", "slice", "slice_number", "dice"] and t["slice_number"].to_pylist() == [5]
 
 
 def test_old_csv_only_run_opens_typed_and_gets_its_parquet(small_run, tmp_path):
@@ -175,4 +178,5 @@ def test_sharded_cohort_under_torchrun_equals_one_process_and_resumes(tmp_path):
     assert S.undeclared(pq.read_schema(two / "slices.parquet").names) == []
     assert S.undeclared(pq.read_schema(two / "cases.parquet").names) == []
     assert str(pq.read_schema(two / "slices.parquet").field("case").type) == "string"
+    assert C.load_run(two).slices[5]["slice_number"] == C.load_run(two).slices[5]["slice"] + 1
     assert np.all([isinstance(x["case"], str) for x in C.load_run(two).cases])
