@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from medseg_core.checkpoints import CHECKPOINT_DIR, checkpoint_status, load_model, read_card, sha256_file
 from medseg_core.data import datasets as D
@@ -112,5 +113,15 @@ def test_checkpoint_beats_floor_on_fresh_cases(name, tmp_path):
 
 def test_every_registry_model_has_a_checkpoint():
     # Issue 6: a trained checkpoint for every model the app offers; none is silently skipped.
-    missing = set(list_models()) - set(SHIPPED)
+    # Architectures added to reproduce the reports' rows (issue 19) ship none: each is trained by a
+    # reproduce config, so a user can make one (make reproduce-NNN RUN=1) and open it by path.
+    from medseg_core.models import get_spec
+
+    repro = {m for m in list_models() if get_spec(m).reproduction_only}
+    missing = set(list_models()) - set(SHIPPED) - repro
     assert missing == set(), missing
+    assert repro == {"gi_scratch_simple", "gi_scratch_bn_dropout", "gi_scratch_residual", "gi_scratch_final",
+                     "prostate_transunet"}
+    used = {yaml.safe_load(p.read_text()).get("model") for p in (CHECKPOINT_DIR.parent / "configs" / "reproduce").glob("*.yaml")}
+    assert repro <= used, repro - used
+    assert not repro & set(SHIPPED)

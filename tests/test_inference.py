@@ -42,6 +42,8 @@ TINY = {  # name -> (overrides, model input size, volume shape, spacing, modalit
     "gi_unetpp_effb3": ({}, (64, 64), (2, 70, 70), (1.0, 1.5, 1.5), "MR"),
     "prostate_microus": ({}, (64, 64), (2, 50, 50), (1.0, 0.03, 0.03), "US"),
     "prostate_transunet": ({}, (64, 64), (2, 50, 50), (1.0, 0.03, 0.03), "US"),
+    **{f"gi_scratch_{v}": ({}, (64, 64) if v in ("simple", "bn_dropout") else (128, 128), (2, 70, 70),
+                           (1.0, 1.5, 1.5), "MR") for v in ("simple", "bn_dropout", "residual", "final")},
 }
 CLIN = PredictOptions(menopausal=1, oncology_center=0)
 

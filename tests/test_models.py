@@ -24,6 +24,9 @@ SMALL = {  # name -> (overrides, input shape)
     "gi_unetpp_effb3": ({}, (2, 1, 64, 64)),
     "prostate_microus": ({}, (2, 1, 64, 64)),
     "prostate_transunet": ({}, (2, 1, 64, 64)),
+    # the deeper two pool seven times: 128 x 128 is the smallest input that keeps a pixel
+    **{f"gi_scratch_{v}": ({}, (2, 1, 64, 64)) for v in ("simple", "bn_dropout")},
+    **{f"gi_scratch_{v}": ({}, (1, 1, 128, 128)) for v in ("residual", "final")},
 }
 
 

@@ -119,10 +119,11 @@ def test_config_overrides_and_defaults(tmp_path):
 
 
 def test_every_demo_config_names_a_registry_model():
-    from medseg_core.models import list_models
+    from medseg_core.models import get_spec, list_models
 
     names = {yaml.safe_load(p.read_text())["model"] for p in (ROOT / "configs" / "demo").glob("*.yaml")}
-    assert names == set(list_models())
+    # every shipped architecture has its demo config; reproduction-only ones (issue 19) may have one
+    assert {m for m in list_models() if not get_spec(m).reproduction_only} <= names <= set(list_models())
 
 
 def test_reproduce_configs_cover_every_report_row():

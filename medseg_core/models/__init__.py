@@ -58,6 +58,9 @@ class ModelSpec:
     #: (report 000's 0.35 mm resampling and pelvis crop: keywords of
     #: :func:`medseg_core.preprocessing.plan_geometry`); empty = none (every card written before it)
     geometry: dict = field(default_factory=dict)
+    #: an architecture the reports' reproductions train (configs/reproduce/) for which medseg ships no
+    #: demo checkpoint: the app offers it once a user has trained one (by path or MEDSEG_MODELS)
+    reproduction_only: bool = False
 
     @property
     def builder_name(self) -> str:
@@ -241,7 +244,7 @@ _SPECS = [
                 in_channels=1, input_size=(224, 224), modalities=("MR",), intensity="CLAHE (clip 2.0) then 0..1",
                 preprocessing="clahe", postprocessing=(), labels=("large_bowel", "small_bowel", "stomach"),
                 activation="sigmoid", dropout=drop, mc_prefix=False,
-                paper_kwargs={"version": version, "base": 64}, demo_kwargs={"base": 16},
+                paper_kwargs={"version": version, "base": 64}, demo_kwargs={"base": 16}, reproduction_only=True,
                 notes=f"Report 002 section {sec}: {result}.")
       for version, title, sec, result, drop in (
           ("simple", "simple CNN", "3.1.1", "validation Dice 0.4677", "none"),
@@ -267,6 +270,7 @@ _SPECS = [
                                             "stem_channels": 32, "hidden_size": 128, "depth": 2, "num_heads": 4,
                                             "mlp_dim": 256, "head_channels": 128, "decoder_channels": (64, 32, 16, 8),
                                             "gn_groups": 8},
+              reproduction_only=True,
               notes="R50-ViT-B/16 TransUNet as MicroSegNet's public code (105.3 M parameters, patch 16, 224 x 224, "
                     "deep supervision at 28/56/112/224 in training); evaluated without post-processing. "
                     "Report 004: adaptive focal Dice 0.9400, HD95 1.949 mm."),
