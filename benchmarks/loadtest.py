@@ -166,7 +166,8 @@ async def session(k: int, b, url: str, ct: Path, moves: int, delay: float, runni
             t = time.perf_counter()
             await page.keyboard.press("ArrowRight")
             await page.wait_for_function("(b) => { const i = document.querySelector('.js-plotly-plot image');"
-                                         " return i && i.getAttribute('href') !== b; }", arg=before, timeout=timeout_ms)
+                                         " return i && i.getAttribute('href') !== b; }", arg=before,
+                                         timeout=min(timeout_ms, 120_000))
             rec("slider", time.perf_counter() - t, other or bool(running - {k}))
             await page.wait_for_timeout(250)
         step = "export"

@@ -320,7 +320,7 @@ class MemoryBudget:
     """
 
     def __init__(self, limit_bytes: int | None = None, idle_seconds: float | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, gone_grace_s: float = 120.0):
         self.limit = int(limit_bytes if limit_bytes is not None else default_limit())
         self.idle_seconds = float(idle_seconds if idle_seconds is not None else default_idle_seconds())
         self.clock = clock
@@ -329,6 +329,8 @@ class MemoryBudget:
         self._entries: dict[tuple, Entry] = {}
         self._activity: dict[str, float] = {}
         self._session_release: dict[str, Callable[[], None]] = {}
+        self._alive: dict[str, Callable[[], bool]] = {}
+        self.gone_grace_s = gone_grace_s  # a closed tab may reconnect within this (Streamlit keeps its state)
         self.evictions = 0
         self.refusals = 0
         self.idle_releases = 0
@@ -353,12 +355,18 @@ class MemoryBudget:
                     "sessions": len(self._activity), "evictions": self.evictions, "refusals": self.refusals,
                     "idle_releases": self.idle_releases}
 
-    def session_started(self, session: str, on_release: Callable[[], None] | None = None) -> None:
-        """Note a session's activity; ``on_release`` is called when it is released for idleness."""
+    def session_started(self, session: str, on_release: Callable[[], None] | None = None,
+                        alive: Callable[[], bool] | None = None) -> None:
+        """Note a session's activity; ``on_release`` is called when it is released for idleness.
+        ``alive()`` says whether the session is still connected: one that is not, and has done
+        nothing for ``gone_grace_s``, is released without waiting for the idle time-out (its browser
+        tab was closed; what it held must not count against the others for an hour)."""
         with self._lock:
             self._activity[session] = self.clock()
             if on_release is not None:
                 self._session_release[session] = on_release
+            if alive is not None:
+                self._alive[session] = alive
 
     def touch(self, session: str, key=None) -> None:
         """Mark the session active and, with ``key``, that entry most recently used."""
@@ -403,6 +411,7 @@ class MemoryBudget:
                 del self._entries[k]
             self._activity.pop(session, None)
             self._session_release.pop(session, None)
+            self._alive.pop(session, None)
 
     # -- making room
     def reserve(self, session: str, nbytes: int, what: str = "this request", wait_s: float = 0.0) -> list:
@@ -471,7 +480,8 @@ class MemoryBudget:
         callbacks, released = [], []
         with self._lock:
             for s, t in list(self._activity.items()):
-                if now - t <= self.idle_seconds:
+                gone = s in self._alive and now - t > self.gone_grace_s and not _call(self._alive[s], True)
+                if now - t <= self.idle_seconds and not gone:
                     continue
                 if any(k[0] == s and _is_transient(k[1]) for k in self._entries):
                     continue  # a model is running for it: not idle
@@ -484,6 +494,7 @@ class MemoryBudget:
                 if cb is not None:
                     callbacks.append(cb)
                 del self._activity[s]
+                self._alive.pop(s, None)
                 self.idle_releases += 1
         for cb in callbacks:
             try:
@@ -491,6 +502,13 @@ class MemoryBudget:
             except Exception:  # a vanished session must not break another one's request
                 pass
         return released
+
+
+def _call(fn, default):
+    try:
+        return fn()
+    except Exception:  # a liveness probe that fails says nothing
+        return default
 
 
 def _is_transient(key) -> bool:

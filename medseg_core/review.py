@@ -157,7 +157,7 @@ def review_state_for(name: str, option_kw: dict) -> dict:
 def case_key(volume: Volume) -> str:
     """A content hash identifying the case (array, geometry, modality)."""
     h = hashlib.blake2b(digest_size=12)
-    h.update(np.ascontiguousarray(volume.array).tobytes())
+    h.update(np.ascontiguousarray(volume.array).data)  # the buffer itself: no copy of a large volume
     h.update(np.asarray(volume.affine).tobytes())
     h.update(volume.modality.encode())
     return h.hexdigest()

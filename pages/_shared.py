@@ -4,6 +4,14 @@ All numerical work is in medseg_core; this module only keeps state and draws pro
 """
 from __future__ import annotations
 
+# pandas is imported here, once, before any session draws: plotly looks it up lazily in sys.modules, and
+# with several sessions drawing their first figure at once one of them found it half-imported
+# (AttributeError: partially initialized module 'pandas', seen by make loadtest)
+import contextlib
+import os
+import threading
+
+import pandas  # noqa: F401
 import streamlit as st
 
 from medseg_core import budget as B
@@ -64,6 +72,15 @@ def _release_idle_session(state, minutes: float):
     return release
 
 
+def _alive_probe(sid: str):
+    """Whether the session still has a browser connected (Streamlit's runtime; thread-safe)."""
+    def alive() -> bool:
+        from streamlit.runtime import Runtime
+
+        return not Runtime.exists() or Runtime.instance().is_active_session(sid)
+    return alive
+
+
 def _arrays_bytes(*objs) -> int:
     """Bytes of the arrays in ``objs`` (arrays, dicts / lists of them, predictions), each counted once."""
     from medseg_core.inference import Prediction
@@ -103,6 +120,20 @@ def account_case(volume=None, gt=None, extras=None, what: str = "opening this ca
     :class:`medseg_core.budget.BudgetExceeded` (a sentence) raised when it cannot fit."""
     B.server_budget().hold(session_id(), "case", case_bytes(volume, gt, extras), evictable=False,
                            what=what, reserve=reserve)
+
+
+#: Volumes read at once (``MEDSEG_CONCURRENT_LOADS``, default 1). Reading an upload makes transient
+#: copies (decompression, float32, reorientation, the auto window's percentiles: about 4 x the volume)
+#: that no budget entry holds yet; six reviewers uploading 300 x 512 x 512 CTs at once made 7 GB of them
+#: (make loadtest). One at a time bounds them to one volume's worth; reading is CPU-bound anyway.
+_LOAD_SLOTS = threading.BoundedSemaphore(max(1, int(os.environ.get("MEDSEG_CONCURRENT_LOADS", "1"))))
+
+
+@contextlib.contextmanager
+def loading_slot():
+    """Hold one of the server's volume-reading slots (waits while other sessions read theirs)."""
+    with _LOAD_SLOTS:
+        yield
 
 
 def new_prediction_cache(max_items: int = 4):
@@ -151,7 +182,8 @@ def ensure_state() -> None:
 
         ctx = get_script_run_ctx()
         if ctx is not None:
-            budget.session_started(session_id(), _release_idle_session(ctx.session_state, budget.idle_seconds / 60))
+            budget.session_started(session_id(), _release_idle_session(ctx.session_state, budget.idle_seconds / 60),
+                                   alive=_alive_probe(session_id()))
         ss["initialised"] = True
         if minutes is not None:
             st.info(f"This session was idle for more than {minutes:g} minutes, so its case and results were released "

@@ -13,7 +13,7 @@ from medseg_core.render import apply_window, aspect_correct
 from medseg_core.review import initial_slice
 from medseg_core.samples import list_samples
 from medseg_core.review import state_anatomy, ultrasound_kinds
-from pages._shared import open_sample, set_case
+from pages._shared import loading_slot, open_sample, set_case
 from pages._shared import require_frame
 
 require_frame()
@@ -54,8 +54,9 @@ with tab_upload:
                 labels = {s.label(): s.key for s in series}
                 key = labels[st.selectbox("This upload holds several series: choose one", list(labels), key="series")]
             if ss.get("upload_sig") != (sig, key, modality):
-                vol = load_volume(src, series=key, modality=modality if _is_image(files) else None)
-                set_case(vol)
+                with loading_slot():  # one volume read at a time on this server (transient copies)
+                    vol = load_volume(src, series=key, modality=modality if _is_image(files) else None)
+                    set_case(vol)
                 ss["upload_sig"] = (sig, key, modality)
                 st.rerun()
         except InputError as e:

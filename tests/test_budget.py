@@ -227,3 +227,17 @@ def test_a_run_waits_for_another_sessions_run_instead_of_being_refused():
     with pytest.raises(BudgetExceeded):  # 300 pinned + 800 can never fit: no waiting
         with b.transient("B", 800, "run B", wait_s=10):
             pass
+
+
+def test_a_closed_session_is_released_after_the_grace_period():
+    clock = [0.0]
+    b = MemoryBudget(limit_bytes=10**6, idle_seconds=3600, clock=lambda: clock[0], gone_grace_s=120)
+    connected = {"A": True, "B": False}
+    released = []
+    for s in "AB":
+        b.session_started(s, on_release=lambda s=s: released.append(s), alive=lambda s=s: connected[s])
+        b.hold(s, "case", 100, evictable=False)
+    clock[0] = 100
+    assert b.release_idle() == []  # B's tab may still reconnect
+    clock[0] = 121
+    assert b.release_idle() == ["B"] and released == ["B"] and b.used == 100  # A is connected, not idle yet
