@@ -111,8 +111,13 @@ def read_progress(run: str | Path) -> dict | None:
 def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Path, mc_samples: int = 0,
                rules: A.TagRules = A.TagRules(), dataset: dict | None = None, progress=None,
                directory=None, predictions: dict[str, str | Path] | None = None, seed: int = 0,
-               resume: bool = True, csv_export: bool = True) -> Path:
+               resume: bool = True, csv_export: bool = True, references: str = "dataset") -> Path:
     """Run every model with every option set over ``cases`` and write the run folder ``out``.
+
+    ``references`` "corrected" scores each case against the latest correction saved for it in the
+    review app (by case id or case key, :func:`medseg_core.correct.corrected_reference_cases`) where
+    one exists, else against the dataset's reference; ``cohort.json`` says how many cases used one
+    (``references.corrected_cases``) and which files. Default "dataset": the dataset's references.
 
     ``models``: checkpoint references (shipped names, ``.safetensors`` paths, run folders) or loaded
     models. ``option_sets`` maps a name to :class:`~medseg_core.inference.PredictOptions` keyword
@@ -135,6 +140,13 @@ def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Pat
     from .options import predict_options
 
     out = Path(out)
+    if references not in ("dataset", "corrected"):
+        raise ValueError(f"references is 'dataset' or 'corrected', not {references!r}")
+    used_corrections: dict[str, str] = {}
+    if references == "corrected":
+        from .correct import corrected_reference_cases
+
+        cases, used_corrections = corrected_reference_cases(list(cases))
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     rank, world, started = _distributed()
@@ -227,7 +239,9 @@ def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Pat
             "option_sets": option_sets, "exact_options": exact, "mc_samples": mc_samples, "seed": seed,
             "rules": rules.to_dict(), "dataset": dataset or {}, "case_ids": [c.case_id for c in cases],
             "seconds": round(time.perf_counter() - t0, 1), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "processes": world}
+            "processes": world,
+            "references": {"kind": references, "corrected_cases": len(used_corrections),
+                           "files": used_corrections}}
     if "orig" in option_sets and "masked" in option_sets:
         rows = table1(slices, model_names)
         write_csv(out / "table1.csv", rows)
@@ -585,6 +599,9 @@ def main(argv=None) -> Path:
     ap.add_argument("--max-cases", type=int, default=None)
     ap.add_argument("--out", default=None, help=f"run folder (default {RUNS_DIR}/<timestamp>)")
     ap.add_argument("--checkpoints", default=None)
+    ap.add_argument("--references", choices=["dataset", "corrected"], default="dataset",
+                    help="corrected: score each case against the latest correction saved in the review app "
+                         "(MEDSEG_DB) where one exists, else the dataset's reference")
     a = ap.parse_args(argv)
     from .io.errors import InputError
     from .options import parse_pairs
@@ -601,11 +618,14 @@ def main(argv=None) -> Path:
     out = Path(a.out) if a.out else runs_dir() / time.strftime("cohort_%Y%m%d_%H%M%S")
     run = run_cohort(cases, a.models, sets, out, mc_samples=a.mc, directory=a.checkpoints, predictions=predictions,
                      dataset={"adapter": a.adapter, "root": str(a.data), "synthetic": a.synthetic},
-                     progress=lambda d, t, m: print(f"[{d}/{t}] {m}", flush=True))
+                     progress=lambda d, t, m: print(f"[{d}/{t}] {m}", flush=True), references=a.references)
     if int(os.environ.get("RANK", "0")) != 0:
         return run  # rank 0 merged and reports
     r = load_run(run)
     print(f"\nCohort run written to {run}")
+    if a.references == "corrected":
+        n_used = (r.meta.get("references") or {}).get("corrected_cases", 0)
+        print(f"References: {n_used} of {len(cases)} cases used a saved correction; the others the dataset's.")
     counts = tag_counts(filter_slices(r.slices))
     print("Slice tags (slices with reference or prediction): " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
     if (run / "table1.md").exists():

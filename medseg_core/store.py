@@ -15,10 +15,11 @@ Two tables, written through SQLAlchemy Core (no ORM):
 - ``verdicts``: one row per decision: case key, plane and slice (null = the whole case), verdict
   (accept | needs_correction | reject), note, the reviewer's name and e-mail (from sign-in; a typed
   name only when sign-in is off, ``signed_in`` says which), time (UTC), model, the prediction's
-  options as JSON and a reference to a corrected mask (null until issue 18's corrections exist). A
+  options as JSON and a reference to a corrected mask (the NIfTI file written by
+  :func:`medseg_core.correct.save_correction`; null for a decision without one). A
   new decision is a new row; the latest row of a case (and slice) is its status.
 - ``audit``: append-only: id, time (UTC), user, e-mail, action (open_case | run_model | export |
-  verdict | sign_in | refused), case key, model, detail. This module has no update or delete
+  verdict | sign_in | refused | correction), case key, model, detail. This module has no update or delete
   function for it, and the database itself refuses UPDATE, DELETE (and, on PostgreSQL, TRUNCATE)
   on the table through triggers, so not even a hand-written statement can rewrite history.
 
@@ -43,7 +44,10 @@ from sqlalchemy import (JSON, Boolean, CheckConstraint, Column, DateTime, Intege
 from sqlalchemy.engine import Engine, make_url
 
 VERDICTS = ("accept", "needs_correction", "reject")
-ACTIONS = ("open_case", "run_model", "export", "verdict", "sign_in", "refused")
+ACTIONS = ("open_case", "run_model", "export", "verdict", "sign_in", "refused", "correction")
+#: the database's own check of ``audit.action`` (a database made before an action was added is migrated, see
+#: :func:`_migrate_audit_actions`)
+_ACTION_CHECK = "action IN (" + ", ".join(f"'{a}'" for a in ACTIONS) + ")"
 #: a case key is a token (hash, dataset case id), never free text that could hold a name
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.:@+-]{1,128}$")
 
@@ -77,8 +81,7 @@ audit = Table(
     Column("case_key", String(128)),
     Column("model", String(256)),
     Column("detail", Text),
-    CheckConstraint("action IN ('open_case', 'run_model', 'export', 'verdict', 'sign_in', 'refused')",
-                    name="ck_audit_action"),
+    CheckConstraint(_ACTION_CHECK, name="ck_audit_action"),
 )
 
 VERDICT_COLUMNS = [c.name for c in verdicts.columns]
@@ -147,12 +150,38 @@ def engine_for(url: str) -> Engine:
         else:
             eng = create_engine(url, pool_pre_ping=True)
         metadata.create_all(eng)
+        _migrate_audit_actions(eng)
         guards = _SQLITE_GUARDS if eng.dialect.name == "sqlite" else _PG_GUARDS if eng.dialect.name == "postgresql" else []
         with eng.begin() as conn:
             for stmt in guards:
                 conn.execute(text(stmt))
         _engines[url] = eng
         return eng
+
+
+def _migrate_audit_actions(eng: Engine) -> None:
+    """A database created before an audit action existed (issue 18's ``correction``) still checks the old
+    list: widen its check constraint. SQLite cannot alter a constraint, so the table is rebuilt in one
+    transaction (rows copied unchanged; ``DROP TABLE`` drops the old table's triggers without firing them
+    and :func:`engine_for` puts the append-only guards back); PostgreSQL replaces the constraint."""
+    with eng.begin() as conn:
+        if eng.dialect.name == "sqlite":
+            sql = conn.execute(text("SELECT sql FROM sqlite_master WHERE type='table' AND name='audit'")).scalar()
+            if not sql or all(f"'{a}'" in sql for a in ACTIONS):
+                return
+            conn.execute(text("ALTER TABLE audit RENAME TO audit_before_migration"))
+            for ix in audit.indexes:
+                conn.execute(text(f"DROP INDEX IF EXISTS {ix.name}"))
+            audit.create(conn)
+            cols = ", ".join(f'"{c}"' for c in AUDIT_COLUMNS)
+            conn.execute(text(f"INSERT INTO audit ({cols}) SELECT {cols} FROM audit_before_migration"))
+            conn.execute(text("DROP TABLE audit_before_migration"))
+        elif eng.dialect.name == "postgresql":
+            have = conn.execute(text("SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+                                     "WHERE conname = 'ck_audit_action'")).scalar()
+            if have is not None and not all(f"'{a}'" in have for a in ACTIONS):
+                conn.execute(text("ALTER TABLE audit DROP CONSTRAINT ck_audit_action"))
+                conn.execute(text(f"ALTER TABLE audit ADD CONSTRAINT ck_audit_action CHECK ({_ACTION_CHECK})"))
 
 
 def _now() -> datetime:
@@ -217,6 +246,15 @@ class Store:
             q = q.limit(int(limit))
         with self.engine.connect() as conn:
             return [_row(r) for r in conn.execute(q).mappings()]
+
+    def verdicts_for(self, case_keys: list[str]) -> list[dict]:
+        """Verdict rows of these cases, newest first (the worklist's query; chunked IN lists)."""
+        keys, out = sorted(set(case_keys)), []
+        with self.engine.connect() as conn:
+            for i in range(0, len(keys), 500):
+                q = select(verdicts).where(verdicts.c.case_key.in_(keys[i:i + 500]))
+                out += [_row(r) for r in conn.execute(q).mappings()]
+        return sorted(out, key=lambda r: r["id"], reverse=True)
 
     def status(self, case_key: str) -> str | None:
         """The case's current status: the verdict of its latest whole-case row (None = not reviewed)."""
