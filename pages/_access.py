@@ -125,9 +125,10 @@ def _options_dict(options) -> dict | None:
 
 
 def verdict_control(case_key: str, model: str | None, options=None, plane: str | None = None,
-                    slice_index: int | None = None) -> None:
+                    slice_index: int | None = None, corrected_mask: str | None = None) -> None:
     """Accept / needs correction / reject with a note, saved with the reviewer's identity (the signed-in
-    user; a typed name only when sign-in is off), the model and its options; the case's verdicts below."""
+    user; a typed name only when sign-in is off), the model and its options; the case's verdicts below.
+    ``corrected_mask``: the saved correction being reviewed (issue 18), recorded with the verdict."""
     ident = identity()
     with st.expander("Verdict", expanded=False):
         with st.form("verdict_form", clear_on_submit=True):
@@ -148,7 +149,8 @@ def verdict_control(case_key: str, model: str | None, options=None, plane: str |
             else:
                 store().add_verdict(case_key, choice, name, ident.email if ident else None, signed_in=ident is not None,
                                     note=note, model=model, options=_options_dict(options),
-                                    plane=plane if this_slice else None, slice=slice_index if this_slice else None)
+                                    plane=plane if this_slice else None, slice=slice_index if this_slice else None,
+                                    corrected_mask=corrected_mask)
                 audit("verdict", case_key=case_key, model=model,
                       detail=choice + (f" ({plane} slice {slice_index + 1})" if this_slice else ""))
                 st.success(f"Saved: {VERDICT_WORDS[choice]} by {ident.label if ident else name}.")

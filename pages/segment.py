@@ -22,6 +22,7 @@ from medseg_core.render import (COMPARE_COLOURS, CT_PRESETS, LABEL_COLOURS, OTHE
 from medseg_core.review import (POSTPROCESSING_CHOICES, SIDE_LABELS, contract_of, envelope_warnings, gate_choices,
                                 initial_slice, metrics_csv, metrics_table, preprocessing_preview, slice_curve,
                                 slice_metrics)
+from pages import _correct as CORR
 from pages._access import exported, verdict_control
 from pages._shared import current_prediction, get_model, get_spec, require_frame, run, unc_ok
 
@@ -192,7 +193,7 @@ head = st.container(key="seg_warn")
 if len(sources) > 1:
     source = head.radio("Result to review", sources, horizontal=True, key="result_source",
                         format_func=lambda s: f"Model: {get_spec(name).title}" if s.startswith("model:")
-                        else f"Uploaded prediction: {s.split(':', 1)[1]}")
+                        else CORR.source_words(s.split(':', 1)[1]))
 elif sources:
     source = sources[0]
 pred = None
@@ -201,7 +202,8 @@ if source is None:
                  "You can still view the image and the reference mask below.")
 elif source.startswith("uploaded:"):
     pred = externals[source.split(":", 1)[1]]
-    head.caption(f"Uploaded prediction **{pred.model}** (made outside medseg; reviewed as a model's output).")
+    head.caption(CORR.caption(pred.model) if CORR.is_correction(pred.model) else
+                 f"Uploaded prediction **{pred.model}** (made outside medseg; reviewed as a model's output).")
     with head:
         warnings_block(pred.warnings)
 else:
@@ -294,6 +296,8 @@ masks = pred.masks if pred is not None else {}
 # issue 22: exports and verdicts are recorded with the model; a prediction uploaded for review is recorded as such
 # (its name may be a file name, and the audit trail holds no free text that could identify a patient)
 audit_model = "uploaded prediction" if str(ss.get("result_source") or "").startswith("uploaded:") else getattr(pred, "model", None)
+if pred is not None and CORR.is_correction(pred.model):  # issue 18: a saved correction is recorded with its base model
+    audit_model = CORR.audit_name(pred.model)
 primary = next(iter(masks.values()), None)
 removed_any = pred is not None and any(r.any() for r in pred.removed.values())  # once per run, not per slider move
 
@@ -331,6 +335,7 @@ def viewer():
         show_other = other is not None and st.toggle("Outline the other (unlabelled) ovary in pink", key="show_other",
                                                     help="The dataset marks one ovary; the other is shown as in "
                                                          "the gallery's thumbnails.")
+        correcting = CORR.toggle(pred)  # issue 18: the drawable canvas replaces the picture (pages/_correct.py)
         shown, colours = [], {}
         for k, lab in enumerate(masks):
             cb, cp = st.columns([3, 1], vertical_alignment="center")
@@ -374,10 +379,13 @@ def viewer():
     rgb = aspect_correct(picture, r_mm, c_mm)
     title = "2D image" if vol.is_2d else f"{plane.capitalize()} {slice_words(idx, n)}"
     with col_img:
-        with st.container(key="seg_image", height=VIEWER_HEIGHT, border=False):
-            st.plotly_chart(slice_figure(rgb, plane, title=title, height=None, letters=letters, title_inside=True),
-                            width="stretch", height="stretch", key="viewer_fig",
-                            config={"displaylogo": False, "scrollZoom": False, "responsive": True})
+        if correcting:
+            CORR.panel(vol, pred, plane, idx, width, level, alpha, mode, colours)
+        else:
+            with st.container(key="seg_image", height=VIEWER_HEIGHT, border=False):
+                st.plotly_chart(slice_figure(rgb, plane, title=title, height=None, letters=letters, title_inside=True),
+                                width="stretch", height="stretch", key="viewer_fig",
+                                config={"displaylogo": False, "scrollZoom": False, "responsive": True})
         legend_words = ("TP green · FP red · FN blue" if compare and gt is not None else
                         "reference mask green" if primary is None and gt is not None else
                         "left side orange · right side blue" if show_sides else
@@ -456,4 +464,5 @@ if rows:
                        mime="text/csv", key="dl_csv", on_click=exported("metrics CSV", audit_model))
 # issue 22: the reviewer's decision on this result, recorded with their identity (issue 18 builds the worklist on it)
 _vplane = ss.get("plane") or "axial"
-verdict_control(ss["case_key"], audit_model, pred.options, _vplane, ss.get(f"slice_{_vplane}"))
+verdict_control(ss["case_key"], audit_model, pred.options, _vplane, ss.get(f"slice_{_vplane}"),
+                corrected_mask=CORR.info(pred.model).get("path"))

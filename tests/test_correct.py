@@ -278,3 +278,59 @@ def test_cohort_scores_against_the_latest_correction(tmp_path, monkeypatch):
     plain = C.load_run(C.run_cohort(cases, [], {"orig": {}}, tmp_path / "coh2", predictions={"colleague": preds}))
     assert [x["dice"] for x in plain.cases] == pytest.approx([1.0, 1.0])  # the default: the dataset's references
     assert plain.meta["references"]["corrected_cases"] == 0
+
+
+def test_apptest_correct_fill_save_becomes_the_reviewed_result(tmp_path, monkeypatch):
+    """Segment & review with an uploaded prediction that has a one-voxel hole on the bundled case's
+    fullest slice: Correct mode, 'Fill holes (slice)', Undo / Redo, a typed name, Save. The saved
+    result is then the page's result (caption, metrics table Dice vs the reference = the saved mask's),
+    the NIfTI in the corrections folder holds the filled mask, the verdict references it and the
+    audit has a 'correction' row."""
+    from streamlit.testing.v1 import AppTest
+
+    from medseg_core import metrics as M
+    from medseg_core.inference import prediction_from_masks
+    from medseg_core.store import Store
+
+    monkeypatch.setenv("MEDSEG_DB", str(tmp_path / "db" / "medseg.db"))
+    monkeypatch.delenv("MEDSEG_CORRECTIONS", raising=False)
+    at = AppTest.from_file(str(K.ROOT / "app.py"), default_timeout=300).run()
+    vol, gt = at.session_state["volume"], at.session_state["gt_mask"]
+    z = int(np.argmax(gt.reshape(gt.shape[0], -1).sum(1)))
+    pred = (gt > 0).astype(np.uint8)
+    ys, xs = np.nonzero(pred[z])
+    cy, cx = int(ys.mean()), int(xs.mean())
+    assert pred[z, cy - 1:cy + 2, cx - 1:cx + 2].all()
+    pred[z, cy, cx] = 0
+    at.session_state["external_predictions"] = {"colleague": prediction_from_masks("colleague", {"ovary": pred}, vol)}
+    at.switch_page("pages/segment.py").run()
+    at.session_state["result_source"] = "uploaded:colleague"
+    at.session_state["slice_axial"] = z
+    at.session_state["correct_on"] = True
+    at.run()
+    assert not at.exception
+    assert at.button(key="corr_save").disabled and at.button(key="corr_undo").disabled
+    at.button(key="corr_holes").click().run()
+    assert any("1 voxels added, 0 removed · 1 edit(s)" in c.value for c in at.caption), [c.value for c in at.caption]
+    at.button(key="corr_undo").click().run()
+    assert any("0 voxels added" in c.value for c in at.caption)
+    at.button(key="corr_redo").click().run()
+    at.text_input(key="corr_reviewer").set_value("Dr. App").run()
+    at.button(key="corr_save").click().run()
+    at.run()  # the save asks for a whole-page rerun
+    assert not at.exception and not at.error
+    name = "colleague (corrected by Dr. App)"
+    assert at.session_state["result_source"] == f"uploaded:{name}"
+    assert f"Corrected: {name}" in at.radio(key="result_source").options
+    assert any(c.value.startswith(f"Corrected mask **{name}**") for c in at.caption)
+    files = list((tmp_path / "db" / "corrections").rglob("*.nii.gz"))
+    assert len(files) == 1
+    saved = K.load_correction(files[0], vol)["ovary"]
+    assert int(saved.sum()) == int(pred.sum()) + 1 and saved[z, cy, cx] == 1
+    table = at.dataframe[0].value
+    dice_col = [c for c in table.columns if "dice" in str(c).lower()][0]
+    assert table[dice_col].iloc[0] == pytest.approx(M.dice(saved, gt))
+    store = Store()
+    row = store.verdicts(at.session_state["case_key"])[0]
+    assert row["corrected_mask"] == str(files[0]) and row["reviewer_name"] == "Dr. App"
+    assert store.audit_rows(action="correction")[0]["model"] == "colleague"
