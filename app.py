@@ -17,6 +17,7 @@ pages = [
     st.Page("pages/compare.py", title="Compare", url_path="compare"),
     st.Page("pages/ultrasound.py", title="Ultrasound", url_path="ultrasound"),
     st.Page("pages/gallery.py", title="Failure gallery", url_path="gallery"),
+    st.Page("pages/worklist.py", title="Worklist", url_path="worklist"),
     st.Page("pages/models.py", title="Models", url_path="models"),
 ]
 

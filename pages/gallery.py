@@ -14,6 +14,8 @@ from medseg_core.labels import display_name, display_rows, set_name
 from medseg_core.review import cohort_option_sets, segmentation_checkpoints
 from pages._access import exported
 from pages._shared import cohort_case, follow_goto, keep_state, open_in_review, remember, require_frame
+from pages._worklist_glue import badge, run_statuses
+from medseg_core import worklist as W
 
 require_frame()
 follow_goto()
@@ -38,7 +40,7 @@ def _thumb(path: str, model: str, set_name: str, case: str, z: int, size: int):
 
 
 # ------------------------------------------------------------------ a new cohort run
-KEPT = ["gallery_run", "gal_tags", "gal_models", "gal_sets", "gal_dice", "gal_unc", "gal_sort", "gal_n"]
+KEPT = ["gallery_run", "gal_tags", "gal_models", "gal_sets", "gal_dice", "gal_unc", "gal_sort", "gal_n", "gal_verdict"]
 keep_state(KEPT)  # "Back to the gallery" finds the same run, tab, filters and sort
 runs = C.list_runs()
 ss["_runs_seen"] = len(runs)
@@ -168,15 +170,25 @@ with tab_g:
     order = h3.selectbox("Sort", list(C.SORT_KEYS), key="gal_sort")
     n_show = h4.slider("Thumbnails", 4, 48, step=4, key="gal_n")
     rows = C.sort_slices(C.filter_slices(r.slices, tags, models, sets, dice_rng, unc_rng if uvals else None), order)
+    # issue 18: the reviewers' verdicts beside the automatic tags (matched by the case's content key)
+    verdict_pick = st.multiselect("Verdict", W.STATUSES, key="gal_verdict", format_func=W.STATUS_WORDS.get,
+                                  help="The case's review status (its latest whole-case verdict, see the Worklist).")
+    if verdict_pick and len(rows):
+        status = run_statuses(path, m["case_ids"])
+        ok = [c for c, s_ in status.items() if s_ in verdict_pick]
+        rows = rows.take(rows.frame["case"].astype(str).isin(ok).to_numpy())
     st.caption(f"{len(rows)} slices match; showing {min(len(rows), n_show)}. Orange: prediction · green outline: "
                "reference · pink outline: the other (unlabelled) ovary · blue outline: removed by post-processing. "
                "Radiological orientation (patient's right on the image left).")
     story = []
     cols = st.columns(4)
-    for k, row in enumerate(rows[:n_show]):
+    page_rows = rows[:n_show]
+    status = run_statuses(path, [x["case"] for x in page_rows]) if page_rows else {}
+    for k, row in enumerate(page_rows):
         with cols[k % 4]:
             th = _thumb(path, row["model"], row["set"], row["case"], int(row["slice"]), 220)
             st.image(th, caption=C.caption(row), width="stretch")
+            st.markdown(f"Verdict {badge(status.get(str(row['case']), 'not_reviewed'))}")
             b1, b2 = st.columns(2)
             b1.button("Open in review", key=f"open_{k}", on_click=open_in_review,
                       args=(path, row))

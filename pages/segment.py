@@ -25,6 +25,7 @@ from medseg_core.review import (POSTPROCESSING_CHOICES, SIDE_LABELS, contract_of
 from pages import _correct as CORR
 from pages._access import exported, verdict_control
 from pages._shared import current_prediction, get_model, get_spec, require_frame, run, unc_ok
+from pages._worklist_glue import nav_strip
 
 require_frame()
 
@@ -177,6 +178,7 @@ with st.container(key="seg_head"):
             st.switch_page("pages/gallery.py")
     else:
         st.title("Segment & review")
+nav_strip()  # "Worklist: case 3 of 12 - Previous / Next", only for a case opened from the worklist
 vol = ss.get("volume")
 if vol is None:
     st.info("Load a case first (Load case page).")
