@@ -149,3 +149,20 @@ def test_runs_that_build_on_other_runs_are_trained_after_them_from_this_runs_fol
             assert order.index(dep) < order.index(n)
             line = lines[order.index(n)]
             assert f"{key}={tmp_path / dep / dep}.safetensors" in line
+
+
+@pytest.mark.slow
+def test_smoke_run_of_report_002_trains_every_config_and_prints_the_table(tmp_path, capsys):
+    """make reproduce-002 SMOKE=1 in the suite (about a minute here): every row trained on GI phantoms,
+    scored with report 002's protocol on the part of the split the report scored, and tabulated."""
+    table = R.run("002", execute=True, smoke=True, out=tmp_path)
+    rows = R.rows_of("002")
+    assert len(table) == len(rows) == 5
+    for t, r in zip(table, rows):
+        assert t["report"] == r.value and 0.0 <= t["reproduced"] <= 1.0, t
+    md = (tmp_path / "table.md").read_text()
+    assert "**Smoke run**" in md and md.count("| report002 |") == 5
+    assert "0.8248" in md  # the report's UNet++ number beside its reproduction
+    evals = sorted(p.name for p in (tmp_path / "evaluations").iterdir())
+    assert sum(e.endswith("__val") for e in evals) == 3 and sum(e.endswith("__test") for e in evals) == 2
+    assert "Report 002: the report's numbers and the reproduced ones" in capsys.readouterr().out
