@@ -472,30 +472,15 @@ def thumbnail(volume, z: int, pred2d, ref2d, other2d=None, removed2d=None, size:
     prediction filled (orange), reference outline (green), the other ovary outline (pink) and what
     post-processing removed (blue outline). The picture is resized first (image bilinear, masks
     nearest) and the outlines drawn at thumbnail resolution, so they stay one crisp pixel wide."""
-    from PIL import Image
+    from .render import auto_window, slice_picture
 
-    from .io import display_slice
-    from .io.orientation import display_aspect
-    from .render import apply_window, auto_window, outline, overlay
+    def one(m):  # a (Y, X) slice as a one-slice volume like the image's
+        return None if m is None or not np.any(m) else np.asarray(m)[None]
 
-    grey = apply_window(display_slice(volume.array, "axial", z), *auto_window(volume.array[z][None]))
-    r_mm, c_mm = display_aspect(volume.spacing, "axial")
-    h_mm, w_mm = grey.shape[0] * r_mm, grey.shape[1] * c_mm
-    scale = size / max(h_mm, w_mm)
-    out_wh = (max(1, round(w_mm * scale)), max(1, round(h_mm * scale)))
-
-    def fit(m, resample):
-        return np.asarray(Image.fromarray(m).resize(out_wh, resample))
-
-    def disp(m):
-        return fit((display_slice(np.asarray(m)[None], "axial", 0) > 0).astype(np.uint8) * 255,
-                   Image.Resampling.NEAREST) > 0
-
-    rgb = overlay(fit(grey, Image.Resampling.BILINEAR), [(disp(pred2d), GALLERY_COLOURS["prediction"])], alpha=0.45)
-    for m, key in ((ref2d, "reference"), (other2d, "other ovary"), (removed2d, "removed")):
-        if m is not None and np.any(m):
-            rgb[outline(disp(m))] = GALLERY_COLOURS[key]
-    return rgb
+    return slice_picture(volume.array[z:z + 1], volume.spacing, "axial", 0, auto_window(volume.array[z][None]),
+                         layers=[(np.asarray(pred2d)[None], GALLERY_COLOURS["prediction"])], alpha=0.45,
+                         outlines=[(one(m), GALLERY_COLOURS[k]) for m, k in ((ref2d, "reference"),
+                                   (other2d, "other ovary"), (removed2d, "removed"))], fit=size).rgb
 
 
 def caption(row: dict) -> str:

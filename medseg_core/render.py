@@ -5,6 +5,8 @@ convention; :func:`aspect_correct` resamples a picture so that each screen pixel
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .io.orientation import display_aspect, display_slice, edge_letters
@@ -78,13 +80,6 @@ def display_notice(shape, row_mm: float, col_mm: float) -> str | None:
             "exports use the full resolution.")
 
 
-def grey_frame(array: np.ndarray, spacing, plane: str, index: int, width: float, level: float) -> np.ndarray:
-    """An aspect-correct uint8 grey picture of one slice."""
-    pic = apply_window(display_slice(array, plane, index), width, level)
-    r, c = display_aspect(spacing, plane)
-    return aspect_correct(pic, r, c)
-
-
 def edge_labels(plane: str, known: bool = True) -> dict[str, str]:
     """Orientation letters for the picture's edges (e.g. axial: left 'R', right 'L'); empty when
     the file does not state the orientation (see :func:`medseg_core.io.orientation.orientation_known`)."""
@@ -152,15 +147,94 @@ def disagreement_layers(a2d: np.ndarray, b2d: np.ndarray) -> list[tuple[np.ndarr
             (b & ~a, DISAGREE_COLOURS["only_b"])]
 
 
-def overlay_frame(array: np.ndarray, spacing, plane: str, index: int, width: float, level: float,
-                  masks: list[tuple[np.ndarray, tuple[int, int, int]]], alpha: float = 0.4,
-                  mode: str = "fill") -> np.ndarray:
-    """Aspect-correct RGB picture of one slice with label overlays (masks are (Z, Y, X) volumes)."""
-    grey = apply_window(display_slice(array, plane, index), width, level)
-    layers = [(display_slice(m, plane, index), c) for m, c in masks]
-    rgb = overlay(grey, layers, alpha=alpha, mode=mode)
-    r, c = display_aspect(spacing, plane)
-    return aspect_correct(rgb, r, c)
+@dataclass
+class SlicePicture:
+    """One slice as the app draws it (:func:`slice_picture`).
+
+    ``rgb``: the aspect-correct uint8 RGB picture the viewer shows (square screen pixels in mm,
+    longer side at most ``max_side``; a thumbnail's size with ``fit``). ``picture``: the same layers
+    one pixel per voxel, before aspect correction (the input of :func:`export_view`). ``row_mm`` /
+    ``col_mm``: the displayed rows' and columns' spacing. ``notice``: the viewer's sentence when the
+    picture is shown downsampled, else None."""
+
+    rgb: np.ndarray
+    picture: np.ndarray
+    row_mm: float
+    col_mm: float
+    notice: str | None = None
+
+    @property
+    def aspect(self) -> tuple[float, float]:
+        return self.row_mm, self.col_mm
+
+
+def _layer_slice(mask: np.ndarray, plane: str, index: int | None) -> np.ndarray:
+    """A layer's displayed 2D slice: a (Z, Y, X) mask is sliced like the image; a 2D mask is taken as
+    already displayed (e.g. :func:`compare_layers`' output)."""
+    m = np.asarray(mask)
+    return m if (m.ndim == 2 or index is None) else display_slice(m, plane, index)
+
+
+def slice_picture(array: np.ndarray, spacing, plane: str = "axial", index: int | None = 0,
+                  window: tuple[float, float] | None = None, *, layers=(), outlines=(), heat: dict | None = None,
+                  alpha: float = 0.4, mode: str = "fill", fit: int | None = None,
+                  max_side: int | None = MAX_DISPLAY_SIDE) -> SlicePicture:
+    """The one drawing chain of every slice picture in the app: display orientation -> window ->
+    heat map -> label layers -> outlines -> aspect correction (issue 18 item 6).
+
+    ``array``: a (Z, Y, X) volume and ``index`` the slice of ``plane`` (radiological convention,
+    :func:`medseg_core.io.display_slice`); with ``index`` None, ``array`` is one picture already in
+    display orientation (a preprocessing preview, an ultrasound crop). ``spacing``: the volume's
+    (z, y, x) mm. ``window``: (width, level); None = :func:`auto_window` of this slice.
+    ``heat``: {"values": map like ``array``, "vmin", "vmax", optional "floor", "colorscale"} blended
+    first (:func:`heat_overlay`, opacity ``alpha``). ``layers``: [(mask, RGB colour)] drawn with
+    :func:`overlay` in ``mode`` ("fill" = tint with ``alpha`` plus outline, "outline"); ``outlines``:
+    [(mask, colour)] always outline-only, drawn after the layers (the other ovary, what
+    post-processing removed on a thumbnail). A mask is a volume like ``array`` or an already
+    displayed 2D slice.
+
+    ``fit`` (thumbnails): the picture is resized so its longer side is ``fit`` pixels with the
+    spacing respected, the image bilinear and the masks nearest, and layers and outlines are drawn at
+    that size so they stay one crisp pixel wide; ``picture`` is then the thumbnail too.
+    """
+    row_mm, col_mm = display_aspect(spacing, plane)
+    img = np.asarray(array) if index is None else display_slice(array, plane, index)
+    if window is None:
+        window = auto_window(np.asarray(img)[None])
+    grey = apply_window(img, *window)
+    fills = [(_layer_slice(m, plane, index), c) for m, c in layers if m is not None]
+    lines = [(_layer_slice(m, plane, index), c) for m, c in outlines if m is not None]
+    heat_2d = None if heat is None else _layer_slice(heat["values"], plane, index)
+    if fit:
+        from PIL import Image
+
+        h_mm, w_mm = grey.shape[0] * row_mm, grey.shape[1] * col_mm
+        scale = fit / max(h_mm, w_mm)
+        out_wh = (max(1, round(w_mm * scale)), max(1, round(h_mm * scale)))
+
+        def resize(a, resample):
+            return np.asarray(Image.fromarray(a).resize(out_wh, resample))
+
+        def resize_mask(m):
+            return resize((np.asarray(m) > 0).astype(np.uint8) * 255, Image.Resampling.NEAREST) > 0
+
+        grey = resize(grey, Image.Resampling.BILINEAR)
+        fills = [(resize_mask(m), c) for m, c in fills]
+        lines = [(resize_mask(m), c) for m, c in lines]
+        if heat_2d is not None:
+            heat_2d = resize(np.asarray(heat_2d, np.float32), Image.Resampling.NEAREST)
+    rgb = grey
+    if heat_2d is not None:
+        rgb = heat_overlay(grey, heat_2d, heat["vmin"], heat["vmax"], alpha=alpha, floor=heat.get("floor"),
+                           colorscale=heat.get("colorscale", HEAT_COLOURSCALE))
+    rgb = overlay(rgb, fills, alpha=alpha, mode=mode)
+    for m, c in lines:
+        if m.any():
+            rgb[outline(m)] = np.asarray(c, np.uint8)
+    if fit:
+        return SlicePicture(rgb, rgb, row_mm, col_mm, None)
+    return SlicePicture(aspect_correct(rgb, row_mm, col_mm, max_side=max_side), rgb, row_mm, col_mm,
+                        display_notice(rgb.shape, row_mm, col_mm))
 
 
 #: The colour map of every uncertainty/probability overlay and its colour bar: viridis, perceptually

@@ -22,8 +22,7 @@ import streamlit as st
 
 from medseg_core import correct as K
 from medseg_core.inference import prediction_from_masks
-from medseg_core.io import display_slice
-from medseg_core.render import apply_window, aspect_correct, overlay
+from medseg_core.render import slice_picture
 
 #: The canvas's largest size on the page (px); the picture is scaled to fit, keeping its aspect.
 CANVAS_MAX_W, CANVAS_MAX_H = 720, 560
@@ -163,9 +162,8 @@ def panel(vol, pred, plane: str, index: int, width: float, level: float, alpha: 
     label = t3.selectbox("Label", labels, key="corr_label") if len(labels) > 1 else labels[0]
     geom = corr.geometry(plane)
     colour = colours.get(label, (230, 159, 0))
-    grey = apply_window(display_slice(vol.array, plane, index), width, level)
-    picture = aspect_correct(overlay(grey, [(display_slice(corr.masks[label], plane, index), colour)],
-                                     alpha=max(alpha, 0.25), mode=mode), geom.row_mm, geom.col_mm)
+    picture = slice_picture(vol.array, vol.spacing, plane, index, (width, level), layers=[(corr.masks[label], colour)],
+                            alpha=max(alpha, 0.25), mode=mode).rgb  # the viewer's own chain (medseg_core.render)
     scale = min(CANVAS_MAX_W / geom.pic_w, CANVAS_MAX_H / geom.pic_h)
     cw, ch = max(1, int(round(geom.pic_w * scale))), max(1, int(round(geom.pic_h * scale)))
     px_per_mm = cw / (geom.w * geom.col_mm)

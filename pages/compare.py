@@ -6,11 +6,10 @@ import streamlit as st
 from medseg_core.compare import comparison_table, disagreement_map, most_disagreeing, per_slice_disagreement
 from medseg_core.io import display_slice, n_slices
 from medseg_core.io.errors import InputError
-from medseg_core.io.orientation import display_aspect, orientation_known
+from medseg_core.io.orientation import orientation_known
 from medseg_core.labels import display_rows, slice_words
 from medseg_core.options import predict_options
-from medseg_core.render import (LABEL_COLOURS, apply_window, aspect_correct, disagreement_layers,
-                                overlay, slice_figure)
+from medseg_core.render import LABEL_COLOURS, disagreement_layers, slice_figure, slice_picture
 from medseg_core.review import compatible_models, initial_slice, slice_curve
 from pages._shared import get_spec, require_frame, run
 
@@ -119,16 +118,17 @@ if worst and n > 1:
                          help=f"{curve['disagree_mm2'][z]:.0f} mm² disagree on this slice")
 idx = st.select_slider("Slice", list(range(n)), key="cmp_slice", format_func=lambda i: str(i + 1)) if n > 1 else 0
 width, level = ss["auto_window"]
-grey = apply_window(display_slice(vol.array, plane, idx), width, level)
-r_mm, c_mm = display_aspect(vol.spacing, plane)
 letters = orientation_known(vol.meta)
-pics = [(f"A: {name_a}", overlay(grey, [(display_slice(a, plane, idx), LABEL_COLOURS[0])], alpha=0.35)),
-        (f"B: {name_b}", overlay(grey, [(display_slice(b, plane, idx), LABEL_COLOURS[1])], alpha=0.35)),
-        ("Disagreement", overlay(grey, disagreement_layers(display_slice(a, plane, idx), display_slice(b, plane, idx)),
-                                 alpha=0.6))]
+pics = [(f"A: {name_a}", slice_picture(vol.array, vol.spacing, plane, idx, (width, level),
+                                       layers=[(a, LABEL_COLOURS[0])], alpha=0.35)),
+        (f"B: {name_b}", slice_picture(vol.array, vol.spacing, plane, idx, (width, level),
+                                       layers=[(b, LABEL_COLOURS[1])], alpha=0.35)),
+        ("Disagreement", slice_picture(vol.array, vol.spacing, plane, idx, (width, level), alpha=0.6,
+                                       layers=disagreement_layers(display_slice(a, plane, idx),
+                                                                  display_slice(b, plane, idx))))]
 pc = st.columns(3)
 for col, (title, pic) in zip(pc, pics):
-    col.plotly_chart(slice_figure(aspect_correct(pic, r_mm, c_mm), plane, title=f"{title}", height=420, letters=letters),
+    col.plotly_chart(slice_figure(pic.rgb, plane, title=f"{title}", height=420, letters=letters),
                      width="stretch", config={"displaylogo": False, "displayModeBar": False})
 st.caption(f"{slice_words(idx, n).capitalize()}. Disagreement: orange only in A, blue only in B, light grey in both. "
            + ("Radiological convention: patient's right on the image left." if letters else

@@ -8,8 +8,7 @@ import streamlit as st
 from medseg_core.inference import prediction_from_masks
 from medseg_core.io import InputError, list_series, load_label_masks, load_volume, union_mask
 from medseg_core.io.segmentation import file_stem, unique_name
-from medseg_core.io.orientation import display_aspect, display_slice
-from medseg_core.render import apply_window, aspect_correct
+from medseg_core.render import slice_picture
 from medseg_core.review import initial_slice
 from medseg_core.samples import list_samples
 from medseg_core.review import state_anatomy, ultrasound_kinds
@@ -188,8 +187,7 @@ for w in vol.warnings:
     st.warning(w)
 st.table({k: [v] for k, v in vol.describe().items()})
 z = initial_slice(vol.shape, "axial", ss.get("gt_mask"))
-pic = apply_window(display_slice(vol.array, "axial", z), *ss["auto_window"])
-st.image(aspect_correct(pic, *display_aspect(vol.spacing, "axial")),
+st.image(slice_picture(vol.array, vol.spacing, "axial", z, ss["auto_window"]).rgb,
          caption=f"Axial slice {z + 1} of {vol.shape[0]} · patient's right on the image left", width=420)
 if ss.get("gt_mask") is not None:
     st.caption("A reference mask is loaded: metrics and TP / FP / FN colouring are available on the review page.")

@@ -13,11 +13,11 @@ from medseg_core.export import dicom_seg_available, dicom_seg_bytes
 from medseg_core.inference import PredictOptions
 from medseg_core.io import display_slice, mask_nifti_bytes, n_slices
 from medseg_core.io.errors import InputError
-from medseg_core.io.orientation import display_aspect, orientation_known
+from medseg_core.io.orientation import orientation_known
 from medseg_core.labels import describe, display_name, display_rows, slice_words, timings_words
 from medseg_core.preprocessing import PREPROCESSING
-from medseg_core.render import (COMPARE_COLOURS, CT_PRESETS, LABEL_COLOURS, OTHER_OVARY_COLOUR, apply_window,
-                                aspect_correct, auto_window, compare_layers, display_notice, hex_to_rgb, overlay,
+from medseg_core.render import (COMPARE_COLOURS, CT_PRESETS, LABEL_COLOURS, OTHER_OVARY_COLOUR, compare_layers,
+                                hex_to_rgb, slice_picture,
                                 rgb_to_hex, slice_figure, view_png)
 from medseg_core.review import (POSTPROCESSING_CHOICES, SIDE_LABELS, contract_of, envelope_warnings, gate_choices,
                                 initial_slice, metrics_csv, metrics_table, preprocessing_preview, slice_curve,
@@ -268,11 +268,10 @@ else:
 
         if st.toggle("Preprocessing preview (before / after)", key="preview"):
             z0 = initial_slice(vol.shape, "axial", gt)
-            r_mm, c_mm = display_aspect(vol.spacing, "axial")
             before, after = preprocessing_preview(vol, pre, z0, spec.preprocessing_params if pre == spec.preprocessing else {})
             p1, p2 = st.columns(2)
-            p1.image(aspect_correct(apply_window(before, *auto_window(before[None])), r_mm, c_mm), caption="before", clamp=True)
-            p2.image(aspect_correct(apply_window(after, *auto_window(after[None])), r_mm, c_mm), caption=f"after: {display_name(pre, 'pre')}",
+            p1.image(slice_picture(before, vol.spacing, "axial", None).rgb, caption="before", clamp=True)
+            p2.image(slice_picture(after, vol.spacing, "axial", None).rgb, caption=f"after: {display_name(pre, 'pre')}",
                      clamp=True)
         st.button("Run model", type="primary", on_click=lambda: ss.__setitem__("_seg_run", True),
                   help="Results are cached: browsing never re-runs the model.")
@@ -357,28 +356,25 @@ def viewer():
         legend = [("TP (both)", COMPARE_COLOURS["tp"]), ("FP (prediction only)", COMPARE_COLOURS["fp"]),
                   ("FN (reference only)", COMPARE_COLOURS["fn"])]
     elif primary is None and gt is not None:  # no result yet: the reference alone
-        layers = [(display_slice(gt, plane, idx), COMPARE_COLOURS["tp"])]
+        layers = [(gt, COMPARE_COLOURS["tp"])]
         legend = [("reference mask", COMPARE_COLOURS["tp"])]
     elif show_sides:
-        layers = [(display_slice(pred.sides[s]["mask"], plane, idx), LABEL_COLOURS[k]) for k, s in enumerate(("left", "right"))]
+        layers = [(pred.sides[s]["mask"], LABEL_COLOURS[k]) for k, s in enumerate(("left", "right"))]
         legend = [("left side", LABEL_COLOURS[0]), ("right side", LABEL_COLOURS[1])]
     else:
         for lab in masks:
             if lab in shown:
-                layers.append((display_slice(pred.masks[lab], plane, idx), colours[lab]))
+                layers.append((pred.masks[lab], colours[lab]))
                 legend.append((lab, colours[lab]))
     if show_removed:
         for lab in shown:
-            layers.append((display_slice(pred.removed[lab], plane, idx), REMOVED_COLOUR))
+            layers.append((pred.removed[lab], REMOVED_COLOUR))
         legend.append(("removed by post-processing", REMOVED_COLOUR))
-    grey = apply_window(display_slice(vol.array, plane, idx), width, level)
-    picture = overlay(grey, layers, alpha=alpha, mode=mode)
     if show_other:
-        picture = overlay(picture, [(display_slice(other, plane, idx), OTHER_OVARY_COLOUR)], mode="outline")
         legend.append(("other ovary (outline)", OTHER_OVARY_COLOUR))
-    r_mm, c_mm = display_aspect(vol.spacing, plane)
-    notice = display_notice(picture.shape, r_mm, c_mm)
-    rgb = aspect_correct(picture, r_mm, c_mm)
+    sp = slice_picture(vol.array, vol.spacing, plane, idx, (width, level), layers=layers, alpha=alpha, mode=mode,
+                       outlines=[(other, OTHER_OVARY_COLOUR)] if show_other else ())
+    picture, rgb, notice, (r_mm, c_mm) = sp.picture, sp.rgb, sp.notice, sp.aspect
     title = "2D image" if vol.is_2d else f"{plane.capitalize()} {slice_words(idx, n)}"
     with col_img:
         if correcting:

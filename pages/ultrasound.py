@@ -4,11 +4,9 @@ All numbers come from medseg_core.ultrasound; this page only draws them."""
 import streamlit as st
 
 from medseg_core.checkpoints import checkpoint_status
-from medseg_core.io import display_slice
 from medseg_core.io.errors import InputError
-from medseg_core.io.orientation import display_aspect
 from medseg_core.models import get_spec
-from medseg_core.render import LABEL_COLOURS, apply_window, aspect_correct, overlay
+from medseg_core.render import LABEL_COLOURS, slice_picture
 from medseg_core.ultrasound import (DENOISER, Call, analyse, clinical_table, crop_picture, model_label,
                                     second_opinion)
 from pages._access import audit
@@ -65,9 +63,7 @@ except InputError as e:
     st.stop()
 ss["us_result"] = res
 
-r_mm, c_mm = display_aspect(vol.spacing, "axial")
-seen = display_slice(res.volume.array, "axial", 0)  # the image the models ran on
-grey = apply_window(seen, 255, 127.5)
+US_WINDOW = (255.0, 127.5)  # 8-bit ultrasound shown as stored
 if res.denoised:
     st.info(res.ran_on)
 st.subheader(f"p(malignant) at threshold {thr:.2f}")
@@ -85,15 +81,16 @@ for model, note in res.notes.items():
     st.caption(note)
 
 a, b = st.columns([3, 2])
-a.image(aspect_correct(overlay(grey, [(display_slice(res.primary.mask, "axial", 0), LABEL_COLOURS[0])], 0.3),
-                       r_mm, c_mm),
+# the image the models ran on, with the lesion
+a.image(slice_picture(res.volume.array, vol.spacing, "axial", 0, US_WINDOW, layers=[(res.primary.mask, LABEL_COLOURS[0])],
+                      alpha=0.3).rgb,
         caption=f"{get_spec(name).title}: lesion" + (" (on the annotation-removed image)" if res.denoised else ""),
         width="stretch")
 casc = res.cascade()
 if casc is not None:
     crop = crop_picture(res.volume, casc.boxes[0] if casc.boxes else None)
     if crop is not None:
-        b.image(aspect_correct(apply_window(crop, 255, 127.5), r_mm, c_mm), width=260,
+        b.image(slice_picture(crop, vol.spacing, "axial", None, US_WINDOW).rgb, width=260,
                 caption="The cascade's crop: largest segmented lesion, 1 % padding (resized to 164 x 164 "
                         "for its classifier)")
     else:
@@ -108,6 +105,6 @@ for eff in res.effects.values():
 if res.denoised:
     st.subheader("Annotation removal")
     d1, d2 = st.columns(2)
-    d1.image(aspect_correct(apply_window(display_slice(vol.array, "axial", 0), 255, 127.5), r_mm, c_mm),
+    d1.image(slice_picture(vol.array, vol.spacing, "axial", 0, US_WINDOW).rgb,
              caption="as loaded", width="stretch")
-    d2.image(aspect_correct(grey, r_mm, c_mm), caption="annotations removed: what the models ran on", width="stretch")
+    d2.image(slice_picture(res.volume.array, vol.spacing, "axial", 0, US_WINDOW).rgb, caption="annotations removed: what the models ran on", width="stretch")

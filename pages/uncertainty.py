@@ -2,12 +2,12 @@
 import streamlit as st
 
 from medseg_core.inference import PredictOptions
-from medseg_core.io import display_slice, n_slices
+from medseg_core.io import n_slices
 from medseg_core.io.errors import InputError
-from medseg_core.io.orientation import display_aspect, orientation_known
+from medseg_core.io.orientation import orientation_known
 from pages._shared import get_model, get_spec
 from medseg_core.labels import display_name, name_and_unit, slice_words
-from medseg_core.render import apply_window, aspect_correct, heat_overlay, slice_figure
+from medseg_core.render import slice_figure, slice_picture
 from medseg_core.tables import csv_text, with_slice_numbers
 from medseg_core.review import initial_slice
 from medseg_core.calibration import card_calibration, reliability, reliability_figure
@@ -91,9 +91,8 @@ def unc_viewer():
     with a:
         # the state holds the 0-based array index; people see slice numbers 1..n
         z = st.select_slider("Slice", list(range(nz)), key="unc_slice", format_func=lambda i: str(i + 1)) if nz > 1 else 0
-        grey = apply_window(display_slice(vol.array, "axial", z), *st.session_state["auto_window"])
-        rgb = heat_overlay(grey, display_slice(m, "axial", z), 0.0, vmax, alpha=alpha, floor=vmax * 0.02)
-        rgb = aspect_correct(rgb, *display_aspect(vol.spacing, "axial"))
+        rgb = slice_picture(vol.array, vol.spacing, "axial", z, st.session_state["auto_window"], alpha=alpha,
+                            heat={"values": m, "vmin": 0.0, "vmax": vmax, "floor": vmax * 0.02}).rgb
         words, unit = name_and_unit(what, "map")
         st.plotly_chart(slice_figure(rgb, "axial", title=f"{words}: axial {slice_words(z, nz)}",
                                      colorbar={"title": unit, "vmin": 0.0, "vmax": vmax},

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..io.orientation import n_slices
-from ..render import CT_PRESETS, LABEL_COLOURS, auto_window, overlay_frame
+from ..render import CT_PRESETS, LABEL_COLOURS, auto_window, slice_picture
 from .synthetic import GENERATORS
 
 
@@ -21,7 +21,7 @@ def _tile(case, size=256):
     z = int(np.argmax(case.masks[key].reshape(v.shape[0], -1).sum(1))) if case.masks[key].any() else n_slices(v.shape, "axial") // 2
     w, l = CT_PRESETS["Abdomen (liver/spleen)"] if v.modality == "CT" else auto_window(v.array)
     masks = [(m, LABEL_COLOURS[i % len(LABEL_COLOURS)]) for i, m in enumerate(case.masks.values())]
-    rgb = overlay_frame(v.array, v.spacing, "axial", z, w, l, masks, alpha=0.0, mode="outline")
+    rgb = slice_picture(v.array, v.spacing, "axial", z, (w, l), layers=masks, alpha=0.0, mode="outline").rgb
     im = Image.fromarray(rgb)
     im.thumbnail((size, size))
     canvas = Image.new("RGB", (size, size), (0, 0, 0))
