@@ -6,8 +6,9 @@ before the page runs (a page may stop early); actions that change the case rerun
 import streamlit as st
 
 from medseg_core.review import compatible_models
-from pages._access import gate, sidebar_identity
+from pages._access import sidebar_identity
 from pages._shared import ensure_state
+from pages._shell import frame, mirror
 
 st.set_page_config(page_title="medseg review", layout="wide")
 pages = [
@@ -21,15 +22,13 @@ pages = [
     st.Page("pages/models.py", title="Models", url_path="models"),
 ]
 
-# st.navigation is called before any widget: on a freshly started server the first run otherwise
-# registered the sidebar's widgets while Streamlit still treated the pages/ folder as legacy pages,
-# under another identity than on every later run, so their values were lost on the first rerun.
-# The sign-in gate (pages/_access.py): with an [auth] section in Streamlit's secrets every run needs a signed-in user
-# on the allow-list; everybody else sees one sentence (it calls st.navigation itself, pages hidden, then stops).
-page = gate(pages)
+# Streamlit's legacy multipage mode (the pages/ folder) is worked around in one place: pages/_shell.py.
+# frame() runs the sign-in gate (pages/_access.py: with an [auth] section in Streamlit's secrets every run needs a
+# signed-in user on the allow-list; everybody else sees one sentence), which calls st.navigation before any widget,
+# and marks the run as framed for the pages' require_frame().
+page = frame(pages)
 ensure_state()
 ss = st.session_state
-ss["_framed"] = True  # pages check this (see pages._shared.require_frame)
 
 with st.sidebar:
     st.markdown("### medseg")
@@ -47,14 +46,10 @@ with st.sidebar:
                 family = getattr(ss.get("sample"), "family", None)
                 same = [r for r, c in runnable.items() if c.family == family and not c.warnings]
                 ss["model_name"] = (same or list(runnable))[0]  # a bundled case opens with its own family's model
-            # ss["model_name"] is the source of truth (the gallery sets it too). The widget's own state is
-            # re-seeded from it on every run and a change is copied back by the callback: on a freshly
-            # started server the first rerun can see the sidebar widget under a new identity (legacy
-            # pages/ mode gives way to st.navigation), which dropped a plainly keyed widget's value.
-            if ss.get("model_pick") != ss["model_name"]:
-                ss["model_pick"] = ss["model_name"]
+            # ss["model_name"] is the source of truth (the gallery and the worklist set it too); the widget is
+            # mirrored from it (pages/_shell.py, point 2: widgets seen under two identities on a fresh server)
             st.selectbox("Model", list(runnable), key="model_pick", format_func=lambda r: runnable[r].label,
-                         on_change=lambda: ss.__setitem__("model_name", ss["model_pick"]),
+                         on_change=mirror("model_pick", "model_name"),
                          help="Models whose input contract fits this case; those outside their training data are "
                               "listed last and marked.")
             chosen = runnable[ss["model_name"]]

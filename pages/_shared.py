@@ -256,15 +256,7 @@ def current_prediction():
     return cached_prediction(st.session_state.get("current"))
 
 
-def require_frame() -> None:
-    """Send a page that runs without app.py's frame back through it.
-
-    Streamlit remembers at start-up that a ``pages/`` folder exists and, until some session has
-    called ``st.navigation``, runs a deep-linked page file on its own (legacy multipage mode): no
-    sidebar, no notice, no case. app.py marks every framed run; an unmarked run switches to it.
-    """
-    if not st.session_state.get("_framed"):
-        st.switch_page("app.py")
+from pages._shell import require_frame  # noqa: E402,F401 (the pages import it from here; see pages/_shell.py)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
