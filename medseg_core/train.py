@@ -14,6 +14,24 @@ Output: ``<out>/<name>.safetensors`` + ``<out>/<name>.json`` (model card), ``<na
 Samples are prepared with exactly the preprocessing and resizing that
 :func:`medseg_core.inference.predict` applies, so training and inference cannot drift apart.
 
+:func:`train` is a short sequence of named steps with typed inputs and outputs (dataclasses):
+:func:`setup_run` (:class:`RunSetup`: process group, seeds, spec, grid), :func:`split_data` and
+:func:`prepare_data` (:class:`TrainingData`: cases, patient split, 2D arrays or 3D crop sources),
+:func:`build_training_model` (:class:`TrainingModel`: model, pretrained entry, loss),
+:func:`plan_stages` / :func:`build_stage` (:class:`Stage`: ``main``, the cascade's segmenter and
+classifier, or report 002's phases), :func:`resume_stage` (:class:`StageState`), :func:`run_stage`
+(:func:`run_epoch`, :func:`validate_epoch`, :func:`select_best` on :class:`Best`,
+:func:`record_epoch`) and :func:`write_card` (card and checkpoint).
+
+Augmentation and 3D patch sampling are MONAI dictionary transforms
+(:mod:`medseg_core.train_transforms`): 2D ``RandFlipd`` / ``RandAffined`` /
+``RandScaleIntensityd`` + ``RandStdShiftIntensityd`` on the image and every label map together;
+3D ``RandCropByPosNegLabeld`` (``crop: {pos, neg, image_threshold}``, ``samples_per_volume``;
+negative patches centred on background voxels, label 0 and image above ``image_threshold``) then
+``RandFlipd`` / ``RandRotated`` / ``RandRotate90d``. Crops and augmentation are seeded by (seed,
+rank, epoch), and so is torch's generator (dropout) at the start of every epoch; the sample order
+by ``seed + epoch``; so a run repeats exactly and a resumed run ends where an uninterrupted one does.
+
 Best-epoch selection (:func:`_better`): a higher validation score wins; an equal score (AUC 1.0
 again) wins only with a lower validation loss, so the kept epoch is the best calibrated of those
 that rank equally well.
@@ -35,7 +53,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +68,7 @@ from . import metrics as M
 from .tables import write_csv
 from .checkpoints import LoadedModel, RESEARCH_NOTICE, save_checkpoint
 from . import train_features as TF
+from . import train_transforms as TT
 from .data import datasets as D
 from .io.errors import InputError
 from .models import build_model, count_parameters, get_spec, list_models, model_kwargs
@@ -70,7 +89,7 @@ DEFAULTS: dict[str, Any] = {
     "train": {"epochs": 20, "batch_size": 8, "patience": 10, "select_by": "val_dice", "seed": 0,
               "max_steps_per_epoch": None, "val_every": 1, "select_on": "original"},
     "augment": {"flip": True, "vflip": False, "rotate_deg": 10.0, "translate": 0.05, "intensity": 0.1},
-    "roi": None, "samples_per_volume": 4,
+    "roi": None, "samples_per_volume": 4, "crop": dict(TT.DEFAULT_CROP),
     "log": {"tensorboard": False},
     "evaluate_test": True, "out": "checkpoints", "fp16": False,
 }
@@ -290,86 +309,16 @@ def prepare_3d(cases, spec, cfg) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 # ----------------------------------------------------------------------------- augmentation
-def augment_2d(x: torch.Tensor, ys: list[torch.Tensor], a: dict, gen: torch.Generator):
-    """Random flips, small rotation/translation (same for image and masks), intensity jitter."""
-    n = x.shape[0]
-    if a.get("flip"):
-        f = torch.rand(n, generator=gen) < 0.5
-        x = torch.where(f[:, None, None, None], x.flip(-1), x)
-        ys = [torch.where(f[:, None, None, None], y.flip(-1), y) for y in ys]
-    if a.get("vflip"):
-        f = torch.rand(n, generator=gen) < 0.5
-        x = torch.where(f[:, None, None, None], x.flip(-2), x)
-        ys = [torch.where(f[:, None, None, None], y.flip(-2), y) for y in ys]
-    deg, tr = float(a.get("rotate_deg", 0)), float(a.get("translate", 0))
-    if deg or tr:
-        th = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(deg)
-        t = (torch.rand(n, 2, generator=gen) * 2 - 1) * tr * 2
-        mat = torch.zeros(n, 2, 3)
-        mat[:, 0, 0], mat[:, 0, 1], mat[:, 1, 0], mat[:, 1, 1] = th.cos(), -th.sin(), th.sin(), th.cos()
-        mat[:, :, 2] = t
-        grid = F.affine_grid(mat, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        ys = [F.grid_sample(y, grid, mode="nearest", padding_mode="zeros", align_corners=False) for y in ys]
-    j = float(a.get("intensity", 0))
-    if j:
-        scale = 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * j
-        shift = (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * j * x.std()
-        x = x * scale + shift
-    return x, ys
+# MONAI dictionary transforms (medseg_core.train_transforms): 2D flips / affine / intensity,
+# 3D foreground/background patches (RandCropByPosNegLabeld) and flips / rotations.
+augment_2d = TT.augment_2d
+augment_3d = TT.augment_3d
 
 
-_AXES_3D = {"z": -3, "y": -2, "x": -1}
-
-
-def augment_3d(x: torch.Tensor, y: torch.Tensor, a: dict, gen: torch.Generator):
-    """3D training augmentation of a batch (B, C, Z, Y, X), image and label moved alike (report 003
-    section III.B: "random flipping, rotation"):
-
-    * ``flip``: each axis of ``flip_axes`` (words z / y / x; default all three) flipped with
-      probability 0.5 (MONAI ``RandFlipd``); the public code's config names MONAI spatial axes
-      [0, 1] of RAS arrays, i.e. x and y.
-    * ``rotate_deg``: a rotation by angles drawn uniformly in +-``rotate_deg`` about each axis
-      (MONAI ``RandRotated(range_x=range_y=range_z)``), done with MONAI's ``Rotate`` per sample:
-      bilinear for the image, nearest for the label, zeros outside, same size.
-    Draws come from ``gen`` so a seeded run repeats."""
-    if a.get("flip"):
-        for name in a.get("flip_axes") or ("z", "y", "x"):
-            ax = _AXES_3D[str(name)]
-            f = (torch.rand(x.shape[0], generator=gen) < 0.5)[:, None, None, None, None]
-            x = torch.where(f.to(x.device), x.flip(ax), x)
-            y = torch.where(f.to(y.device), y.flip(ax), y)
-    deg = float(a.get("rotate_deg") or 0)
-    if deg:
-        from monai.transforms import Rotate
-
-        xs, ys = [], []
-        for i in range(x.shape[0]):
-            ang = tuple(float(v) for v in (torch.rand(3, generator=gen) * 2 - 1) * math.radians(deg))
-            xs.append(torch.as_tensor(Rotate(ang, keep_size=True, mode="bilinear", padding_mode="zeros")(x[i])))
-            ys.append(torch.as_tensor(Rotate(ang, keep_size=True, mode="nearest", padding_mode="zeros")(y[i])))
-        x, y = torch.stack(xs).as_subclass(torch.Tensor), torch.stack(ys).as_subclass(torch.Tensor)
-    return x, y
-
-
-def random_crops_3d(vols, roi, n_per_volume, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Crops of ``roi`` centred on foreground (half) or anywhere (half), as MONAI's
-    RandCropByPosNegLabel(pos=1, neg=1); volumes smaller than roi are zero-padded."""
-    xs, ys = [], []
-    for x, y in vols:
-        pad = [(0, 0)] + [(0, max(0, r - s)) for s, r in zip(x.shape[1:], roi)]
-        x, y = np.pad(x, pad), np.pad(y, pad)
-        fg = np.argwhere(y[0] > 0)
-        for k in range(n_per_volume):
-            if k % 2 == 0 and len(fg):
-                c = fg[rng.integers(len(fg))]
-            else:
-                c = np.array([rng.integers(s) for s in x.shape[1:]])
-            start = [int(np.clip(ci - r // 2, 0, s - r)) for ci, r, s in zip(c, roi, x.shape[1:])]
-            sl = (slice(None),) + tuple(slice(s0, s0 + r) for s0, r in zip(start, roi))
-            xs.append(x[sl])
-            ys.append(y[sl])
-    return np.stack(xs), np.stack(ys)
+def crop_config(cfg: dict) -> dict:
+    """The 3D patch sampling of ``crop`` (``{pos, neg, image_threshold}``, MONAI
+    ``RandCropByPosNegLabeld``; see :mod:`medseg_core.train_transforms`)."""
+    return TT.crop_config(cfg.get("crop"))
 
 
 # ----------------------------------------------------------------------------- losses
@@ -701,228 +650,428 @@ def _better(score: float, loss: float, best_score: float, best_loss: float) -> b
     return score == best_score and not math.isnan(loss) and loss < best_loss
 
 
-def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -> dict:
+# ----------------------------------------------------------------------------- training steps
+# train() runs these steps, each with typed inputs and outputs (issue 20 item 3): setup_run ->
+# split_data -> build_training_model -> prepare_data -> plan_stages -> per stage or phase:
+# build_stage, resume_stage, run_stage (run_epoch, validate_epoch, select_best, record_epoch) ->
+# write_card. Order and seeds are those of the single function they replaced.
+@dataclass
+class RunSetup:
+    """One run's resolved contract, shared by every step: config, process, registry spec, data kind,
+    model grid, architecture overrides, output folder, seed."""
+    cfg: dict
+    d: Dist
+    spec: Any
+    kind: str
+    size: tuple
+    over: dict
+    name: str
+    out_dir: Path
+    seed: int
+    t_start: float
+    argv: list[str] | None = None
+
+
+@dataclass
+class TrainingData:
+    """The cases, their patient-level split, and the training samples: 2D arrays of
+    :func:`prepare_2d` (``train``, ``val``) or 3D crop sources (``volumes``, :func:`prepare_3d`
+    through :func:`medseg_core.train_transforms.crop_sources`) with the crop size ``roi``."""
+    cases: list
+    split: dict[str, list]
+    train: dict | None = None
+    val: dict | None = None
+    volumes: list | None = None
+    roi: tuple | None = None
+
+
+@dataclass
+class TrainingModel:
+    """The network (on the run's device), the run's loss and the card's ``pretrained`` entry."""
+    model: torch.nn.Module
+    loss_fn: Any
+    pretrained: dict
+
+
+@dataclass
+class StagePlan:
+    """One stage of the run: ``main``; the cascade's ``segmenter`` then ``classifier``; or one phase
+    of ``train.phases`` (report 002)."""
+    name: str
+    kind: str
+    phase: dict | None = None
+
+
+@dataclass
+class Stage:
+    """A stage ready to train: the network part it trains (and its DDP wrapper), loss, samples,
+    epochs, optimiser, scheduler and selection metric."""
+    plan: StagePlan
+    net: torch.nn.Module
+    ddp_net: torch.nn.Module
+    loss_fn: Any
+    train: dict | None
+    val: dict | None
+    epochs: int
+    optim: torch.optim.Optimizer
+    sched: Any
+    select: str
+
+
+@dataclass
+class Best:
+    """The best epoch so far (:func:`select_best`): selection score, validation loss (the tie
+    breaker of :func:`_better`), its validation metrics and weights."""
+    score: float = -math.inf
+    loss: float = math.inf
+    metrics: dict = field(default_factory=dict)
+    state: dict | None = None
+
+
+@dataclass
+class StageState:
+    """Where a stage starts: first epoch, best so far, early-stopping patience left. A resumed stage
+    (:func:`resume_stage`) starts after the saved epoch with the best of its log."""
+    start_epoch: int
+    best: Best
+    patience_left: int
+
+
+def setup_run(cfg: dict, argv: list[str] | None = None) -> RunSetup:
+    """Process group, seeds (torch ``seed + rank``, numpy ``seed``), spec, grid, output folder."""
     d = setup_distributed()
     seed = int(cfg["train"]["seed"])
     torch.manual_seed(seed + d.rank)
     np.random.seed(seed)
     spec = get_spec(cfg["model"])
-    kind = kind_of(spec, cfg)
     size = tuple(cfg["input_size"] or spec.input_size)
-    pre, pre_params = _preprocessing(spec, cfg)
     over = dict(cfg["overrides"] or {})
     if spec.name == "unetr3d":
         over.setdefault("img_size", list(size))
-    t_start = time.time()
-    cases = load_cases(cfg)
-    split = split_cases(cases, cfg)
-    _log(d, f"[{cfg['name']}] {len(cases)} cases: {len(split['train'])} train / {len(split['val'])} val / "
-            f"{len(split['test'])} test; kind={kind}; world={d.world}")
-    torch.manual_seed(seed)  # identical initial weights on every rank
-    model = build_model(spec.name, cfg["variant"], **over)
-    pretrained = pretrained_entry(model, cfg)
-    model = model.to(d.device)
-    loss_fn = make_loss(cfg, spec)
-    if hasattr(loss_fn, "to"):
-        loss_fn = loss_fn.to(d.device)
     out_dir = Path(cfg["out"])
     if not out_dir.is_absolute():
         out_dir = ROOT / out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = cfg["name"]
+    return RunSetup(cfg, d, spec, kind_of(spec, cfg), size, over, cfg["name"], out_dir, seed, time.time(), argv)
 
-    if kind == "seg3d":
-        train_vols = prepare_3d(split["train"], spec, cfg)
-        roi = tuple(cfg["roi"] or size)
-        val_arrays = None
-    else:
-        train_arrays = prepare_2d(split["train"], spec, cfg, size, True)
-        val_arrays = prepare_2d(split["val"], spec, cfg, size, False)
-        _log(d, f"[{name}] {len(train_arrays['x'])} training / {len(val_arrays['x'])} validation slices at {size}")
 
-    stages = [("main", kind)]
-    if kind == "cascade":
-        stages = [("segmenter", "cascade_seg"), ("classifier", "cascade_cls")]
-    phases = TF.phases_of(cfg) if kind not in ("cascade", "seg3d") else []
+def split_data(run: RunSetup) -> TrainingData:
+    """The dataset's cases (generated first when synthetic) and their patient-level split."""
+    cases = load_cases(run.cfg)
+    split = split_cases(cases, run.cfg)
+    _log(run.d, f"[{run.name}] {len(cases)} cases: {len(split['train'])} train / {len(split['val'])} val / "
+                f"{len(split['test'])} test; kind={run.kind}; world={run.d.world}")
+    return TrainingData(cases, split)
+
+
+def build_training_model(run: RunSetup) -> TrainingModel:
+    """The model from the registry with the same initial weights on every rank (torch seeded with
+    ``seed``), ``init_from`` / ``encoder_weights`` applied (:func:`pretrained_entry`), and the loss."""
+    torch.manual_seed(run.seed)  # identical initial weights on every rank
+    model = build_model(run.spec.name, run.cfg["variant"], **run.over)
+    pretrained = pretrained_entry(model, run.cfg)
+    model = model.to(run.d.device)
+    loss_fn = make_loss(run.cfg, run.spec)
+    if hasattr(loss_fn, "to"):
+        loss_fn = loss_fn.to(run.d.device)
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    return TrainingModel(model, loss_fn, pretrained)
+
+
+def prepare_data(run: RunSetup, data: TrainingData) -> TrainingData:
+    """The training samples (after the model is built, as always: a denoiser loaded here draws from
+    torch's generator): 2D slices of the training and validation split on the model grid, or the 3D
+    training volumes at the model spacing ready for foreground/background cropping."""
+    cfg = run.cfg
+    if run.kind == "seg3d":
+        roi = tuple(cfg["roi"] or run.size)
+        vols = prepare_3d(data.split["train"], run.spec, cfg)
+        return replace(data, volumes=TT.crop_sources(vols, roi, crop_config(cfg)), roi=roi)
+    tr = prepare_2d(data.split["train"], run.spec, cfg, run.size, True)
+    va = prepare_2d(data.split["val"], run.spec, cfg, run.size, False)
+    _log(run.d, f"[{run.name}] {len(tr['x'])} training / {len(va['x'])} validation slices at {run.size}")
+    return replace(data, train=tr, val=va)
+
+
+def plan_stages(run: RunSetup) -> list[StagePlan]:
+    """``main``; the cascade's two stages; or one stage per ``train.phases`` entry."""
+    if run.kind == "cascade":
+        return [StagePlan("segmenter", "cascade_seg"), StagePlan("classifier", "cascade_cls")]
+    phases = TF.phases_of(run.cfg) if run.kind != "seg3d" else []
     if phases:  # train.phases (report 002 section 3.2): one stage per phase, run one after another
-        stages = [(ph["name"], kind) for ph in phases]
-    carried = None  # best (score, loss, metrics, weights) handed from one phase to the next
-    history: list[dict] = []
-    best_overall = {}
-    for stage_name, stage_kind in stages:
-        net = model if stage_kind not in ("cascade_seg", "cascade_cls") else (
-            model.segmenter if stage_kind == "cascade_seg" else model.classifier)
-        s_loss = loss_fn
-        if stage_kind == "cascade_seg":
-            s_loss = cascade_seg_loss(cfg)
-            tr = {k: v for k, v in train_arrays.items()}
-            va = {k: v for k, v in val_arrays.items()}
-        elif stage_kind == "cascade_cls":
-            s_loss = torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0], device=d.device))
-            tr, va = _cascade_crops(train_arrays, model), _cascade_crops(val_arrays, model)
-        elif kind != "seg3d":
-            tr, va = train_arrays, val_arrays
-        ddp_net = net
-        if d.world > 1:
-            ddp_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[d.local_rank] if "cuda" in d.device else None)
-        phase = next((ph for ph in phases if ph["name"] == stage_name), None)
-        if phase:  # its epochs, optimiser, scheduler and frozen parts (train_features.apply_freeze)
-            TF.apply_freeze(net, phase)
-        epochs = phase["epochs"] if phase else int(cfg["train"]["epochs"])
-        optim = _optimizer({"optim": phase["optim"]}, [q for q in net.parameters() if q.requires_grad]) \
-            if phase else _optimizer(cfg, net.parameters())
-        sched = _scheduler(phase["optim"] if phase else cfg["optim"], optim, epochs)
-        start_epoch, best, patience_left = 0, -math.inf, int(cfg["train"]["patience"])
-        best_loss = math.inf  # breaks ties on the selection metric (see _better)
-        # the cascade's classifier: cascade.cls_select_by (report 001: val_loss, Appendix B; the shipped demo: val_auc)
-        select = cfg["train"]["select_by"] if stage_kind != "cascade_cls" else \
-            (cfg.get("cascade") or {}).get("cls_select_by", "val_auc")
-        if resume and stage_name == stages[-1][0]:
-            start_epoch, best, history = load_training_state(Path(resume), net, optim)
-            scored = [h for h in history if h.get(select) is not None and h["stage"] == stage_name]
-            if scored:
-                top = scored[0]
-                for h in scored[1:]:  # the same rule as during training: ties go to the lower loss
-                    if _better(*_selection(h, select), *_selection(top, select)):
-                        top = h
-                best_metrics_resumed = {k: v for k, v in top.items() if k.startswith("val_")}
-                best_metrics_resumed["best_epoch"] = top["epoch"]
-                best_loss = float(top.get("val_loss", math.inf))
-            if sched is not None and not isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                for _ in range(start_epoch):  # the schedule where it was (plateau restarts its patience)
-                    sched.step()
-            _log(d, f"[{name}] resumed at epoch {start_epoch} (weights of the last epoch; best so far {best:.4f})")
-        best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        best_metrics: dict = dict(locals().get("best_metrics_resumed", {}))
-        if phase and carried:  # a later phase starts from, and competes with, the earlier phases' best epoch
-            best, best_loss, best_metrics, best_state = carried
-        gen = torch.Generator().manual_seed(seed + 1000 * d.rank)
-        rng = np.random.default_rng(seed + d.rank)
-        log_path = out_dir / f"{name}_log.csv"
-        writer = _tensorboard(cfg, out_dir, name) if d.main else None
-        for epoch in range(start_epoch, epochs):
-            t0 = time.time()
-            net.train()
-            if stage_kind == "seg3d":
-                xs, ys = random_crops_3d(train_vols, roi, int(cfg["samples_per_volume"]), rng)
-                arrays = {"x": xs.astype(np.float32), "y": ys.astype(np.float32)}
-            else:
-                arrays = tr
-            n = len(arrays["x"])
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).numpy()
-            weighted = TF.epoch_order(cfg, arrays, seed, epoch) if stage_kind == "seg2d" else None
-            if weighted is not None:  # train.sampler (report 002: WeightedRandomSampler by organ combination)
-                order = weighted
-            order = order[d.rank::d.world]  # distributed sampler: a disjoint shard per rank
-            bs = int(cfg["train"]["batch_size"])
-            max_steps = cfg["train"].get("max_steps_per_epoch")
-            steps = math.ceil(len(order) / bs)
-            if max_steps:
-                steps = min(steps, int(max_steps))
-            total = 0.0
-            from tqdm import tqdm
+        return [StagePlan(ph["name"], run.kind, ph) for ph in phases]
+    return [StagePlan("main", run.kind)]
 
-            bar = tqdm(range(steps), desc=f"{name} {stage_name} ep{epoch + 1}/{epochs}", leave=False,
-                       disable=not d.main or not sys.stderr.isatty())
-            for step in bar:
-                sel = order[step * bs:(step + 1) * bs]
-                b = {k: torch.from_numpy(v[sel]).to(d.device) for k, v in arrays.items() if k not in ("pid", "case")}
-                if stage_kind in ("seg2d", "mtl", "cascade_seg") or stage_kind == "cls2d":
-                    ys_aug = [b["y"]] + ([b["non_expert"]] if "non_expert" in b else [])
-                    x, ys_aug = TF.augment_fn(cfg["augment"])(b["x"].cpu(), [y.cpu() for y in ys_aug], cfg["augment"], gen)
-                    b["x"], b["y"] = x.to(d.device), ys_aug[0].to(d.device)
-                    if "non_expert" in b:
-                        b["non_expert"] = ys_aug[1].to(d.device)
-                elif stage_kind == "seg3d":
-                    b["x"], b["y"] = augment_3d(b["x"], b["y"], cfg["augment"], gen)
-                loss = _forward_loss(stage_kind, ddp_net, s_loss, b, spec)
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-                step_loss = loss.item()
-                total += step_loss
-                bar.set_postfix(loss=f"{step_loss:.4f}")
-            train_loss = total / max(steps, 1)
-            if d.world > 1:
-                # DDP syncs parameters, but each rank's last forward updated its own batch-norm
-                # running statistics: take rank 0's so every rank validates the same network.
-                for buf in net.buffers():
-                    dist.broadcast(buf.data, 0)
-                tl = torch.tensor([train_loss], device=d.device)
-                dist.all_reduce(tl)
-                train_loss = float(tl) / d.world
-            every = max(1, int(cfg["train"].get("val_every", 1)))
-            if (epoch + 1) % every and epoch + 1 < epochs:
-                val = {}
-            elif stage_kind == "seg3d":
-                val = validate_3d(net, replace(spec, preprocessing=pre, preprocessing_params=pre_params), cfg,
-                                  split["val"], size, d.device)
-            else:
-                val = validate_2d(stage_kind, net, s_loss, va, d.device)
-            row = {"stage": stage_name, "epoch": epoch + 1, "train_loss": train_loss, **val,
-                   "lr": optim.param_groups[0]["lr"], "seconds": time.time() - t0}
-            _scheduler_step(sched, val, train_loss)
-            history.append(row)
-            score, loss_now = _selection(val, select) if val else (math.nan, math.nan)
-            # select_by "last": the last epoch's weights (report 001's denoiser, Appendix B)
-            improved = bool(val) if select == "last" else _better(score, loss_now, best, best_loss)
-            if d.world > 1:  # rank 0 decides, so every rank keeps the same best weights
-                flag = torch.tensor([1 if improved else 0])
-                dist.broadcast(flag, 0)
-                improved = bool(flag.item())
-                if improved and math.isnan(score):
-                    score = best
-            if improved:
-                best, best_loss = score, loss_now
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                best_metrics = dict(val, best_epoch=epoch + 1)
-                patience_left = int(cfg["train"]["patience"])
-            elif val:
-                patience_left -= 1
-            if d.main:
-                write_csv(log_path, history)
-                if writer:
-                    for k, v in row.items():
-                        if isinstance(v, (int, float)) and k != "epoch":
-                            writer.add_scalar(f"{stage_name}/{k}", v, epoch + 1)
-                save_training_state(out_dir / f"{name}_last.safetensors", net, optim, epoch + 1, best, history)
-                print(f"[{name}] {stage_name} epoch {epoch + 1}: " + ", ".join(
-                    f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float)), flush=True)
-            stop = torch.tensor([1 if patience_left <= 0 else 0])
-            if d.world > 1:
-                dist.broadcast(stop, 0)
-            if int(stop):
-                _log(d, f"[{name}] early stop after epoch {epoch + 1}")
-                break
-        net.load_state_dict(best_state)
-        best_overall[stage_name] = best_metrics
-        carried = (best, best_loss, best_metrics, best_state)
+
+def build_stage(run: RunSetup, data: TrainingData, tm: TrainingModel, plan: StagePlan) -> Stage:
+    """The network part a stage trains, its loss and samples (the cascade classifier: reference-mask
+    crops), frozen parts, optimiser and scheduler (a phase's own), selection metric."""
+    cfg, model, d = run.cfg, tm.model, run.d
+    net, loss_fn, tr, va = model, tm.loss_fn, data.train, data.val
+    if plan.kind == "cascade_seg":
+        net, loss_fn = model.segmenter, cascade_seg_loss(cfg)
+        tr, va = dict(data.train), dict(data.val)
+    elif plan.kind == "cascade_cls":
+        net = model.classifier
+        loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0], device=d.device))
+        tr, va = _cascade_crops(data.train, model), _cascade_crops(data.val, model)
+    ddp_net = net
+    if d.world > 1:
+        ddp_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[d.local_rank] if "cuda" in d.device else None)
+    phase = plan.phase
+    if phase:  # its epochs, optimiser, scheduler and frozen parts (train_features.apply_freeze)
+        TF.apply_freeze(net, phase)
+        epochs = int(phase["epochs"])
+        optim = _optimizer({"optim": phase["optim"]}, [q for q in net.parameters() if q.requires_grad])
+    else:
+        epochs = int(cfg["train"]["epochs"])
+        optim = _optimizer(cfg, net.parameters())
+    sched = _scheduler(phase["optim"] if phase else cfg["optim"], optim, epochs)
+    # the cascade's classifier: cascade.cls_select_by (report 001: val_loss, Appendix B; the shipped demo: val_auc)
+    select = cfg["train"]["select_by"] if plan.kind != "cascade_cls" else \
+        (cfg.get("cascade") or {}).get("cls_select_by", "val_auc")
+    return Stage(plan, net, ddp_net, loss_fn, tr, va, epochs, optim, sched, select)
+
+
+def _weights(net: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def resume_stage(run: RunSetup, stage: Stage, path: Path, history: list[dict]) -> StageState:
+    """Continue from a ``<name>_last.safetensors``: weights and optimiser of the last epoch, the log
+    (``history`` is replaced by the saved one), the best score and the metrics of the best logged
+    epoch of this stage (the same rule as during training: ties go to the lower loss), the scheduler
+    stepped to where it was (plateau restarts its patience). The best *weights* are the last epoch's
+    until a later epoch beats the best score."""
+    start_epoch, best_score, saved = load_training_state(path, stage.net, stage.optim)
+    history[:] = saved
+    best = Best(score=best_score, state=_weights(stage.net))
+    scored = [h for h in history if h.get(stage.select) is not None and h["stage"] == stage.plan.name]
+    if scored:
+        top = scored[0]
+        for h in scored[1:]:
+            if _better(*_selection(h, stage.select), *_selection(top, stage.select)):
+                top = h
+        best.metrics = {k: v for k, v in top.items() if k.startswith("val_")}
+        best.metrics["best_epoch"] = top["epoch"]
+        best.loss = float(top.get("val_loss", math.inf))
+    if stage.sched is not None and not isinstance(stage.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        for _ in range(start_epoch):
+            stage.sched.step()
+    _log(run.d, f"[{run.name}] resumed at epoch {start_epoch} (weights of the last epoch; best so far {best_score:.4f})")
+    return StageState(start_epoch, best, int(run.cfg["train"]["patience"]))
+
+
+def epoch_samples(run: RunSetup, data: TrainingData, stage: Stage, epoch: int) -> dict:
+    """The samples of one epoch: the stage's arrays, or (3D) fresh foreground/background crops of the
+    training volumes (:func:`medseg_core.train_transforms.sample_crops`), seeded by (seed, rank, epoch)."""
+    if stage.plan.kind != "seg3d":
+        return stage.train
+    xs, ys = TT.sample_crops(data.volumes, int(run.cfg["samples_per_volume"]),
+                             TT.seed_of(run.seed, run.d.rank, epoch, TT.SALT_CROP), crop_config(run.cfg))
+    return {"x": xs.astype(np.float32), "y": ys.astype(np.float32)}
+
+
+def epoch_order(run: RunSetup, stage: Stage, arrays: dict, epoch: int) -> np.ndarray:
+    """This rank's sample order: a permutation seeded by ``seed + epoch`` (or report 002's weighted
+    draw, ``train.sampler``), then the distributed sampler's disjoint shard ``[rank::world]``."""
+    n = len(arrays["x"])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(run.seed + epoch)).numpy()
+    weighted = TF.epoch_order(run.cfg, arrays, run.seed, epoch) if stage.plan.kind == "seg2d" else None
+    if weighted is not None:  # train.sampler (report 002: WeightedRandomSampler by organ combination)
+        order = weighted
+    return order[run.d.rank::run.d.world]
+
+
+def augment_batch(run: RunSetup, stage: Stage, b: dict, gen: torch.Generator) -> dict:
+    """The batch after training augmentation: 2D image with every label map (``y``, ``non_expert``)
+    through ``augment`` (:func:`augment_2d` or report 002's pipeline), 3D through :func:`augment_3d`."""
+    a, d = run.cfg["augment"], run.d
+    if stage.plan.kind in ("seg2d", "mtl", "cascade_seg", "cls2d"):
+        ys = [b["y"]] + ([b["non_expert"]] if "non_expert" in b else [])
+        x, ys = TF.augment_fn(a)(b["x"].cpu(), [y.cpu() for y in ys], a, gen)
+        b["x"], b["y"] = x.to(d.device), ys[0].to(d.device)
+        if "non_expert" in b:
+            b["non_expert"] = ys[1].to(d.device)
+    elif stage.plan.kind == "seg3d":
+        b["x"], b["y"] = augment_3d(b["x"], b["y"], a, gen)
+    return b
+
+
+def run_epoch(run: RunSetup, data: TrainingData, stage: Stage, epoch: int) -> float:
+    """One training epoch of a stage (at most ``train.max_steps_per_epoch`` steps); returns the mean
+    training loss (averaged over ranks). Augmentation draws come from a generator seeded by
+    (seed, rank, epoch), and torch's own generator (dropout, stochastic depth) is seeded by (seed,
+    rank, epoch) too, so an epoch is the same whether the run was resumed or not."""
+    from tqdm import tqdm
+
+    cfg, d = run.cfg, run.d
+    stage.net.train()
+    arrays = epoch_samples(run, data, stage, epoch)
+    order = epoch_order(run, stage, arrays, epoch)
+    bs = int(cfg["train"]["batch_size"])
+    steps = math.ceil(len(order) / bs)
+    if cfg["train"].get("max_steps_per_epoch"):
+        steps = min(steps, int(cfg["train"]["max_steps_per_epoch"]))
+    gen = torch.Generator().manual_seed(TT.seed_of(run.seed, d.rank, epoch, TT.SALT_AUGMENT))
+    torch.manual_seed(TT.seed_of(run.seed, d.rank, epoch, TT.SALT_TORCH))
+    total = 0.0
+    bar = tqdm(range(steps), desc=f"{run.name} {stage.plan.name} ep{epoch + 1}/{stage.epochs}", leave=False,
+               disable=not d.main or not sys.stderr.isatty())
+    for step in bar:
+        sel = order[step * bs:(step + 1) * bs]
+        b = {k: torch.from_numpy(v[sel]).to(d.device) for k, v in arrays.items() if k not in ("pid", "case")}
+        loss = _forward_loss(stage.plan.kind, stage.ddp_net, stage.loss_fn, augment_batch(run, stage, b, gen), run.spec)
+        stage.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        stage.optim.step()
+        total += loss.item()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    train_loss = total / max(steps, 1)
+    if d.world > 1:
+        # DDP syncs parameters, but each rank's last forward updated its own batch-norm
+        # running statistics: take rank 0's so every rank validates the same network.
+        for buf in stage.net.buffers():
+            dist.broadcast(buf.data, 0)
+        tl = torch.tensor([train_loss], device=d.device)
+        dist.all_reduce(tl)
+        train_loss = float(tl) / d.world
+    return train_loss
+
+
+def validate_epoch(run: RunSetup, data: TrainingData, stage: Stage, epoch: int) -> dict:
+    """Validation metrics of the epoch (``{}`` between ``train.val_every`` epochs; the last epoch is
+    always validated): 3D through predict() on whole validation volumes, 2D on the prepared slices."""
+    every = max(1, int(run.cfg["train"].get("val_every", 1)))
+    if (epoch + 1) % every and epoch + 1 < stage.epochs:
+        return {}
+    if stage.plan.kind == "seg3d":
+        pre, params = _preprocessing(run.spec, run.cfg)
+        return validate_3d(stage.net, replace(run.spec, preprocessing=pre, preprocessing_params=params), run.cfg,
+                           data.split["val"], run.size, run.d.device)
+    return validate_2d(stage.plan.kind, stage.net, stage.loss_fn, stage.val, run.d.device)
+
+
+def select_best(best: Best, val: dict, select: str, epoch: int, net: torch.nn.Module, d: Dist) -> bool:
+    """Whether this epoch becomes the stage's best (:func:`_selection`, :func:`_better`; ``select_by:
+    last`` keeps every validated epoch, report 001's denoiser); when it does, ``best`` takes its
+    score, loss, metrics and weights. Under DDP rank 0 decides, so every rank keeps the same weights."""
+    score, loss_now = _selection(val, select) if val else (math.nan, math.nan)
+    improved = bool(val) if select == "last" else _better(score, loss_now, best.score, best.loss)
+    if d.world > 1:
+        flag = torch.tensor([1 if improved else 0])
+        dist.broadcast(flag, 0)
+        improved = bool(flag.item())
+        if improved and math.isnan(score):
+            score = best.score
+    if improved:
+        best.score, best.loss = score, loss_now
+        best.state = _weights(net)
+        best.metrics = dict(val, best_epoch=epoch + 1)
+    return improved
+
+
+def record_epoch(run: RunSetup, stage: Stage, row: dict, history: list[dict], best: Best, writer) -> None:
+    """Rank 0: the CSV log, TensorBoard, the state to resume from, one printed line."""
+    if not run.d.main:
+        return
+    write_csv(run.out_dir / f"{run.name}_log.csv", history)
+    if writer:
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and k != "epoch":
+                writer.add_scalar(f"{stage.plan.name}/{k}", v, row["epoch"])
+    save_training_state(run.out_dir / f"{run.name}_last.safetensors", stage.net, stage.optim, row["epoch"], best.score,
+                        history)
+    print(f"[{run.name}] {stage.plan.name} epoch {row['epoch']}: " + ", ".join(
+        f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float)), flush=True)
+
+
+def run_stage(run: RunSetup, data: TrainingData, stage: Stage, state: StageState, history: list[dict]) -> Best:
+    """The epochs of one stage from ``state``: train, validate, step the scheduler, log, select,
+    stop early after ``train.patience`` validations without a better epoch (rank 0 decides). The
+    stage's network ends with its best weights, which are returned with their metrics."""
+    best, patience_left = state.best, state.patience_left
+    writer = _tensorboard(run.cfg, run.out_dir, run.name) if run.d.main else None
+    for epoch in range(state.start_epoch, stage.epochs):
+        t0 = time.time()
+        train_loss = run_epoch(run, data, stage, epoch)
+        val = validate_epoch(run, data, stage, epoch)
+        row = {"stage": stage.plan.name, "epoch": epoch + 1, "train_loss": train_loss, **val,
+               "lr": stage.optim.param_groups[0]["lr"], "seconds": time.time() - t0}
+        _scheduler_step(stage.sched, val, train_loss)
+        history.append(row)
+        if select_best(best, val, stage.select, epoch, stage.net, run.d):
+            patience_left = int(run.cfg["train"]["patience"])
+        elif val:
+            patience_left -= 1
+        record_epoch(run, stage, row, history, best, writer)
+        stop = torch.tensor([1 if patience_left <= 0 else 0])
+        if run.d.world > 1:
+            dist.broadcast(stop, 0)
+        if int(stop):
+            _log(run.d, f"[{run.name}] early stop after epoch {epoch + 1}")
+            break
+    stage.net.load_state_dict(best.state)
+    return best
+
+
+def write_card(run: RunSetup, data: TrainingData, tm: TrainingModel, plans: list[StagePlan], history: list[dict],
+               best_overall: dict) -> dict:
+    """Rank 0: the model card (recipe, envelope, split, provenance, ``pretrained``, validation of every
+    stage's best epoch, test metrics through the evaluation engine) and the checkpoint; every rank
+    under DDP writes its weights' hash and leaves the process group. Returns train()'s result."""
+    cfg, d, model, name = run.cfg, run.d, tm.model, run.name
     model.eval()
     result = {"val": best_overall, "history": history}
     if d.main:
-        card = training_card(cfg, spec, name, over, size, split, cases, argv)
-        card["pretrained"] = pretrained
+        card = training_card(cfg, run.spec, name, run.over, run.size, data.split, data.cases, run.argv)
+        card["pretrained"] = tm.pretrained
         if cfg["data"]["split"].get("stratify"):  # a case-level split: patients span parts, so list the cases
-            card["split_cases"] = {k: [c.case_id for c in v] for k, v in split.items()}
-        if cfg.get("denoiser") and kind != "restore":  # inference applies it too (medseg_core.denoise)
+            card["split_cases"] = {k: [c.case_id for c in v] for k, v in data.split.items()}
+        if cfg.get("denoiser") and run.kind != "restore":  # inference applies it too (medseg_core.denoise)
             card["denoiser"] = str(cfg["denoiser"])
-        if kind in ("mtl", "cascade") and int(model_kwargs(spec.name, cfg["variant"], **over).get("n_clinical", 2)) == 0:
+        if run.kind in ("mtl", "cascade") and int(
+                model_kwargs(run.spec.name, cfg["variant"], **run.over).get("n_clinical", 2)) == 0:
             card["recipe"]["clinical_inputs"] = []
-        test_metrics = evaluate_split(model, card, cfg, split["test"], d.device) if cfg.get("evaluate_test") else {}
+        test_metrics = evaluate_split(model, card, cfg, data.split["test"], d.device) if cfg.get("evaluate_test") else {}
+        counted = {p.name for p in plans if p.phase} | {plans[-1].name}  # every phase, or the last stage
         card.update({
-            "epochs_run": len([h for h in history if h["stage"] == stages[-1][0] or (phases and h["stage"] in
-                                                                                   {ph["name"] for ph in phases})]),
+            "epochs_run": len([h for h in history if h["stage"] in counted]),
             "validation": best_overall, "test": test_metrics, "parameters": count_parameters(model),
-            "training_seconds": round(time.time() - t_start, 1), "device": d.device, "world_size": d.world})
-        save_checkpoint(model, name, card, out_dir, fp16=bool(cfg.get("fp16")))
+            "training_seconds": round(time.time() - run.t_start, 1), "device": d.device, "world_size": d.world})
+        save_checkpoint(model, name, card, run.out_dir, fp16=bool(cfg.get("fp16")))
         result["test"] = test_metrics
-        print(f"[{name}] saved {out_dir / (name + '.safetensors')}; val={best_overall}; test={test_metrics}", flush=True)
+        print(f"[{name}] saved {run.out_dir / (name + '.safetensors')}; val={best_overall}; test={test_metrics}",
+              flush=True)
     if d.world > 1:
-        h = _state_hash(model)
-        (out_dir / f"{name}_rank{d.rank}.sha256").write_text(h)
+        (run.out_dir / f"{name}_rank{d.rank}.sha256").write_text(_state_hash(model))
         dist.barrier()
         dist.destroy_process_group()
     return result
+
+
+def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -> dict:
+    """Train ``cfg`` (see the module docstring): the steps above, in order. Stages run one after
+    another; a later phase starts from, and competes with, the earlier phases' best epoch; ``resume``
+    continues the last stage. Returns ``{"val": best metrics per stage, "history": log rows[, "test"]}``."""
+    run = setup_run(cfg, argv)
+    data = split_data(run)
+    tm = build_training_model(run)
+    data = prepare_data(run, data)
+    plans = plan_stages(run)
+    history: list[dict] = []
+    best_overall: dict[str, dict] = {}
+    carried: Best | None = None  # the best epoch handed from one phase to the next
+    for plan in plans:
+        stage = build_stage(run, data, tm, plan)
+        if resume and plan is plans[-1]:
+            state = resume_stage(run, stage, Path(resume), history)
+        else:
+            state = StageState(0, Best(state=_weights(stage.net)), int(cfg["train"]["patience"]))
+        if plan.phase and carried:
+            state.best = replace(carried)
+        carried = run_stage(run, data, stage, state, history)
+        best_overall[plan.name] = carried.metrics
+    return write_card(run, data, tm, plans, history, best_overall)
 
 
 def training_card(cfg: dict, spec, name: str, over: dict, size, split: dict, cases: list, argv) -> dict:
@@ -1012,7 +1161,7 @@ def recalibrate_bn(ref: str | Path, config: str | Path, reason: str = "", out: s
     ``config`` name, prepared with the card's recipe exactly as training prepared them
     (:func:`prepare_2d`; the cascade's classifier gets the reference-mask crops of
     :func:`_cascade_crops`, the part whose statistics are re-estimated; 3D models get seeded
-    random ROI crops). Every batch-norm layer is reset and, with momentum None (a cumulative
+    foreground/background ROI crops, :func:`medseg_core.train_transforms.sample_crops`). Every batch-norm layer is reset and, with momentum None (a cumulative
     average over the batches), updated by one seeded pass of forward passes in train mode (as
     training and ``torch.optim.swa_utils.update_bn`` do), under ``torch.no_grad``. The card's ``test``
     metrics are measured again on the card's test split through the evaluation engine; the old
@@ -1058,10 +1207,12 @@ def recalibrate_bn(ref: str | Path, config: str | Path, reason: str = "", out: s
     net, part, val_kind, va = model, "whole model", None, None
     if kind == "seg3d":
         roi = tuple(cfg["roi"] or size)
-        xs, _ = random_crops_3d(prepare_3d(split["train"], spec, cfg), roi, int(cfg["samples_per_volume"]),
-                                np.random.default_rng(seed))
+        crop = crop_config(cfg)
+        xs, _ = TT.sample_crops(TT.crop_sources(prepare_3d(split["train"], spec, cfg), roi, crop),
+                                int(cfg["samples_per_volume"]), TT.seed_of(seed, 0, 0, TT.SALT_CROP), crop)
         arrays = {"x": xs.astype(np.float32)}
-        what = f"{len(xs)} random {' x '.join(map(str, roi))} crops ({cfg['samples_per_volume']} per training volume)"
+        what = (f"{len(xs)} random {' x '.join(map(str, roi))} crops ({cfg['samples_per_volume']} per training volume, "
+                f"foreground:background {crop['pos']:g}:{crop['neg']:g}, MONAI RandCropByPosNegLabeld)")
     else:
         arrays = prepare_2d(split["train"], spec, cfg, size, True)
         va = prepare_2d(split["val"], spec, cfg, size, False) if split.get("val") else None
