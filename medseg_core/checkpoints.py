@@ -387,3 +387,20 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+_AUXILIARY: dict[str, LoadedModel] = {}
+_AUXILIARY_LOCK = threading.Lock()
+
+
+def load_auxiliary(ref: str, task: str, refusal: str) -> LoadedModel:
+    """A model that another model's pipeline runs (report 000's slice-classifier gate, report 001's
+    annotation-removal denoiser), loaded once per process and shared. ``refusal`` is the sentence for
+    a checkpoint of another task (formatted with ``ref`` and ``task``, the checkpoint's own task)."""
+    with _AUXILIARY_LOCK:
+        if ref not in _AUXILIARY:
+            lm = load_model(ref)
+            if lm.spec.task != task:
+                raise InputError(refusal.format(ref=ref, task=lm.spec.task))
+            _AUXILIARY[ref] = lm
+        return _AUXILIARY[ref]

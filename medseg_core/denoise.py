@@ -14,29 +14,17 @@ annotation removal (:func:`medseg_core.ultrasound.remove_annotations`) does.
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from .io import Volume
 
-_LOADED: dict = {}
-_LOCK = threading.Lock()
-
 
 def load_denoiser(ref: str):
     """The denoiser checkpoint ``ref`` loaded once per process (a restoration model, or InputError)."""
-    from .checkpoints import load_model
-    from .io.errors import InputError
+    from .checkpoints import load_auxiliary
 
-    with _LOCK:
-        if ref not in _LOADED:
-            lm = load_model(ref)
-            if lm.spec.task != "restoration":
-                raise InputError(f"The denoiser '{ref}' is a {lm.spec.task} model; give an annotation-removal "
-                                 "(restoration) checkpoint such as us_denoiser.")
-            _LOADED[ref] = lm
-        return _LOADED[ref]
+    return load_auxiliary(ref, "restoration", "The denoiser '{ref}' is a {task} model; give an annotation-removal "
+                                              "(restoration) checkpoint such as us_denoiser.")
 
 
 def apply_denoiser(volume: Volume, ref) -> Volume:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from . import postprocess as post
 from . import uncertainty as unc
-from .checkpoints import LoadedModel, load_model
+from .checkpoints import LoadedModel, load_auxiliary, load_model
 from .io import Volume
 from .io.errors import InputError
 from .preprocessing import SIDE_MODES, SliceResize, apply_side_masking, plan_geometry, preprocess, side_mask
@@ -258,18 +258,10 @@ def _geometry_back(geo, out: dict, pred: Prediction) -> dict:
     return out
 
 
-_GATES: dict = {}
-
-
 def _gate_model(ref: str) -> LoadedModel:
     """Slice classifiers used as gates, loaded once per process."""
-    if ref not in _GATES:
-        lm = load_model(ref)
-        if lm.spec.task != "classification":
-            raise InputError(f"The gate '{ref}' is a {lm.spec.task} model; a gate must be a slice classifier "
-                             "(for example ovary_slice_classifier).")
-        _GATES[ref] = lm
-    return _GATES[ref]
+    return load_auxiliary(ref, "classification", "The gate '{ref}' is a {task} model; a gate must be a slice "
+                                                 "classifier (for example ovary_slice_classifier).")
 
 
 def _apply_gate(pred: Prediction, volume: Volume, options: PredictOptions, prog) -> None:
