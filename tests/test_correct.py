@@ -1,5 +1,6 @@
 """Correcting a mask (issue 18 item 2, corrections of item 3): medseg_core.correct, with hand-computed numbers."""
 import math
+import re
 import sqlite3
 
 import numpy as np
@@ -334,3 +335,95 @@ def test_apptest_correct_fill_save_becomes_the_reviewed_result(tmp_path, monkeyp
     row = store.verdicts(at.session_state["case_key"])[0]
     assert row["corrected_mask"] == str(files[0]) and row["reviewer_name"] == "Dr. App"
     assert store.audit_rows(action="correction")[0]["model"] == "colleague"
+
+
+def _settled(page):
+    """Wait until the script run is over (no stale element of the previous run, no running spinner)."""
+    page.wait_for_timeout(300)
+    page.wait_for_function("() => document.querySelectorAll('[data-stale=\"true\"]').length === 0"
+                           " && !document.querySelector('[data-testid=stStatusWidget] [data-testid=stSpinner]')",
+                           timeout=60_000)
+    page.wait_for_timeout(300)
+
+
+def _metrics_dice(page, tmp_path, name: str) -> float:
+    import csv
+
+    _settled(page)
+    with page.expect_download(timeout=60_000) as dl:
+        page.get_by_role("button", name="Export metrics (CSV)").click()
+    path = tmp_path / name
+    dl.value.save_as(path)
+    return float(next(csv.DictReader(path.open()))["dice"])
+
+
+@pytest.mark.browser
+def test_browser_paint_a_stroke_save_and_the_dice_changes(tmp_path):
+    """In Chromium on the bundled pelvic case: run the model, export its metrics (Dice vs the reference),
+    open Correct, paint a stroke across the canvas with the mouse, save. The corrected result's exported
+    Dice equals the Dice of the mask read back from the corrections folder, differs from the model's by
+    exactly that amount's difference, and the exported NIfTI is the saved mask."""
+    import nibabel as nib
+
+    from browser import ARTIFACTS, app_server, browser
+    from medseg_core import metrics as M
+    from medseg_core.samples import get_sample
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    db = tmp_path / "db" / "medseg.db"
+    vol, gt, _ = get_sample("pelvic").load()
+    with app_server(env={"MEDSEG_DB": str(db)}) as url, browser() as b:
+        page = b.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        page.goto(url)
+        page.get_by_role("button", name="Run model").click()
+        page.get_by_role("heading", name="Results").wait_for(timeout=240_000)
+        dice_model = _metrics_dice(page, tmp_path, "model.csv")
+        page.locator(".st-key-correct_on").get_by_text("Correct the mask (brush, eraser, fill)").first.click()
+        box_loc = page.locator(".st-key-corr_canvas_box canvas")
+        box_loc.last.wait_for()
+        page.get_by_text("0 voxels added, 0 removed").wait_for()
+        painted = page.get_by_text(re.compile(r"[1-9]\d* voxels added"))
+        for attempt in range(3):  # on a loaded machine fabric.js may not be listening yet: draw again
+            _settled(page)
+            page.wait_for_timeout(1500)  # the background picture and fabric.js set up
+            box = box_loc.last.bounding_box()
+            y = box["y"] + box["height"] * 0.5
+            page.mouse.move(box["x"] + box["width"] * 0.15, y)
+            page.mouse.down()
+            for k in range(1, 31):
+                page.mouse.move(box["x"] + box["width"] * (0.15 + 0.7 * k / 30), y + 6 * math.sin(k / 5))
+            page.mouse.up()
+            try:
+                painted.wait_for(timeout=30_000)
+                break
+            except Exception:
+                if attempt == 2:
+                    raise
+        page.screenshot(path=str(ARTIFACTS / "correct_stroke.png"))
+        page.get_by_placeholder("Your name").fill("Dr. Chromium")
+        page.get_by_placeholder("Your name").press("Enter")
+        page.wait_for_timeout(1000)
+        page.get_by_role("button", name="Save correction").click()
+        page.get_by_text("Corrected mask").first.wait_for(timeout=60_000)
+        assert page.locator("[data-testid=stException]").count() == 0
+        page.screenshot(path=str(ARTIFACTS / "correct_saved.png"), full_page=True)
+        dice_corrected = _metrics_dice(page, tmp_path, "corrected.csv")
+        _settled(page)
+        with page.expect_download(timeout=60_000) as dl:
+            page.get_by_role("button", name="Export mask (NIfTI, source affine)").click()
+        exported = tmp_path / "corrected_export.nii.gz"
+        dl.value.save_as(exported)
+    files = list((tmp_path / "db" / "corrections").rglob("*.nii.gz"))
+    assert len(files) == 1
+    saved = K.load_correction(files[0], vol)
+    mask = next(iter(saved.values()))
+    rec = K.sidecar(files[0])
+    assert rec["reviewer"] == "Dr. Chromium" and rec["corrected_vs_model"][next(iter(saved))]["voxels_added"] > 0
+    expected = M.dice(mask, gt)
+    assert dice_corrected == pytest.approx(expected, abs=1e-6), (dice_model, dice_corrected, expected)
+    assert abs(dice_corrected - dice_model) > 1e-4
+    from medseg_core.io import load_mask
+
+    assert np.array_equal(load_mask(str(exported), vol) > 0, mask > 0)
+    assert nib.load(exported).shape == nib.load(files[0]).shape
