@@ -14,6 +14,7 @@ st.set_page_config(page_title="medseg review", layout="wide")
 pages = [
     st.Page("pages/load_case.py", title="Load case", url_path="load_case"),
     st.Page("pages/segment.py", title="Segment & review", default=True),
+    st.Page("pages/viewer3d.py", title="3D viewer", url_path="viewer3d"),
     st.Page("pages/uncertainty.py", title="Uncertainty", url_path="uncertainty"),
     st.Page("pages/compare.py", title="Compare", url_path="compare"),
     st.Page("pages/ultrasound.py", title="Ultrasound", url_path="ultrasound"),

@@ -23,6 +23,7 @@ from medseg_core.review import (POSTPROCESSING_CHOICES, SIDE_LABELS, contract_of
                                 initial_slice, metrics_csv, metrics_table, preprocessing_preview, slice_curve,
                                 slice_metrics)
 from pages import _correct as CORR
+from pages import _niivue as NVS
 from pages._access import exported, verdict_control
 from pages._shared import current_prediction, get_model, get_spec, require_frame, run, unc_ok
 from pages._worklist_glue import nav_strip
@@ -337,6 +338,11 @@ def viewer():
                                                     help="The dataset marks one ovary; the other is shown as in "
                                                          "the gallery's thumbnails.")
         correcting = CORR.toggle(pred)  # issue 18: the drawable canvas replaces the picture (pages/_correct.py)
+        # issue 18 item 5: NiiVue in the browser instead of the PNG picture (pages/_niivue.py); PNG stays the default
+        fast = not vol.is_2d and not correcting and st.toggle(
+            "Fast viewer (NiiVue)", value=False, key="fast_viewer",
+            help="Slices drawn in the browser (WebGL): the mouse wheel scrolls without a server round trip. "
+                 "Exports use the PNG viewer. All planes and a 3D rendering: the 3D viewer page.")
         shown, colours = [], {}
         for k, lab in enumerate(masks):
             cb, cp = st.columns([3, 1], vertical_alignment="center")
@@ -379,6 +385,9 @@ def viewer():
     with col_img:
         if correcting:
             CORR.panel(vol, pred, plane, idx, width, level, alpha, mode, colours)
+        elif fast:
+            NVS.fast_view(vol, plane, (width, level), NVS.segment_layers(
+                pred, gt, primary, shown, colours, compare, show_sides, show_removed, REMOVED_COLOUR), alpha)
         else:
             with st.container(key="seg_image", height=VIEWER_HEIGHT, border=False):
                 st.plotly_chart(slice_figure(rgb, plane, title=title, height=None, letters=letters, title_inside=True),
