@@ -206,19 +206,23 @@ def test_browser_verdict_survives_server_restart(small_cohort, tmp_path):
     env = {"MEDSEG_RUNS": str(small_cohort.parent), "MEDSEG_DB": str(db)}
     with app_server(env=env) as url, browser() as b:
         page = b.new_page(viewport={"width": 1500, "height": 1200})
-        page.goto(url + "/worklist", wait_until="domcontentloaded")
+        page.goto(url, wait_until="domcontentloaded")
+        page.get_by_text("Research use only").wait_for(timeout=120_000)
+        page.get_by_role("link", name="Worklist").click()
         page.get_by_text("cases match").wait_for(timeout=120_000)
         page.get_by_role("button", name="Open on Segment & review").click()
         page.get_by_text("case 1 of 3").wait_for(timeout=180_000)
         page.get_by_text("Verdict", exact=True).click()
         page.get_by_text("Accept", exact=True).click()
-        page.get_by_label("Your name").fill("Dr Restart")
+        page.get_by_role("textbox", name="Your name").fill("Dr Restart")
         page.get_by_role("button", name="Save verdict").click()
-        page.get_by_text("Saved: Accept by Dr Restart").wait_for(timeout=60_000)
+        page.get_by_text("Saved: Accept by Dr Restart").wait_for(state="attached", timeout=60_000)  # the expander may fold
     assert _wait(lambda: Store(str(db)).verdicts())[0]["verdict"] == "accept"
     with app_server(env=env) as url, browser() as b:  # a new server process, the same database
         page = b.new_page(viewport={"width": 1500, "height": 1200})
-        page.goto(url + "/worklist", wait_until="domcontentloaded")
+        page.goto(url, wait_until="domcontentloaded")
+        page.get_by_text("Research use only").wait_for(timeout=120_000)
+        page.get_by_role("link", name="Worklist").click()
         page.get_by_text("accepted **1**".replace("**", "")).wait_for(timeout=120_000)
         page.get_by_text("cases match").wait_for(timeout=60_000)
         text = page.locator("[data-testid=stMarkdown]").all_inner_texts()
