@@ -10,10 +10,10 @@ MEDSEG := $(VENV)/bin/medseg
 PORT ?= 8501
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup setup-test run test test-fast fuzz bench loadtest checkpoints table1 clean help
+.PHONY: setup setup-test run test test-fast lint fuzz bench loadtest checkpoints table1 clean help
 
 help:
-	@echo "make run | make test | make test-fast | make fuzz | make bench | make loadtest | make checkpoints | make table1 | make clean"
+	@echo "make run | make test | make test-fast | make lint | make fuzz | make bench | make loadtest | make checkpoints | make table1 | make clean"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ test: setup-test
 
 test-fast: setup-test
 	$(PY) -m pytest -q -p no:cacheprovider -m "not browser and not slow" tests
+
+# Linters (configured in pyproject.toml; .ci/run calls this before `make test`, which does not need it):
+# ruff check + ruff format --check on the app, library, tests and benchmarks; mypy on medseg_core.
+lint: $(VENV)/.dev.stamp
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy medseg_core
 
 fuzz: setup-test
 	MEDSEG_FUZZ_EXAMPLES=$${MEDSEG_FUZZ_EXAMPLES:-20000} MEDSEG_FUZZ_RANDOM=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_bad_inputs.py -k fuzz
