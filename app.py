@@ -3,6 +3,7 @@
 Pages live in ``pages/`` and are thin: widgets plus calls into ``medseg_core``. The sidebar is drawn
 before the page runs (a page may stop early); actions that change the case rerun the app.
 """
+
 import streamlit as st
 
 from medseg_core.review import compatible_models
@@ -37,8 +38,10 @@ with st.sidebar:
     vol = ss.get("volume")
     if vol is not None:
         st.markdown(f"**Case:** {vol.name}")
-        st.caption(f"{vol.modality} · {' x '.join(map(str, vol.shape))} voxels · "
-                   f"{' x '.join(f'{s:.3g}' for s in vol.spacing)} mm")
+        st.caption(
+            f"{vol.modality} · {' x '.join(map(str, vol.shape))} voxels · "
+            f"{' x '.join(f'{s:.3g}' for s in vol.spacing)} mm"
+        )
         st.caption("Reference mask loaded" if ss.get("gt_mask") is not None else "No reference mask")
         choices = compatible_models(vol, session_models=ss.get("session_models"), case=ss.get("case_key"))
         runnable = {c.ref: c for c in choices if c.ok}
@@ -49,10 +52,15 @@ with st.sidebar:
                 ss["model_name"] = (same or list(runnable))[0]  # a bundled case opens with its own family's model
             # ss["model_name"] is the source of truth (the gallery and the worklist set it too); the widget is
             # mirrored from it (pages/_shell.py, point 2: widgets seen under two identities on a fresh server)
-            st.selectbox("Model", list(runnable), key="model_pick", format_func=lambda r: runnable[r].label,
-                         on_change=mirror("model_pick", "model_name"),
-                         help="Models whose input contract fits this case; those outside their training data are "
-                              "listed last and marked.")
+            st.selectbox(
+                "Model",
+                list(runnable),
+                key="model_pick",
+                format_func=lambda r: runnable[r].label,
+                on_change=mirror("model_pick", "model_name"),
+                help="Models whose input contract fits this case; those outside their training data are "
+                "listed last and marked.",
+            )
             chosen = runnable[ss["model_name"]]
             if chosen.outside:
                 st.warning("Outside this model's training data; see Segment & review.")

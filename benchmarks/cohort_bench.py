@@ -6,6 +6,7 @@ of the whole run + filter by tags + models + option set + Dice* range + uncertai
 the first 12 rows as dicts for the thumbnails (target <= 200 ms), for each sort order. Called by
 ``benchmarks/run_all.py`` (``--only cohort``) or alone: ``python benchmarks/cohort_bench.py``.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,26 +42,41 @@ def cohort_bench(quick: bool = False) -> dict:
         size_mb = sum(p.stat().st_size for p in run_dir.iterdir()) / 2**20
         load_s, run = _median(lambda: C.load_run(run_dir), max(3, repeats // 3))
         slices = run.slices
-        filt = dict(tags=["side_swap", "double_ovary", "under_segmentation"], models=["model_0", "model_2"],
-                    sets=["orig"], dice_range=(0.0, 0.8), uncertainty_range=(0.0, 0.6))
+        filt = dict(
+            tags=["side_swap", "double_ovary", "under_segmentation"],
+            models=["model_0", "model_2"],
+            sets=["orig"],
+            dice_range=(0.0, 0.8),
+            uncertainty_range=(0.0, 0.6),
+        )
 
         def refresh(how):
             counts = C.tag_counts(C.filter_slices(slices))
             rows = C.sort_slices(C.filter_slices(slices, **filt), how)
             return counts, len(rows), rows[:12]
 
-        steps = {"counts (whole run)": lambda: C.tag_counts(C.filter_slices(slices)),
-                 "filter": lambda: C.filter_slices(slices, **filt),
-                 "sort (Dice)": lambda: C.sort_slices(C.filter_slices(slices, **filt), "Dice (worst first)")}
+        steps = {
+            "counts (whole run)": lambda: C.tag_counts(C.filter_slices(slices)),
+            "filter": lambda: C.filter_slices(slices, **filt),
+            "sort (Dice)": lambda: C.sort_slices(C.filter_slices(slices, **filt), "Dice (worst first)"),
+        }
         parts = {k: round(_median(f, repeats)[0] * 1000, 1) for k, f in steps.items()}
         per_sort = {}
         for how in C.SORT_KEYS:
             s, (counts, n, first) = _median(lambda: refresh(how), repeats)
             per_sort[how] = round(s * 1000, 1)
-        return {"rows": len(slices), "matching": n, "generate_s": round(gen_s, 2), "store_mb": round(size_mb, 1),
-                "load_s": round(load_s, 3), "steps_ms": parts, "refresh_ms": per_sort,
-                "refresh_worst_ms": max(per_sort.values()), "counts": counts,
-                "filter": {k: list(v) if isinstance(v, tuple) else v for k, v in filt.items()}}
+        return {
+            "rows": len(slices),
+            "matching": n,
+            "generate_s": round(gen_s, 2),
+            "store_mb": round(size_mb, 1),
+            "load_s": round(load_s, 3),
+            "steps_ms": parts,
+            "refresh_ms": per_sort,
+            "refresh_worst_ms": max(per_sort.values()),
+            "counts": counts,
+            "filter": {k: list(v) if isinstance(v, tuple) else v for k, v in filt.items()},
+        }
 
 
 if __name__ == "__main__":

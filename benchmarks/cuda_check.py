@@ -5,6 +5,7 @@ the probability maps are compared; MC dropout and TTA run on the GPU; a tiny mod
 through the training CLI. Prints one JSON line per check and exits non-zero on a mismatch. Needs a
 CUDA device (not part of ``make test``: CI has none).
 """
+
 from __future__ import annotations
 
 import json
@@ -34,9 +35,17 @@ def run(name, vol, size, opts, **over):
         out[dev] = (predict(lm, vol, opts), time.perf_counter() - t)
     a, b = out["cpu"][0], out["cuda"][0]
     diff = float(np.abs(a.probability - b.probability).max()) if a.probability is not None else 0.0
-    cls = float(np.abs(a.class_probabilities - b.class_probabilities).max()) if a.class_probabilities is not None else 0.0
-    return {"model": name, "max_abs_prob_diff": diff, "max_abs_class_diff": cls, "cpu_s": round(out["cpu"][1], 3),
-            "cuda_s": round(out["cuda"][1], 3), "ok": diff < 2e-3 and cls < 2e-3}
+    cls = (
+        float(np.abs(a.class_probabilities - b.class_probabilities).max()) if a.class_probabilities is not None else 0.0
+    )
+    return {
+        "model": name,
+        "max_abs_prob_diff": diff,
+        "max_abs_class_diff": cls,
+        "cpu_s": round(out["cpu"][1], 3),
+        "cuda_s": round(out["cuda"][1], 3),
+        "ok": diff < 2e-3 and cls < 2e-3,
+    }
 
 
 def main():
@@ -57,33 +66,64 @@ def main():
     lm = LoadedModel(get_spec("ovary_unet"), build_model("ovary_unet", "demo").eval().cuda(), {}, "cuda", (96, 96))
     p = predict(lm, pel, PredictOptions(mc_samples=8, seed=1))
     q = predict(lm, pel, PredictOptions(mc_samples=8, seed=1))
-    results.append({"check": "mc_dropout_cuda", "variance_max": float(p.uncertainty["variance"].max()),
-                    "deterministic": bool(np.array_equal(p.uncertainty["entropy"], q.uncertainty["entropy"])),
-                    "ok": float(p.uncertainty["variance"].max()) > 0})
+    results.append(
+        {
+            "check": "mc_dropout_cuda",
+            "variance_max": float(p.uncertainty["variance"].max()),
+            "deterministic": bool(np.array_equal(p.uncertainty["entropy"], q.uncertainty["entropy"])),
+            "ok": float(p.uncertainty["variance"].max()) > 0,
+        }
+    )
     t = predict(lm, pel, PredictOptions(tta=True))
-    results.append({"check": "tta_cuda", "entropy_max": float(t.uncertainty["entropy"].max()), "ok": t.uncertainty_method == "tta"})
+    results.append(
+        {"check": "tta_cuda", "entropy_max": float(t.uncertainty["entropy"].max()), "ok": t.uncertainty_method == "tta"}
+    )
     # training on the GPU through the CLI
     from medseg_core import train as T
     import yaml
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = {"model": "ovary_unet", "variant": "demo", "input_size": [96, 96],
-               "data": {"adapter": "ut_endomri_d2", "root": f"{tmp}/pelvic", "synthetic": {"kind": "pelvic", "n": 8, "seed": 3},
-                        "positive_slices_only": True},
-               "loss": {"name": "focal_tversky"}, "optim": {"name": "adam", "lr": 0.002},
-               "train": {"epochs": 2, "batch_size": 8, "patience": 5, "select_by": "val_dice", "seed": 0},
-               "out": f"{tmp}/ck"}
+        cfg = {
+            "model": "ovary_unet",
+            "variant": "demo",
+            "input_size": [96, 96],
+            "data": {
+                "adapter": "ut_endomri_d2",
+                "root": f"{tmp}/pelvic",
+                "synthetic": {"kind": "pelvic", "n": 8, "seed": 3},
+                "positive_slices_only": True,
+            },
+            "loss": {"name": "focal_tversky"},
+            "optim": {"name": "adam", "lr": 0.002},
+            "train": {"epochs": 2, "batch_size": 8, "patience": 5, "select_by": "val_dice", "seed": 0},
+            "out": f"{tmp}/ck",
+        }
         Path(f"{tmp}/c.yaml").write_text(yaml.safe_dump(cfg))
         t0 = time.perf_counter()
         T.main(["--config", f"{tmp}/c.yaml"])
         card = json.loads(Path(f"{tmp}/ck/ovary_unet.json").read_text())
-        results.append({"check": "train_cuda", "device": card["device"], "seconds": round(time.perf_counter() - t0, 1),
-                        "test": card["test"], "ok": card["device"].startswith("cuda")})
+        results.append(
+            {
+                "check": "train_cuda",
+                "device": card["device"],
+                "seconds": round(time.perf_counter() - t0, 1),
+                "test": card["test"],
+                "ok": card["device"].startswith("cuda"),
+            }
+        )
     for r in results:
         print(json.dumps(r))
     bad = [r for r in results if not r["ok"]]
-    print(json.dumps({"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "checks": len(results),
-                      "failed": len(bad)}))
+    print(
+        json.dumps(
+            {
+                "device": torch.cuda.get_device_name(0),
+                "torch": torch.__version__,
+                "checks": len(results),
+                "failed": len(bad),
+            }
+        )
+    )
     sys.exit(1 if bad else 0)
 
 

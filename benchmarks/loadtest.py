@@ -21,6 +21,7 @@ of ``benchmarks/RESULTS.md``.
 The phantom is smooth (body, spleen, spine; 3 HU noise) so that its file is small: the upload
 measures the server's reading of the volume rather than the network.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,7 +59,7 @@ def write_phantom(path: Path, shape=(300, 512, 512), spacing=(1.5, 0.8, 0.8), se
     vol[np.broadcast_to(body, shape)] = 40
     spleen = ((zz - 0.1) / 0.35) ** 2 + ((yy + 0.1) / 0.22) ** 2 + ((xx - 0.45) / 0.18) ** 2 <= 1
     vol[spleen] = 55
-    spine = (yy - 0.45) ** 2 + xx ** 2 <= 0.12 ** 2
+    spine = (yy - 0.45) ** 2 + xx**2 <= 0.12**2
     vol[np.broadcast_to(spine, shape)] = 700
     vol += rng.integers(-3, 4, shape, dtype=np.int16)
     sz, sy, sx = spacing
@@ -165,9 +166,12 @@ async def session(k: int, b, url: str, ct: Path, moves: int, delay: float, runni
             other = bool(running - {k})
             t = time.perf_counter()
             await page.keyboard.press("ArrowRight")
-            await page.wait_for_function("(b) => { const i = document.querySelector('.js-plotly-plot image');"
-                                         " return i && i.getAttribute('href') !== b; }", arg=before,
-                                         timeout=min(timeout_ms, 120_000))
+            await page.wait_for_function(
+                "(b) => { const i = document.querySelector('.js-plotly-plot image');"
+                " return i && i.getAttribute('href') !== b; }",
+                arg=before,
+                timeout=min(timeout_ms, 120_000),
+            )
             rec("slider", time.perf_counter() - t, other or bool(running - {k}))
             await page.wait_for_timeout(250)
         step = "export"
@@ -210,12 +214,20 @@ def summarise(log: dict) -> dict:
     for action in ("open", "upload", "run", "slider", "export"):
         v = [x["s"] for x in log["times"] if x["action"] == action]
         if v:
-            out[action] = {"n": len(v), "p50_s": round(_pct(v, 50), 3), "p95_s": round(_pct(v, 95), 3),
-                           "max_s": round(max(v), 3)}
+            out[action] = {
+                "n": len(v),
+                "p50_s": round(_pct(v, 50), 3),
+                "p95_s": round(_pct(v, 95), 3),
+                "max_s": round(max(v), 3),
+            }
     busy = [x["s"] for x in log["times"] if x["action"] == "slider" and x["other_running"]]
     if busy:
-        out["slider_while_another_runs"] = {"n": len(busy), "p50_s": round(_pct(busy, 50), 3),
-                                            "p95_s": round(_pct(busy, 95), 3), "max_s": round(max(busy), 3)}
+        out["slider_while_another_runs"] = {
+            "n": len(busy),
+            "p50_s": round(_pct(busy, 50), 3),
+            "p95_s": round(_pct(busy, 95), 3),
+            "max_s": round(max(busy), 3),
+        }
     return out
 
 
@@ -228,27 +240,42 @@ async def _main_async(url, ct, a, log):
     async with async_playwright() as p:
         b = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            await asyncio.gather(*(session(k, b, url, ct, a.moves, k * a.stagger, running, log, int(a.timeout * 1000))
-                                   for k in range(a.sessions)))
+            await asyncio.gather(
+                *(
+                    session(k, b, url, ct, a.moves, k * a.stagger, running, log, int(a.timeout * 1000))
+                    for k in range(a.sessions)
+                )
+            )
         finally:
             await b.close()
 
 
 def markdown(r: dict) -> str:
     s = r["summary"]
-    lines = [BEGIN, "## Load test", "",
-             f"`make loadtest` on {r['date']} ({r['machine']}): {r['sessions']} concurrent Chromium sessions on one "
-             f"server, each uploading a {r['shape']} CT ({r['file_mb']:.0f} MB NIfTI), running the sidebar's model "
-             f"({'; '.join(r.get('models', [])) or 'unknown'}), "
-             f"moving the slice slider {r['moves']} times and exporting the mask; sessions started {r['stagger']} s "
-             f"apart; `MEDSEG_MEMORY_GB={r['budget_gb']:g}`.", "",
-             f"Failures: **{len(r['failures'])}**. Server peak RSS (process tree): **{r['peak_rss_gb']:.2f} GB** "
-             f"(idle after start: {r['rss_start_gb']:.2f} GB). Wall time {r['wall_s']:.0f} s.", "",
-             "| action | n | p50 (s) | p95 (s) | max (s) |", "| --- | --- | --- | --- | --- |"]
-    names = {"open": "open the app", "upload": "upload the CT (until the sidebar names it)",
-             "run": "Run model (until Results)", "slider": "slider move (until the picture changes)",
-             "slider_while_another_runs": "slider move while a model runs in another session",
-             "export": "export the mask (NIfTI download)"}
+    lines = [
+        BEGIN,
+        "## Load test",
+        "",
+        f"`make loadtest` on {r['date']} ({r['machine']}): {r['sessions']} concurrent Chromium sessions on one "
+        f"server, each uploading a {r['shape']} CT ({r['file_mb']:.0f} MB NIfTI), running the sidebar's model "
+        f"({'; '.join(r.get('models', [])) or 'unknown'}), "
+        f"moving the slice slider {r['moves']} times and exporting the mask; sessions started {r['stagger']} s "
+        f"apart; `MEDSEG_MEMORY_GB={r['budget_gb']:g}`.",
+        "",
+        f"Failures: **{len(r['failures'])}**. Server peak RSS (process tree): **{r['peak_rss_gb']:.2f} GB** "
+        f"(idle after start: {r['rss_start_gb']:.2f} GB). Wall time {r['wall_s']:.0f} s.",
+        "",
+        "| action | n | p50 (s) | p95 (s) | max (s) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    names = {
+        "open": "open the app",
+        "upload": "upload the CT (until the sidebar names it)",
+        "run": "Run model (until Results)",
+        "slider": "slider move (until the picture changes)",
+        "slider_while_another_runs": "slider move while a model runs in another session",
+        "export": "export the mask (NIfTI download)",
+    }
     for k, label in names.items():
         if k in s:
             x = s[k]
@@ -265,7 +292,7 @@ def write_section(r: dict) -> None:
     text = OUT_MD.read_text() if OUT_MD.exists() else "# Benchmark results\n"
     sec = markdown(r)
     if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + sec + text[text.index(END) + len(END):]
+        text = text[: text.index(BEGIN)] + sec + text[text.index(END) + len(END) :]
     else:
         text = text.rstrip("\n") + "\n\n" + sec + "\n"
     OUT_MD.write_text(text)
@@ -304,13 +331,25 @@ def main(argv=None) -> dict:
         file_mb = ct.stat().st_size / 1e6
     import platform
 
-    r = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.processor() or platform.machine()}, "
-         f"{os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.1f} GiB RAM",
-         "sessions": a.sessions, "shape": " x ".join(map(str, shape)), "budget_gb": a.budget_gb, "moves": a.moves,
-         "stagger": a.stagger, "file_mb": file_mb, "peak_rss_gb": sampler.peak / 1e9, "rss_start_gb": rss_start / 1e9,
-         "wall_s": wall, "summary": summarise(log), "failures": log["failures"], "times": log["times"],
-         "models": sorted(log.get("models", ())),
-         "note": a.note}
+    r = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.1f} GiB RAM",
+        "sessions": a.sessions,
+        "shape": " x ".join(map(str, shape)),
+        "budget_gb": a.budget_gb,
+        "moves": a.moves,
+        "stagger": a.stagger,
+        "file_mb": file_mb,
+        "peak_rss_gb": sampler.peak / 1e9,
+        "rss_start_gb": rss_start / 1e9,
+        "wall_s": wall,
+        "summary": summarise(log),
+        "failures": log["failures"],
+        "times": log["times"],
+        "models": sorted(log.get("models", ())),
+        "note": a.note,
+    }
     print(markdown(r))
     if not a.no_write:
         OUT_JSON.write_text(json.dumps(r, indent=1))

@@ -4,6 +4,7 @@ For each model with decoder-only dropout (``spec.mc_prefix``), times N = 10 MC s
 naively (N full passes, what report 003 did) and with the cached encoder, on the same input and
 seed, checks the results are equal, and prints the median of 3 runs and the ratio.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from medseg_core import uncertainty as U  # noqa: E402
 from medseg_core.models import build_model, get_spec, list_models  # noqa: E402
 
-SIZES = {"ovary_unet": (24, 96, 96), "ovary_attention_unet": (24, 96, 96), "ovary_tl5": (24, 96, 96),
-         "us_mtl_effb0": (1, 168, 272), "us_mtl_unet": (1, 168, 272)}
+SIZES = {
+    "ovary_unet": (24, 96, 96),
+    "ovary_attention_unet": (24, 96, 96),
+    "ovary_tl5": (24, 96, 96),
+    "us_mtl_effb0": (1, 168, 272),
+    "us_mtl_unet": (1, 168, 272),
+}
 
 
 def main(n: int = 10, repeats: int = 3) -> list[dict]:
@@ -48,9 +54,17 @@ def main(n: int = 10, repeats: int = 3) -> list[dict]:
             c = U.mc_samples_prefix(model, x, n, seed=1, head=head)
             t_prefix.append(time.perf_counter() - t0)
         equal = bool(torch.allclose(a, c, atol=1e-5))
-        rows.append({"model": name, "input": f"{b} x {h} x {w}", "samples": n, "naive_s": round(statistics.median(t_naive), 3),
-                     "cached_encoder_s": round(statistics.median(t_prefix), 3),
-                     "ratio": round(statistics.median(t_prefix) / statistics.median(t_naive), 3), "equal": equal})
+        rows.append(
+            {
+                "model": name,
+                "input": f"{b} x {h} x {w}",
+                "samples": n,
+                "naive_s": round(statistics.median(t_naive), 3),
+                "cached_encoder_s": round(statistics.median(t_prefix), 3),
+                "ratio": round(statistics.median(t_prefix) / statistics.median(t_naive), 3),
+                "equal": equal,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 

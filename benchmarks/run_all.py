@@ -23,6 +23,7 @@ Rows (each a median of several runs; ratios against a baseline measured in the s
 
 Nothing here runs in ``make test``. ``--quick`` shrinks repeats and sizes (a smoke run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,9 +78,16 @@ def machine() -> dict:
                 mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory": mem, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M")}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": mem,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
 
 
 # ----------------------------------------------------------------------------- 1. matmul
@@ -118,11 +126,18 @@ def model_rows(peak: float, quick: bool) -> list[dict]:
             reps = 2 if quick else (3 if spec.dims == "3d" else 7)
             lat = median_time(lambda: _forward(lm, x, opts), reps)
         gf = flops / lat / 1e9
-        rows.append({"model": name, "parameters_M": round(count_parameters(lm.module) / 1e6, 2),
-                     "input": ("1 x " if spec.dims == "2d" else "window ") + " x ".join(map(str, size)),
-                     "gflops_per_input": round(flops / 1e9, 2), "latency_ms": round(lat * 1000, 1),
-                     "achieved_gflops_s": round(gf, 1), "fraction_of_matmul": round(gf / peak, 3),
-                     "checkpoint": checkpoint_status(name) == "ok"})
+        rows.append(
+            {
+                "model": name,
+                "parameters_M": round(count_parameters(lm.module) / 1e6, 2),
+                "input": ("1 x " if spec.dims == "2d" else "window ") + " x ".join(map(str, size)),
+                "gflops_per_input": round(flops / 1e9, 2),
+                "latency_ms": round(lat * 1000, 1),
+                "achieved_gflops_s": round(gf, 1),
+                "fraction_of_matmul": round(gf / peak, 3),
+                "checkpoint": checkpoint_status(name) == "ok",
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -149,8 +164,14 @@ def predict_vs_monai(quick: bool) -> dict:
 
     def bare():
         with torch.inference_mode():
-            return sliding_window_inference(x, roi_size=tuple(lm.size), sw_batch_size=spec.sw_batch_size,
-                                            predictor=lm.module, overlap=spec.sw_overlap, mode="gaussian")
+            return sliding_window_inference(
+                x,
+                roi_size=tuple(lm.size),
+                sw_batch_size=spec.sw_batch_size,
+                predictor=lm.module,
+                overlap=spec.sw_overlap,
+                mode="gaussian",
+            )
 
     bare()
     ours, base = [], []
@@ -162,10 +183,17 @@ def predict_vs_monai(quick: bool) -> dict:
         bare()
         base.append(time.perf_counter() - t)
     t_ours, t_bare = statistics.median(ours), statistics.median(base)
-    return {"volume": " x ".join(map(str, vol.shape)), "spacing_mm": " x ".join(f"{s:g}" for s in vol.spacing),
-            "model_grid": " x ".join(map(str, new_shape)), "roi": " x ".join(map(str, lm.size)),
-            "overlap": spec.sw_overlap, "predict_s": round(t_ours, 3), "bare_monai_s": round(t_bare, 3),
-            "ratio": round(t_ours / t_bare, 3), "predict_timings": {k: round(v, 3) for k, v in pred.timings.items()}}
+    return {
+        "volume": " x ".join(map(str, vol.shape)),
+        "spacing_mm": " x ".join(f"{s:g}" for s in vol.spacing),
+        "model_grid": " x ".join(map(str, new_shape)),
+        "roi": " x ".join(map(str, lm.size)),
+        "overlap": spec.sw_overlap,
+        "predict_s": round(t_ours, 3),
+        "bare_monai_s": round(t_bare, 3),
+        "ratio": round(t_ours / t_bare, 3),
+        "predict_timings": {k: round(v, 3) for k, v in pred.timings.items()},
+    }
 
 
 # ----------------------------------------------------------------------------- 4. MC dropout
@@ -193,10 +221,10 @@ def render_row(quick: bool) -> dict:
     # prediction (TP, FP and FN all present), shown with the abdomen window
     c = abdominal_ct(11)
     z0 = int(np.argwhere(c.masks["spleen"])[:, 0].mean())
-    sl = torch.from_numpy(c.volume.array[z0 - 2:z0 + 3])[None]
+    sl = torch.from_numpy(c.volume.array[z0 - 2 : z0 + 3])[None]
     up = F.interpolate(sl, size=(512, 512), mode="bilinear", align_corners=False)[0].numpy()
     arr = up + np.random.default_rng(0).normal(0, 12, up.shape).astype(np.float32)
-    ms = torch.from_numpy(c.masks["spleen"][z0 - 2:z0 + 3].astype(np.float32))[None]
+    ms = torch.from_numpy(c.masks["spleen"][z0 - 2 : z0 + 3].astype(np.float32))[None]
     ref = (F.interpolate(ms, size=(512, 512), mode="nearest")[0].numpy() > 0).astype(np.uint8)
     pred = np.roll(ref, 9, axis=2)
     vol = Volume(arr, (2.5, 0.75, 0.75), np.diag([0.75, 0.75, 2.5, 1.0]), modality="CT")
@@ -214,9 +242,12 @@ def render_row(quick: bool) -> dict:
     v, _, _ = s.load()
     lm = load_model("ovary_unet")
     t_model = median_time(lambda: predict(lm, v, PredictOptions()), 1 if quick else 3)
-    return {"frame_512_ms": round(t_frame * 1000, 1), "rerun_model_ms": round(t_model * 1000, 1),
-            "rerun_model_case": f"ovary_unet on the pelvic sample {' x '.join(map(str, v.shape))}",
-            "speedup": round(t_model / t_frame, 1)}
+    return {
+        "frame_512_ms": round(t_frame * 1000, 1),
+        "rerun_model_ms": round(t_model * 1000, 1),
+        "rerun_model_case": f"ovary_unet on the pelvic sample {' x '.join(map(str, v.shape))}",
+        "speedup": round(t_model / t_frame, 1),
+    }
 
 
 # ----------------------------------------------------------------------------- 6. the app in Chromium
@@ -240,13 +271,22 @@ def app_row(quick: bool) -> dict:
             before = page.locator(".js-plotly-plot image").first.get_attribute("href")
             t = time.perf_counter()
             page.keyboard.press("ArrowRight")
-            page.wait_for_function("(b) => { const i = document.querySelector('.js-plotly-plot image');"
-                                   " return i && i.getAttribute('href') !== b; }", arg=before, timeout=30_000)
+            page.wait_for_function(
+                "(b) => { const i = document.querySelector('.js-plotly-plot image');"
+                " return i && i.getAttribute('href') !== b; }",
+                arg=before,
+                timeout=30_000,
+            )
             times.append(time.perf_counter() - t)
             page.wait_for_timeout(150)
-    return {"server_start_s": round(t_server, 2), "url_to_first_overlay_s": round(t_first, 2),
-            "cold_total_s": round(t_server + t_first, 2), "slider_median_ms": round(statistics.median(times) * 1000),
-            "slider_max_ms": round(max(times) * 1000), "moves": moves}
+    return {
+        "server_start_s": round(t_server, 2),
+        "url_to_first_overlay_s": round(t_first, 2),
+        "cold_total_s": round(t_server + t_first, 2),
+        "slider_median_ms": round(statistics.median(times) * 1000),
+        "slider_max_ms": round(max(times) * 1000),
+        "moves": moves,
+    }
 
 
 # ----------------------------------------------------------------------------- 9. NiiVue (client-side viewer)
@@ -272,8 +312,9 @@ def niivue_row(quick: bool) -> dict:
         page.wait_for_timeout(1000)
         wait_for_colour(page, LABEL_COLOURS[0], 0.6)
         frame = page.locator(NIIVUE_IFRAME).first.element_handle().content_frame()
-        w, h = frame.evaluate("() => { const r = document.querySelector('canvas').getBoundingClientRect();"
-                              " return [r.width, r.height]; }")
+        w, h = frame.evaluate(
+            "() => { const r = document.querySelector('canvas').getBoundingClientRect(); return [r.width, r.height]; }"
+        )
         times, handler = [], []
         for k in range(moves):
             ms, in_handler = frame.evaluate(REPAINT_JS, [w / 2, h / 2, 100 if k % 2 == 0 else -100])
@@ -282,12 +323,19 @@ def niivue_row(quick: bool) -> dict:
                 times.append(ms)
             page.wait_for_timeout(100)
         load = os.getloadavg()[0]
-    return {"model_s": round(t_model, 1), "first_view_s": round(t_first, 2), "moves": moves, "repainted": len(times),
-            "repaint_median_ms": round(statistics.median(times), 1) if times else None,
-            "repaint_p90_ms": round(sorted(times)[int(0.9 * (len(times) - 1))], 1) if times else None,
-            "repaint_max_ms": round(max(times), 1) if times else None, "renderer": "ANGLE / SwiftShader (software WebGL 2)",
-            "handler_median_ms": round(statistics.median(handler), 1), "load_average_1min": round(load, 1),
-            "cpus": os.cpu_count()}
+    return {
+        "model_s": round(t_model, 1),
+        "first_view_s": round(t_first, 2),
+        "moves": moves,
+        "repainted": len(times),
+        "repaint_median_ms": round(statistics.median(times), 1) if times else None,
+        "repaint_p90_ms": round(sorted(times)[int(0.9 * (len(times) - 1))], 1) if times else None,
+        "repaint_max_ms": round(max(times), 1) if times else None,
+        "renderer": "ANGLE / SwiftShader (software WebGL 2)",
+        "handler_median_ms": round(statistics.median(handler), 1),
+        "load_average_1min": round(load, 1),
+        "cpus": os.cpu_count(),
+    }
 
 
 # ----------------------------------------------------------------------------- 7. memory
@@ -330,12 +378,20 @@ def memory_rows(quick: bool) -> list[dict]:
             rows.append({"shape_zyx": " x ".join(map(str, shape)), "error": r.stderr[-300:]})
             continue
         res = json.loads(r.stdout.strip().splitlines()[-1])
-        rows.append({"shape_zyx": " x ".join(map(str, shape)), "voxels_M": round(np.prod(shape) / 1e6, 1),
-                     "input_mb": round(np.prod(shape) * 4 / 2**20), "peak_rss_mb": round(res["peak_rss_mb"]),
-                     "rss_before_predict_mb": round(res["before_predict_mb"]), "seconds": round(res["seconds"], 1),
-                     "prediction_mb": round(res["prediction_mb"], 1), "compact_mb": round(res["compact_mb"], 1),
-                     "compact_s": round(res["compact_s"], 2),
-                     "worst_mb": round(compact_bytes_estimate(shape) / 2**20, 1)})
+        rows.append(
+            {
+                "shape_zyx": " x ".join(map(str, shape)),
+                "voxels_M": round(np.prod(shape) / 1e6, 1),
+                "input_mb": round(np.prod(shape) * 4 / 2**20),
+                "peak_rss_mb": round(res["peak_rss_mb"]),
+                "rss_before_predict_mb": round(res["before_predict_mb"]),
+                "seconds": round(res["seconds"], 1),
+                "prediction_mb": round(res["prediction_mb"], 1),
+                "compact_mb": round(res["compact_mb"], 1),
+                "compact_s": round(res["compact_s"], 2),
+                "worst_mb": round(compact_bytes_estimate(shape) / 2**20, 1),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -359,121 +415,205 @@ def _verdict(value, target, lower_is_better=True) -> str:
 
 def write_markdown(r: dict) -> str:
     m = r["machine"]
-    lines = ["# Benchmark results", "",
-             f"Measured by `make bench` on {m['date']}: {m['cpu']}, {m['cores']} cores, {m['memory']} RAM, "
-             f"torch {m['torch']} ({m['threads']} threads), CUDA {'yes' if m['cuda'] else 'no'}, Python {m['python']}. "
-             "Medians of several runs; ratios against baselines measured in the same run.", "",
-             "## Headline", "", "| measurement | value | target | verdict |", "| --- | --- | --- | --- |"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured by `make bench` on {m['date']}: {m['cpu']}, {m['cores']} cores, {m['memory']} RAM, "
+        f"torch {m['torch']} ({m['threads']} threads), CUDA {'yes' if m['cuda'] else 'no'}, Python {m['python']}. "
+        "Medians of several runs; ratios against baselines measured in the same run.",
+        "",
+        "## Headline",
+        "",
+        "| measurement | value | target | verdict |",
+        "| --- | --- | --- | --- |",
+    ]
     pv = r.get("predict_vs_monai")
     if pv:
-        lines.append(f"| `predict` / bare MONAI sliding window (unet3d, CT {pv['volume']}) | {pv['ratio']:.2f} "
-                     f"({pv['predict_s']:.2f} s vs {pv['bare_monai_s']:.2f} s) | <= 1.10 | {_verdict(pv['ratio'], 1.10)} |")
+        lines.append(
+            f"| `predict` / bare MONAI sliding window (unet3d, CT {pv['volume']}) | {pv['ratio']:.2f} "
+            f"({pv['predict_s']:.2f} s vs {pv['bare_monai_s']:.2f} s) | <= 1.10 | {_verdict(pv['ratio'], 1.10)} |"
+        )
     for row in r.get("mc", []):
-        lines.append(f"| MC dropout 10 samples, cached encoder / naive ({row['model']}, {row['input']}) | {row['ratio']:.2f} "
-                     f"(equal: {row['equal']}) | <= 0.5 | {_verdict(row['ratio'], 0.5)} |")
+        lines.append(
+            f"| MC dropout 10 samples, cached encoder / naive ({row['model']}, {row['input']}) | {row['ratio']:.2f} "
+            f"(equal: {row['equal']}) | <= 0.5 | {_verdict(row['ratio'], 0.5)} |"
+        )
     rr = r.get("render")
     if rr:
-        lines.append(f"| overlay frame of a 512 x 512 slice, server side | {rr['frame_512_ms']:.1f} ms "
-                     f"(re-running the model: {rr['rerun_model_ms']:.0f} ms, x{rr['speedup']:.0f}) | <= 30 ms | "
-                     f"{_verdict(rr['frame_512_ms'], 30)} |")
+        lines.append(
+            f"| overlay frame of a 512 x 512 slice, server side | {rr['frame_512_ms']:.1f} ms "
+            f"(re-running the model: {rr['rerun_model_ms']:.0f} ms, x{rr['speedup']:.0f}) | <= 30 ms | "
+            f"{_verdict(rr['frame_512_ms'], 30)} |"
+        )
     ap = r.get("app")
     if ap:
-        lines.append(f"| app: URL to first overlay, default sample (cold server) | {ap['url_to_first_overlay_s']:.1f} s "
-                     f"(+ {ap['server_start_s']:.1f} s server start) | <= 15 s | {_verdict(ap['url_to_first_overlay_s'], 15)} |")
-        lines.append(f"| app: slider move to updated image, median of {ap['moves']} | {ap['slider_median_ms']} ms "
-                     f"(max {ap['slider_max_ms']} ms) | <= 300 ms | {_verdict(ap['slider_median_ms'], 300)} |")
+        lines.append(
+            f"| app: URL to first overlay, default sample (cold server) | {ap['url_to_first_overlay_s']:.1f} s "
+            f"(+ {ap['server_start_s']:.1f} s server start) | <= 15 s | {_verdict(ap['url_to_first_overlay_s'], 15)} |"
+        )
+        lines.append(
+            f"| app: slider move to updated image, median of {ap['moves']} | {ap['slider_median_ms']} ms "
+            f"(max {ap['slider_max_ms']} ms) | <= 300 ms | {_verdict(ap['slider_median_ms'], 300)} |"
+        )
     mem = [x for x in r.get("memory", []) if "peak_rss_mb" in x]
     if mem:
         big = mem[-1]
-        lines.append(f"| peak RSS, `predict` unet3d on CT {big['shape_zyx']} | {big['peak_rss_mb'] / 1024:.2f} GB | "
-                     f"<= 3 GB | {_verdict(big['peak_rss_mb'] / 1024, 3.0)} |")
+        lines.append(
+            f"| peak RSS, `predict` unet3d on CT {big['shape_zyx']} | {big['peak_rss_mb'] / 1024:.2f} GB | "
+            f"<= 3 GB | {_verdict(big['peak_rss_mb'] / 1024, 3.0)} |"
+        )
         if "compact_mb" in big:
-            lines.append(f"| one prediction kept by a session, unet3d on CT {big['shape_zyx']}, no uncertainty maps | "
-                         f"{big['compact_mb']:.0f} MiB measured, {big['worst_mb']:.0f} MiB at most (every mask non-empty); "
-                         f"float32 + uint8 masks: {big['prediction_mb']:.0f} MiB | <= 120 MB | "
-                         f"{_verdict(big['worst_mb'] * 2**20 / 1e6, 120)} |")
+            lines.append(
+                f"| one prediction kept by a session, unet3d on CT {big['shape_zyx']}, no uncertainty maps | "
+                f"{big['compact_mb']:.0f} MiB measured, {big['worst_mb']:.0f} MiB at most (every mask non-empty); "
+                f"float32 + uint8 masks: {big['prediction_mb']:.0f} MiB | <= 120 MB | "
+                f"{_verdict(big['worst_mb'] * 2**20 / 1e6, 120)} |"
+            )
     co = r.get("cohort")
     nv = r.get("niivue")
     if nv and nv.get("repaint_median_ms") is not None:
-        lines.append(f"| NiiVue: first view of the bundled CT with the mask, after the prediction exists | "
-                     f"{nv['first_view_s']:.1f} s | <= 3 s | {_verdict(nv['first_view_s'], 3)} |")
-        lines.append(f"| NiiVue: slice change (wheel) to repainted frame, median of {nv['repainted']} | "
-                     f"{nv['repaint_median_ms']:.0f} ms (max {nv['repaint_max_ms']:.0f} ms) | <= 50 ms | "
-                     f"{_verdict(nv['repaint_median_ms'], 50)} |")
+        lines.append(
+            f"| NiiVue: first view of the bundled CT with the mask, after the prediction exists | "
+            f"{nv['first_view_s']:.1f} s | <= 3 s | {_verdict(nv['first_view_s'], 3)} |"
+        )
+        lines.append(
+            f"| NiiVue: slice change (wheel) to repainted frame, median of {nv['repainted']} | "
+            f"{nv['repaint_median_ms']:.0f} ms (max {nv['repaint_max_ms']:.0f} ms) | <= 50 ms | "
+            f"{_verdict(nv['repaint_median_ms'], 50)} |"
+        )
     if co:
-        lines.append(f"| gallery counts + filter + sort, cohort of {co['rows']:,} slice rows (slowest sort order) | "
-                     f"{co['refresh_worst_ms']:.0f} ms (load {co['load_s']:.2f} s) | <= 200 ms | "
-                     f"{_verdict(co['refresh_worst_ms'], 200)} |")
-    lines += ["", f"Dense float32 matmul (2048 x 2048): **{r['matmul_gflops']:.1f} GFLOP/s**.", "",
-              "## Models", "", "FLOPs from `torch.utils.flop_counter` (multiply-add = 2 FLOPs) for one forward pass at the "
-              "shipped checkpoint's input size (2D: one slice; 3D: one 64^3 sliding-window roi); latency of that pass "
-              "(batch 1, inference mode).", "",
-              "| model | parameters (M) | input | GFLOPs | latency (ms) | GFLOP/s | of matmul |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"| gallery counts + filter + sort, cohort of {co['rows']:,} slice rows (slowest sort order) | "
+            f"{co['refresh_worst_ms']:.0f} ms (load {co['load_s']:.2f} s) | <= 200 ms | "
+            f"{_verdict(co['refresh_worst_ms'], 200)} |"
+        )
+    lines += [
+        "",
+        f"Dense float32 matmul (2048 x 2048): **{r['matmul_gflops']:.1f} GFLOP/s**.",
+        "",
+        "## Models",
+        "",
+        "FLOPs from `torch.utils.flop_counter` (multiply-add = 2 FLOPs) for one forward pass at the "
+        "shipped checkpoint's input size (2D: one slice; 3D: one 64^3 sliding-window roi); latency of that pass "
+        "(batch 1, inference mode).",
+        "",
+        "| model | parameters (M) | input | GFLOPs | latency (ms) | GFLOP/s | of matmul |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for x in r.get("models", []):
-        lines.append(f"| `{x['model']}`{'' if x['checkpoint'] else ' (no checkpoint: demo weights)'} | {x['parameters_M']} | "
-                     f"{x['input']} | {x['gflops_per_input']} | {x['latency_ms']} | {x['achieved_gflops_s']} | "
-                     f"{x['fraction_of_matmul'] * 100:.0f} % |")
+        lines.append(
+            f"| `{x['model']}`{'' if x['checkpoint'] else ' (no checkpoint: demo weights)'} | {x['parameters_M']} | "
+            f"{x['input']} | {x['gflops_per_input']} | {x['latency_ms']} | {x['achieved_gflops_s']} | "
+            f"{x['fraction_of_matmul'] * 100:.0f} % |"
+        )
     if pv:
-        lines += ["", "## predict vs bare MONAI", "",
-                  f"CT phantom {pv['volume']} voxels at {pv['spacing_mm']} mm, resampled to the model grid "
-                  f"{pv['model_grid']} (2 x 1.5 x 1.5 mm), roi {pv['roi']}, overlap {pv['overlap']}, Gaussian blending. "
-                  f"`predict` adds preprocessing, resampling both ways, thresholding, post-processing and progress "
-                  f"reporting around the same sliding window. Its timings: "
-                  + ", ".join(f"{k} {v}" for k, v in pv["predict_timings"].items()) + "."]
+        lines += [
+            "",
+            "## predict vs bare MONAI",
+            "",
+            f"CT phantom {pv['volume']} voxels at {pv['spacing_mm']} mm, resampled to the model grid "
+            f"{pv['model_grid']} (2 x 1.5 x 1.5 mm), roi {pv['roi']}, overlap {pv['overlap']}, Gaussian blending. "
+            f"`predict` adds preprocessing, resampling both ways, thresholding, post-processing and progress "
+            f"reporting around the same sliding window. Its timings: "
+            + ", ".join(f"{k} {v}" for k, v in pv["predict_timings"].items())
+            + ".",
+        ]
     if r.get("mc"):
-        lines += ["", "## MC dropout", "", "| model | input | naive 10 passes (s) | cached encoder (s) | ratio | equal |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "## MC dropout",
+            "",
+            "| model | input | naive 10 passes (s) | cached encoder (s) | ratio | equal |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for x in r["mc"]:
-            lines.append(f"| `{x['model']}` | {x['input']} | {x['naive_s']} | {x['cached_encoder_s']} | {x['ratio']} | {x['equal']} |")
-        lines += ["", "The cached-encoder ratio cannot go below the decoder's share of one forward pass: 10 samples cost "
-                  "one encoder pass plus 10 decoder passes, so the ratio is at least the decoder's share of a pass. In "
-                  "the narrow U-Nets the full-resolution decoder (with its concatenated skips) does about two thirds of "
-                  "the work, so they stay at 0.6-0.7 and miss the 0.5 target by design; the models with a heavy "
-                  "encoder (EfficientNet-B0; ResNet34 in TL-5) reach 0.4-0.55. Reaching 0.5 for the U-Nets would need "
-                  "the 10 decoder passes batched into one, which draws the dropout masks differently, so the "
-                  "samples would no longer equal the naive passes sample for sample (the equality is kept here)."]
+            lines.append(
+                f"| `{x['model']}` | {x['input']} | {x['naive_s']} | {x['cached_encoder_s']} | {x['ratio']} | {x['equal']} |"
+            )
+        lines += [
+            "",
+            "The cached-encoder ratio cannot go below the decoder's share of one forward pass: 10 samples cost "
+            "one encoder pass plus 10 decoder passes, so the ratio is at least the decoder's share of a pass. In "
+            "the narrow U-Nets the full-resolution decoder (with its concatenated skips) does about two thirds of "
+            "the work, so they stay at 0.6-0.7 and miss the 0.5 target by design; the models with a heavy "
+            "encoder (EfficientNet-B0; ResNet34 in TL-5) reach 0.4-0.55. Reaching 0.5 for the U-Nets would need "
+            "the 10 decoder passes batched into one, which draws the dropout masks differently, so the "
+            "samples would no longer equal the naive passes sample for sample (the equality is kept here).",
+        ]
     if mem:
-        lines += ["", "## Memory of `predict` (unet3d, fresh process per size)", "",
-                  "| CT volume (Z x Y x X) | voxels (M) | input float32 (MB) | RSS before predict (MB) | peak RSS (MB) | seconds "
-                  "| prediction (MB) | kept compactly (MB) |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "## Memory of `predict` (unet3d, fresh process per size)",
+            "",
+            "| CT volume (Z x Y x X) | voxels (M) | input float32 (MB) | RSS before predict (MB) | peak RSS (MB) | seconds "
+            "| prediction (MB) | kept compactly (MB) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for x in mem:
-            lines.append(f"| {x['shape_zyx']} | {x['voxels_M']} | {x['input_mb']} | {x['rss_before_predict_mb']} | "
-                         f"{x['peak_rss_mb']} | {x['seconds']} | {x.get('prediction_mb', '')} | {x.get('compact_mb', '')} |")
-        lines += ["", "A prediction is kept by the app compactly (`medseg_core.budget.compact_prediction`): masks "
-                  "bit-packed (exact), probabilities uint8 (at most 1/510 off); uncertainty maps, when computed, "
-                  "add 1 byte a voxel each."]
+            lines.append(
+                f"| {x['shape_zyx']} | {x['voxels_M']} | {x['input_mb']} | {x['rss_before_predict_mb']} | "
+                f"{x['peak_rss_mb']} | {x['seconds']} | {x.get('prediction_mb', '')} | {x.get('compact_mb', '')} |"
+            )
+        lines += [
+            "",
+            "A prediction is kept by the app compactly (`medseg_core.budget.compact_prediction`): masks "
+            "bit-packed (exact), probabilities uint8 (at most 1/510 off); uncertainty maps, when computed, "
+            "add 1 byte a voxel each.",
+        ]
     if ap:
-        lines += ["", "## App", "", f"Server start {ap['server_start_s']} s; opening the URL, pressing Run model on the default "
-                  f"pelvic sample and waiting for the overlay: {ap['url_to_first_overlay_s']} s; slider moves (ArrowRight "
-                  f"on the Slice slider until the image changes): median {ap['slider_median_ms']} ms, max {ap['slider_max_ms']} ms."]
+        lines += [
+            "",
+            "## App",
+            "",
+            f"Server start {ap['server_start_s']} s; opening the URL, pressing Run model on the default "
+            f"pelvic sample and waiting for the overlay: {ap['url_to_first_overlay_s']} s; slider moves (ArrowRight "
+            f"on the Slice slider until the image changes): median {ap['slider_median_ms']} ms, max {ap['slider_max_ms']} ms.",
+        ]
     if rr:
-        lines += ["", "## Rendering", "", f"One overlay frame of a 512 x 512 CT slice (the CT phantom upsampled to 512 x 512 with 12 HU pixel noise; "
-                  f"abdomen window, TP/FP/FN layers, square pixels, "
-                  f"plotly figure with the PNG-encoded picture, serialised): {rr['frame_512_ms']} ms. The replaced viewer "
-                  f"re-ran the model on every slider move: {rr['rerun_model_ms']} ms for {rr['rerun_model_case']}."]
+        lines += [
+            "",
+            "## Rendering",
+            "",
+            f"One overlay frame of a 512 x 512 CT slice (the CT phantom upsampled to 512 x 512 with 12 HU pixel noise; "
+            f"abdomen window, TP/FP/FN layers, square pixels, "
+            f"plotly figure with the PNG-encoded picture, serialised): {rr['frame_512_ms']} ms. The replaced viewer "
+            f"re-ran the model on every slider move: {rr['rerun_model_ms']} ms for {rr['rerun_model_case']}.",
+        ]
     if nv:
-        lines += ["", "## NiiVue (client-side viewer)", "", "Bundled CT (64 x 128 x 128), `unet3d` run on Segment & review "
-                  f"({nv['model_s']} s), then the 3D viewer page in headless Chromium with software WebGL 2 "
-                  f"({nv['renderer']}; flags in `tests/browser.py` WEBGL_ARGS). First view: click on \"3D viewer\" to the "
-                  f"first iframe screenshot showing the mask colour (multiplanar + 3D render): {nv['first_view_s']} s. "
-                  f"Slice change: one wheel event sent to the canvas by page JS in the iframe, then the first "
-                  f"requestAnimationFrame whose canvas pixels differ (WebGL buffer preserved for the read-back): median "
-                  f"{nv['repaint_median_ms']} ms, 90th percentile {nv['repaint_p90_ms']} ms, max {nv['repaint_max_ms']} ms "
-                  f"({nv['repainted']} of {nv['moves']} events repainted); of which NiiVue's wheel handler (draw + gl.finish, on "
-                  f"the CPU rasteriser) {nv.get('handler_median_ms')} ms median. No server round trip is involved. "
-                  f"Load average during the run: {nv.get('load_average_1min')} on {nv.get('cpus')} CPUs (other jobs "
-                  "shared the machine); a GPU-backed browser draws a slice in a few ms."]
+        lines += [
+            "",
+            "## NiiVue (client-side viewer)",
+            "",
+            "Bundled CT (64 x 128 x 128), `unet3d` run on Segment & review "
+            f"({nv['model_s']} s), then the 3D viewer page in headless Chromium with software WebGL 2 "
+            f'({nv["renderer"]}; flags in `tests/browser.py` WEBGL_ARGS). First view: click on "3D viewer" to the '
+            f"first iframe screenshot showing the mask colour (multiplanar + 3D render): {nv['first_view_s']} s. "
+            f"Slice change: one wheel event sent to the canvas by page JS in the iframe, then the first "
+            f"requestAnimationFrame whose canvas pixels differ (WebGL buffer preserved for the read-back): median "
+            f"{nv['repaint_median_ms']} ms, 90th percentile {nv['repaint_p90_ms']} ms, max {nv['repaint_max_ms']} ms "
+            f"({nv['repainted']} of {nv['moves']} events repainted); of which NiiVue's wheel handler (draw + gl.finish, on "
+            f"the CPU rasteriser) {nv.get('handler_median_ms')} ms median. No server round trip is involved. "
+            f"Load average during the run: {nv.get('load_average_1min')} on {nv.get('cpus')} CPUs (other jobs "
+            "shared the machine); a GPU-backed browser draws a slice in a few ms.",
+        ]
     if co:
         f = co["filter"]
-        lines += ["", "## Cohorts at scale", "", f"A generated cohort run (`medseg_core.cohort_store.synthetic_run`: 4 models x "
-                  f"3 option sets x 500 cases x 50 slices = {co['rows']:,} slice rows, realistic tag mix, case ids like "
-                  f"\"0007\") in the Parquet store ({co['store_mb']} MB, written in {co['generate_s']} s); loading it into "
-                  f"the columnar table: {co['load_s']} s. One gallery refresh = tag counts of the whole run + filter "
-                  f"(tags {', '.join(f['tags'])}; models {', '.join(f['models'])}; set {', '.join(f['sets'])}; Dice* "
-                  f"{f['dice_range'][0]}-{f['dice_range'][1]}; uncertainty {f['uncertainty_range'][0]}-"
-                  f"{f['uncertainty_range'][1]} nats: {co['matching']} rows) + sort + the first 12 rows as dicts "
-                  "(medians, ms):", "", "| sort order | refresh (ms) |", "| --- | --- |"]
+        lines += [
+            "",
+            "## Cohorts at scale",
+            "",
+            f"A generated cohort run (`medseg_core.cohort_store.synthetic_run`: 4 models x "
+            f"3 option sets x 500 cases x 50 slices = {co['rows']:,} slice rows, realistic tag mix, case ids like "
+            f'"0007") in the Parquet store ({co["store_mb"]} MB, written in {co["generate_s"]} s); loading it into '
+            f"the columnar table: {co['load_s']} s. One gallery refresh = tag counts of the whole run + filter "
+            f"(tags {', '.join(f['tags'])}; models {', '.join(f['models'])}; set {', '.join(f['sets'])}; Dice* "
+            f"{f['dice_range'][0]}-{f['dice_range'][1]}; uncertainty {f['uncertainty_range'][0]}-"
+            f"{f['uncertainty_range'][1]} nats: {co['matching']} rows) + sort + the first 12 rows as dicts "
+            "(medians, ms):",
+            "",
+            "| sort order | refresh (ms) |",
+            "| --- | --- |",
+        ]
         lines += [f"| {k} | {v} |" for k, v in co["refresh_ms"].items()]
         lines += ["", "Parts (ms): " + ", ".join(f"{k} {v}" for k, v in co["steps_ms"].items()) + "."]
     lines += ["", f"Total benchmark time: {r['seconds']:.0f} s.", ""]
@@ -494,10 +634,16 @@ def main(argv=None) -> dict:
     if "matmul" in want or "matmul_gflops" not in r:
         r["matmul_gflops"] = matmul_gflops(repeats=3 if a.quick else 7)
         print("matmul GFLOP/s", round(r["matmul_gflops"], 1), flush=True)
-    steps = [("models", lambda: model_rows(r["matmul_gflops"], a.quick)), ("predict_vs_monai", lambda: predict_vs_monai(a.quick)),
-             ("mc", lambda: mc_rows(a.quick)), ("render", lambda: render_row(a.quick)), ("app", lambda: app_row(a.quick)),
-             ("memory", lambda: memory_rows(a.quick)), ("cohort", lambda: _cohort(a.quick)),
-             ("niivue", lambda: niivue_row(a.quick))]
+    steps = [
+        ("models", lambda: model_rows(r["matmul_gflops"], a.quick)),
+        ("predict_vs_monai", lambda: predict_vs_monai(a.quick)),
+        ("mc", lambda: mc_rows(a.quick)),
+        ("render", lambda: render_row(a.quick)),
+        ("app", lambda: app_row(a.quick)),
+        ("memory", lambda: memory_rows(a.quick)),
+        ("cohort", lambda: _cohort(a.quick)),
+        ("niivue", lambda: niivue_row(a.quick)),
+    ]
     for key, fn in steps:
         short = "predict" if key == "predict_vs_monai" else key
         if short in want:

@@ -41,6 +41,7 @@ Rules (``P`` prediction, ``R`` reference, ``O`` the "other" region, ``|.|`` voxe
 The primary tag is the first present in :data:`PRIMARY_ORDER`. A slice *failed* when its primary
 tag is not ``good`` (used for the uncertainty-vs-failure AUROC).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -50,10 +51,30 @@ from scipy import ndimage
 
 from . import metrics as M
 
-TAGS = ("good", "missed", "false_positive_empty", "under_segmentation", "over_segmentation", "side_swap",
-        "double_ovary", "fragmented", "postprocessing_helped", "postprocessing_hurt", "boundary_error")
-PRIMARY_ORDER = ("side_swap", "double_ovary", "missed", "false_positive_empty", "under_segmentation",
-                 "over_segmentation", "boundary_error", "fragmented", "good")
+TAGS = (
+    "good",
+    "missed",
+    "false_positive_empty",
+    "under_segmentation",
+    "over_segmentation",
+    "side_swap",
+    "double_ovary",
+    "fragmented",
+    "postprocessing_helped",
+    "postprocessing_hurt",
+    "boundary_error",
+)
+PRIMARY_ORDER = (
+    "side_swap",
+    "double_ovary",
+    "missed",
+    "false_positive_empty",
+    "under_segmentation",
+    "over_segmentation",
+    "boundary_error",
+    "fragmented",
+    "good",
+)
 TAG_DESCRIPTIONS = {
     "good": "no error found by the rules",
     "missed": "reference present, nothing predicted",
@@ -116,8 +137,16 @@ def _grow(mask: np.ndarray, px: int) -> np.ndarray:
     return ndimage.binary_dilation(mask, st, iterations=px)
 
 
-def tag_masks(pred, ref, spacing, other=None, contralateral=None, before=None,
-              rules: TagRules = TagRules(), hd95_mm: float | None = None) -> dict:
+def tag_masks(
+    pred,
+    ref,
+    spacing,
+    other=None,
+    contralateral=None,
+    before=None,
+    rules: TagRules = TagRules(),
+    hd95_mm: float | None = None,
+) -> dict:
     """Tags and the numbers behind them for one slice (2D) or one case (3D).
 
     ``other``: the second-ovary mask (preferred); ``contralateral``: boolean mask of the image half
@@ -130,10 +159,21 @@ def tag_masks(pred, ref, spacing, other=None, contralateral=None, before=None,
     spacing = tuple(float(s) for s in spacing)
     pa, ra = int(p.sum()), int(r.sum())
     tp = int(np.count_nonzero(p & r))
-    out = {"dice": M.dice(p, r), "iou": M.iou(p, r), "hd95_mm": M.NAN, "pred_voxels": pa, "ref_voxels": ra,
-           "ref_present": ra > 0, "pred_present": pa > 0, "frac_on_other": M.NAN, "other_recall": M.NAN,
-           "n_components": n_components(p, spacing, rules), "dice_star": dice_star(p, r),
-           "dice_before_pp": M.NAN, "delta_pp": M.NAN}
+    out = {
+        "dice": M.dice(p, r),
+        "iou": M.iou(p, r),
+        "hd95_mm": M.NAN,
+        "pred_voxels": pa,
+        "ref_voxels": ra,
+        "ref_present": ra > 0,
+        "pred_present": pa > 0,
+        "frac_on_other": M.NAN,
+        "other_recall": M.NAN,
+        "n_components": n_components(p, spacing, rules),
+        "dice_star": dice_star(p, r),
+        "dice_before_pp": M.NAN,
+        "delta_pp": M.NAN,
+    }
     tags: list[str] = []
     recall_ref = tp / ra if ra else 0.0
 
@@ -150,7 +190,9 @@ def tag_masks(pred, ref, spacing, other=None, contralateral=None, before=None,
         out["frac_on_other"] = frac
         swap = frac >= rules.swap_fraction and (ra == 0 or recall_ref < rules.found_recall)
         if ra and recall_ref >= rules.found_recall:
-            double = (out["other_recall"] >= rules.found_recall) if rule == "other_mask" else frac >= rules.double_fraction
+            double = (
+                (out["other_recall"] >= rules.found_recall) if rule == "other_mask" else frac >= rules.double_fraction
+            )
     out["side_rule"] = rule
     if swap:
         tags.append("side_swap")
@@ -195,8 +237,17 @@ def contralateral_mask(volume, ref, side: str | None = None) -> np.ndarray | Non
     return side_mask(volume, "right" if side == "left" else "left")
 
 
-def tag_slices(pred, ref, volume, other=None, side: str | None = None, before=None,
-               rules: TagRules = TagRules(), mirrored: bool = True, hd95_mm=None) -> list[dict]:
+def tag_slices(
+    pred,
+    ref,
+    volume,
+    other=None,
+    side: str | None = None,
+    before=None,
+    rules: TagRules = TagRules(),
+    mirrored: bool = True,
+    hd95_mm=None,
+) -> list[dict]:
     """:func:`tag_masks` for every axial slice of a (Z, Y, X) case; rows carry ``slice``.
 
     ``mirrored=False`` turns the mirrored-side rule off (structures without a contralateral twin,
@@ -206,21 +257,36 @@ def tag_slices(pred, ref, volume, other=None, side: str | None = None, before=No
     contra = contralateral_mask(volume, ref, side) if other is None and mirrored else None
     rows = []
     for z in range(pred.shape[0]):
-        row = tag_masks(pred[z], ref[z], volume.spacing[1:],
-                        other=None if other is None else np.asarray(other)[z],
-                        contralateral=None if contra is None else contra[z],
-                        before=None if before is None else np.asarray(before)[z], rules=rules,
-                        hd95_mm=None if hd95_mm is None else hd95_mm[z])
+        row = tag_masks(
+            pred[z],
+            ref[z],
+            volume.spacing[1:],
+            other=None if other is None else np.asarray(other)[z],
+            contralateral=None if contra is None else contra[z],
+            before=None if before is None else np.asarray(before)[z],
+            rules=rules,
+            hd95_mm=None if hd95_mm is None else hd95_mm[z],
+        )
         rows.append({"slice": z, **row})
     return rows
 
 
-def tag_case(pred, ref, volume, other=None, side: str | None = None, before=None,
-             rules: TagRules = TagRules(), mirrored: bool = True, hd95_mm: float | None = None) -> dict:
+def tag_case(
+    pred,
+    ref,
+    volume,
+    other=None,
+    side: str | None = None,
+    before=None,
+    rules: TagRules = TagRules(),
+    mirrored: bool = True,
+    hd95_mm: float | None = None,
+) -> dict:
     """:func:`tag_masks` on the whole (Z, Y, X) case (3D components, 3D HD95)."""
     contra = contralateral_mask(volume, ref, side) if other is None and mirrored else None
-    return tag_masks(pred, ref, volume.spacing, other=other, contralateral=contra, before=before, rules=rules,
-                     hd95_mm=hd95_mm)
+    return tag_masks(
+        pred, ref, volume.spacing, other=other, contralateral=contra, before=before, rules=rules, hd95_mm=hd95_mm
+    )
 
 
 def failed(row: dict) -> bool:
@@ -245,13 +311,22 @@ def uncertainty_auroc(rows, score_key: str = "uncertainty", only_informative: bo
     out (trivial negatives would inflate the AUROC). Returns auroc (NaN with one class only), the
     numbers of failed and good slices, and the score's mean in each group.
     """
-    use = [r for r in rows if r.get(score_key) is not None and np.isfinite(float(r[score_key]))
-           and (not only_informative or r["ref_present"] or r["pred_present"])]
+    use = [
+        r
+        for r in rows
+        if r.get(score_key) is not None
+        and np.isfinite(float(r[score_key]))
+        and (not only_informative or r["ref_present"] or r["pred_present"])
+    ]
     y = np.array([r["primary"] != "good" for r in use], bool)
     s = np.array([float(r[score_key]) for r in use], float)
-    out = {"n_failed": int(y.sum()), "n_good": int((~y).sum()), "auroc": M.NAN,
-           "mean_failed": float(s[y].mean()) if y.any() else M.NAN,
-           "mean_good": float(s[~y].mean()) if (~y).any() else M.NAN}
+    out = {
+        "n_failed": int(y.sum()),
+        "n_good": int((~y).sum()),
+        "auroc": M.NAN,
+        "mean_failed": float(s[y].mean()) if y.any() else M.NAN,
+        "mean_good": float(s[~y].mean()) if (~y).any() else M.NAN,
+    }
     if y.any() and (~y).any():
         out["auroc"] = M.roc_auc(y.astype(int), s)
     return out

@@ -20,6 +20,7 @@ Rules (where the issue is silent, what a careful hospital web application does):
   environment variable ``MEDSEG_ALLOWED_USERS`` / ``MEDSEG_ALLOWED_DOMAINS`` / ``MEDSEG_ADMINS``
   when that is set and non-empty (comma-separated), so a container can set them without a file.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,11 @@ REFUSED = "Your account does not have access to this medseg server; ask its admi
 #: what a visitor sees before signing in
 SIGN_IN = "Sign in with your hospital account to use medseg."
 
-_KEYS = {"allowed_users": "MEDSEG_ALLOWED_USERS", "allowed_domains": "MEDSEG_ALLOWED_DOMAINS",
-         "admins": "MEDSEG_ADMINS"}
+_KEYS = {
+    "allowed_users": "MEDSEG_ALLOWED_USERS",
+    "allowed_domains": "MEDSEG_ALLOWED_DOMAINS",
+    "admins": "MEDSEG_ADMINS",
+}
 
 
 def _norm_email(value) -> str | None:
@@ -73,14 +77,17 @@ def access_config(section: Mapping | None = None, env: Mapping | None = None) ->
     for key, var in _KEYS.items():
         raw = env.get(var)
         vals[key] = _items(raw) if raw is not None and raw.strip() else _items(section.get(key))
-    return AccessConfig(allowed_users=frozenset(vals["allowed_users"]),
-                        allowed_domains=frozenset(d.lstrip("@") for d in vals["allowed_domains"]),
-                        admins=frozenset(vals["admins"]))
+    return AccessConfig(
+        allowed_users=frozenset(vals["allowed_users"]),
+        allowed_domains=frozenset(d.lstrip("@") for d in vals["allowed_domains"]),
+        admins=frozenset(vals["admins"]),
+    )
 
 
 @dataclass(frozen=True)
 class Identity:
     """A signed-in user: the name and e-mail recorded with every verdict, export and audit row."""
+
     name: str
     email: str
     admin: bool = False
@@ -94,6 +101,7 @@ class Identity:
 class Access:
     """``state``: "open" (no sign-in configured), "sign_in" (configured, nobody signed in),
     "allowed" or "refused". ``reason`` says why (for the audit row, never shown to a refused user)."""
+
     state: str
     identity: Identity | None = None
     reason: str = ""
@@ -126,8 +134,11 @@ def decide(user: Mapping | None, auth_configured: bool, config: AccessConfig) ->
     raw_email = user.get("email")
     email = _norm_email(raw_email)
     if email is None:
-        return Access("refused", reason="the identity provider gave no usable e-mail",
-                      email=raw_email if isinstance(raw_email, str) else None)
+        return Access(
+            "refused",
+            reason="the identity provider gave no usable e-mail",
+            email=raw_email if isinstance(raw_email, str) else None,
+        )
     if _false(user.get("email_verified")):
         return Access("refused", reason="e-mail not verified by the identity provider", email=email)
     domain = email.rsplit("@", 1)[1]

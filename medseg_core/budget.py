@@ -34,6 +34,7 @@ working memory for as long as it runs (:func:`predict_working_bytes`). Sessions 
 Environment: ``MEDSEG_MEMORY_GB`` (default: half the machine's RAM, the rest being left to the
 models, the Python processes and the operating system), ``MEDSEG_IDLE_MINUTES`` (default 60).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -88,6 +89,7 @@ class _Compact(np.lib.mixins.NDArrayOperatorsMixin):
             if isinstance(x, (list, tuple)):
                 return type(x)(conv(y) for y in x)
             return x
+
         return func(*conv(args), **{k: conv(v) for k, v in kwargs.items()})
 
     def __getattr__(self, name):
@@ -240,6 +242,7 @@ def compact_prediction(pred):
     """A copy of ``pred`` whose volumes are stored compactly (see the module docstring): masks
     bit-packed, probabilities uint8 on [0, 1], uncertainty maps uint8 on [0, their max]. Per-slice
     arrays, scores, timings and warnings are kept as they are. Already compact maps stay as they are."""
+
     def pack(m):
         return m if isinstance(m, _Compact) else PackedMask(m)
 
@@ -319,8 +322,13 @@ class MemoryBudget:
     run outside the lock.
     """
 
-    def __init__(self, limit_bytes: int | None = None, idle_seconds: float | None = None,
-                 clock: Callable[[], float] = time.monotonic, gone_grace_s: float = 120.0):
+    def __init__(
+        self,
+        limit_bytes: int | None = None,
+        idle_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        gone_grace_s: float = 120.0,
+    ):
         self.limit = int(limit_bytes if limit_bytes is not None else default_limit())
         self.idle_seconds = float(idle_seconds if idle_seconds is not None else default_idle_seconds())
         self.clock = clock
@@ -351,12 +359,19 @@ class MemoryBudget:
 
     def stats(self) -> dict:
         with self._lock:
-            return {"limit_bytes": self.limit, "used_bytes": self.used, "entries": len(self._entries),
-                    "sessions": len(self._activity), "evictions": self.evictions, "refusals": self.refusals,
-                    "idle_releases": self.idle_releases}
+            return {
+                "limit_bytes": self.limit,
+                "used_bytes": self.used,
+                "entries": len(self._entries),
+                "sessions": len(self._activity),
+                "evictions": self.evictions,
+                "refusals": self.refusals,
+                "idle_releases": self.idle_releases,
+            }
 
-    def session_started(self, session: str, on_release: Callable[[], None] | None = None,
-                        alive: Callable[[], bool] | None = None) -> None:
+    def session_started(
+        self, session: str, on_release: Callable[[], None] | None = None, alive: Callable[[], bool] | None = None
+    ) -> None:
         """Note a session's activity; ``on_release`` is called when it is released for idleness.
         ``alive()`` says whether the session is still connected: one that is not, and has done
         nothing for ``gone_grace_s``, is released without waiting for the idle time-out (its browser
@@ -378,8 +393,18 @@ class MemoryBudget:
                 e.last_used = now
 
     # -- holding
-    def hold(self, session: str, key, nbytes: int, *, evictable: bool, on_release=None, what: str = "",
-             reserve: bool = True, wait_s: float = 0.0) -> None:
+    def hold(
+        self,
+        session: str,
+        key,
+        nbytes: int,
+        *,
+        evictable: bool,
+        on_release=None,
+        what: str = "",
+        reserve: bool = True,
+        wait_s: float = 0.0,
+    ) -> None:
         """Account ``nbytes`` held by ``session`` under ``key`` (replacing an earlier entry of that
         key). With ``reserve`` room is made first (evicting others' least recently used results) and
         :class:`BudgetExceeded` raised when it cannot fit; nothing is held then."""
@@ -455,12 +480,16 @@ class MemoryBudget:
     def _refusal(self, nbytes: int, pinned: int, what: str) -> str:
         free = max(self.limit - pinned, 0)
         if nbytes > self.limit:
-            return (f"Sorry, {what} needs about {nbytes / GB:.1f} GB of memory, more than this server's whole "
-                    f"budget of {self.limit / GB:.1f} GB (MEDSEG_MEMORY_GB); crop the volume, use fewer MC samples, "
-                    "or ask the administrator to raise the budget.")
-        return (f"Sorry, {what} needs about {nbytes / GB:.1f} GB of memory, but only {free / GB:.1f} GB of this "
-                f"server's {self.limit / GB:.1f} GB budget is free while the cases open in other sessions are kept; "
-                "please try again in a few minutes, or close cases you no longer need.")
+            return (
+                f"Sorry, {what} needs about {nbytes / GB:.1f} GB of memory, more than this server's whole "
+                f"budget of {self.limit / GB:.1f} GB (MEDSEG_MEMORY_GB); crop the volume, use fewer MC samples, "
+                "or ask the administrator to raise the budget."
+            )
+        return (
+            f"Sorry, {what} needs about {nbytes / GB:.1f} GB of memory, but only {free / GB:.1f} GB of this "
+            f"server's {self.limit / GB:.1f} GB budget is free while the cases open in other sessions are kept; "
+            "please try again in a few minutes, or close cases you no longer need."
+        )
 
     @contextmanager
     def transient(self, session: str, nbytes: int, what: str = "this request", wait_s: float = 600.0):

@@ -24,6 +24,7 @@ voxels, so at threshold 0.5 the mask is unchanged. :class:`Accumulator` gathers 
 case so a cohort never holds all voxels at once; :func:`fit_temperature` subsamples voxels
 (``max_samples``, seeded) for the fit.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,9 +50,16 @@ class Reliability:
 
     def rows(self) -> list[dict]:
         """One row per non-empty bin, in words for a table."""
-        return [{"Bin": f"{self.edges[i]:.2f}-{self.edges[i + 1]:.2f}", "Voxels or cases": int(self.counts[i]),
-                 "Mean predicted probability": float(self.confidence[i]), "Observed frequency": float(self.frequency[i])}
-                for i in range(len(self.counts)) if self.counts[i]]
+        return [
+            {
+                "Bin": f"{self.edges[i]:.2f}-{self.edges[i + 1]:.2f}",
+                "Voxels or cases": int(self.counts[i]),
+                "Mean predicted probability": float(self.confidence[i]),
+                "Observed frequency": float(self.frequency[i]),
+            }
+            for i in range(len(self.counts))
+            if self.counts[i]
+        ]
 
 
 @dataclass
@@ -88,8 +96,9 @@ class Accumulator:
         gap = np.abs(freq - conf)
         ece = float(np.nansum(self.counts / max(n, 1) * gap)) if n else math.nan
         mce = float(np.nanmax(gap)) if n else math.nan
-        return Reliability(np.linspace(0.0, 1.0, self.n_bins + 1), self.counts.copy(), conf, freq, ece, mce, n,
-                           self.region)
+        return Reliability(
+            np.linspace(0.0, 1.0, self.n_bins + 1), self.counts.copy(), conf, freq, ece, mce, n, self.region
+        )
 
 
 def near_region(pred, ref, margin: int = 8) -> tuple[slice, ...]:
@@ -132,12 +141,13 @@ def apply_temperature(probs, temperature: float) -> np.ndarray:
 def nll(probs, truth) -> float:
     """Mean binary negative log-likelihood (cross-entropy) in nats."""
     p = np.clip(np.asarray(probs, np.float64).ravel(), EPS, 1 - EPS)
-    y = (np.asarray(truth).ravel() > 0)
+    y = np.asarray(truth).ravel() > 0
     return float(-np.mean(np.where(y, np.log(p), np.log1p(-p))))
 
 
-def fit_temperature(probs, truth, max_samples: int = 2_000_000, seed: int = 0,
-                    bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+def fit_temperature(
+    probs, truth, max_samples: int = 2_000_000, seed: int = 0, bounds: tuple[float, float] = (0.05, 20.0)
+) -> float:
     """The temperature minimising the NLL of ``sigmoid(logit(p) / T)`` on (a seeded subsample of) the
     given validation probabilities and truths."""
     from scipy.optimize import minimize_scalar
@@ -157,8 +167,9 @@ def fit_temperature(probs, truth, max_samples: int = 2_000_000, seed: int = 0,
         # log(1 + exp(-s)) for y=1 and log(1 + exp(s)) for y=0, stably
         return float(np.mean(np.logaddexp(0.0, -s) * y + np.logaddexp(0.0, s) * (1 - y)))
 
-    res = minimize_scalar(f, bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
-                          options={"xatol": 1e-5})
+    res = minimize_scalar(
+        f, bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded", options={"xatol": 1e-5}
+    )
     return float(math.exp(res.x))
 
 
@@ -169,23 +180,53 @@ def reliability_figure(rel: Reliability, title: str = "", height: int = 360):
 
     ok = rel.counts > 0
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="#888"),
-                             name="Perfect calibration", hoverinfo="skip"))
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            line=dict(dash="dash", color="#888"),
+            name="Perfect calibration",
+            hoverinfo="skip",
+        )
+    )
     size = 6 + 14 * np.sqrt(rel.counts[ok] / max(rel.counts.max(), 1))
-    fig.add_trace(go.Scatter(
-        x=rel.confidence[ok], y=rel.frequency[ok], mode="lines+markers", marker=dict(size=size), name="Model",
-        customdata=rel.counts[ok], hovertemplate="Mean predicted %{x:.2f}<br>Observed %{y:.2f}<br>n = %{customdata}"))
+    fig.add_trace(
+        go.Scatter(
+            x=rel.confidence[ok],
+            y=rel.frequency[ok],
+            mode="lines+markers",
+            marker=dict(size=size),
+            name="Model",
+            customdata=rel.counts[ok],
+            hovertemplate="Mean predicted %{x:.2f}<br>Observed %{y:.2f}<br>n = %{customdata}",
+        )
+    )
     where = "all voxels" if rel.region == "all" else "voxels near the structure"
-    fig.update_layout(title=(title + " " if title else "") + f"ECE {rel.ece:.3f} ({where}, n = {rel.n:,})",
-                      xaxis_title="Mean predicted probability", yaxis_title="Observed frequency",
-                      xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1]), height=height,
-                      margin=dict(l=50, r=10, t=50, b=45), showlegend=False)
+    fig.update_layout(
+        title=(title + " " if title else "") + f"ECE {rel.ece:.3f} ({where}, n = {rel.n:,})",
+        xaxis_title="Mean predicted probability",
+        yaxis_title="Observed frequency",
+        xaxis=dict(range=[0, 1]),
+        yaxis=dict(range=[0, 1]),
+        height=height,
+        margin=dict(l=50, r=10, t=50, b=45),
+        showlegend=False,
+    )
     return fig
 
 
 # ----------------------------------------------------------------------------- fitting a checkpoint
-def collect(lm, cases, options=None, region: str = "near", margin: int = 8, per_case: int = 200_000,
-            seed: int = 0, label_map: dict | None = None):
+def collect(
+    lm,
+    cases,
+    options=None,
+    region: str = "near",
+    margin: int = 8,
+    per_case: int = 200_000,
+    seed: int = 0,
+    label_map: dict | None = None,
+):
     """Validation evidence of a model through the one engine: for segmentation a seeded subsample of
     (probability, truth) voxels per case (``region`` as in :func:`reliability`), for a benign/malignant
     classifier the cases' (p(malignant), truth). Returns ``(probs, truth, n_cases, kind)``."""
@@ -199,8 +240,11 @@ def collect(lm, cases, options=None, region: str = "near", margin: int = 8, per_
             p = pred.probabilities.get(lab)
             if p is None:
                 continue
-            box = near_region(pred.masks_before_postprocessing.get(lab, p >= 0.5), ref, margin) if region == "near" \
+            box = (
+                near_region(pred.masks_before_postprocessing.get(lab, p >= 0.5), ref, margin)
+                if region == "near"
                 else tuple(slice(0, s) for s in p.shape)
+            )
             pv, yv = p[box].ravel(), (np.asarray(ref)[box] > 0).ravel()
             if pv.size > per_case:
                 keep = rng.choice(pv.size, per_case, replace=False)
@@ -224,8 +268,9 @@ def collect(lm, cases, options=None, region: str = "near", margin: int = 8, per_
     return np.concatenate(ps), np.concatenate(ys), n, kind
 
 
-def calibrate_checkpoint(ref: str, cases, source: str, region: str = "near", write: bool = True,
-                         n_bins: int = 15) -> dict:
+def calibrate_checkpoint(
+    ref: str, cases, source: str, region: str = "near", write: bool = True, n_bins: int = 15
+) -> dict:
     """Fit a temperature for checkpoint ``ref`` on ``cases`` (its validation data) and store it in the
     card's ``recipe.calibration`` (with ECE before and after on the same evidence, the region, the
     number of cases and voxels, and ``source``: what the cases were). Returns that entry."""
@@ -239,11 +284,20 @@ def calibrate_checkpoint(ref: str, cases, source: str, region: str = "near", wri
     t = fit_temperature(probs, truth)
     before = Accumulator(n_bins, region=region).add(probs, truth).result()
     after = Accumulator(n_bins, region=region).add(apply_temperature(probs, t), truth).result()
-    entry = {"method": "temperature scaling (NLL)", "temperature": round(t, 6), "evidence": kind,
-             "region": region if kind == "voxels" else "cases", "n_cases": n_cases, "n": int(probs.size),
-             "ece_before": before.ece, "ece_after": after.ece, "nll_before": nll(probs, truth),
-             "nll_after": nll(apply_temperature(probs, t), truth), "fitted_on": source,
-             "date": datetime.date.today().isoformat()}
+    entry = {
+        "method": "temperature scaling (NLL)",
+        "temperature": round(t, 6),
+        "evidence": kind,
+        "region": region if kind == "voxels" else "cases",
+        "n_cases": n_cases,
+        "n": int(probs.size),
+        "ece_before": before.ece,
+        "ece_after": after.ece,
+        "nll_before": nll(probs, truth),
+        "nll_after": nll(apply_temperature(probs, t), truth),
+        "fitted_on": source,
+        "date": datetime.date.today().isoformat(),
+    }
     if write:
         cref = find_checkpoint(ref)
         card = json.loads(cref.card_path.read_text())
@@ -260,13 +314,19 @@ def main(argv=None) -> dict:
     from .evaluate import split_part
     from .io.errors import InputError
 
-    ap = argparse.ArgumentParser(description="Fit temperature scaling for a checkpoint on validation data and store "
-                                             "it in its card (the app's 'Calibrated probabilities' switch uses it).")
+    ap = argparse.ArgumentParser(
+        description="Fit temperature scaling for a checkpoint on validation data and store "
+        "it in its card (the app's 'Calibrated probabilities' switch uses it)."
+    )
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", required=True)
     ap.add_argument("--adapter", required=True, choices=sorted(D.ADAPTERS))
-    ap.add_argument("--split", default="val", choices=("train", "val", "test", "all"),
-                    help="which part of the checkpoint's recorded split to fit on (default val; all = every case)")
+    ap.add_argument(
+        "--split",
+        default="val",
+        choices=("train", "val", "test", "all"),
+        help="which part of the checkpoint's recorded split to fit on (default val; all = every case)",
+    )
     ap.add_argument("--region", default="near", choices=("near", "all"))
     ap.add_argument("--max-cases", type=int, default=None)
     ap.add_argument("--dry-run", action="store_true", help="print the fit, leave the card unchanged")
@@ -279,11 +339,14 @@ def main(argv=None) -> dict:
     if a.split != "all":
         cases = split_part(cases, a.model, a.split)
     cases = cases[: a.max_cases] if a.max_cases else cases
-    entry = calibrate_checkpoint(a.model, cases, f"{a.adapter}:{a.data} ({a.split}, {len(cases)} cases)",
-                                 region=a.region, write=not a.dry_run)
-    print(f"temperature {entry['temperature']:.3f}: ECE {entry['ece_before']:.4f} -> {entry['ece_after']:.4f}, "
-          f"NLL {entry['nll_before']:.4f} -> {entry['nll_after']:.4f} over {entry['n']:,} {entry['evidence']} of "
-          f"{entry['n_cases']} cases" + (" (card unchanged)" if a.dry_run else " (written to the card)"))
+    entry = calibrate_checkpoint(
+        a.model, cases, f"{a.adapter}:{a.data} ({a.split}, {len(cases)} cases)", region=a.region, write=not a.dry_run
+    )
+    print(
+        f"temperature {entry['temperature']:.3f}: ECE {entry['ece_before']:.4f} -> {entry['ece_after']:.4f}, "
+        f"NLL {entry['nll_before']:.4f} -> {entry['nll_after']:.4f} over {entry['n']:,} {entry['evidence']} of "
+        f"{entry['n_cases']} cases" + (" (card unchanged)" if a.dry_run else " (written to the card)")
+    )
     return entry
 
 

@@ -32,6 +32,7 @@ Cards written before the schema existed (``medseg-1``: ``variant``, ``overrides`
 ``input_size``, ``preprocessing`` ... at the top level) are migrated on load by :func:`migrate`;
 a card with an unknown schema is refused with a sentence.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,18 +47,44 @@ from .models import ModelSpec, get_spec, list_models, model_kwargs
 
 SCHEMA = "medseg.card/2"
 #: Keys of a version-1 card that the recipe replaces.
-_V1_RECIPE_KEYS = ("variant", "overrides", "architecture_kwargs", "input_size", "input_contract", "preprocessing",
-                   "postprocessing", "labels", "model")
+_V1_RECIPE_KEYS = (
+    "variant",
+    "overrides",
+    "architecture_kwargs",
+    "input_size",
+    "input_contract",
+    "preprocessing",
+    "postprocessing",
+    "labels",
+    "model",
+)
 #: Body region (DICOM BodyPartExamined terms) and anatomy per registry family.
-REGIONS = {"ovary": ("PELVIS", "ovary (pelvic MRI)"), "spleen": ("ABDOMEN", "spleen (abdominal CT)"),
-           "ultrasound": ("PELVIS", "adnexal lesion (transvaginal ultrasound)"),
-           "prostate": ("PROSTATE", "prostate (transrectal micro-ultrasound)"),
-           "gi": ("ABDOMEN", "stomach and bowel (abdominal MRI)")}
+REGIONS = {
+    "ovary": ("PELVIS", "ovary (pelvic MRI)"),
+    "spleen": ("ABDOMEN", "spleen (abdominal CT)"),
+    "ultrasound": ("PELVIS", "adnexal lesion (transvaginal ultrasound)"),
+    "prostate": ("PROSTATE", "prostate (transrectal micro-ultrasound)"),
+    "gi": ("ABDOMEN", "stomach and bowel (abdominal MRI)"),
+}
 #: DICOM BodyPartExamined values that count as each region.
-_REGION_TERMS = {"PELVIS": {"PELVIS", "ABDOMENPELVIS", "OVARY", "UTERUS", "ADNEXA", "PROSTATE", "BLADDER"},
-                 "ABDOMEN": {"ABDOMEN", "ABDOMENPELVIS", "CHESTABDOMEN", "CHESTABDOMENPELVIS", "SPLEEN", "LIVER",
-                             "KIDNEY", "STOMACH", "BOWEL", "COLON", "PANCREAS", "TORSO"},
-                 "PROSTATE": {"PROSTATE", "PELVIS"}}
+_REGION_TERMS = {
+    "PELVIS": {"PELVIS", "ABDOMENPELVIS", "OVARY", "UTERUS", "ADNEXA", "PROSTATE", "BLADDER"},
+    "ABDOMEN": {
+        "ABDOMEN",
+        "ABDOMENPELVIS",
+        "CHESTABDOMEN",
+        "CHESTABDOMENPELVIS",
+        "SPLEEN",
+        "LIVER",
+        "KIDNEY",
+        "STOMACH",
+        "BOWEL",
+        "COLON",
+        "PANCREAS",
+        "TORSO",
+    },
+    "PROSTATE": {"PROSTATE", "PELVIS"},
+}
 #: How far beyond the training range a geometric property may lie before a case is called
 #: outside the envelope (a factor: 1.25 = 25 % smaller than the smallest or larger than the largest).
 GEOMETRY_TOLERANCE = 1.25
@@ -72,35 +99,58 @@ class CardError(InputError):
 
 
 # ----------------------------------------------------------------------------- writing
-def recipe_from_spec(spec: ModelSpec, variant: str = "demo", overrides: dict | None = None,
-                     input_size=None, preprocessing: str | None = None, preprocessing_params: dict | None = None,
-                     postprocessing=None, threshold: float | None = None,
-                     architecture_kwargs: dict | None = None, geometry: dict | None = None) -> dict:
+def recipe_from_spec(
+    spec: ModelSpec,
+    variant: str = "demo",
+    overrides: dict | None = None,
+    input_size=None,
+    preprocessing: str | None = None,
+    preprocessing_params: dict | None = None,
+    postprocessing=None,
+    threshold: float | None = None,
+    architecture_kwargs: dict | None = None,
+    geometry: dict | None = None,
+) -> dict:
     """The recipe of a model built from registry builder ``spec`` with these choices (registry
     defaults fill the rest)."""
     builder = spec.architecture or spec.name
     overrides = dict(overrides or {})
     kwargs = architecture_kwargs if architecture_kwargs is not None else model_kwargs(builder, variant, **overrides)
     return {
-        "architecture": {"builder": builder, "variant": variant, "overrides": _plain(overrides),
-                         "kwargs": _plain(kwargs)},
-        "task": spec.task, "dims": spec.dims, "mode": spec.mode, "in_channels": spec.in_channels,
+        "architecture": {
+            "builder": builder,
+            "variant": variant,
+            "overrides": _plain(overrides),
+            "kwargs": _plain(kwargs),
+        },
+        "task": spec.task,
+        "dims": spec.dims,
+        "mode": spec.mode,
+        "in_channels": spec.in_channels,
         "modalities": list(spec.modalities),
         # the registry's words describe its default step; another step is named as itself
-        "intensity": spec.intensity if (preprocessing or spec.preprocessing) == spec.preprocessing
+        "intensity": spec.intensity
+        if (preprocessing or spec.preprocessing) == spec.preprocessing
         else f"{preprocessing} preprocessing",
         "input_size": [int(s) for s in (input_size or spec.input_size)],
         "target_spacing": list(spec.target_spacing) if spec.target_spacing else None,
-        "sw_overlap": spec.sw_overlap, "sw_batch_size": spec.sw_batch_size,
-        "preprocessing": {"name": preprocessing or spec.preprocessing,
-                          "params": _plain(preprocessing_params if preprocessing_params is not None
-                                           else (spec.preprocessing_params if not preprocessing
-                                                 or preprocessing == spec.preprocessing else {}))},
-        "labels": list(spec.labels), "activation": spec.activation,
+        "sw_overlap": spec.sw_overlap,
+        "sw_batch_size": spec.sw_batch_size,
+        "preprocessing": {
+            "name": preprocessing or spec.preprocessing,
+            "params": _plain(
+                preprocessing_params
+                if preprocessing_params is not None
+                else (spec.preprocessing_params if not preprocessing or preprocessing == spec.preprocessing else {})
+            ),
+        },
+        "labels": list(spec.labels),
+        "activation": spec.activation,
         "threshold": float(spec.threshold if threshold is None else threshold),
         "class_threshold": spec.class_threshold,
         "postprocessing": list(spec.postprocessing if postprocessing is None else postprocessing),
-        "side_masking": spec.side_masking, "clinical_inputs": list(spec.clinical_inputs),
+        "side_masking": spec.side_masking,
+        "clinical_inputs": list(spec.clinical_inputs),
         "dropout": {"where": spec.dropout, "mc_prefix": spec.mc_prefix},
         # report 000's in-plane resampling + pelvis crop before slicing (null: none); inference repeats it
         "geometry": _plain(dict(geometry if geometry is not None else spec.geometry)) or None,
@@ -110,8 +160,14 @@ def recipe_from_spec(spec: ModelSpec, variant: str = "demo", overrides: dict | N
 def new_card(name: str, recipe: dict, envelope: dict | None = None, title: str | None = None, **provenance) -> dict:
     """A card in the current schema (``save_checkpoint`` adds file, SHA-256 and parameters)."""
     builder = recipe["architecture"]["builder"]
-    return {"schema": SCHEMA, "name": name, "title": title or get_spec(builder).title, "recipe": recipe,
-            "envelope": envelope, **provenance}
+    return {
+        "schema": SCHEMA,
+        "name": name,
+        "title": title or get_spec(builder).title,
+        "recipe": recipe,
+        "envelope": envelope,
+        **provenance,
+    }
 
 
 def _plain(v):
@@ -128,17 +184,26 @@ def migrate(card: dict, name: str | None = None) -> dict:
     if schema == SCHEMA:
         return validate(card)
     if schema is not None:
-        raise CardError(f"The model card of '{name or card.get('name')}' has schema '{schema}', which this medseg "
-                        f"cannot read (it reads {SCHEMA}); update medseg or re-export the card.")
+        raise CardError(
+            f"The model card of '{name or card.get('name')}' has schema '{schema}', which this medseg "
+            f"cannot read (it reads {SCHEMA}); update medseg or re-export the card."
+        )
     arch = card.get("model") or card.get("name")
     if arch not in list_models():
-        raise CardError(f"The model card of '{name or card.get('name')}' is an old card without a recipe and names no "
-                        f"registry architecture ('{arch}'); retrain it or write a {SCHEMA} card.")
+        raise CardError(
+            f"The model card of '{name or card.get('name')}' is an old card without a recipe and names no "
+            f"registry architecture ('{arch}'); retrain it or write a {SCHEMA} card."
+        )
     spec = get_spec(arch)
-    recipe = recipe_from_spec(spec, card.get("variant", "demo"), card.get("overrides") or {},
-                              input_size=card.get("input_size"), preprocessing=card.get("preprocessing"),
-                              postprocessing=card.get("postprocessing"),
-                              architecture_kwargs=card.get("architecture_kwargs"))
+    recipe = recipe_from_spec(
+        spec,
+        card.get("variant", "demo"),
+        card.get("overrides") or {},
+        input_size=card.get("input_size"),
+        preprocessing=card.get("preprocessing"),
+        postprocessing=card.get("postprocessing"),
+        architecture_kwargs=card.get("architecture_kwargs"),
+    )
     if card.get("labels"):
         recipe["labels"] = list(card["labels"])
     rest = {k: v for k, v in card.items() if k not in _V1_RECIPE_KEYS}
@@ -156,18 +221,25 @@ def validate(card: dict) -> dict:
         raise CardError(f"The model card of '{who}' has no recipe; it cannot be run as trained.")
     builder = (recipe.get("architecture") or {}).get("builder")
     if builder not in list_models():
-        raise CardError(f"The model card of '{who}' asks for architecture '{builder}', which is not a medseg "
-                        f"registry builder ({', '.join(list_models())}); medseg only runs registry architectures.")
-    missing = [k for k in ("task", "dims", "mode", "input_size", "preprocessing", "labels", "activation", "threshold")
-               if k not in recipe]
+        raise CardError(
+            f"The model card of '{who}' asks for architecture '{builder}', which is not a medseg "
+            f"registry builder ({', '.join(list_models())}); medseg only runs registry architectures."
+        )
+    missing = [
+        k
+        for k in ("task", "dims", "mode", "input_size", "preprocessing", "labels", "activation", "threshold")
+        if k not in recipe
+    ]
     if missing:
         raise CardError(f"The model card of '{who}' misses recipe field(s) {', '.join(missing)}.")
     from .preprocessing import PREPROCESSING
 
     pre = recipe["preprocessing"].get("name") if isinstance(recipe["preprocessing"], dict) else None
     if pre not in PREPROCESSING:
-        raise CardError(f"The model card of '{who}' names preprocessing '{pre}', which medseg does not have "
-                        f"({', '.join(PREPROCESSING)}).")
+        raise CardError(
+            f"The model card of '{who}' names preprocessing '{pre}', which medseg does not have "
+            f"({', '.join(PREPROCESSING)})."
+        )
     return card
 
 
@@ -179,25 +251,45 @@ def spec_from_card(card: dict) -> ModelSpec:
     base = get_spec(r["architecture"]["builder"])
     pre = r["preprocessing"]
     return replace(
-        base, name=card["name"], title=card.get("title") or base.title, architecture=base.name, task=r["task"],
-        dims=r["dims"], mode=r["mode"], in_channels=int(r.get("in_channels", base.in_channels)),
+        base,
+        name=card["name"],
+        title=card.get("title") or base.title,
+        architecture=base.name,
+        task=r["task"],
+        dims=r["dims"],
+        mode=r["mode"],
+        in_channels=int(r.get("in_channels", base.in_channels)),
         input_size=tuple(int(s) for s in r["input_size"]),
-        modalities=tuple(r.get("modalities") or base.modalities), intensity=r.get("intensity", base.intensity),
-        preprocessing=pre["name"], preprocessing_params=dict(pre.get("params") or {}),
-        postprocessing=tuple(r.get("postprocessing") or ()), labels=tuple(r["labels"]), activation=r["activation"],
-        threshold=float(r["threshold"]), class_threshold=r.get("class_threshold"),
+        modalities=tuple(r.get("modalities") or base.modalities),
+        intensity=r.get("intensity", base.intensity),
+        preprocessing=pre["name"],
+        preprocessing_params=dict(pre.get("params") or {}),
+        postprocessing=tuple(r.get("postprocessing") or ()),
+        labels=tuple(r["labels"]),
+        activation=r["activation"],
+        threshold=float(r["threshold"]),
+        class_threshold=r.get("class_threshold"),
         target_spacing=tuple(r["target_spacing"]) if r.get("target_spacing") else None,
-        sw_overlap=float(r.get("sw_overlap", base.sw_overlap)), sw_batch_size=int(r.get("sw_batch_size", base.sw_batch_size)),
+        sw_overlap=float(r.get("sw_overlap", base.sw_overlap)),
+        sw_batch_size=int(r.get("sw_batch_size", base.sw_batch_size)),
         side_masking=bool(r.get("side_masking", base.side_masking)),
         clinical_inputs=tuple(r.get("clinical_inputs") or ()),
         dropout=(r.get("dropout") or {}).get("where", base.dropout),
         mc_prefix=bool((r.get("dropout") or {}).get("mc_prefix", base.mc_prefix)),
-        arch_kwargs=dict(r["architecture"].get("kwargs") or {}), geometry=dict(r.get("geometry") or {}))
+        arch_kwargs=dict(r["architecture"].get("kwargs") or {}),
+        geometry=dict(r.get("geometry") or {}),
+    )
 
 
 # ----------------------------------------------------------------------------- the data envelope
-def data_envelope(volumes: Iterable, preprocessing: str, params: dict | None = None, body_region: str | None = None,
-                  anatomy: str | None = None, case_ids: Iterable[str] | None = None) -> dict:
+def data_envelope(
+    volumes: Iterable,
+    preprocessing: str,
+    params: dict | None = None,
+    body_region: str | None = None,
+    anatomy: str | None = None,
+    case_ids: Iterable[str] | None = None,
+) -> dict:
     """What the training data looked like: modality, spacing and field of view per axis, intensity
     percentiles after ``preprocessing``, body region and a fingerprint of the cases."""
     from .preprocessing import preprocess
@@ -221,10 +313,18 @@ def data_envelope(volumes: Iterable, preprocessing: str, params: dict | None = N
         return None  # type: ignore[return-value]
     sp, fov, pct, px = np.asarray(sp), np.asarray(fov), np.asarray(pct), np.asarray(px)
     rng = lambda a: [[round(float(a[:, i].min()), 4), round(float(a[:, i].max()), 4)] for i in range(a.shape[1])]
-    return {"modalities": sorted(mods), "body_region": body_region, "anatomy": anatomy, "n_cases": n,
-            "fingerprint": h.hexdigest()[:16], "spacing_known": known, "spacing_mm": rng(sp), "fov_mm": rng(fov),
-            "size_px": [[int(a), int(b)] for a, b in rng(px)],
-            "intensity": {"after": preprocessing, **{p: v for p, v in zip(("p1", "p50", "p99"), rng(pct))}}}
+    return {
+        "modalities": sorted(mods),
+        "body_region": body_region,
+        "anatomy": anatomy,
+        "n_cases": n,
+        "fingerprint": h.hexdigest()[:16],
+        "spacing_known": known,
+        "spacing_mm": rng(sp),
+        "fov_mm": rng(fov),
+        "size_px": [[int(a), int(b)] for a, b in rng(px)],
+        "intensity": {"after": preprocessing, **{p: v for p, v in zip(("p1", "p50", "p99"), rng(pct))}},
+    }
 
 
 def region_defaults(family: str) -> tuple[str | None, str | None]:
@@ -241,13 +341,17 @@ def check_envelope(spec: ModelSpec, envelope: dict | None, volume, stated_anatom
     one warning listing :func:`envelope_findings`, or one saying that no envelope is recorded;
     empty when the case lies inside."""
     if not envelope:
-        return [f"The card of {spec.title} records no training-data envelope, so medseg cannot tell whether this "
-                "case resembles what the model was trained on."]
+        return [
+            f"The card of {spec.title} records no training-data envelope, so medseg cannot tell whether this "
+            "case resembles what the model was trained on."
+        ]
     out = envelope_findings(spec, envelope, volume, stated_anatomy)
     if not out:
         return []
-    return [f"{OUTSIDE} {spec.title} was trained on ({envelope.get('anatomy') or 'unknown anatomy'}, "
-            f"{envelope.get('n_cases')} cases): " + "; ".join(out) + ". Its output here is not to be trusted."]
+    return [
+        f"{OUTSIDE} {spec.title} was trained on ({envelope.get('anatomy') or 'unknown anatomy'}, "
+        f"{envelope.get('n_cases')} cases): " + "; ".join(out) + ". Its output here is not to be trusted."
+    ]
 
 
 def envelope_findings(spec: ModelSpec, envelope: dict, volume, stated_anatomy: str | None = None) -> list[str]:
@@ -277,8 +381,11 @@ def envelope_findings(spec: ModelSpec, envelope: dict, volume, stated_anatomy: s
                 out.append(f"{fov_axes[i]} {v:.0f} mm (trained on {_fmt_range((lo, hi))})")
     else:
         if case_known != env_known:
-            note = ("pixel size not compared (" + ("this image states none" if env_known else
-                    "the training images stated none") + "), sizes compared in pixels")
+            note = (
+                "pixel size not compared ("
+                + ("this image states none" if env_known else "the training images stated none")
+                + "), sizes compared in pixels"
+            )
         for i in range(first, 3):
             lo, hi = (envelope.get("size_px") or [[0, 1e9]] * 3)[i]
             if not (lo / tol <= volume.shape[i] <= hi * tol):
@@ -293,9 +400,11 @@ def envelope_findings(spec: ModelSpec, envelope: dict, volume, stated_anatomy: s
         # a percentile is outside when it leaves the training range by more than a quarter of the
         # training data's own spread (p99 - p1) after preprocessing
         spread = max(float(inten["p99"][1] - inten["p1"][0]), 1e-6)
-        bad = [f"{p} {g:.3g} (trained on {_fmt_range(inten[p], '').strip()})"
-               for p, g in zip(("p1", "p50", "p99"), got)
-               if not (inten[p][0] - 0.25 * spread <= g <= inten[p][1] + 0.25 * spread)]
+        bad = [
+            f"{p} {g:.3g} (trained on {_fmt_range(inten[p], '').strip()})"
+            for p, g in zip(("p1", "p50", "p99"), got)
+            if not (inten[p][0] - 0.25 * spread <= g <= inten[p][1] + 0.25 * spread)
+        ]
         if bad:
             out.append("intensity percentiles after preprocessing " + ", ".join(bad))
     region = envelope.get("body_region")
@@ -316,8 +425,10 @@ def envelope_summary(envelope: dict | None) -> str:
         return "no training-data envelope recorded"
     sp = " x ".join(_fmt_range(r, "").strip() for r in envelope["spacing_mm"])
     fov = " x ".join(_fmt_range(r, "").strip() for r in envelope["fov_mm"])
-    return (f"{envelope['n_cases']} {'/'.join(envelope['modalities'])} cases of {envelope.get('anatomy') or 'unknown anatomy'}; "
-            f"spacing {sp} mm, field of view {fov} mm (Z/Y/X)")
+    return (
+        f"{envelope['n_cases']} {'/'.join(envelope['modalities'])} cases of {envelope.get('anatomy') or 'unknown anatomy'}; "
+        f"spacing {sp} mm, field of view {fov} mm (Z/Y/X)"
+    )
 
 
 # ----------------------------------------------------------------------------- migration command
@@ -345,8 +456,14 @@ def envelope_from_training_data(card: dict, root: str | None = None) -> dict | N
     cases = [c for c in D.ADAPTERS[adapter](root_path) if not train_ids or c.patient_id in train_ids]
     spec = spec_from_card(card)
     region, anatomy = region_defaults(spec.family)
-    return data_envelope((c.load()[0] for c in cases), spec.preprocessing, spec.preprocessing_params,
-                         body_region=region, anatomy=anatomy, case_ids=[c.case_id for c in cases])
+    return data_envelope(
+        (c.load()[0] for c in cases),
+        spec.preprocessing,
+        spec.preprocessing_params,
+        body_region=region,
+        anatomy=anatomy,
+        case_ids=[c.case_id for c in cases],
+    )
 
 
 def main(argv=None) -> None:

@@ -10,6 +10,7 @@ folders (``MEDSEG_MODELS``, ``os.pathsep``-separated; default ``checkpoints/`` t
 path of a ``.safetensors`` file (its card is the ``.json`` beside it), the path of a card, or a
 folder holding one checkpoint.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,8 +31,9 @@ from .models import ModelSpec, build_from_spec, count_parameters
 
 CHECKPOINT_DIR = Path(os.environ.get("MEDSEG_CHECKPOINTS", Path(__file__).resolve().parents[1] / "checkpoints"))
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
-RESEARCH_NOTICE = ("Research use only. Not a medical device. Trained on synthetic phantoms; performance on real "
-                   "patients is unknown.")
+RESEARCH_NOTICE = (
+    "Research use only. Not a medical device. Trained on synthetic phantoms; performance on real patients is unknown."
+)
 
 
 class CheckpointError(InputError):
@@ -95,11 +97,13 @@ def list_checkpoints(dirs: list[Path] | None = None) -> list[CheckpointRef]:
     resume states (``*_last``) are skipped. Shipped checkpoints (``checkpoints/``) come first."""
     out, seen = [], set()
     shipped_dir = Path(CHECKPOINT_DIR).resolve()
-    for d in (dirs or model_dirs()):
+    for d in dirs or model_dirs():
         d = Path(d)
         if not d.is_dir():
             continue
-        found = sorted(d.glob("*.safetensors")) + sorted(d.glob("*/*.safetensors")) + sorted(d.glob("*/*/*.safetensors"))
+        found = (
+            sorted(d.glob("*.safetensors")) + sorted(d.glob("*/*.safetensors")) + sorted(d.glob("*/*/*.safetensors"))
+        )
         for p in found:
             if "cohorts" in p.relative_to(d).parts or not _is_checkpoint(p) or p.resolve() in seen:
                 continue
@@ -109,7 +113,9 @@ def list_checkpoints(dirs: list[Path] | None = None) -> list[CheckpointRef]:
 
 
 def _looks_like_path(ref: str) -> bool:
-    return any(c in ref for c in ("/", os.sep)) or ref.endswith((".safetensors", ".json")) or ref.endswith(PICKLE_SUFFIXES)
+    return (
+        any(c in ref for c in ("/", os.sep)) or ref.endswith((".safetensors", ".json")) or ref.endswith(PICKLE_SUFFIXES)
+    )
 
 
 def find_checkpoint(ref: str | Path | CheckpointRef, directory: str | Path | None = None) -> CheckpointRef:
@@ -125,25 +131,34 @@ def find_checkpoint(ref: str | Path | CheckpointRef, directory: str | Path | Non
         if p.suffix in PICKLE_SUFFIXES:
             raise CheckpointError(
                 f"'{p.name}' is a pickle checkpoint, which medseg never loads (it can run code); convert it to "
-                "safetensors with a model card (a MONAI bundle: `python -m medseg_core.checkpoints import-bundle DIR`).")
+                "safetensors with a model card (a MONAI bundle: `python -m medseg_core.checkpoints import-bundle DIR`)."
+            )
         if p.is_dir():
             found = [q for q in sorted(p.glob("*.safetensors")) if _is_checkpoint(q)]
             if not found:
-                raise CheckpointError(f"The folder '{p.name}' holds no checkpoint (a .safetensors file with its .json card).")
+                raise CheckpointError(
+                    f"The folder '{p.name}' holds no checkpoint (a .safetensors file with its .json card)."
+                )
             if len(found) > 1:
-                raise CheckpointError(f"The folder '{p.name}' holds {len(found)} checkpoints "
-                                      f"({', '.join(q.stem for q in found)}); give the path of one.")
+                raise CheckpointError(
+                    f"The folder '{p.name}' holds {len(found)} checkpoints "
+                    f"({', '.join(q.stem for q in found)}); give the path of one."
+                )
             p = found[0]
         if p.suffix == ".json":
             p = p.with_suffix(".safetensors")
         if p.suffix != ".safetensors":
-            raise CheckpointError(f"'{p.name}' is not a checkpoint; give a .safetensors file (with its .json card) "
-                                  "or a folder holding one.")
+            raise CheckpointError(
+                f"'{p.name}' is not a checkpoint; give a .safetensors file (with its .json card) "
+                "or a folder holding one."
+            )
         if not p.exists():
             raise CheckpointError(f"No checkpoint at '{p}'.")
         if not p.with_suffix(".json").exists():
-            raise CheckpointError(f"'{p.name}' has no model card '{p.with_suffix('.json').name}' beside it; "
-                                  "medseg needs the card to run a model as trained.")
+            raise CheckpointError(
+                f"'{p.name}' has no model card '{p.with_suffix('.json').name}' beside it; "
+                "medseg needs the card to run a model as trained."
+            )
         shipped = p.parent.resolve() == Path(CHECKPOINT_DIR).resolve()
         return CheckpointRef(p.stem, p, p.with_suffix(".json"), shipped)
     dirs = [Path(directory)] if directory is not None else model_dirs()
@@ -153,7 +168,8 @@ def find_checkpoint(ref: str | Path | CheckpointRef, directory: str | Path | Non
             if bad.exists():
                 raise CheckpointError(
                     f"'{bad.name}' is a pickle checkpoint, which medseg never loads (it can run code); convert it to "
-                    "safetensors with a model card.")
+                    "safetensors with a model card."
+                )
     for c in list_checkpoints(dirs):
         if c.name == text:
             return c
@@ -161,7 +177,8 @@ def find_checkpoint(ref: str | Path | CheckpointRef, directory: str | Path | Non
     raise CheckpointError(
         f"No checkpoint named '{text}' ('{text}.safetensors' with its card '{text}.json') in "
         f"{', '.join(d.name + '/' for d in dirs)} (known: {known}); give a path to a .safetensors file or run folder, "
-        "or run `make checkpoints`.")
+        "or run `make checkpoints`."
+    )
 
 
 @dataclass
@@ -191,8 +208,9 @@ class LoadedModel:
         return self.card.get("envelope")
 
 
-def save_checkpoint(model: torch.nn.Module, name: str, card: dict[str, Any], directory: str | Path = CHECKPOINT_DIR,
-                    fp16: bool = False) -> Path:
+def save_checkpoint(
+    model: torch.nn.Module, name: str, card: dict[str, Any], directory: str | Path = CHECKPOINT_DIR, fp16: bool = False
+) -> Path:
     """Write ``<name>.safetensors`` and ``<name>.json`` (the card, with SHA-256 and parameter count).
     ``card`` is a current-schema card (:func:`medseg_core.cards.new_card`); an old-style card is
     migrated (its ``model`` or ``name`` must be a registry architecture) or refused."""
@@ -200,6 +218,7 @@ def save_checkpoint(model: torch.nn.Module, name: str, card: dict[str, Any], dir
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+
     def stored(v: torch.Tensor) -> torch.Tensor:
         v = v.detach()
         # float16 only where it is exact enough: a tensor beyond its range (batch-norm running
@@ -211,8 +230,14 @@ def save_checkpoint(model: torch.nn.Module, name: str, card: dict[str, Any], dir
     state = {k: stored(v) for k, v in model.state_dict().items()}
     path = directory / f"{name}.safetensors"
     save_file(state, str(path), metadata={"name": name, "format": "medseg-1"})
-    full = {"name": name, "file": path.name, "sha256": "", "parameters": count_parameters(model),
-            "storage": "float16" if fp16 else "float32", "notice": RESEARCH_NOTICE}
+    full = {
+        "name": name,
+        "file": path.name,
+        "sha256": "",
+        "parameters": count_parameters(model),
+        "storage": "float16" if fp16 else "float32",
+        "notice": RESEARCH_NOTICE,
+    }
     full.update(card)
     full["name"], full["file"], full["sha256"] = name, path.name, sha256_file(path)
     full = cards.migrate(full, name)  # a card without a schema is an old one: migrated, or refused
@@ -241,7 +266,9 @@ def _card_cached(path: str, mtime_ns: int) -> dict:
     try:
         raw = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"The model card '{Path(path).name}' is not valid JSON; restore it or write it again.") from None
+        raise CheckpointError(
+            f"The model card '{Path(path).name}' is not valid JSON; restore it or write it again."
+        ) from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"The model card '{Path(path).name}' is not a JSON object.")
     raw.setdefault("name", Path(path).stem)
@@ -261,7 +288,7 @@ def model_spec(ref: str | Path | CheckpointRef, directory: str | Path | None = N
 
 
 def checkpoint_status(ref: "str | Path | CheckpointRef", directory: str | Path | None = None) -> str:
-    """"ok", "missing" or a sentence saying what is wrong (hash memoised by file size and time)."""
+    """ "ok", "missing" or a sentence saying what is wrong (hash memoised by file size and time)."""
     try:
         _verified(find_checkpoint(ref, directory), cached=True)
         return "ok"
@@ -274,7 +301,8 @@ def _verified(c: CheckpointRef, cached: bool = False) -> dict:
     if sha256_file(c.weights, cached=cached) != card.get("sha256"):
         raise CheckpointError(
             f"'{c.weights.name}' does not match the SHA-256 in its model card (it was changed or damaged); "
-            "restore it from the repository or retrain it.")
+            "restore it from the repository or retrain it."
+        )
     return card
 
 
@@ -287,7 +315,8 @@ def _build(card: dict, state: dict, label: str, device: str, ref: str = "") -> L
         model.load_state_dict(state, strict=True)
     except RuntimeError:
         raise CheckpointError(
-            f"'{label}' does not fit the '{spec.builder_name}' architecture its card describes; retrain or restore it.") from None
+            f"'{label}' does not fit the '{spec.builder_name}' architecture its card describes; retrain or restore it."
+        ) from None
     device = resolve_device(device)
     model.to(device).eval()
     return LoadedModel(spec, model, card, device, None, ref)
@@ -302,11 +331,14 @@ def load_model(ref: str | Path, device: str = "cpu", directory: str | Path | Non
 
     c = find_checkpoint(ref, directory)
     card = _verified(c)
-    return _build(card, load_file(str(c.weights)), c.weights.name, device, c.ref if directory is None else str(c.weights))
+    return _build(
+        card, load_file(str(c.weights)), c.weights.name, device, c.ref if directory is None else str(c.weights)
+    )
 
 
-def load_model_bytes(weights: bytes, card_text: str | bytes, device: str = "cpu",
-                     max_bytes: int = MAX_UPLOAD_BYTES) -> LoadedModel:
+def load_model_bytes(
+    weights: bytes, card_text: str | bytes, device: str = "cpu", max_bytes: int = MAX_UPLOAD_BYTES
+) -> LoadedModel:
     """A model from uploaded files (the app's "upload a checkpoint"): safetensors bytes plus the
     card's JSON text; size-limited, SHA-256 checked against the card, architecture from the
     registry only; never pickle."""
@@ -314,21 +346,29 @@ def load_model_bytes(weights: bytes, card_text: str | bytes, device: str = "cpu"
     from safetensors.torch import load as load_st
 
     if len(weights) > max_bytes:
-        raise CheckpointError(f"The checkpoint is {len(weights) / 1e6:.0f} MB; this server accepts at most "
-                              f"{max_bytes / 1e6:.0f} MB (MEDSEG_MAX_CHECKPOINT_MB).")
+        raise CheckpointError(
+            f"The checkpoint is {len(weights) / 1e6:.0f} MB; this server accepts at most "
+            f"{max_bytes / 1e6:.0f} MB (MEDSEG_MAX_CHECKPOINT_MB)."
+        )
     if weights[:2] == b"PK" or weights[:1] == b"\x80":
-        raise CheckpointError("This file is a pickle (PyTorch .pt/.pth), which medseg never loads (it can run code); "
-                              "upload safetensors weights with their model card.")
+        raise CheckpointError(
+            "This file is a pickle (PyTorch .pt/.pth), which medseg never loads (it can run code); "
+            "upload safetensors weights with their model card."
+        )
     try:
         raw = json.loads(card_text)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError("The model card is not valid JSON; upload the .json written next to the weights.") from None
+        raise CheckpointError(
+            "The model card is not valid JSON; upload the .json written next to the weights."
+        ) from None
     if not isinstance(raw, dict):
         raise CheckpointError("The model card is not a JSON object; upload the .json written next to the weights.")
     card = cards.migrate(raw, raw.get("name"))
     if hashlib.sha256(weights).hexdigest() != card.get("sha256"):
-        raise CheckpointError("The weights do not match the SHA-256 in the model card: they belong to another card "
-                              "or were changed; upload the pair written together.")
+        raise CheckpointError(
+            "The weights do not match the SHA-256 in the model card: they belong to another card "
+            "or were changed; upload the pair written together."
+        )
     try:
         state = load_st(weights)
     except (SafetensorError, Exception) as e:  # noqa: BLE001 - any parse failure is the user's file
@@ -359,8 +399,11 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
     imp = sub.add_parser("import-bundle", help="import a MONAI bundle (configs/ + models/model.pt) as a checkpoint")
     imp.add_argument("bundle_dir", help="the bundle's folder (holding configs/metadata.json and models/model.pt)")
-    imp.add_argument("--out", default=str(ROOT / "runs" / "imported"),
-                     help="folder for <name>.safetensors and <name>.json (default: runs/imported/)")
+    imp.add_argument(
+        "--out",
+        default=str(ROOT / "runs" / "imported"),
+        help="folder for <name>.safetensors and <name>.json (default: runs/imported/)",
+    )
     imp.add_argument("--name", default=None, help="the checkpoint's name (default: the bundle's folder name)")
     imp.add_argument("--force", action="store_true", help="replace a checkpoint of that name in --out")
     a = ap.parse_args(argv)
@@ -372,16 +415,26 @@ def main(argv=None) -> int:
         sys.stderr.write(f"{e}\n")
         return 2
     except Exception as e:  # noqa: BLE001 - a command line answers in one sentence, never a traceback
-        sys.stderr.write(f"The bundle could not be imported ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'no detail'}).\n")
+        sys.stderr.write(
+            f"The bundle could not be imported ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'no detail'}).\n"
+        )
         return 2
     card = _read_card_file(path.with_suffix(".json"))
     r = card["recipe"]
-    print(f"{path} ({card['title']}): {r['architecture']['builder']}, labels {', '.join(r['labels'])}, "
-          f"roi {' x '.join(map(str, r['input_size']))} at {' x '.join(f'{s:g}' for s in r['target_spacing'])} mm (z, y, x), "
-          f"preprocessing {r['preprocessing']['name']} {r['preprocessing']['params']}")
+    print(
+        f"{path} ({card['title']}): {r['architecture']['builder']}, labels {', '.join(r['labels'])}, "
+        f"roi {' x '.join(map(str, r['input_size']))} at {' x '.join(f'{s:g}' for s in r['target_spacing'])} mm (z, y, x), "
+        f"preprocessing {r['preprocessing']['name']} {r['preprocessing']['params']}"
+    )
     listed = any(c.weights.resolve() == path.resolve() for c in list_checkpoints())
-    print(f"Load it with load_model('{path}'); " + (f"the app lists it as '{path.stem}'." if listed else
-          "add its folder to MEDSEG_MODELS for the app to list it."))
+    print(
+        f"Load it with load_model('{path}'); "
+        + (
+            f"the app lists it as '{path.stem}'."
+            if listed
+            else "add its folder to MEDSEG_MODELS for the app to list it."
+        )
+    )
     return 0
 
 

@@ -5,6 +5,7 @@ with status 2, never a traceback.
 ``medseg app | train | evaluate | cohort | import-bundle | cards | bench`` (``medseg SUB --help``
 for each); every subcommand is also ``python -m medseg_core.<module>``.
 """
+
 from __future__ import annotations
 
 import sys
@@ -46,8 +47,10 @@ def _repo_file(*parts: str):
 
     p = Path(__file__).resolve().parents[1].joinpath(*parts)
     if not p.exists():
-        raise InputError(f"'{'/'.join(parts)}' is part of the medseg repository, not of the installed library; run "
-                         "this from a checkout (pip install -e .) or use the library's own commands.")
+        raise InputError(
+            f"'{'/'.join(parts)}' is part of the medseg repository, not of the installed library; run "
+            "this from a checkout (pip install -e .) or use the library's own commands."
+        )
     return p
 
 
@@ -74,8 +77,9 @@ def main(argv=None) -> int:
         return 2
     try:
         if sub == "app":
-            return subprocess.call([sys.executable, "-m", "streamlit", "run", str(_repo_file("app.py")), *rest],
-                                   cwd=str(_repo_file()))
+            return subprocess.call(
+                [sys.executable, "-m", "streamlit", "run", str(_repo_file("app.py")), *rest], cwd=str(_repo_file())
+            )
         if sub == "bench":
             return subprocess.call([sys.executable, str(_repo_file("benchmarks", "run_all.py")), *rest])
     except InputError as e:

@@ -28,6 +28,7 @@ rank 0 merges the parts in the canonical order (models x option sets x cases) an
 exactly what one process writes. Finished (model, set, case) parts are never recomputed, whatever
 the number of processes of the run that made them (resume after an interruption).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = ROOT / "runs" / "cohorts"
 
 #: Report 000's side-masking comparison: no masking, oracle masking, and the two-pass deployment.
-SIDE_SETS = {"orig": {"side_masking": "none"}, "masked": {"side_masking": "oracle"},
-             "two_pass": {"side_masking": "two_pass"}}
+SIDE_SETS = {
+    "orig": {"side_masking": "none"},
+    "masked": {"side_masking": "oracle"},
+    "two_pass": {"side_masking": "two_pass"},
+}
 
 
 def runs_dir() -> Path:
@@ -108,10 +112,22 @@ def read_progress(run: str | Path) -> dict | None:
         return None
 
 
-def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Path, mc_samples: int = 0,
-               rules: A.TagRules = A.TagRules(), dataset: dict | None = None, progress=None,
-               directory=None, predictions: dict[str, str | Path] | None = None, seed: int = 0,
-               resume: bool = True, csv_export: bool = True, references: str = "dataset") -> Path:
+def run_cohort(
+    cases,
+    models: list,
+    option_sets: dict[str, dict],
+    out: str | Path,
+    mc_samples: int = 0,
+    rules: A.TagRules = A.TagRules(),
+    dataset: dict | None = None,
+    progress=None,
+    directory=None,
+    predictions: dict[str, str | Path] | None = None,
+    seed: int = 0,
+    resume: bool = True,
+    csv_export: bool = True,
+    references: str = "dataset",
+) -> Path:
     """Run every model with every option set over ``cases`` and write the run folder ``out``.
 
     ``references`` "corrected" scores each case against the latest correction saved for it in the
@@ -178,8 +194,9 @@ def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Pat
 
     for name, set_name, source, opts in runs:
         if opts is not None:
-            exact.setdefault(name, {})[set_name] = {k: (list(v) if isinstance(v, tuple) else v)
-                                                   for k, v in opts.__dict__.items()}
+            exact.setdefault(name, {})[set_name] = {
+                k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.__dict__.items()
+            }
         base = {"model": name, "set": set_name}
         todo = []
         for case in mine:
@@ -196,11 +213,16 @@ def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Pat
             if first is not None:
                 mask = pred.masks[first]
                 before = pred.masks_before_postprocessing.get(first, mask)
-                np.savez_compressed(mask_file(out, name, set_name, res.case), shape=np.array(mask.shape),
-                                    mask=_pack(mask), before=_pack(before))
+                np.savez_compressed(
+                    mask_file(out, name, set_name, res.case),
+                    shape=np.array(mask.shape),
+                    mask=_pack(mask),
+                    before=_pack(before),
+                )
                 s_rows = [{**base, **sr.row()} for sr in res.slices if sr.label == first]
-                c_rows = [{**base, **cr.row(), "seconds": round(res.seconds, 3)} for cr in res.records
-                          if cr.label == first]
+                c_rows = [
+                    {**base, **cr.row(), "seconds": round(res.seconds, 3)} for cr in res.records if cr.label == first
+                ]
             part = part_file(out, name, set_name, res.case)
             tmp = part.with_suffix(".tmp")  # a part exists whole or not at all
             tmp.write_text(json.dumps({"slices": s_rows, "cases": c_rows}, default=_json_value))
@@ -234,14 +256,22 @@ def run_cohort(cases, models: list, option_sets: dict[str, dict], out: str | Pat
     comps = [compare_sets(slices, m, names[0], b) for m in model_names for b in names[1:]]
     if comps:
         write_csv(out / "comparisons.csv", comps)
-    meta = {"models": model_names + list(folders), "model_refs": {n: ref for n, (_, ref) in loaded.items()},
-            "predictions": {n: str(f.directory) for n, f in folders.items()},
-            "option_sets": option_sets, "exact_options": exact, "mc_samples": mc_samples, "seed": seed,
-            "rules": rules.to_dict(), "dataset": dataset or {}, "case_ids": [c.case_id for c in cases],
-            "seconds": round(time.perf_counter() - t0, 1), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "processes": world,
-            "references": {"kind": references, "corrected_cases": len(used_corrections),
-                           "files": used_corrections}}
+    meta = {
+        "models": model_names + list(folders),
+        "model_refs": {n: ref for n, (_, ref) in loaded.items()},
+        "predictions": {n: str(f.directory) for n, f in folders.items()},
+        "option_sets": option_sets,
+        "exact_options": exact,
+        "mc_samples": mc_samples,
+        "seed": seed,
+        "rules": rules.to_dict(),
+        "dataset": dataset or {},
+        "case_ids": [c.case_id for c in cases],
+        "seconds": round(time.perf_counter() - t0, 1),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "processes": world,
+        "references": {"kind": references, "corrected_cases": len(used_corrections), "files": used_corrections},
+    }
     if "orig" in option_sets and "masked" in option_sets:
         rows = table1(slices, model_names)
         write_csv(out / "table1.csv", rows)
@@ -343,7 +373,9 @@ def list_runs(directory: str | Path | None = None) -> list[Path]:
     d = Path(directory) if directory else runs_dir()
     if not d.is_dir():
         return []
-    return sorted((p for p in d.iterdir() if (p / "cohort.json").exists()), key=lambda p: p.stat().st_mtime, reverse=True)
+    return sorted(
+        (p for p in d.iterdir() if (p / "cohort.json").exists()), key=lambda p: p.stat().st_mtime, reverse=True
+    )
 
 
 # ----------------------------------------------------------------------------- comparisons and tables
@@ -351,8 +383,9 @@ def _finite(v) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
-def paired_deltas(slices: list[dict], model: str, set_a: str, set_b: str, metric: str = "dice",
-                  positive_only: bool = True) -> list[dict]:
+def paired_deltas(
+    slices: list[dict], model: str, set_a: str, set_b: str, metric: str = "dice", positive_only: bool = True
+) -> list[dict]:
     """Per-slice ``metric[b] - metric[a]`` for one model, paired on (case, slice).
 
     ``positive_only`` keeps slices with reference present (report 000's ovary-positive slices)."""
@@ -366,8 +399,17 @@ def paired_deltas(slices: list[dict], model: str, set_a: str, set_b: str, metric
             continue
         va, vb = ra[metric], r[metric]
         if _finite(va) and _finite(vb):
-            out.append({"case": r["case"], "slice": r["slice"], "a": va, "b": vb, "delta": vb - va,
-                        "primary_a": ra["primary"], "primary_b": r["primary"]})
+            out.append(
+                {
+                    "case": r["case"],
+                    "slice": r["slice"],
+                    "a": va,
+                    "b": vb,
+                    "delta": vb - va,
+                    "primary_a": ra["primary"],
+                    "primary_b": r["primary"],
+                }
+            )
     return out
 
 
@@ -375,12 +417,21 @@ def compare_sets(slices: list[dict], model: str, set_a: str, set_b: str, metric:
     """Summary of :func:`paired_deltas`: mean, SD, wins/losses/ties and a Wilcoxon signed-rank p."""
     d = paired_deltas(slices, model, set_a, set_b, metric)
     deltas = np.array([r["delta"] for r in d], float)
-    out = {"model": model, "a": set_a, "b": set_b, "metric": metric, "n_slices": len(d),
-           f"mean_{metric}_a": float(np.mean([r["a"] for r in d])) if d else M.NAN,
-           f"mean_{metric}_b": float(np.mean([r["b"] for r in d])) if d else M.NAN,
-           "mean_delta": float(deltas.mean()) if d else M.NAN, "sd_delta": float(deltas.std(ddof=1)) if len(d) > 1 else M.NAN,
-           "better": int((deltas > 1e-9).sum()), "worse": int((deltas < -1e-9).sum()),
-           "same": int((np.abs(deltas) <= 1e-9).sum()), "wilcoxon_p": M.NAN}
+    out = {
+        "model": model,
+        "a": set_a,
+        "b": set_b,
+        "metric": metric,
+        "n_slices": len(d),
+        f"mean_{metric}_a": float(np.mean([r["a"] for r in d])) if d else M.NAN,
+        f"mean_{metric}_b": float(np.mean([r["b"] for r in d])) if d else M.NAN,
+        "mean_delta": float(deltas.mean()) if d else M.NAN,
+        "sd_delta": float(deltas.std(ddof=1)) if len(d) > 1 else M.NAN,
+        "better": int((deltas > 1e-9).sum()),
+        "worse": int((deltas < -1e-9).sum()),
+        "same": int((np.abs(deltas) <= 1e-9).sum()),
+        "wilcoxon_p": M.NAN,
+    }
     if (np.abs(deltas) > 1e-9).sum() >= 5:
         from scipy.stats import wilcoxon
 
@@ -394,17 +445,30 @@ def table1(slices: list[dict], models: list[str], orig: str = "orig", masked: st
     rows = []
     for m in models:
         c = compare_sets(slices, m, orig, masked)
-        rows.append({"model": m, "dice_orig": c["mean_dice_a"], "dice_masked": c["mean_dice_b"],
-                     "delta_dice": c["mean_delta"], "n_slices": c["n_slices"], "wilcoxon_p": c["wilcoxon_p"]})
+        rows.append(
+            {
+                "model": m,
+                "dice_orig": c["mean_dice_a"],
+                "dice_masked": c["mean_dice_b"],
+                "delta_dice": c["mean_delta"],
+                "n_slices": c["n_slices"],
+                "wilcoxon_p": c["wilcoxon_p"],
+            }
+        )
     return rows
 
 
 def table1_markdown(rows: list[dict]) -> str:
-    lines = ["| Model | Dice orig | Dice masked | ΔDice | slices | Wilcoxon p |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| Model | Dice orig | Dice masked | ΔDice | slices | Wilcoxon p |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         p = "" if not _finite(r["wilcoxon_p"]) else f"{r['wilcoxon_p']:.3g}"
-        lines.append(f"| {r['model']} | {r['dice_orig']:.3f} | {r['dice_masked']:.3f} | {r['delta_dice']:+.3f} | "
-                     f"{r['n_slices']} | {p} |")
+        lines.append(
+            f"| {r['model']} | {r['dice_orig']:.3f} | {r['dice_masked']:.3f} | {r['delta_dice']:+.3f} | "
+            f"{r['n_slices']} | {p} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -412,8 +476,15 @@ def _table(rows) -> S.RowTable:
     return rows if isinstance(rows, S.RowTable) else S.RowTable.from_records(list(rows))
 
 
-def filter_slices(rows, tags=None, models=None, sets=None, dice_range=(0.0, 1.0),
-                  uncertainty_range=None, informative_only: bool = True):
+def filter_slices(
+    rows,
+    tags=None,
+    models=None,
+    sets=None,
+    dice_range=(0.0, 1.0),
+    uncertainty_range=None,
+    informative_only: bool = True,
+):
     """Rows with any of ``tags`` (all if None), in the models / option sets given, with Dice* in
     ``dice_range`` and uncertainty in ``uncertainty_range`` (when given and finite); with
     ``informative_only`` only slices with a reference or a prediction.
@@ -448,10 +519,15 @@ def rows_csv(rows) -> bytes:
 
 #: The gallery's sort orders: the key of one dict row and whether it is descending. The columnar
 #: :meth:`medseg_core.cohort_store.RowTable.order` sorts the same way (stable, ties in row order).
-SORT_KEYS = {"Dice (worst first)": (lambda r: r["dice_star"], False),
-             "Uncertainty (highest first)": (lambda r: r["uncertainty"] if _finite(r.get("uncertainty")) else -1.0, True),
-             "Post-processing change (largest first)": (lambda r: abs(r["delta_pp"]) if _finite(r.get("delta_pp")) else 0.0, True),
-             "Case and slice": (lambda r: (r["case"], r["slice"]), False)}
+SORT_KEYS = {
+    "Dice (worst first)": (lambda r: r["dice_star"], False),
+    "Uncertainty (highest first)": (lambda r: r["uncertainty"] if _finite(r.get("uncertainty")) else -1.0, True),
+    "Post-processing change (largest first)": (
+        lambda r: abs(r["delta_pp"]) if _finite(r.get("delta_pp")) else 0.0,
+        True,
+    ),
+    "Case and slice": (lambda r: (r["case"], r["slice"]), False),
+}
 
 
 def sort_slices(rows, how: str):
@@ -463,8 +539,12 @@ def sort_slices(rows, how: str):
 
 
 # ----------------------------------------------------------------------------- pictures
-GALLERY_COLOURS = {"prediction": (230, 159, 0), "reference": (0, 158, 115), "other ovary": OTHER_OVARY_COLOUR,
-                   "removed": (86, 180, 233)}
+GALLERY_COLOURS = {
+    "prediction": (230, 159, 0),
+    "reference": (0, 158, 115),
+    "other ovary": OTHER_OVARY_COLOUR,
+    "removed": (86, 180, 233),
+}
 
 
 def thumbnail(volume, z: int, pred2d, ref2d, other2d=None, removed2d=None, size: int = 192) -> np.ndarray:
@@ -477,10 +557,20 @@ def thumbnail(volume, z: int, pred2d, ref2d, other2d=None, removed2d=None, size:
     def one(m):  # a (Y, X) slice as a one-slice volume like the image's
         return None if m is None or not np.any(m) else np.asarray(m)[None]
 
-    return slice_picture(volume.array[z:z + 1], volume.spacing, "axial", 0, auto_window(volume.array[z][None]),
-                         layers=[(np.asarray(pred2d)[None], GALLERY_COLOURS["prediction"])], alpha=0.45,
-                         outlines=[(one(m), GALLERY_COLOURS[k]) for m, k in ((ref2d, "reference"),
-                                   (other2d, "other ovary"), (removed2d, "removed"))], fit=size).rgb
+    return slice_picture(
+        volume.array[z : z + 1],
+        volume.spacing,
+        "axial",
+        0,
+        auto_window(volume.array[z][None]),
+        layers=[(np.asarray(pred2d)[None], GALLERY_COLOURS["prediction"])],
+        alpha=0.45,
+        outlines=[
+            (one(m), GALLERY_COLOURS[k])
+            for m, k in ((ref2d, "reference"), (other2d, "other ovary"), (removed2d, "removed"))
+        ],
+        fit=size,
+    ).rgb
 
 
 def caption(row: dict) -> str:
@@ -490,8 +580,10 @@ def caption(row: dict) -> str:
     u = row.get("uncertainty")
     unc = f" · entropy {u:.3f} nats" if _finite(u) else ""
     number = row.get("slice_number", int(row["slice"]) + 1)
-    return (f"{row['case']} · slice {number} · {row['model']} · {set_name(row['set'])} · "
-            f"{display_name(row['primary'])} · Dice* {row['dice_star']:.2f}{unc}")
+    return (
+        f"{row['case']} · slice {number} · {row['model']} · {set_name(row['set'])} · "
+        f"{display_name(row['primary'])} · Dice* {row['dice_star']:.2f}{unc}"
+    )
 
 
 def story_png(items: list[tuple[np.ndarray, str]], title: str = "", columns: int = 3) -> bytes:
@@ -548,20 +640,36 @@ def uncertainty_scatter(rows: list[dict], height: int = 360):
 
     if isinstance(rows, S.RowTable):  # select on the columns, make dict rows only for those plotted
         u = rows.frame["uncertainty"].to_numpy(float, na_value=np.nan) if "uncertainty" in rows.frame else np.array([])
-        keep = np.isfinite(u) & (rows.frame["ref_present"].to_numpy(bool) | rows.frame["pred_present"].to_numpy(bool)) \
-            if len(u) else np.zeros(len(rows), bool)
+        keep = (
+            np.isfinite(u) & (rows.frame["ref_present"].to_numpy(bool) | rows.frame["pred_present"].to_numpy(bool))
+            if len(u)
+            else np.zeros(len(rows), bool)
+        )
         rows = rows.take(np.flatnonzero(keep))
     use = [r for r in rows if _finite(r.get("uncertainty")) and (r["ref_present"] or r["pred_present"])]
     au = A.uncertainty_auroc(use)
     fig = go.Figure()
     for is_failed, colour, label in ((False, "#009E73", "good"), (True, "#D55E00", "failed")):
         sel = [r for r in use if (r["primary"] != "good") == is_failed]
-        fig.add_trace(go.Scatter(x=[r["uncertainty"] for r in sel], y=[r["dice_star"] for r in sel], mode="markers",
-                                 name=f"{label} ({len(sel)})", marker=dict(color=colour, size=6, opacity=0.7),
-                                 text=[caption(r) for r in sel], hovertemplate="%{text}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=[r["uncertainty"] for r in sel],
+                y=[r["dice_star"] for r in sel],
+                mode="markers",
+                name=f"{label} ({len(sel)})",
+                marker=dict(color=colour, size=6, opacity=0.7),
+                text=[caption(r) for r in sel],
+                hovertemplate="%{text}<extra></extra>",
+            )
+        )
     auroc = "n/a" if not _finite(au["auroc"]) else f"{au['auroc']:.3f}"
-    fig.update_layout(height=height, margin=dict(l=0, r=0, t=36, b=0), xaxis_title="uncertainty (mean entropy, nats)",
-                      yaxis_title="Dice*", title=f"Uncertainty vs Dice* · AUROC for failed slices {auroc}")
+    fig.update_layout(
+        height=height,
+        margin=dict(l=0, r=0, t=36, b=0),
+        xaxis_title="uncertainty (mean entropy, nats)",
+        yaxis_title="Dice*",
+        title=f"Uncertainty vs Dice* · AUROC for failed slices {auroc}",
+    )
     return fig, au
 
 
@@ -570,23 +678,38 @@ def main(argv=None) -> Path:
     from .data import datasets as D
     from .data.make_synthetic import ensure_synthetic, parse_synthetic
 
-    ap = argparse.ArgumentParser(description="Cohort run: models x option sets over a dataset, with failure tags "
-                                             "(see the module docstring).")
-    ap.add_argument("--models", nargs="*", default=[], help="checkpoints: shipped names, .safetensors paths or run folders")
-    ap.add_argument("--predictions", action="append", default=[],
-                    help="NAME=DIR: a folder of masks made elsewhere, one per case (repeatable)")
+    ap = argparse.ArgumentParser(
+        description="Cohort run: models x option sets over a dataset, with failure tags (see the module docstring)."
+    )
+    ap.add_argument(
+        "--models", nargs="*", default=[], help="checkpoints: shipped names, .safetensors paths or run folders"
+    )
+    ap.add_argument(
+        "--predictions",
+        action="append",
+        default=[],
+        help="NAME=DIR: a folder of masks made elsewhere, one per case (repeatable)",
+    )
     ap.add_argument("--data", required=True, help="dataset root in a published layout")
     ap.add_argument("--adapter", required=True, choices=sorted(D.ADAPTERS))
     ap.add_argument("--synthetic", default=None, help="KIND:N:SEED: generate a synthetic dataset at --data if absent")
-    ap.add_argument("--set", action="append", default=[], help="NAME:option=value,... (repeatable; the first is the "
-                                                               "baseline). Default: orig, masked (oracle), two_pass")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="NAME:option=value,... (repeatable; the first is the baseline). Default: orig, masked (oracle), two_pass",
+    )
     ap.add_argument("--mc", type=int, default=0, help="MC-dropout samples for uncertainty (0 = none)")
     ap.add_argument("--max-cases", type=int, default=None)
     ap.add_argument("--out", default=None, help=f"run folder (default {RUNS_DIR}/<timestamp>)")
     ap.add_argument("--checkpoints", default=None)
-    ap.add_argument("--references", choices=["dataset", "corrected"], default="dataset",
-                    help="corrected: score each case against the latest correction saved in the review app "
-                         "(MEDSEG_DB) where one exists, else the dataset's reference")
+    ap.add_argument(
+        "--references",
+        choices=["dataset", "corrected"],
+        default="dataset",
+        help="corrected: score each case against the latest correction saved in the review app "
+        "(MEDSEG_DB) where one exists, else the dataset's reference",
+    )
     a = ap.parse_args(argv)
     from .io.errors import InputError
     from .options import parse_pairs
@@ -601,9 +724,18 @@ def main(argv=None) -> Path:
     predictions = {k: str(v) for k, v in parse_pairs(a.predictions).items()}
     cases = D.ADAPTERS[a.adapter](a.data)[: a.max_cases]
     out = Path(a.out) if a.out else runs_dir() / time.strftime("cohort_%Y%m%d_%H%M%S")
-    run = run_cohort(cases, a.models, sets, out, mc_samples=a.mc, directory=a.checkpoints, predictions=predictions,
-                     dataset={"adapter": a.adapter, "root": str(a.data), "synthetic": a.synthetic},
-                     progress=lambda d, t, m: print(f"[{d}/{t}] {m}", flush=True), references=a.references)
+    run = run_cohort(
+        cases,
+        a.models,
+        sets,
+        out,
+        mc_samples=a.mc,
+        directory=a.checkpoints,
+        predictions=predictions,
+        dataset={"adapter": a.adapter, "root": str(a.data), "synthetic": a.synthetic},
+        progress=lambda d, t, m: print(f"[{d}/{t}] {m}", flush=True),
+        references=a.references,
+    )
     if int(os.environ.get("RANK", "0")) != 0:
         return run  # rank 0 merged and reports
     r = load_run(run)

@@ -25,6 +25,7 @@ of dicts (iteration, ``len``, ``rows[0]``) keeps working on small runs.
 :func:`synthetic_run` writes a realistic run of any size (models x option sets x cases x slices,
 tag mix as in real runs) for the benchmark (``benchmarks/run_all.py --only cohort``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -42,17 +43,39 @@ import pyarrow.parquet as pq
 
 from . import analysis as A
 
-_ARROW = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "float | None": pa.float64(),
-          "bool": pa.bool_(), "tuple[str, ...]": pa.list_(pa.string())}
+_ARROW = {
+    "str": pa.string(),
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "float | None": pa.float64(),
+    "bool": pa.bool_(),
+    "tuple[str, ...]": pa.list_(pa.string()),
+}
 
 #: Columns the cohort adds to the engine's records.
-COHORT_COLUMNS = {"model": pa.string(), "set": pa.string(), "slice_number": pa.int64(), "seconds": pa.float64(),
-                  "p_malignant": pa.float64(), "malignant": pa.int64()}
+COHORT_COLUMNS = {
+    "model": pa.string(),
+    "set": pa.string(),
+    "slice_number": pa.int64(),
+    "seconds": pa.float64(),
+    "p_malignant": pa.float64(),
+    "malignant": pa.int64(),
+}
 #: Columns of the small summary tables (``table1.csv``, ``comparisons.csv``); ``mean_*`` and
 #: ``sd_*`` columns are float64 by rule.
-SUMMARY_COLUMNS = {"a": pa.string(), "b": pa.string(), "metric": pa.string(), "n_slices": pa.int64(),
-                   "better": pa.int64(), "worse": pa.int64(), "same": pa.int64(), "wilcoxon_p": pa.float64(),
-                   "dice_orig": pa.float64(), "dice_masked": pa.float64(), "delta_dice": pa.float64()}
+SUMMARY_COLUMNS = {
+    "a": pa.string(),
+    "b": pa.string(),
+    "metric": pa.string(),
+    "n_slices": pa.int64(),
+    "better": pa.int64(),
+    "worse": pa.int64(),
+    "same": pa.int64(),
+    "wilcoxon_p": pa.float64(),
+    "dice_orig": pa.float64(),
+    "dice_masked": pa.float64(),
+    "delta_dice": pa.float64(),
+}
 
 
 def _record_types(cls) -> dict[str, pa.DataType]:
@@ -69,8 +92,12 @@ def _schemas() -> tuple[pa.Schema, pa.Schema]:
 
 
 SLICE_SCHEMA, CASE_SCHEMA = _schemas()
-_DECLARED = {**{f.name: f.type for f in CASE_SCHEMA}, **{f.name: f.type for f in SLICE_SCHEMA},
-             **COHORT_COLUMNS, **SUMMARY_COLUMNS}
+_DECLARED = {
+    **{f.name: f.type for f in CASE_SCHEMA},
+    **{f.name: f.type for f in SLICE_SCHEMA},
+    **COHORT_COLUMNS,
+    **SUMMARY_COLUMNS,
+}
 
 
 def column_type(name: str) -> pa.DataType:
@@ -113,8 +140,10 @@ def arrow_table(rows: list[dict], schema: pa.Schema | None = None) -> pa.Table:
         t = column_type(k)
         vals = [r.get(k) for r in rows]
         if k == "slice_number":
-            vals = [v if v not in (None, "") else (None if r.get("slice") in (None, "") else int(r["slice"]) + 1)
-                    for v, r in zip(vals, rows)]
+            vals = [
+                v if v not in (None, "") else (None if r.get("slice") in (None, "") else int(r["slice"]) + 1)
+                for v, r in zip(vals, rows)
+            ]
         if k == "tags":
             vals = [_tags_list(v) for v in vals]
         elif pa.types.is_string(t):
@@ -145,12 +174,22 @@ def read_csv_typed(path: str | Path) -> pa.Table:
     with open(path, newline="") as fh:
         header = next(iter(csv.reader(fh)), [])
     types = {k: (pa.string() if k == "tags" else column_type(k)) for k in header}
-    t = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-        column_types=types, strings_can_be_null=False, null_values=["", "None"],
-        true_values=["True", "true", "1"], false_values=["False", "false", "0"]))
+    t = pacsv.read_csv(
+        path,
+        convert_options=pacsv.ConvertOptions(
+            column_types=types,
+            strings_can_be_null=False,
+            null_values=["", "None"],
+            true_values=["True", "true", "1"],
+            false_values=["False", "false", "0"],
+        ),
+    )
     if "tags" in t.column_names:
-        t = t.set_column(t.column_names.index("tags"), "tags",
-                         pa.array([_tags_list(v) for v in t["tags"].to_pylist()], pa.list_(pa.string())))
+        t = t.set_column(
+            t.column_names.index("tags"),
+            "tags",
+            pa.array([_tags_list(v) for v in t["tags"].to_pylist()], pa.list_(pa.string())),
+        )
     if "slice" in t.column_names and "slice_number" not in t.column_names and pa.types.is_integer(t["slice"].type):
         import pyarrow.compute as pc
 
@@ -165,7 +204,9 @@ def read_table(run: str | Path, name: str) -> pa.Table:
     pqf, csvf = run / f"{name}.parquet", run / f"{name}.csv"
     if pqf.exists():  # string columns straight into dictionary arrays (pandas categoricals)
         names = pq.read_schema(pqf).names
-        return pq.read_table(pqf, read_dictionary=[k for k in names if k != "tags" and pa.types.is_string(column_type(k))])
+        return pq.read_table(
+            pqf, read_dictionary=[k for k in names if k != "tags" and pa.types.is_string(column_type(k))]
+        )
     t = read_csv_typed(csvf)
     try:
         write_parquet(pqf, t)
@@ -247,8 +288,15 @@ class RowTable:
         return RowTable(self.frame.iloc[index], m[index], names)
 
     # the gallery's operations
-    def mask(self, tags=None, models=None, sets=None, dice_range=(0.0, 1.0), uncertainty_range=None,
-             informative_only: bool = True) -> np.ndarray:
+    def mask(
+        self,
+        tags=None,
+        models=None,
+        sets=None,
+        dice_range=(0.0, 1.0),
+        uncertainty_range=None,
+        informative_only: bool = True,
+    ) -> np.ndarray:
         """Boolean mask of :func:`medseg_core.cohort.filter_slices` (same rules: any of ``tags``;
         models / sets when given; Dice* inside ``dice_range``, NaN out; uncertainty inside the range
         where it is finite)."""
@@ -357,8 +405,15 @@ def read_rows_table(run: str | Path, name: str) -> RowTable:
 
 
 # ----------------------------------------------------------------------------- a synthetic run at scale
-def synthetic_run(out: str | Path, n_models: int = 4, n_sets: int = 3, n_cases: int = 500, n_slices: int = 50,
-                  seed: int = 0, csv_export: bool = False) -> Path:
+def synthetic_run(
+    out: str | Path,
+    n_models: int = 4,
+    n_sets: int = 3,
+    n_cases: int = 500,
+    n_slices: int = 50,
+    seed: int = 0,
+    csv_export: bool = False,
+) -> Path:
     """Write a realistic cohort run folder of ``n_models x n_sets x n_cases x n_slices`` slice rows
     (default 300 000) without running a model: ``cohort.json``, ``slices.parquet``, ``cases.parquet``.
 
@@ -377,8 +432,12 @@ def synthetic_run(out: str | Path, n_models: int = 4, n_sets: int = 3, n_cases: 
     sets = (["orig", "masked", "two_pass"] + [f"set_{i}" for i in range(3, n_sets)])[:n_sets]
     cases = [f"{i:04d}" for i in range(n_cases)]
     n = n_models * n_sets * n_cases * n_slices
-    mi, si, ci, zi = (a.ravel() for a in np.meshgrid(np.arange(n_models), np.arange(n_sets), np.arange(n_cases),
-                                                     np.arange(n_slices), indexing="ij"))
+    mi, si, ci, zi = (
+        a.ravel()
+        for a in np.meshgrid(
+            np.arange(n_models), np.arange(n_sets), np.arange(n_cases), np.arange(n_slices), indexing="ij"
+        )
+    )
     start = rng.integers(0, n_slices // 2, n_cases)
     length = rng.integers(n_slices // 4, n_slices // 2, n_cases)
     ref = (zi >= start[ci]) & (zi < start[ci] + length[ci])
@@ -390,11 +449,16 @@ def synthetic_run(out: str | Path, n_models: int = 4, n_sets: int = 3, n_cases: 
     sides = ref & pred & (rng.random(n) < np.where(si > 0, 0.01, 0.06))
     double = ref & pred & ~sides & (rng.random(n) < np.where(si == 1, 0.0, 0.05))
     tags_bool = {
-        "missed": ref & ~pred, "false_positive_empty": ~ref & pred, "side_swap": sides, "double_ovary": double,
+        "missed": ref & ~pred,
+        "false_positive_empty": ~ref & pred,
+        "side_swap": sides,
+        "double_ovary": double,
         "under_segmentation": ref & pred & ~sides & (d < 0.5) & (rng.random(n) < 0.55),
         "fragmented": pred & (rng.random(n) < 0.04),
         "boundary_error": ref & pred & (d >= 0.5) & (rng.random(n) < 0.05),
-        "postprocessing_helped": pred & (rng.random(n) < 0.04), "postprocessing_hurt": pred & (rng.random(n) < 0.02)}
+        "postprocessing_helped": pred & (rng.random(n) < 0.04),
+        "postprocessing_hurt": pred & (rng.random(n) < 0.02),
+    }
     tags_bool["over_segmentation"] = ref & pred & ~sides & (d < 0.5) & ~tags_bool["under_segmentation"]
     if sides.any():
         dice_star = np.where(sides, rng.uniform(0, 0.05, n), dice_star)
@@ -414,35 +478,75 @@ def synthetic_run(out: str | Path, n_models: int = 4, n_sets: int = 3, n_cases: 
     spacing = 0.75 * 0.75
     ref_area = np.where(ref, rng.uniform(50, 900, n), 0.0) * spacing
     pred_area = np.where(pred, np.where(ref, ref_area * rng.uniform(0.5, 1.5, n), rng.uniform(10, 200, n)), 0.0)
-    delta_pp = np.where(tags_bool["postprocessing_helped"], 0.15, np.where(tags_bool["postprocessing_hurt"], -0.15, 0.0))
+    delta_pp = np.where(
+        tags_bool["postprocessing_helped"], 0.15, np.where(tags_bool["postprocessing_hurt"], -0.15, 0.0)
+    )
     tags_type = pa.list_(pa.string())
-    dict_arr = lambda values, idx: pa.DictionaryArray.from_arrays(pa.array(idx.astype(np.int32)),  # noqa: E731
-                                                                 pa.array(values)).cast(pa.string())
-    cols = {"model": dict_arr(models, mi), "set": dict_arr(sets, si), "case": dict_arr(cases, ci),
-            "patient": dict_arr(cases, ci), "label": pa.array(np.full(n, "ovary", object), pa.string()),
-            "slice": pa.array(zi.astype(np.int64)), "slice_number": pa.array(zi.astype(np.int64) + 1),
-            "dice": pa.array(dice), "iou": pa.array(dice / (2 - np.nan_to_num(dice, nan=1.0))),
-            "precision": pa.array(dice), "recall": pa.array(dice),
-            "hd95_mm": pa.array(np.where(ref & pred, rng.gamma(2.0, 3.0, n) + 30 * sides, np.nan)),
-            "pred_area_mm2": pa.array(pred_area), "ref_area_mm2": pa.array(ref_area),
-            "both_empty": pa.array(~ref & ~pred), "ref_present": pa.array(ref), "pred_present": pa.array(pred),
-            "dice_star": pa.array(dice_star), "dice_before_pp": pa.array(dice_star - delta_pp),
-            "delta_pp": pa.array(delta_pp), "frac_on_other": pa.array(np.where(sides, 0.9, 0.0)),
-            "n_components": pa.array(pred.astype(np.int64) + tags_bool["fragmented"] + double),
-            "uncertainty": pa.array(unc), "primary": dict_arr(primary_of, inv),
-            "tags": pa.array(tag_lists, tags_type).take(pa.array(inv))}
+    dict_arr = lambda values, idx: pa.DictionaryArray.from_arrays(
+        pa.array(idx.astype(np.int32)),  # noqa: E731
+        pa.array(values),
+    ).cast(pa.string())
+    cols = {
+        "model": dict_arr(models, mi),
+        "set": dict_arr(sets, si),
+        "case": dict_arr(cases, ci),
+        "patient": dict_arr(cases, ci),
+        "label": pa.array(np.full(n, "ovary", object), pa.string()),
+        "slice": pa.array(zi.astype(np.int64)),
+        "slice_number": pa.array(zi.astype(np.int64) + 1),
+        "dice": pa.array(dice),
+        "iou": pa.array(dice / (2 - np.nan_to_num(dice, nan=1.0))),
+        "precision": pa.array(dice),
+        "recall": pa.array(dice),
+        "hd95_mm": pa.array(np.where(ref & pred, rng.gamma(2.0, 3.0, n) + 30 * sides, np.nan)),
+        "pred_area_mm2": pa.array(pred_area),
+        "ref_area_mm2": pa.array(ref_area),
+        "both_empty": pa.array(~ref & ~pred),
+        "ref_present": pa.array(ref),
+        "pred_present": pa.array(pred),
+        "dice_star": pa.array(dice_star),
+        "dice_before_pp": pa.array(dice_star - delta_pp),
+        "delta_pp": pa.array(delta_pp),
+        "frac_on_other": pa.array(np.where(sides, 0.9, 0.0)),
+        "n_components": pa.array(pred.astype(np.int64) + tags_bool["fragmented"] + double),
+        "uncertainty": pa.array(unc),
+        "primary": dict_arr(primary_of, inv),
+        "tags": pa.array(tag_lists, tags_type).take(pa.array(inv)),
+    }
     write_parquet(out / "slices.parquet", pa.table(cols).cast(pa.schema([(k, column_type(k)) for k in cols])))
     case_rows = []
     sd = pd.DataFrame({"m": mi, "s": si, "c": ci, "d": dice_star, "u": unc})
     for (m, s, c), g in sd.groupby(["m", "s", "c"], sort=True):
-        case_rows.append({"model": models[m], "set": sets[s], "case": cases[c], "patient": cases[c], "label": "ovary",
-                          "dice": float(g["d"].mean()), "uncertainty": float(g["u"].mean()), "primary": "good",
-                          "tags": ["good"], "seconds": 1.0})
+        case_rows.append(
+            {
+                "model": models[m],
+                "set": sets[s],
+                "case": cases[c],
+                "patient": cases[c],
+                "label": "ovary",
+                "dice": float(g["d"].mean()),
+                "uncertainty": float(g["u"].mean()),
+                "primary": "good",
+                "tags": ["good"],
+                "seconds": 1.0,
+            }
+        )
     write_parquet(out / "cases.parquet", case_rows, CASE_SCHEMA)
-    meta = {"models": models, "model_refs": {}, "predictions": {}, "option_sets": {s: {} for s in sets},
-            "exact_options": {}, "mc_samples": 8, "seed": seed, "rules": A.TagRules().to_dict(),
-            "dataset": {"adapter": "ut_endomri_d2", "root": "", "synthetic": "table only"}, "case_ids": cases,
-            "seconds": 0.0, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "synthetic_table": True}
+    meta = {
+        "models": models,
+        "model_refs": {},
+        "predictions": {},
+        "option_sets": {s: {} for s in sets},
+        "exact_options": {},
+        "mc_samples": 8,
+        "seed": seed,
+        "rules": A.TagRules().to_dict(),
+        "dataset": {"adapter": "ut_endomri_d2", "root": "", "synthetic": "table only"},
+        "case_ids": cases,
+        "seconds": 0.0,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "synthetic_table": True,
+    }
     (out / "cohort.json").write_text(json.dumps(meta, indent=1))
     if csv_export:
         (out / "slices.csv").write_bytes(read_rows_table(out, "slices").csv_bytes())

@@ -12,6 +12,7 @@ prediction made elsewhere, or one model under two option sets.
 
 Arrays follow the library's (z, y, x) orientation; spacing is (z, y, x) in mm.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -60,6 +61,14 @@ def comparison_table(a, b, spacing: Sequence[float], ref=None, name_a: str = "A"
     rows = []
     for title, x, y in pairs:
         m = M.segmentation_metrics(x, y, spacing)
-        rows.append({"Comparison": title, "Dice": m["dice"], "IoU": m["iou"], "HD95 (mm)": m["hd95_mm"],
-                     "Volume of the first (mL)": m["pred_volume_ml"], "Volume of the second (mL)": m["ref_volume_ml"]})
+        rows.append(
+            {
+                "Comparison": title,
+                "Dice": m["dice"],
+                "IoU": m["iou"],
+                "HD95 (mm)": m["hd95_mm"],
+                "Volume of the first (mL)": m["pred_volume_ml"],
+                "Volume of the second (mL)": m["ref_volume_ml"],
+            }
+        )
     return rows

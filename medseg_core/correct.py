@@ -39,6 +39,7 @@ audit row ``correction``. :func:`latest_correction` / :func:`load_correction` re
 :func:`corrected_reference_cases` lets a cohort run score against the latest correction of each case
 (``medseg cohort --references corrected``).
 """
+
 from __future__ import annotations
 
 import json
@@ -66,6 +67,7 @@ TOOLS = ("brush", "eraser", "fill")
 class SliceGeometry:
     """One plane's slice as the viewer shows it: the displayed slice is ``h x w`` source pixels of
     ``row_mm x col_mm``; the aspect-corrected picture is ``pic_h x pic_w``."""
+
     plane: str
     h: int
     w: int
@@ -79,8 +81,9 @@ class SliceGeometry:
         return self.h * self.row_mm, self.w * self.col_mm
 
 
-def slice_geometry(shape: Sequence[int], spacing: Sequence[float], plane: str,
-                   max_side: int | None = MAX_DISPLAY_SIDE) -> SliceGeometry:
+def slice_geometry(
+    shape: Sequence[int], spacing: Sequence[float], plane: str, max_side: int | None = MAX_DISPLAY_SIDE
+) -> SliceGeometry:
     """The geometry of ``plane``'s slices of a (Z, Y, X) volume of ``spacing`` (mm), as displayed."""
     z, y, x = (int(s) for s in shape)
     h, w = {"axial": (y, x), "coronal": (z, x), "sagittal": (z, y)}[plane]
@@ -114,8 +117,15 @@ def picture_to_slice(row_d, col_d, geom: SliceGeometry) -> tuple[np.ndarray, np.
     return r, c
 
 
-def picture_to_index(plane: str, index: int, row_d: int, col_d: int, shape: Sequence[int],
-                     spacing: Sequence[float], max_side: int | None = MAX_DISPLAY_SIDE) -> tuple[int, int, int]:
+def picture_to_index(
+    plane: str,
+    index: int,
+    row_d: int,
+    col_d: int,
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    max_side: int | None = MAX_DISPLAY_SIDE,
+) -> tuple[int, int, int]:
     """Array index (z, y, x) of the voxel shown at pixel (row_d, col_d) of the viewer's picture of
     slice ``index`` of ``plane`` (orientation flips and the aspect-correction resize undone)."""
     geom = slice_geometry(shape, spacing, plane, max_side)
@@ -153,7 +163,7 @@ def stroke_footprint(points_mm, width_mm: float, geom: SliceGeometry) -> np.ndar
             continue
         py = ((np.arange(r0, r1 + 1) + 0.5) * geom.row_mm)[:, None]
         px = ((np.arange(c0, c1 + 1) + 0.5) * geom.col_mm)[None, :]
-        out[r0:r1 + 1, c0:c1 + 1] |= _segment_distance_sq(py, px, a, b) <= rad * rad + 1e-9
+        out[r0 : r1 + 1, c0 : c1 + 1] |= _segment_distance_sq(py, px, a, b) <= rad * rad + 1e-9
     return out
 
 
@@ -186,8 +196,9 @@ def _cubic_bounds(p0, p1, p2, p3) -> list[tuple[float, float]]:
         for t in roots:
             if 0 < t < 1:
                 u = 1 - t
-                pts.append(tuple(u ** 3 * p0[k] + 3 * u * u * t * p1[k] + 3 * u * t * t * p2[k] + t ** 3 * p3[k]
-                                 for k in (0, 1)))
+                pts.append(
+                    tuple(u**3 * p0[k] + 3 * u * u * t * p1[k] + 3 * u * t * t * p2[k] + t**3 * p3[k] for k in (0, 1))
+                )
     return pts
 
 
@@ -218,16 +229,21 @@ def path_points(obj: dict, samples_per_curve: int = 8) -> np.ndarray:
             bounds += _cubic_bounds(cur, ctl, ctl, nxt)
             for t in np.linspace(0, 1, samples_per_curve + 1)[1:]:
                 u = 1 - t
-                pts.append((u * u * cur[0] + 2 * u * t * ctl[0] + t * t * nxt[0],
-                            u * u * cur[1] + 2 * u * t * ctl[1] + t * t * nxt[1]))
+                pts.append(
+                    (
+                        u * u * cur[0] + 2 * u * t * ctl[0] + t * t * nxt[0],
+                        u * u * cur[1] + 2 * u * t * ctl[1] + t * t * nxt[1],
+                    )
+                )
             cur = nxt
         elif op == "C":
             c1, c2, nxt = (float(c[1]), float(c[2])), (float(c[3]), float(c[4])), (float(c[5]), float(c[6]))
             bounds += _cubic_bounds(cur, c1, c2, nxt)
             for t in np.linspace(0, 1, samples_per_curve + 1)[1:]:
                 u = 1 - t
-                pts.append(tuple(u ** 3 * cur[k] + 3 * u * u * t * c1[k] + 3 * u * t * t * c2[k] + t ** 3 * nxt[k]
-                                 for k in (0, 1)))
+                pts.append(
+                    tuple(u**3 * cur[k] + 3 * u * u * t * c1[k] + 3 * u * t * t * c2[k] + t**3 * nxt[k] for k in (0, 1))
+                )
             cur = nxt
         elif op == "Z":
             pts.append(start)
@@ -270,6 +286,7 @@ def circle_centre(obj: dict) -> tuple[float, float]:
 @dataclass
 class CanvasMark:
     """One object drawn on the canvas: a freehand stroke (``points``: its centre line) or a click."""
+
     kind: str  # "stroke" | "click"
     points: np.ndarray  # (N, 2) canvas (x, y)
     colour: str = ""
@@ -294,6 +311,7 @@ def canvas_marks(json_data: dict | None) -> list[CanvasMark]:
 class Edit:
     """Voxels one action changed: flat indices into the label's (Z, Y, X) array, values before and
     after. ``plane`` / ``index`` say where it was made."""
+
     label: str
     indices: np.ndarray
     before: np.ndarray
@@ -360,8 +378,9 @@ def _slice_flat_indices(shape: Sequence[int], plane: str, index: int) -> np.ndar
     return display_slice(np.arange(int(np.prod(shape)), dtype=np.int64).reshape(tuple(shape)), plane, index)
 
 
-def apply_to_slice(mask: np.ndarray, plane: str, index: int, footprint: np.ndarray, value: int,
-                   label: str = "", tool: str = "brush") -> Edit | None:
+def apply_to_slice(
+    mask: np.ndarray, plane: str, index: int, footprint: np.ndarray, value: int, label: str = "", tool: str = "brush"
+) -> Edit | None:
     """Set the voxels of ``footprint`` (a bool picture of the displayed slice) to ``value`` in the
     (Z, Y, X) ``mask`` (in place); returns the :class:`Edit` (None when nothing changed)."""
     view = display_slice(mask, plane, index)
@@ -394,8 +413,10 @@ def seeded_fill(slice2d: np.ndarray, row: int, col: int) -> np.ndarray:
     lab, _ = ndimage.label(~m)  # 4-connectivity (the default cross structure)
     region = lab == lab[row, col]
     if region[0].any() or region[-1].any() or region[:, 0].any() or region[:, -1].any():
-        raise FillRefused("The click is not inside a closed outline: the fill would flood the slice. "
-                          "Close the outline with the brush first.")
+        raise FillRefused(
+            "The click is not inside a closed outline: the fill would flood the slice. "
+            "Close the outline with the brush first."
+        )
     return region
 
 
@@ -417,8 +438,14 @@ def compare_masks(model: np.ndarray, corrected: np.ndarray, voxel_ml: float) -> 
     d = M.dice(b, a)
     added, removed = int((b & ~a).sum()), int((a & ~b).sum())
     va, vb = float(a.sum()) * voxel_ml, float(b.sum()) * voxel_ml
-    return {"dice": 1.0 if math.isnan(d) else float(d), "model_ml": va, "corrected_ml": vb,
-            "volume_change_ml": vb - va, "voxels_added": added, "voxels_removed": removed}
+    return {
+        "dice": 1.0 if math.isnan(d) else float(d),
+        "model_ml": va,
+        "corrected_ml": vb,
+        "volume_change_ml": vb - va,
+        "voxels_added": added,
+        "voxels_removed": removed,
+    }
 
 
 class Correction:
@@ -447,11 +474,16 @@ class Correction:
             self.history.push(edit)
         return edit
 
-    def stroke(self, label: str, plane: str, index: int, points_mm, width_mm: float, erase: bool = False) -> Edit | None:
+    def stroke(
+        self, label: str, plane: str, index: int, points_mm, width_mm: float, erase: bool = False
+    ) -> Edit | None:
         """Brush (or eraser) along ``points_mm`` ((row_mm, col_mm) on the displayed slice)."""
         fp = stroke_footprint(points_mm, width_mm, self.geometry(plane))
-        return self._commit(apply_to_slice(self.masks[label], plane, index, fp, 0 if erase else 1, label,
-                                           "eraser" if erase else "brush"))
+        return self._commit(
+            apply_to_slice(
+                self.masks[label], plane, index, fp, 0 if erase else 1, label, "eraser" if erase else "brush"
+            )
+        )
 
     def fill(self, label: str, plane: str, index: int, row: int, col: int) -> Edit | None:
         """Seeded fill at pixel (row, col) of the displayed slice (see :func:`seeded_fill`)."""
@@ -462,8 +494,9 @@ class Correction:
         fp = holes_footprint(display_slice(self.masks[label], plane, index))
         return self._commit(apply_to_slice(self.masks[label], plane, index, fp, 1, label, "fill holes"))
 
-    def apply_marks(self, label: str, plane: str, index: int, marks: Iterable[CanvasMark], canvas_wh,
-                    tool: str, width_mm: float) -> list[Edit]:
+    def apply_marks(
+        self, label: str, plane: str, index: int, marks: Iterable[CanvasMark], canvas_wh, tool: str, width_mm: float
+    ) -> list[Edit]:
         """Apply a canvas's strokes (brush / eraser) or clicks (fill) to the slice, in order."""
         geom = self.geometry(plane)
         edits = []
@@ -512,13 +545,15 @@ def corrections_dir(db: str | None = None) -> Path:
     else:
         url = S.db_url(db)
         if url.startswith("sqlite:///"):
-            path = Path(url[len("sqlite:///"):]).parent / "corrections"
+            path = Path(url[len("sqlite:///") :]).parent / "corrections"
         else:
             path = S.default_path().parent / "corrections"
     path = path.resolve()
     if path == ROOT or ROOT in path.parents:
-        raise ValueError(f"The corrections folder {path} lies inside the repository; set MEDSEG_CORRECTIONS "
-                         "(or MEDSEG_DB) to a folder outside it.")
+        raise ValueError(
+            f"The corrections folder {path} lies inside the repository; set MEDSEG_CORRECTIONS "
+            "(or MEDSEG_DB) to a folder outside it."
+        )
     return path
 
 
@@ -542,9 +577,19 @@ class SavedCorrection:
     record: dict = field(default_factory=dict)
 
 
-def save_correction(correction: Correction, volume, case_key: str, reviewer_name: str, *,
-                    reviewer_email: str | None = None, signed_in: bool = False, options: dict | None = None,
-                    note: str = "", store=None, folder: str | Path | None = None) -> SavedCorrection:
+def save_correction(
+    correction: Correction,
+    volume,
+    case_key: str,
+    reviewer_name: str,
+    *,
+    reviewer_email: str | None = None,
+    signed_in: bool = False,
+    options: dict | None = None,
+    note: str = "",
+    store=None,
+    folder: str | Path | None = None,
+) -> SavedCorrection:
     """Write the corrected masks (compressed NIfTI on ``volume``'s grid + JSON sidecar) under
     :func:`corrections_dir` / case key, record a ``needs_correction`` verdict referencing the file and
     an audit row ``correction``. Returns where it went and the verdict's id."""
@@ -565,19 +610,38 @@ def save_correction(correction: Correction, volume, case_key: str, reviewer_name
     tmp.replace(path)
     cmp = correction.compare()
     name = corrected_name(correction.base_name, reviewer_name)
-    record = {"case_key": case_key, "name": name, "base_model": correction.base_name, "labels": values,
-              "overlap_voxels": overlap, "reviewer": reviewer_name.strip(), "reviewer_email": reviewer_email,
-              "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "corrected_vs_model": cmp,
-              "edits": len(correction.history)}
+    record = {
+        "case_key": case_key,
+        "name": name,
+        "base_model": correction.base_name,
+        "labels": values,
+        "overlap_voxels": overlap,
+        "reviewer": reviewer_name.strip(),
+        "reviewer_email": reviewer_email,
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "corrected_vs_model": cmp,
+        "edits": len(correction.history),
+    }
     path.with_name(path.name[: -len(".nii.gz")] + ".json").write_text(json.dumps(record, indent=1))
     first = next(iter(cmp))
-    summary = (f"corrected {first}: Dice vs model {cmp[first]['dice']:.3f}, "
-               f"volume change {cmp[first]['volume_change_ml']:+.2f} mL")
-    vid = store.add_verdict(case_key, "needs_correction", reviewer_name, reviewer_email, signed_in=signed_in,
-                            note=(note + " · " if note else "") + summary, model=correction.base_name,
-                            options=options, corrected_mask=str(path))
-    store.add_audit("correction", reviewer_name, reviewer_email, case_key=case_key, model=correction.base_name,
-                    detail=summary)
+    summary = (
+        f"corrected {first}: Dice vs model {cmp[first]['dice']:.3f}, "
+        f"volume change {cmp[first]['volume_change_ml']:+.2f} mL"
+    )
+    vid = store.add_verdict(
+        case_key,
+        "needs_correction",
+        reviewer_name,
+        reviewer_email,
+        signed_in=signed_in,
+        note=(note + " · " if note else "") + summary,
+        model=correction.base_name,
+        options=options,
+        corrected_mask=str(path),
+    )
+    store.add_audit(
+        "correction", reviewer_name, reviewer_email, case_key=case_key, model=correction.base_name, detail=summary
+    )
     return SavedCorrection(path, vid, name, record)
 
 

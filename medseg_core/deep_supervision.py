@@ -13,6 +13,7 @@ only where the bilinear value is 1, i.e. where every source pixel it samples is 
 ``resize_target(..., mode="bilinear_floor")`` here (torch's bilinear with ``align_corners=False`` and
 no antialiasing samples the same source positions as cv2's INTER_LINEAR). ``mode="nearest"`` is offered.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -37,9 +38,15 @@ def resize_target(y: torch.Tensor, size: Sequence[int], mode: str = "bilinear_fl
     return (r >= 1.0 - 1e-6).float()
 
 
-def deep_supervision_loss(loss_fn, outputs: Sequence[torch.Tensor], y: torch.Tensor, non_expert=None,
-                          weights: Sequence[float] | None = None, ks: Sequence[int] | None = None,
-                          mode: str = "bilinear_floor") -> torch.Tensor:
+def deep_supervision_loss(
+    loss_fn,
+    outputs: Sequence[torch.Tensor],
+    y: torch.Tensor,
+    non_expert=None,
+    weights: Sequence[float] | None = None,
+    ks: Sequence[int] | None = None,
+    mode: str = "bilinear_floor",
+) -> torch.Tensor:
     """Sum over the outputs of ``weight * loss_fn(output, target at its size[, non-expert at its size])``.
 
     ``outputs`` in any order (e.g. TransUNet's ``(full, 28, 56, 112)``); ``weights`` and ``ks`` are

@@ -12,6 +12,7 @@ The denoiser runs through the ordinary inference path (``predict`` on the restor
 ``Prediction.restored`` back in the input's intensity range), exactly as the Ultrasound page's
 annotation removal (:func:`medseg_core.ultrasound.remove_annotations`) does.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +24,12 @@ def load_denoiser(ref: str):
     """The denoiser checkpoint ``ref`` loaded once per process (a restoration model, or InputError)."""
     from .checkpoints import load_auxiliary
 
-    return load_auxiliary(ref, "restoration", "The denoiser '{ref}' is a {task} model; give an annotation-removal "
-                                              "(restoration) checkpoint such as us_denoiser.")
+    return load_auxiliary(
+        ref,
+        "restoration",
+        "The denoiser '{ref}' is a {task} model; give an annotation-removal "
+        "(restoration) checkpoint such as us_denoiser.",
+    )
 
 
 def apply_denoiser(volume: Volume, ref) -> Volume:

@@ -17,6 +17,7 @@ computes a metric or a failure tag on its own.
 A *source* is a :class:`~medseg_core.checkpoints.LoadedModel` or a :class:`PredictionFolder`
 (masks another tool wrote, matched to the cases by name as nnU-Net's ``evaluate_folder`` does).
 """
+
 from __future__ import annotations
 
 import re
@@ -30,8 +31,17 @@ from . import analysis as A
 from . import metrics as M
 from .io.errors import InputError
 
-METRIC_KEYS = ("dice", "iou", "precision", "recall", "specificity", "hd95_mm", "assd_mm", "pred_volume_ml",
-               "ref_volume_ml")
+METRIC_KEYS = (
+    "dice",
+    "iou",
+    "precision",
+    "recall",
+    "specificity",
+    "hd95_mm",
+    "assd_mm",
+    "pred_volume_ml",
+    "ref_volume_ml",
+)
 
 
 @dataclass
@@ -136,8 +146,13 @@ class PredictionFolder:
     a single label is the dataset's primary (first) label. The grid check of :func:`medseg_core.io.load_mask`
     applies: a mask on another grid is refused."""
 
-    def __init__(self, directory: str | Path, name: str | None = None, labels: dict[int, str] | None = None,
-                 family: str | None = None):
+    def __init__(
+        self,
+        directory: str | Path,
+        name: str | None = None,
+        labels: dict[int, str] | None = None,
+        family: str | None = None,
+    ):
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise InputError(f"The predictions folder '{directory}' does not exist.")
@@ -176,9 +191,16 @@ def _stem(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------- the engine
-def evaluate_cases(source, cases, options=None, label_map: dict | None = None, rules: A.TagRules = A.TagRules(),
-                   per_slice: bool = True, progress: Callable[[int, int], None] | None = None,
-                   scorer: Callable | None = None) -> Iterator[CaseResult]:
+def evaluate_cases(
+    source,
+    cases,
+    options=None,
+    label_map: dict | None = None,
+    rules: A.TagRules = A.TagRules(),
+    per_slice: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    scorer: Callable | None = None,
+) -> Iterator[CaseResult]:
     """Predict every case with ``source`` (a LoadedModel with PredictOptions ``options``, or a
     PredictionFolder) and score it against the case's references; yields one CaseResult per case.
 
@@ -200,8 +222,11 @@ def evaluate_cases(source, cases, options=None, label_map: dict | None = None, r
         if is_model:
             opts = options
             if spec.clinical_inputs:
-                opts = replace(options, menopausal=int(case.extra.get("menopausal", 0)),
-                               oncology_center=int(case.extra.get("oncology_center", 0)))
+                opts = replace(
+                    options,
+                    menopausal=int(case.extra.get("menopausal", 0)),
+                    oncology_center=int(case.extra.get("oncology_center", 0)),
+                )
             refs = reference_masks(spec.labels, masks, label_map)
             ref0 = next(iter(refs.values()), None)
             pred = predict(source, vol, opts, reference=ref0 if opts.side_masking == "oracle" else None)
@@ -224,28 +249,73 @@ def evaluate_cases(source, cases, options=None, label_map: dict | None = None, r
             oth = other if lab == first else None
             before = pred.masks_before_postprocessing.get(lab)
             m = M.segmentation_metrics(mask, ref, vol.spacing)
-            tc = A.tag_case(mask, ref, vol, other=oth, side=side, before=before, rules=rules, mirrored=mirrored,
-                            hd95_mm=m["hd95_mm"])
-            rec = CaseRecord(case.case_id, case.patient_id, lab, **{k: m[k] for k in METRIC_KEYS},
-                             both_empty=bool(m["both_empty"]), uncertainty=unc.get("case") if lab == first else None,
-                             primary=tc["primary"], tags=tuple(tc["tags"]))
+            tc = A.tag_case(
+                mask,
+                ref,
+                vol,
+                other=oth,
+                side=side,
+                before=before,
+                rules=rules,
+                mirrored=mirrored,
+                hd95_mm=m["hd95_mm"],
+            )
+            rec = CaseRecord(
+                case.case_id,
+                case.patient_id,
+                lab,
+                **{k: m[k] for k in METRIC_KEYS},
+                both_empty=bool(m["both_empty"]),
+                uncertainty=unc.get("case") if lab == first else None,
+                primary=tc["primary"],
+                tags=tuple(tc["tags"]),
+            )
             if oth is not None:
                 rec.dice_vs_both_ovaries = M.dice(mask, (ref > 0) | (oth > 0))
                 rec.dice_other_ovary = M.dice(mask, oth)
             res.records.append(rec)
             if per_slice and vol.shape[0] > 1:
                 ps = M.per_slice_metrics(mask, ref, vol.spacing)
-                tags = A.tag_slices(mask, ref, vol, other=oth, side=side, before=before, rules=rules,
-                                    mirrored=mirrored, hd95_mm=[s["hd95_mm"] for s in ps])
+                tags = A.tag_slices(
+                    mask,
+                    ref,
+                    vol,
+                    other=oth,
+                    side=side,
+                    before=before,
+                    rules=rules,
+                    mirrored=mirrored,
+                    hd95_mm=[s["hd95_mm"] for s in ps],
+                )
                 u = unc.get("per_slice") if lab == first else None
                 for s, tg in zip(ps, tags):
                     z = s["slice"]
-                    res.slices.append(SliceRecord(
-                        case.case_id, case.patient_id, lab, z, s["dice"], s["iou"], s["precision"], s["recall"],
-                        s["hd95_mm"], s["pred_area_mm2"], s["ref_area_mm2"], bool(s["both_empty"]),
-                        bool(tg["ref_present"]), bool(tg["pred_present"]), tg["dice_star"], tg["dice_before_pp"],
-                        tg["delta_pp"], tg["frac_on_other"], int(tg["n_components"]),
-                        None if u is None else float(u[z]), tg["primary"], tuple(tg["tags"])))
+                    res.slices.append(
+                        SliceRecord(
+                            case.case_id,
+                            case.patient_id,
+                            lab,
+                            z,
+                            s["dice"],
+                            s["iou"],
+                            s["precision"],
+                            s["recall"],
+                            s["hd95_mm"],
+                            s["pred_area_mm2"],
+                            s["ref_area_mm2"],
+                            bool(s["both_empty"]),
+                            bool(tg["ref_present"]),
+                            bool(tg["pred_present"]),
+                            tg["dice_star"],
+                            tg["dice_before_pp"],
+                            tg["delta_pp"],
+                            tg["frac_on_other"],
+                            int(tg["n_components"]),
+                            None if u is None else float(u[z]),
+                            tg["primary"],
+                            tuple(tg["tags"]),
+                        )
+                    )
         if scorer is not None:
             res.units = scorer(case, pred, refs, vol)
         if pred.class_probabilities is not None and len(pred.class_probabilities) > 2:
@@ -287,8 +357,11 @@ def summarise(results: list[CaseResult], threshold: float = 0.5) -> dict:
     multi = [(r.class_truth, r.class_pred) for r in results if r.class_truth is not None and r.class_pred is not None]
     if multi:
         y, p = np.array(multi).T
-        out["multiclass"] = {"accuracy": float(np.mean(y == p)), "n_cases": int(len(y)),
-                             "n_classes_seen": int(len(set(y.tolist())))}
+        out["multiclass"] = {
+            "accuracy": float(np.mean(y == p)),
+            "n_cases": int(len(y)),
+            "n_classes_seen": int(len(set(y.tolist()))),
+        }
     scored = [r for r in results if r.slice_scores is not None]
     if scored:
         y = np.concatenate([r.slice_truth for r in scored])

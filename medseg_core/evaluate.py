@@ -24,6 +24,7 @@ convention, post-processing); ``protocol.csv`` holds its units and ``summary.jso
 ``protocol_scores``. The default stays medseg's own protocol. A bad input or an unknown model prints one sentence and
 exits with status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,27 +58,50 @@ def case_rows(results) -> tuple[list[dict], list[dict]]:
 
 
 def summary_markdown(summary: dict, model: str) -> str:
-    lines = [f"# Evaluation of `{model}` ({summary['n_cases']} cases)", "",
-             "| label | metric | mean | sd | n |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# Evaluation of `{model}` ({summary['n_cases']} cases)",
+        "",
+        "| label | metric | mean | sd | n |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for lab, s in summary.items():
-        if lab in ("n_cases", "classification", "slice_classification", "options", "protocol", "protocol_scores",
-                   "protocol_per_case", "multiclass") \
-                or not isinstance(s, dict):
+        if lab in (
+            "n_cases",
+            "classification",
+            "slice_classification",
+            "options",
+            "protocol",
+            "protocol_scores",
+            "protocol_per_case",
+            "multiclass",
+        ) or not isinstance(s, dict):
             continue
         for k, v in s.items():
             lines.append(f"| {lab} | {k} | {v['mean']:.4f} | {v['sd']:.4f} | {v['n']} |")
     if "classification" in summary:
         c = summary["classification"]
-        lines += ["", "| accuracy | sensitivity | specificity | precision | F1 | AUC | threshold |",
-                  "| --- | --- | --- | --- | --- | --- | --- |",
-                  f"| {c['accuracy']:.3f} | {c['sensitivity']:.3f} | {c['specificity']:.3f} | {c['precision']:.3f} | "
-                  f"{c['f1']:.3f} | {c['auc']:.3f} | {c['threshold']} |"]
+        lines += [
+            "",
+            "| accuracy | sensitivity | specificity | precision | F1 | AUC | threshold |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+            f"| {c['accuracy']:.3f} | {c['sensitivity']:.3f} | {c['specificity']:.3f} | {c['precision']:.3f} | "
+            f"{c['f1']:.3f} | {c['auc']:.3f} | {c['threshold']} |",
+        ]
     if "protocol_scores" in summary:
         from .labels import display_name as metric_label
 
         ps, p = summary["protocol_scores"], summary["protocol"]
-        lines += ["", f"## {p['title']}", "", p["description"], "", f"{ps['n_units']} scoring units.", "",
-                  "| label | metric | mean | n |", "| --- | --- | --- | --- |"]
+        lines += [
+            "",
+            f"## {p['title']}",
+            "",
+            p["description"],
+            "",
+            f"{ps['n_units']} scoring units.",
+            "",
+            "| label | metric | mean | n |",
+            "| --- | --- | --- | --- |",
+        ]
         for lab, s in ps.items():
             if isinstance(s, dict):
                 lines += [f"| {lab} | {metric_label(k)} | {v['mean']:.4f} | {v['n']} |" for k, v in s.items()]
@@ -115,8 +139,9 @@ def split_part(cases: list, checkpoint: str | None, part: str) -> list:
 
 
 def main(argv=None) -> dict | None:
-    ap = argparse.ArgumentParser(description="Evaluate a checkpoint or a folder of predictions on a dataset "
-                                             "(see the module docstring).")
+    ap = argparse.ArgumentParser(
+        description="Evaluate a checkpoint or a folder of predictions on a dataset (see the module docstring)."
+    )
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="checkpoint: shipped name, .safetensors path, card or run folder")
     src.add_argument("--predictions", help="folder of masks made elsewhere, one per case (<case_id>.nii.gz)")
@@ -130,11 +155,21 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--label-map", default="{}", help='YAML mapping, e.g. "{prostate: expert}"')
     ap.add_argument("--max-cases", type=int, default=None)
     ap.add_argument("--synthetic", default=None, help="KIND:N:SEED: generate a synthetic dataset at --data if absent")
-    ap.add_argument("--protocol", default="medseg", choices=sorted(PROTOCOLS),
-                    help="score as a report did (see medseg_core.protocols); default: medseg's own")
-    ap.add_argument("--split", default=None, choices=("train", "val", "test"),
-                    help="evaluate one part of a training split: needs --split-of (a checkpoint whose card lists it)")
-    ap.add_argument("--split-of", default=None, help="checkpoint whose card's split selects the cases (default --model)")
+    ap.add_argument(
+        "--protocol",
+        default="medseg",
+        choices=sorted(PROTOCOLS),
+        help="score as a report did (see medseg_core.protocols); default: medseg's own",
+    )
+    ap.add_argument(
+        "--split",
+        default=None,
+        choices=("train", "val", "test"),
+        help="evaluate one part of a training split: needs --split-of (a checkpoint whose card lists it)",
+    )
+    ap.add_argument(
+        "--split-of", default=None, help="checkpoint whose card's split selects the cases (default --model)"
+    )
     a = ap.parse_args(argv)
     protocol = get_protocol(a.protocol)
     if a.synthetic:
@@ -167,8 +202,7 @@ def main(argv=None) -> dict | None:
     if a.max_cases:
         cases = cases[: a.max_cases]
     scorer = None if protocol.name == "medseg" else protocol_scorer(protocol)
-    results = list(evaluate_cases(source, cases[rank::world], options, parse_value(a.label_map) or {},
-                                  scorer=scorer))
+    results = list(evaluate_cases(source, cases[rank::world], options, parse_value(a.label_map) or {}, scorer=scorer))
     if world > 1:
         for res in results:
             res.prediction = None  # predictions stay on their rank; the records travel
@@ -193,8 +227,11 @@ def main(argv=None) -> dict | None:
         units = {str(r.case): r.units or [] for r in results}
         summary["protocol_scores"] = aggregate(protocol, units)
         summary["protocol_per_case"] = protocol_per_case(units)
-        write_csv(out / "protocol.csv", [{"case": c, **u} for c, us in sorted(units.items()) for u in us]
-                  or [{"case": "", "label": "", "slice": ""}])
+        write_csv(
+            out / "protocol.csv",
+            [{"case": c, **u} for c, us in sorted(units.items()) for u in us]
+            or [{"case": "", "label": "", "slice": ""}],
+        )
     summary["protocol"] = {"name": protocol.name, "title": protocol.title, "description": protocol.description}
     summary["model"] = name
     summary["source"] = a.model or str(a.predictions)

@@ -15,6 +15,7 @@ orientation. Patient Name, Patient ID, birth date, sex, accession number, referr
 study date/time are left **empty**: the file holds no identifying data, and the receiving system
 links it to the patient through the Study Instance UID.
 """
+
 from __future__ import annotations
 
 import io
@@ -25,9 +26,15 @@ from .io import Volume
 from .io.dicom import LPS_TO_RAS
 
 #: SNOMED CT codes for the registry's labels (segmented property type; category in brackets).
-_PROPERTY = {"ovary": ("Ovary", "Organ"), "spleen": ("Spleen", "Organ"), "prostate": ("Prostate", "Organ"),
-             "large_bowel": ("LargeIntestine", "Organ"), "small_bowel": ("SmallIntestine", "Organ"),
-             "stomach": ("Stomach", "Organ"), "lesion": ("Lesion", "MorphologicallyAbnormalStructure")}
+_PROPERTY = {
+    "ovary": ("Ovary", "Organ"),
+    "spleen": ("Spleen", "Organ"),
+    "prostate": ("Prostate", "Organ"),
+    "large_bowel": ("LargeIntestine", "Organ"),
+    "small_bowel": ("SmallIntestine", "Organ"),
+    "stomach": ("Stomach", "Organ"),
+    "lesion": ("Lesion", "MorphologicallyAbnormalStructure"),
+}
 
 
 def dicom_seg_available(volume: Volume) -> str | None:
@@ -35,8 +42,10 @@ def dicom_seg_available(volume: Volume) -> str | None:
     if volume.meta.get("format") != "DICOM":
         return "DICOM SEG export needs a DICOM input; this case came from another format (export NIfTI instead)."
     if not volume.dicom_ref:
-        return ("DICOM SEG export needs single-frame source images whose slices are the axial slices shown here; "
-                "export NIfTI instead.")
+        return (
+            "DICOM SEG export needs single-frame source images whose slices are the axial slices shown here; "
+            "export NIfTI instead."
+        )
     return None
 
 
@@ -68,8 +77,17 @@ def _pseudo_sources(volume: Volume) -> list:
         ds.ImagePositionPatient = [float(v) for v in (aff @ np.array([0.0, 0.0, z, 1.0]))[:3]]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        for k in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate", "StudyTime",
-                  "AccessionNumber", "ReferringPhysicianName"):
+        for k in (
+            "PatientName",
+            "PatientID",
+            "PatientBirthDate",
+            "PatientSex",
+            "StudyID",
+            "StudyDate",
+            "StudyTime",
+            "AccessionNumber",
+            "ReferringPhysicianName",
+        ):
             setattr(ds, k, "")
         out.append(ds)
     return out
@@ -88,21 +106,38 @@ def dicom_seg_bytes(masks: dict[str, np.ndarray], volume: Volume, model: str, ve
         raise ValueError("there is no mask to export")
     sources = _pseudo_sources(volume)
     stack = np.stack([np.asarray(masks[k], bool) for k in labels], axis=-1)  # (frames, rows, cols, segments)
-    algo = hd.AlgorithmIdentificationSequence(name=f"medseg {model}", version=str(version),
-                                              family=codes.cid7162.ArtificialIntelligence)
+    algo = hd.AlgorithmIdentificationSequence(
+        name=f"medseg {model}", version=str(version), family=codes.cid7162.ArtificialIntelligence
+    )
     descs = []
     for i, lab in enumerate(labels, start=1):
         prop, cat = _PROPERTY.get(lab, ("Tissue", "Tissue"))
-        descs.append(hd.seg.SegmentDescription(
-            segment_number=i, segment_label=lab[:64], segmented_property_category=getattr(codes.SCT, cat),
-            segmented_property_type=getattr(codes.SCT, prop), algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algo))
+        descs.append(
+            hd.seg.SegmentDescription(
+                segment_number=i,
+                segment_label=lab[:64],
+                segmented_property_category=getattr(codes.SCT, cat),
+                segmented_property_type=getattr(codes.SCT, prop),
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algo,
+            )
+        )
     seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=stack, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descs, series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(),
-        instance_number=1, manufacturer="medseg", manufacturer_model_name=model[:64], software_versions=str(version),
-        device_serial_number="research-use-only", series_description="medseg research segmentation (not for diagnosis)",
-        omit_empty_frames=False)
+        source_images=sources,
+        pixel_array=stack,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descs,
+        series_instance_uid=hd.UID(),
+        series_number=900,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="medseg",
+        manufacturer_model_name=model[:64],
+        software_versions=str(version),
+        device_serial_number="research-use-only",
+        series_description="medseg research segmentation (not for diagnosis)",
+        omit_empty_frames=False,
+    )
     buf = io.BytesIO()
     seg.save_as(buf)
     return buf.getvalue()

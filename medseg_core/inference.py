@@ -11,6 +11,7 @@
   only for MC sampling). Results are :class:`Prediction` objects whose maps have exactly the
   input :class:`~medseg_core.io.Volume`'s shape and affine.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -143,11 +144,13 @@ def check_contract(loaded: LoadedModel, volume: Volume, options: PredictOptions)
     if volume.modality not in spec.modalities:
         raise InputError(
             f"The {spec.title} model expects {' or '.join(spec.modalities)} images but this case is "
-            f"{volume.modality}; choose a model made for {volume.modality} or load a {spec.modalities[0]} case.")
+            f"{volume.modality}; choose a model made for {volume.modality} or load a {spec.modalities[0]} case."
+        )
     if spec.dims == "3d" and volume.shape[0] < 8:
         raise InputError(
             f"The {spec.title} model needs a 3D volume but this case has {volume.shape[0]} slice(s); "
-            "load the whole series or choose a 2D model.")
+            "load the whole series or choose a 2D model."
+        )
     if options.side_masking not in SIDE_MODES:
         raise InputError(f"Unknown side-masking mode '{options.side_masking}'; choose one of {', '.join(SIDE_MODES)}.")
     if options.side_masking != "none" and not spec.side_masking:
@@ -155,10 +158,13 @@ def check_contract(loaded: LoadedModel, volume: Volume, options: PredictOptions)
     if spec.clinical_inputs and (options.menopausal is None or options.oncology_center is None):
         raise InputError(
             f"The {spec.title} model needs the clinical inputs menopausal status and oncology centre (0 or 1 each); "
-            "enter them before running it.")
+            "enter them before running it."
+        )
     if options.gate and (spec.mode != "slicewise" or spec.task != "segmentation"):
-        raise InputError(f"A slice-classifier gate applies to 2D slice-wise segmentation models, not to {spec.title}; "
-                         "switch the gate off.")
+        raise InputError(
+            f"A slice-classifier gate applies to 2D slice-wise segmentation models, not to {spec.title}; "
+            "switch the gate off."
+        )
     if options.mc_samples and not unc.has_dropout(loaded.module):
         unc.require_dropout(loaded.module, f"the {spec.title} model")
     budget = float(os.environ.get("MEDSEG_PREDICT_MEMORY_GB", "8")) * 1e9
@@ -172,7 +178,8 @@ def check_contract(loaded: LoadedModel, volume: Volume, options: PredictOptions)
     if need > budget:
         raise InputError(
             f"This volume would need about {need / 1e9:.1f} GB to segment, more than this server allows "
-            f"({budget / 1e9:.0f} GB); crop it or reduce the number of MC samples.")
+            f"({budget / 1e9:.0f} GB); crop it or reduce the number of MC samples."
+        )
 
 
 def out_of_envelope(loaded: LoadedModel, volume: Volume) -> list[str]:
@@ -185,8 +192,13 @@ def out_of_envelope(loaded: LoadedModel, volume: Volume) -> list[str]:
     return check_envelope(loaded.spec, loaded.envelope, volume)
 
 
-def predict(model, volume: Volume, options: PredictOptions | None = None, progress: Progress | None = None,
-            reference: np.ndarray | None = None) -> Prediction:
+def predict(
+    model,
+    volume: Volume,
+    options: PredictOptions | None = None,
+    progress: Progress | None = None,
+    reference: np.ndarray | None = None,
+) -> Prediction:
     """Segment ``volume`` with ``model`` (a registry name or a :class:`LoadedModel`).
 
     ``reference`` (the ground-truth mask) is used only by ``side_masking="oracle"``.
@@ -202,8 +214,14 @@ def predict(model, volume: Volume, options: PredictOptions | None = None, progre
     configure_threads()
     t0 = time.perf_counter()
     timings: dict[str, float] = {"threads": float(torch.get_num_threads())}
-    pred = Prediction(model=spec.name, shape=volume.shape, spacing=volume.spacing, affine=volume.affine.copy(),
-                      options=options, timings=timings)
+    pred = Prediction(
+        model=spec.name,
+        shape=volume.shape,
+        spacing=volume.spacing,
+        affine=volume.affine.copy(),
+        options=options,
+        timings=timings,
+    )
     pre_name = options.preprocessing or spec.preprocessing
     # the card's parameters belong to the card's step; another step chosen by the user runs with its defaults
     params = spec.preprocessing_params if pre_name == spec.preprocessing else {}
@@ -260,8 +278,11 @@ def _geometry_back(geo, out: dict, pred: Prediction) -> dict:
 
 def _gate_model(ref: str) -> LoadedModel:
     """Slice classifiers used as gates, loaded once per process."""
-    return load_auxiliary(ref, "classification", "The gate '{ref}' is a {task} model; a gate must be a slice "
-                                                 "classifier (for example ovary_slice_classifier).")
+    return load_auxiliary(
+        ref,
+        "classification",
+        "The gate '{ref}' is a {task} model; a gate must be a slice classifier (for example ovary_slice_classifier).",
+    )
 
 
 def _apply_gate(pred: Prediction, volume: Volume, options: PredictOptions, prog) -> None:
@@ -380,7 +401,7 @@ def _run_2d(loaded: LoadedModel, x: np.ndarray, volume: Volume, options: Predict
     bs = max(1, int(options.batch_size))
     t = time.perf_counter()
     for i in range(0, z, bs):
-        xb = torch.from_numpy(np.ascontiguousarray(xin[i:i + bs, None])).to(device)
+        xb = torch.from_numpy(np.ascontiguousarray(xin[i : i + bs, None])).to(device)
         probs, smp = _batch_probs(loaded, xb, options)
         if "seg" in probs:
             seg.append(probs["seg"].float().cpu().numpy())
@@ -415,8 +436,12 @@ def _run_2d(loaded: LoadedModel, x: np.ndarray, volume: Volume, options: Predict
         out["image"] = rs.inverse(np.concatenate(image)[:, 0])
     if boxes:
         sy, sx = h / size[0], w / size[1]
-        out["boxes"] = [None if b is None else (int(b[0] * sy), int(math.ceil(b[1] * sy)), int(b[2] * sx), int(math.ceil(b[3] * sx)))
-                        for b in boxes]
+        out["boxes"] = [
+            None
+            if b is None
+            else (int(b[0] * sy), int(math.ceil(b[1] * sy)), int(b[2] * sx), int(math.ceil(b[3] * sx)))
+            for b in boxes
+        ]
     timings["resize_s"] += time.perf_counter() - t
     return out
 
@@ -436,9 +461,12 @@ def _two_pass(loaded, x, volume, options, prog, timings, pred):
     for side in ("left", "right"):
         p = outs[side]["seg"][0] * keep[side]
         m = p > t
-        sides[side] = {"mask": m.astype(np.uint8), "confidence": float(p[m].mean()) if m.any() else 0.0,
-                       "max_probability": float(p.max()),
-                       "volume_ml": float(m.sum() * np.prod(volume.spacing) / 1000)}
+        sides[side] = {
+            "mask": m.astype(np.uint8),
+            "confidence": float(p[m].mean()) if m.any() else 0.0,
+            "max_probability": float(p.max()),
+            "volume_ml": float(m.sum() * np.prod(volume.spacing) / 1000),
+        }
     pred.sides = sides
     pred.side_info = {"mode": "two_pass"}
     return combined
@@ -497,8 +525,14 @@ def _run_3d(loaded: LoadedModel, x: np.ndarray, volume: Volume, options: Predict
     t = time.perf_counter()
     ctx = unc.mc_dropout_mode(m) if n_mc else contextlib.nullcontext()
     with torch.inference_mode(), ctx:
-        out = sliding_window_inference(xt, roi_size=roi, sw_batch_size=spec.sw_batch_size, predictor=predictor,
-                                       overlap=spec.sw_overlap, mode="gaussian")
+        out = sliding_window_inference(
+            xt,
+            roi_size=roi,
+            sw_batch_size=spec.sw_batch_size,
+            predictor=predictor,
+            overlap=spec.sw_overlap,
+            mode="gaussian",
+        )
     timings["model_s"] = time.perf_counter() - t
     t = time.perf_counter()
     if tuple(out.shape[2:]) != volume.shape:
@@ -556,8 +590,10 @@ def _finish(pred: Prediction, loaded: LoadedModel, volume: Volume, options: Pred
             pred.class_probabilities = np.array([1 - pm, pm], np.float32)
         pred.calibration = {"temperature": temperature}
     elif options.calibrated:
-        pred.warnings.append("This model's card has no calibration: the probabilities shown are the model's own. "
-                             "Fit one with 'medseg calibrate'.")
+        pred.warnings.append(
+            "This model's card has no calibration: the probabilities shown are the model's own. "
+            "Fit one with 'medseg calibrate'."
+        )
     if "score" in out:
         pred.slice_probabilities = out["score"]
     if "image" in out:
@@ -573,8 +609,10 @@ def _finish(pred: Prediction, loaded: LoadedModel, volume: Volume, options: Pred
         t = time.perf_counter()
         pred.uncertainty = unc.summarise(out["samples"])
         if options.mc_samples and float(pred.uncertainty["variance"].max()) == 0.0:
-            pred.warnings.append("All MC-dropout samples were identical: this model's dropout does not act on its "
-                                 "output, so the uncertainty maps are empty. Use test-time augmentation instead.")
+            pred.warnings.append(
+                "All MC-dropout samples were identical: this model's dropout does not act on its "
+                "output, so the uncertainty maps are empty. Use test-time augmentation instead."
+            )
         pred.uncertainty_method = "mc_dropout" if options.mc_samples else "tta"
         if pred.mask is not None:
             pred.uncertainty_scores = unc.uncertainty_scores(pred.uncertainty["entropy"], pred.mask)
@@ -601,11 +639,20 @@ def prediction_from_masks(name: str, masks: dict[str, np.ndarray], volume: Volum
     for label, m in masks.items():
         m = np.asarray(m)
         if m.shape != volume.shape:
-            raise InputError(f"The prediction's label '{label}' is {' x '.join(map(str, m.shape))} voxels but the image "
-                             f"is {' x '.join(map(str, volume.shape))}; upload the prediction made on this image.")
+            raise InputError(
+                f"The prediction's label '{label}' is {' x '.join(map(str, m.shape))} voxels but the image "
+                f"is {' x '.join(map(str, volume.shape))}; upload the prediction made on this image."
+            )
         out[str(label)] = (m > 0).astype(np.uint8)
     zeros = np.zeros(volume.shape, np.uint8)
     zeros.flags.writeable = False  # one shared empty mask for every label
-    return Prediction(model=str(name), shape=volume.shape, spacing=volume.spacing, affine=volume.affine.copy(),
-                      masks=out, masks_before_postprocessing=dict(out), removed={k: zeros for k in out},
-                      added={k: zeros for k in out})
+    return Prediction(
+        model=str(name),
+        shape=volume.shape,
+        spacing=volume.spacing,
+        affine=volume.affine.copy(),
+        masks=out,
+        masks_before_postprocessing=dict(out),
+        removed={k: zeros for k in out},
+        added={k: zeros for k in out},
+    )

@@ -5,6 +5,7 @@ pages; its progress is in the run folder's ``progress.json`` (:func:`medseg_core
 so any session shows it. Each finished (model, option set, case) is kept in the run folder, so a run
 interrupted by a server restart continues where it stopped when started again on the same folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,16 @@ def is_running(out: str | Path) -> bool:
     return bool(t and t.is_alive())
 
 
-def start_cohort(out: str | Path, data_root: str | Path, adapter: str, models: list[str], option_sets: dict,
-                 mc_samples: int = 0, max_cases: int | None = None, synthetic: dict | None = None) -> bool:
+def start_cohort(
+    out: str | Path,
+    data_root: str | Path,
+    adapter: str,
+    models: list[str],
+    option_sets: dict,
+    mc_samples: int = 0,
+    max_cases: int | None = None,
+    synthetic: dict | None = None,
+) -> bool:
     """Start (or resume) a cohort run in a background thread; False when one is already running on
     ``out``. Failures end up in ``progress.json`` as one sentence (state ``failed``)."""
     from . import cohort as C
@@ -42,8 +51,14 @@ def start_cohort(out: str | Path, data_root: str | Path, adapter: str, models: l
 
                     ensure_synthetic(data_root, synthetic)
                 cases = D.ADAPTERS[adapter](data_root)[:max_cases]
-                C.run_cohort(cases, models, option_sets, out, mc_samples=mc_samples,
-                             dataset={"adapter": adapter, "root": str(data_root), "synthetic": synthetic})
+                C.run_cohort(
+                    cases,
+                    models,
+                    option_sets,
+                    out,
+                    mc_samples=mc_samples,
+                    dataset={"adapter": adapter, "root": str(data_root), "synthetic": synthetic},
+                )
             except Exception as e:  # noqa: BLE001 - reported to the user, the server keeps running
                 from .io.errors import InputError
 
@@ -52,9 +67,20 @@ def start_cohort(out: str | Path, data_root: str | Path, adapter: str, models: l
                 traceback.print_exc()
 
         C.write_progress(out, state="running", done=0, total=0, message="starting")
-        Path(out, "job.json").write_text(json.dumps({
-            "data_root": str(data_root), "adapter": adapter, "models": list(models), "option_sets": option_sets,
-            "mc_samples": mc_samples, "max_cases": max_cases, "synthetic": synthetic}, indent=1))
+        Path(out, "job.json").write_text(
+            json.dumps(
+                {
+                    "data_root": str(data_root),
+                    "adapter": adapter,
+                    "models": list(models),
+                    "option_sets": option_sets,
+                    "mc_samples": mc_samples,
+                    "max_cases": max_cases,
+                    "synthetic": synthetic,
+                },
+                indent=1,
+            )
+        )
         t = threading.Thread(target=work, name=f"cohort:{Path(out).name}", daemon=True)
         _JOBS[key] = t
         t.start()

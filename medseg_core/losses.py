@@ -18,6 +18,7 @@ MultiTaskLoss     0.3 Dice(seg, non-empty masks only) + CE(cls, weights [1, 2]) 
 WeightedMSELoss   sum w (clean - pred)^2 / sum w, w = alpha M + beta (1 - M)           001
 ================  ==================================================================  =========
 """
+
 from __future__ import annotations
 
 import torch
@@ -79,8 +80,11 @@ class SmpMultilabelDiceLoss(nn.Module):
 
 
 #: the Dice terms :class:`CompoundLoss` can use (``loss.params.dice``)
-COMPOUND_DICE = {"per_sample": SoftDiceLoss, "smp_multilabel": SmpMultilabelDiceLoss,
-                 "report002": SmpMultilabelDiceLoss}
+COMPOUND_DICE = {
+    "per_sample": SoftDiceLoss,
+    "smp_multilabel": SmpMultilabelDiceLoss,
+    "report002": SmpMultilabelDiceLoss,
+}
 
 
 class CompoundLoss(nn.Module):
@@ -113,8 +117,14 @@ class FocalTverskyLoss(nn.Module):
     (1 - TI)^(1/gamma) = (1 - TI)^0.75 (Abraham & Khan's code). Averaged over samples/channels.
     """
 
-    def __init__(self, alpha: float = 0.7, beta: float = 0.3, gamma: float = 4.0 / 3.0, exponent: str = "gamma",
-                 smooth: float = 1e-5):
+    def __init__(
+        self,
+        alpha: float = 0.7,
+        beta: float = 0.3,
+        gamma: float = 4.0 / 3.0,
+        exponent: str = "gamma",
+        smooth: float = 1e-5,
+    ):
         super().__init__()
         if exponent not in ("gamma", "inverse"):
             raise ValueError("exponent must be 'gamma' or 'inverse'")
@@ -245,12 +255,23 @@ class AdaptiveFocalLoss(nn.Module):
     passes it.
     """
 
-    READINGS = {"report": {"difficulty_from": "y_pred", "variability": "annotation_std", "n_pixels": "hwc"},
-                "public_code": {"difficulty_from": "probabilities", "variability": "y_std_mean", "n_pixels": "bhw"}}
+    READINGS = {
+        "report": {"difficulty_from": "y_pred", "variability": "annotation_std", "n_pixels": "hwc"},
+        "public_code": {"difficulty_from": "probabilities", "variability": "y_std_mean", "n_pixels": "bhw"},
+    }
 
-    def __init__(self, ks: int = 5, theta: float = 0.5, focal_gamma="adaptive", eps: float = 1e-6,
-                 reading: str = "report", difficulty_from: str | None = None, variability: str | None = None,
-                 n_pixels: str | None = None, gamma_min: float = 1e-3):
+    def __init__(
+        self,
+        ks: int = 5,
+        theta: float = 0.5,
+        focal_gamma="adaptive",
+        eps: float = 1e-6,
+        reading: str = "report",
+        difficulty_from: str | None = None,
+        variability: str | None = None,
+        n_pixels: str | None = None,
+        gamma_min: float = 1e-3,
+    ):
         super().__init__()
         if reading not in self.READINGS:
             raise ValueError(f"reading must be one of {', '.join(self.READINGS)}")
@@ -268,7 +289,11 @@ class AdaptiveFocalLoss(nn.Module):
             focal_gamma = float(focal_gamma)
         self.ks, self.theta, self.focal_gamma, self.eps = ks, float(theta), focal_gamma, float(eps)
         self.reading, self.gamma_min = reading, float(gamma_min)
-        self.difficulty_from, self.variability, self.n_pixels = opts["difficulty_from"], opts["variability"], opts["n_pixels"]
+        self.difficulty_from, self.variability, self.n_pixels = (
+            opts["difficulty_from"],
+            opts["variability"],
+            opts["n_pixels"],
+        )
 
     def gamma(self, logits, y_true, y_std) -> torch.Tensor:
         """Step 5-6: sample_difficulty + annotation_variability (detached, clamped at ``gamma_min``)."""
@@ -332,14 +357,21 @@ class MultiTaskLoss(nn.Module):
     ``class_weights`` None means unweighted (the [1, 2] default is for the 2 primary-data classes).
     """
 
-    def __init__(self, seg_weight: float = 0.3, cls_weight: float = 1.0, class_weights=(1.0, 2.0),
-                 cls_loss: str = "ce", focal_gamma: float = 2.0):
+    def __init__(
+        self,
+        seg_weight: float = 0.3,
+        cls_weight: float = 1.0,
+        class_weights=(1.0, 2.0),
+        cls_loss: str = "ce",
+        focal_gamma: float = 2.0,
+    ):
         super().__init__()
         if cls_loss not in ("ce", "focal"):
             raise ValueError("cls_loss must be 'ce' or 'focal'")
         self.sw, self.cw, self.cls_loss = seg_weight, cls_weight, cls_loss
-        self.register_buffer("class_weights", None if class_weights is None
-                             else torch.tensor(class_weights, dtype=torch.float32))
+        self.register_buffer(
+            "class_weights", None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        )
         self.dice = SoftDiceLoss()
         self.focal = MultiClassFocalLoss(focal_gamma, class_weights) if cls_loss == "focal" else None
 
@@ -376,6 +408,15 @@ class WeightedMSELoss(nn.Module):
         return (w * (clean - pred) ** 2).sum() / w.sum()
 
 
-LOSSES = {"bce": BCELoss, "dice": SoftDiceLoss, "dice_smp_multilabel": SmpMultilabelDiceLoss, "compound": CompoundLoss, "focal_tversky": FocalTverskyLoss,
-          "focal": FocalLoss, "agbce": AGBCELoss, "adaptive_focal": AdaptiveFocalLoss, "multitask": MultiTaskLoss,
-          "weighted_mse": WeightedMSELoss}
+LOSSES = {
+    "bce": BCELoss,
+    "dice": SoftDiceLoss,
+    "dice_smp_multilabel": SmpMultilabelDiceLoss,
+    "compound": CompoundLoss,
+    "focal_tversky": FocalTverskyLoss,
+    "focal": FocalLoss,
+    "agbce": AGBCELoss,
+    "adaptive_focal": AdaptiveFocalLoss,
+    "multitask": MultiTaskLoss,
+    "weighted_mse": WeightedMSELoss,
+}

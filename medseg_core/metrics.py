@@ -16,6 +16,7 @@ Surfaces follow MONAI's definition (a voxel of the mask with a background neighb
 (MONAI ``compute_hausdorff_distance(percentile=95)``); ASSD = mean of all surface distances in
 both directions (MONAI ``compute_average_surface_distance(symmetric=True)``).
 """
+
 from __future__ import annotations
 
 import math
@@ -144,11 +145,21 @@ def segmentation_metrics(pred, ref, spacing: Sequence[float]) -> dict:
     tp, fp, fn, tn = _counts(p, r)
     a, b = surface_distances(p, r, spacing)  # once, for both distance metrics
     return {
-        "dice": dice(p, r), "iou": iou(p, r), "precision": precision(p, r), "recall": recall(p, r),
-        "specificity": specificity(p, r), "hd95_mm": _hd(a, b), "assd_mm": _assd(a, b),
-        "pred_volume_ml": volume_ml(p, spacing), "ref_volume_ml": volume_ml(r, spacing),
-        "tp": tp, "fp": fp, "fn": fn, "both_empty": bool(not p.any() and not r.any()),
-        "ref_empty": bool(not r.any()), "pred_empty": bool(not p.any()),
+        "dice": dice(p, r),
+        "iou": iou(p, r),
+        "precision": precision(p, r),
+        "recall": recall(p, r),
+        "specificity": specificity(p, r),
+        "hd95_mm": _hd(a, b),
+        "assd_mm": _assd(a, b),
+        "pred_volume_ml": volume_ml(p, spacing),
+        "ref_volume_ml": volume_ml(r, spacing),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "both_empty": bool(not p.any() and not r.any()),
+        "ref_empty": bool(not r.any()),
+        "pred_empty": bool(not p.any()),
     }
 
 
@@ -172,8 +183,7 @@ def nanmean(values) -> float:
     return float(v.mean()) if v.size else NAN
 
 
-def dice_report002(pred_probs_or_masks, ref, threshold: float = 0.5, eps: float = 0.001,
-                   reduction: str = "mean"):
+def dice_report002(pred_probs_or_masks, ref, threshold: float = 0.5, eps: float = 0.001, reduction: str = "mean"):
     """Report 002's Dice (section 2.4, its ``dice_coefficient(groundtruth, y_pred, thr=0.5,
     epsilon=0.001)``), on arrays or tensors shaped ``(N, C, H, W)`` (or one slice ``(C, H, W)``).
 
@@ -184,8 +194,10 @@ def dice_report002(pred_probs_or_masks, ref, threshold: float = 0.5, eps: float 
     excluded. ``reduction="mean"``: the mean over every (slice, channel) pair, as the report's
     ``.mean(dim=(1, 0))`` does within a batch (a float); ``"none"``: the ``(N, C)`` array.
     """
-    p = np.asarray(pred_probs_or_masks.detach().cpu() if hasattr(pred_probs_or_masks, "detach") else pred_probs_or_masks,
-                   dtype=np.float64)
+    p = np.asarray(
+        pred_probs_or_masks.detach().cpu() if hasattr(pred_probs_or_masks, "detach") else pred_probs_or_masks,
+        dtype=np.float64,
+    )
     g = np.asarray(ref.detach().cpu() if hasattr(ref, "detach") else ref, dtype=np.float64)
     if p.shape != g.shape:
         raise ValueError(f"prediction {p.shape} and reference {g.shape} differ in shape")
@@ -209,8 +221,12 @@ def confusion_matrix(y_true, p_pos, threshold: float = 0.5) -> np.ndarray:
     """2x2 [[TN, FP], [FN, TP]] at ``p_pos >= threshold``."""
     y = np.asarray(y_true).astype(int)
     yhat = (np.asarray(p_pos) >= threshold).astype(int)
-    return np.array([[np.sum((y == 0) & (yhat == 0)), np.sum((y == 0) & (yhat == 1))],
-                     [np.sum((y == 1) & (yhat == 0)), np.sum((y == 1) & (yhat == 1))]])
+    return np.array(
+        [
+            [np.sum((y == 0) & (yhat == 0)), np.sum((y == 0) & (yhat == 1))],
+            [np.sum((y == 1) & (yhat == 0)), np.sum((y == 1) & (yhat == 1))],
+        ]
+    )
 
 
 def roc_auc(y_true, score) -> float:
@@ -233,7 +249,7 @@ def _rankdata(s):
         j = i
         while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return ranks
 
@@ -256,6 +272,13 @@ def classification_metrics(y_true, p_pos, threshold: float = 0.5) -> dict:
     div = lambda a, b: NAN if b == 0 else a / b  # noqa: E731
     prec, sens = div(tp, tp + fp), div(tp, tp + fn)
     f1 = NAN if (math.isnan(prec) or math.isnan(sens) or prec + sens == 0) else 2 * prec * sens / (prec + sens)
-    return {"accuracy": div(tp + tn, cm.sum()), "sensitivity": sens, "specificity": div(tn, tn + fp),
-            "precision": prec, "f1": f1, "auc": roc_auc(y_true, p_pos), "threshold": threshold,
-            "confusion_matrix": cm.tolist()}
+    return {
+        "accuracy": div(tp + tn, cm.sum()),
+        "sensitivity": sens,
+        "specificity": div(tn, tn + fp),
+        "precision": prec,
+        "f1": f1,
+        "auc": roc_auc(y_true, p_pos),
+        "threshold": threshold,
+        "confusion_matrix": cm.tolist(),
+    }

@@ -24,6 +24,7 @@ guarantees, and the tests check:
   above ``max_voxels`` is sent with every k-th voxel in-plane (and through-plane if needed), the
   affine's columns scaled by k so that each sent voxel keeps its exact world position.
 """
+
 from __future__ import annotations
 
 import base64
@@ -77,8 +78,15 @@ def _reduce(array_zyx: np.ndarray, grid: Grid) -> np.ndarray:
     return array_zyx[::sz, ::sy, ::sx]
 
 
-def _encode(array_xyz: np.ndarray, affine: np.ndarray, *, cal: tuple[float, float] | None = None,
-            intent: int | None = None, compress: bool = True, level: int = 1) -> bytes:
+def _encode(
+    array_xyz: np.ndarray,
+    affine: np.ndarray,
+    *,
+    cal: tuple[float, float] | None = None,
+    intent: int | None = None,
+    compress: bool = True,
+    level: int = 1,
+) -> bytes:
     import nibabel as nib
 
     img = nib.Nifti1Image(array_xyz, affine)
@@ -104,15 +112,20 @@ def window_range(width: float, level: float) -> tuple[float, float]:
     return float(level) - float(width) / 2.0, float(level) + float(width) / 2.0
 
 
-def volume_nifti(vol, window: tuple[float, float] | None = None, *, max_voxels: int = MAX_VOXELS,
-                 compress: bool = True) -> bytes:
+def volume_nifti(
+    vol, window: tuple[float, float] | None = None, *, max_voxels: int = MAX_VOXELS, compress: bool = True
+) -> bytes:
     """NIfTI-1 bytes of a :class:`medseg_core.io.Volume` for NiiVue: the case's affine, its window
     (``(width, level)``) in ``cal_min`` / ``cal_max``; int16 when every value is an integer in the
     int16 range (CT in HU, most MR), float32 otherwise."""
     grid = sent_grid(vol.shape, vol.affine, max_voxels)
     arr = _reduce(vol.array, grid)
-    if np.all(np.isfinite(arr)) and arr.min(initial=0) >= -32768 and arr.max(initial=0) <= 32767 \
-            and np.array_equal(arr, np.round(arr)):
+    if (
+        np.all(np.isfinite(arr))
+        and arr.min(initial=0) >= -32768
+        and arr.max(initial=0) <= 32767
+        and np.array_equal(arr, np.round(arr))
+    ):
         data = arr.astype(np.int16)
     else:
         data = arr.astype(np.float32)
@@ -159,9 +172,14 @@ def label_lut(names, colours) -> dict:
     names, colours = list(names), [tuple(int(c) for c in col[:3]) for col in colours]
     if len(names) != len(colours):
         raise ValueError("one colour per label name")
-    return {"R": [0] + [c[0] for c in colours], "G": [0] + [c[1] for c in colours],
-            "B": [0] + [c[2] for c in colours], "A": [0] + [255] * len(colours),
-            "I": list(range(len(colours) + 1)), "labels": ["background"] + names}
+    return {
+        "R": [0] + [c[0] for c in colours],
+        "G": [0] + [c[1] for c in colours],
+        "B": [0] + [c[2] for c in colours],
+        "A": [0] + [255] * len(colours),
+        "I": list(range(len(colours) + 1)),
+        "labels": ["background"] + names,
+    }
 
 
 def data_url(nifti: bytes) -> str:

@@ -10,6 +10,7 @@ brackets or braces belong to the value.
 coercing lists to tuples and a single post-processing name to a one-step tuple, and refusing an
 unknown field with a sentence.
 """
+
 from __future__ import annotations
 
 from dataclasses import fields
@@ -101,7 +102,9 @@ def parse_option_set(text: str) -> tuple[str, dict]:
     """A cohort option set ``NAME:key=value,key=value`` -> (name, PredictOptions keyword arguments)."""
     name, _, rest = text.partition(":")
     if not name.strip():
-        raise InputError(f"'{text}' has no name; write an option set as NAME:key=value,... e.g. masked:side_masking=oracle.")
+        raise InputError(
+            f"'{text}' has no name; write an option set as NAME:key=value,... e.g. masked:side_masking=oracle."
+        )
     kw = parse_pairs(rest) if rest.strip() else {}
     predict_options(kw)  # refuse unknown fields now, not halfway through a run
     return name.strip(), kw

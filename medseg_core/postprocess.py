@@ -1,6 +1,7 @@
 """Post-processing of binary masks. Every function returns ``(kept, removed)`` so the app can
 highlight what was taken away; ``removed`` is ``original & ~kept`` (closing may also *add*
 voxels: :func:`raovseg_postprocess` reports those as ``added``)."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -49,7 +50,9 @@ def keep_k_largest(mask, k: int, per_slice: bool = False) -> tuple[np.ndarray, n
     return kept.astype(np.uint8), (m & ~kept).astype(np.uint8)
 
 
-def remove_small(mask, spacing: Sequence[float], min_size: float, per_slice: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def remove_small(
+    mask, spacing: Sequence[float], min_size: float, per_slice: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Remove components smaller than ``min_size``: mm^3 in 3D, mm^2 per slice with ``per_slice``.
 
     ``spacing`` is (z, y, x) in mm."""

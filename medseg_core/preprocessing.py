@@ -26,6 +26,7 @@ prediction made on the model grid goes back exactly onto the input grid.
 Side masking (:func:`side_mask`, :func:`apply_side_masking`) works on *anatomical* sides: the
 patient's left is world x < midline in RAS+, whatever the file's storage order.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -97,8 +98,14 @@ def raovseg_remap(x: np.ndarray, o1: float = 0.24, o2: float = 0.30) -> np.ndarr
     return out
 
 
-def raovseg(x: np.ndarray, o1: float = 0.24, o2: float = 0.30, lo_pct: float = 1.0, hi_pct: float = 99.0,
-            clip_scope: str = "volume") -> np.ndarray:
+def raovseg(
+    x: np.ndarray,
+    o1: float = 0.24,
+    o2: float = 0.30,
+    lo_pct: float = 1.0,
+    hi_pct: float = 99.0,
+    clip_scope: str = "volume",
+) -> np.ndarray:
     """RAovSeg: percentile clip (``clip_scope`` volume | slice, see :func:`percentile_clip`) then
     :func:`raovseg_remap`."""
     return raovseg_remap(percentile_clip(x, lo_pct, hi_pct, clip_scope), o1, o2)
@@ -133,8 +140,9 @@ def clahe(x: np.ndarray, clip_limit: float = 2.0, tiles: int = 8, nbins: int = 2
     return (out[0] if x.ndim == 2 else out).astype(np.float32)
 
 
-def ct_window(x: np.ndarray, lo_hu: float = -57.0, hi_hu: float = 164.0, out_lo: float = 0.0,
-              out_hi: float = 1.0) -> np.ndarray:
+def ct_window(
+    x: np.ndarray, lo_hu: float = -57.0, hi_hu: float = 164.0, out_lo: float = 0.0, out_hi: float = 1.0
+) -> np.ndarray:
     """HU window ``lo_hu..hi_hu`` mapped linearly to ``out_lo..out_hi``, clipped (MONAI's
     ``ScaleIntensityRange(a_min, a_max, b_min, b_max, clip=True)``)."""
     x = np.asarray(x, np.float32)
@@ -143,8 +151,14 @@ def ct_window(x: np.ndarray, lo_hu: float = -57.0, hi_hu: float = 164.0, out_lo:
 
 
 PREPROCESSING: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "none": none, "plain": zscore_per_slice, "minmax": minmax, "scale255": scale255, "raovseg": raovseg, "raovseg_sharp": raovseg_sharp,
-    "clahe": clahe, "ct_window": ct_window,
+    "none": none,
+    "plain": zscore_per_slice,
+    "minmax": minmax,
+    "scale255": scale255,
+    "raovseg": raovseg,
+    "raovseg_sharp": raovseg_sharp,
+    "clahe": clahe,
+    "ct_window": ct_window,
 }
 
 
@@ -257,7 +271,7 @@ class PelvisGeometry:
         H, W = self.resampled_shape
         out = np.zeros(r.shape[:-2] + self.out_shape, np.float32)
         sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, H), max(x0, 0), min(x1, W)
-        out[..., sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = r[..., sy0:sy1, sx0:sx1]
+        out[..., sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = r[..., sy0:sy1, sx0:sx1]
         return out
 
     def inverse(self, y, order: int = 1) -> np.ndarray:
@@ -266,7 +280,7 @@ class PelvisGeometry:
         H, W = self.resampled_shape
         full = np.zeros(y.shape[:-2] + (H, W), np.float32)
         sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, H), max(x0, 0), min(x1, W)
-        full[..., sy0:sy1, sx0:sx1] = y[..., sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]
+        full[..., sy0:sy1, sx0:sx1] = y[..., sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
         return SliceResize(self.resampled_shape, self.in_shape).forward(full, order)
 
     def volume(self, vol):
@@ -281,16 +295,26 @@ class PelvisGeometry:
         m[0, 0], m[0, 3] = kx, (x0 + 0.5) * kx - 0.5
         m[1, 1], m[1, 3] = ky, (y0 + 0.5) * ky - 0.5
         spacing = (vol.spacing[0], vol.spacing[1] * ky, vol.spacing[2] * kx)
-        return Volume(self.forward(vol.array), spacing, vol.affine @ m, modality=vol.modality, name=vol.name,
-                      meta=dict(vol.meta), warnings=list(vol.warnings))
+        return Volume(
+            self.forward(vol.array),
+            spacing,
+            vol.affine @ m,
+            modality=vol.modality,
+            name=vol.name,
+            meta=dict(vol.meta),
+            warnings=list(vol.warnings),
+        )
 
     def describe(self) -> str:
-        return (f"resampled {self.in_shape[0]} x {self.in_shape[1]} -> {self.resampled_shape[0]} x "
-                f"{self.resampled_shape[1]} px, pelvis box {self.out_shape[0]} x {self.out_shape[1]} px")
+        return (
+            f"resampled {self.in_shape[0]} x {self.in_shape[1]} -> {self.resampled_shape[0]} x "
+            f"{self.resampled_shape[1]} px, pelvis box {self.out_shape[0]} x {self.out_shape[1]} px"
+        )
 
 
-def plan_geometry(vol, inplane_mm: float | None = 0.35, crop: str = "body", margin_mm: float = 10.0,
-                  square: bool = True) -> PelvisGeometry:
+def plan_geometry(
+    vol, inplane_mm: float | None = 0.35, crop: str = "body", margin_mm: float = 10.0, square: bool = True
+) -> PelvisGeometry:
     """The :class:`PelvisGeometry` of one volume (a card's ``recipe.geometry`` are the keywords):
     in-plane resampling to ``inplane_mm`` (None: keep the spacing) and, with ``crop="body"``, the
     :func:`body_box` of the resampled image grown by ``margin_mm``."""
@@ -364,7 +388,9 @@ def side_of_mask(mask2d_or_3d: np.ndarray, volume) -> str | None:
     return "left" if cx < midline_x(volume) else "right"
 
 
-def apply_side_masking(image: np.ndarray, volume, mode: str, reference: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+def apply_side_masking(
+    image: np.ndarray, volume, mode: str, reference: np.ndarray | None = None
+) -> tuple[np.ndarray, dict]:
     """Zero the other half of ``image`` (Z, Y, X) per report 000 section 3.5.
 
     ``left`` / ``right``: keep that anatomical side. ``oracle`` (evaluation only): per slice, the

@@ -24,6 +24,7 @@ The scoring runs inside the one engine (``evaluate_cases(..., scorer=...)``); th
 decides what is scored and how it is averaged. Facts and section references are in each protocol's
 ``description`` and in ``configs/reproduce/rows/NNN.yaml``'s ``protocol`` block.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,36 +59,69 @@ class Protocol:
             raise ValueError(f"protocol {self.name}: unit {self.unit!r} / average {self.average!r}")
 
 
-PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
-    Protocol("medseg", "medseg's own protocol",
-             "Per case in 3D with voxel spacing; HD95 = max of the directed 95th percentiles; both empty = NaN."),
-    Protocol("report000", "Report 000 (ovary MRI, Table 1)",
-             "Dice on the ovary-positive validation slices (slices whose reference has ovary), pooled over "
-             "all such slices of all validation patients (report 000, Table 1); the 'masked' column adds "
-             "oracle side masking (row option side_masking=oracle); no post-processing (the report measures "
-             "largest-component post-processing separately).",
-             unit="positive_slice", average="units", options={"postprocessing": ()}),
-    Protocol("report001", "Report 001 (ovarian lesions in ultrasound)",
-             "Per image: segmentation Dice / IoU of each image at threshold 0.5, averaged over images; "
-             "classification accuracy, sensitivity, specificity, F1 and ROC AUC over images at the operating "
-             "threshold p(malignant) >= 0.5 (see configs/reproduce/rows/001.yaml for the report's wording).",
-             unit="case", average="units", options={"postprocessing": ()}, class_threshold=0.5),
-    Protocol("report002", "Report 002 (GI tract MRI)",
-             "Per slice and per organ channel: Dice at threshold 0.5 with epsilon 0.001, so both empty = 1 "
-             "(report 002's dice_coefficient), averaged over all slices and channels of the test split.",
-             unit="slice", average="units", dice="report002", options={"postprocessing": ()}),
-    Protocol("report003", "Report 003 (3D spleen CT)",
-             "Per test case in 3D with voxel spacing: Dice, IoU, precision, recall, specificity on the spleen "
-             "channel only, HD95 in mm (max of the directed 95th percentiles), averaged over the 5 test cases "
-             "(report 003, Table I: 'average values from test set inferences').",
-             unit="case", average="units"),
-    Protocol("report004", "Report 004 (micro-ultrasound prostate)",
-             "Per 2D slice where both masks are non-empty: Dice, and HD95 with medpy's pooled definition at the "
-             "public code's pixel spacing 0.033586 mm; averaged per case, then over the test cases; no "
-             "post-processing (MicroSegNet's evaluation code; see configs/reproduce/rows/004.yaml).",
-             unit="both_nonempty_slice", average="case_then_cases", hd95="pooled", inplane_spacing_mm=0.033586,
-             options={"postprocessing": ()}),
-)}
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p
+    for p in (
+        Protocol(
+            "medseg",
+            "medseg's own protocol",
+            "Per case in 3D with voxel spacing; HD95 = max of the directed 95th percentiles; both empty = NaN.",
+        ),
+        Protocol(
+            "report000",
+            "Report 000 (ovary MRI, Table 1)",
+            "Dice on the ovary-positive validation slices (slices whose reference has ovary), pooled over "
+            "all such slices of all validation patients (report 000, Table 1); the 'masked' column adds "
+            "oracle side masking (row option side_masking=oracle); no post-processing (the report measures "
+            "largest-component post-processing separately).",
+            unit="positive_slice",
+            average="units",
+            options={"postprocessing": ()},
+        ),
+        Protocol(
+            "report001",
+            "Report 001 (ovarian lesions in ultrasound)",
+            "Per image: segmentation Dice / IoU of each image at threshold 0.5, averaged over images; "
+            "classification accuracy, sensitivity, specificity, F1 and ROC AUC over images at the operating "
+            "threshold p(malignant) >= 0.5 (see configs/reproduce/rows/001.yaml for the report's wording).",
+            unit="case",
+            average="units",
+            options={"postprocessing": ()},
+            class_threshold=0.5,
+        ),
+        Protocol(
+            "report002",
+            "Report 002 (GI tract MRI)",
+            "Per slice and per organ channel: Dice at threshold 0.5 with epsilon 0.001, so both empty = 1 "
+            "(report 002's dice_coefficient), averaged over all slices and channels of the test split.",
+            unit="slice",
+            average="units",
+            dice="report002",
+            options={"postprocessing": ()},
+        ),
+        Protocol(
+            "report003",
+            "Report 003 (3D spleen CT)",
+            "Per test case in 3D with voxel spacing: Dice, IoU, precision, recall, specificity on the spleen "
+            "channel only, HD95 in mm (max of the directed 95th percentiles), averaged over the 5 test cases "
+            "(report 003, Table I: 'average values from test set inferences').",
+            unit="case",
+            average="units",
+        ),
+        Protocol(
+            "report004",
+            "Report 004 (micro-ultrasound prostate)",
+            "Per 2D slice where both masks are non-empty: Dice, and HD95 with medpy's pooled definition at the "
+            "public code's pixel spacing 0.033586 mm; averaged per case, then over the test cases; no "
+            "post-processing (MicroSegNet's evaluation code; see configs/reproduce/rows/004.yaml).",
+            unit="both_nonempty_slice",
+            average="case_then_cases",
+            hd95="pooled",
+            inplane_spacing_mm=0.033586,
+            options={"postprocessing": ()},
+        ),
+    )
+}
 
 
 def get_protocol(name: str | None) -> Protocol:
@@ -99,19 +133,26 @@ def get_protocol(name: str | None) -> Protocol:
 
 def _scores(p: Protocol, pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
     if p.dice == "report002":  # (N, C, H, W): one slice, one channel
-        d = M.dice_report002(pred.reshape((1, 1) + pred.shape[-2:]).astype(np.float32),
-                             ref.reshape((1, 1) + ref.shape[-2:]).astype(np.float32))
+        d = M.dice_report002(
+            pred.reshape((1, 1) + pred.shape[-2:]).astype(np.float32),
+            ref.reshape((1, 1) + ref.shape[-2:]).astype(np.float32),
+        )
     else:
         d = M.dice(pred, ref)
-    out = {"dice": float(d),
-           "iou": M.iou(pred, ref), "precision": M.precision(pred, ref), "recall": M.recall(pred, ref),
-           "specificity": M.specificity(pred, ref)}
+    out = {
+        "dice": float(d),
+        "iou": M.iou(pred, ref),
+        "precision": M.precision(pred, ref),
+        "recall": M.recall(pred, ref),
+        "specificity": M.specificity(pred, ref),
+    }
     out["hd95_mm"] = M.hd95_pooled(pred, ref, spacing) if p.hd95 == "pooled" else M.hd95(pred, ref, spacing)
     return out
 
 
-def score_case(p: Protocol, masks: dict[str, np.ndarray], refs: dict[str, np.ndarray],
-               spacing: Sequence[float]) -> list[dict]:
+def score_case(
+    p: Protocol, masks: dict[str, np.ndarray], refs: dict[str, np.ndarray], spacing: Sequence[float]
+) -> list[dict]:
     """The protocol's units of one case: a list of ``{label, slice, dice, ..., hd95_mm}`` (``slice`` is
     None for whole-case units). ``spacing`` is the volume's (z, y, x) in mm."""
     sp = tuple(float(s) for s in spacing)
@@ -138,8 +179,10 @@ def score_case(p: Protocol, masks: dict[str, np.ndarray], refs: dict[str, np.nda
 
 def scorer(p: Protocol):
     """The engine's ``scorer`` hook for this protocol."""
+
     def score(case, prediction, refs, volume) -> list[dict]:
         return score_case(p, prediction.masks, refs, volume.spacing)
+
     return score
 
 
@@ -160,7 +203,9 @@ def aggregate(p: Protocol, per_case_units: dict[str, list[dict]]) -> dict:
             if p.average == "units":
                 vals = [u[k] for us in per_case_units.values() for u in us if lab in ("all labels", u["label"])]
             else:
-                vals = [_mean([u[k] for u in us if lab in ("all labels", u["label"])]) for us in per_case_units.values()]
+                vals = [
+                    _mean([u[k] for u in us if lab in ("all labels", u["label"])]) for us in per_case_units.values()
+                ]
             defined = [v for v in vals if not math.isnan(v)]
             s[k] = {"mean": _mean(defined), "n": len(defined)}
         out[lab] = s
@@ -174,8 +219,10 @@ def per_case(per_case_units: dict[str, list[dict]]) -> dict[str, dict]:
     out = {}
     for case, us in per_case_units.items():
         labels = sorted({u["label"] for u in us})
-        out[case] = {lab: {k: _mean([u[k] for u in us if lab in ("all labels", u["label"])]) for k in SCORED}
-                     for lab in labels + ["all labels"]}
+        out[case] = {
+            lab: {k: _mean([u[k] for u in us if lab in ("all labels", u["label"])]) for k in SCORED}
+            for lab in labels + ["all labels"]
+        }
     return out
 
 

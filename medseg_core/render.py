@@ -3,6 +3,7 @@
 All pictures come from :func:`medseg_core.io.display_slice`, so they are in radiological
 convention; :func:`aspect_correct` resamples a picture so that each screen pixel is square in mm.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,7 +46,9 @@ def apply_window(img: np.ndarray, width: float, level: float) -> np.ndarray:
 MAX_DISPLAY_SIDE = 1024
 
 
-def display_size(shape, row_mm: float, col_mm: float, max_side: int | None = MAX_DISPLAY_SIDE) -> tuple[int, int, float]:
+def display_size(
+    shape, row_mm: float, col_mm: float, max_side: int | None = MAX_DISPLAY_SIDE
+) -> tuple[int, int, float]:
     """(height, width, factor) of the displayed picture: square pixels at the finer spacing, then
     shrunk by ``factor`` (>= 1) so the longer side is at most ``max_side``."""
     h, w = shape[:2]
@@ -55,8 +58,9 @@ def display_size(shape, row_mm: float, col_mm: float, max_side: int | None = MAX
     return max(1, int(round(new_h / factor))), max(1, int(round(new_w / factor))), factor
 
 
-def aspect_correct(picture: np.ndarray, row_mm: float, col_mm: float, order: int = 0,
-                   max_side: int | None = MAX_DISPLAY_SIDE) -> np.ndarray:
+def aspect_correct(
+    picture: np.ndarray, row_mm: float, col_mm: float, order: int = 0, max_side: int | None = MAX_DISPLAY_SIDE
+) -> np.ndarray:
     """Resample rows or columns so that one output pixel is square (the finer spacing is kept), and
     shrink the result if its longer side exceeds ``max_side`` (see :func:`display_size`).
 
@@ -76,8 +80,10 @@ def display_notice(shape, row_mm: float, col_mm: float) -> str | None:
     _, _, f = display_size(shape, row_mm, col_mm)
     if f <= 1.0:
         return None
-    return (f"This slice is shown at 1/{f:.1f} of its resolution to keep the viewer responsive; metrics and "
-            "exports use the full resolution.")
+    return (
+        f"This slice is shown at 1/{f:.1f} of its resolution to keep the viewer responsive; metrics and "
+        "exports use the full resolution."
+    )
 
 
 def edge_labels(plane: str, known: bool = True) -> dict[str, str]:
@@ -88,8 +94,15 @@ def edge_labels(plane: str, known: bool = True) -> dict[str, str]:
 
 #: Default label colours (RGB), distinguishable for the common colour-vision deficiencies
 #: (Okabe-Ito palette).
-LABEL_COLOURS = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
-                 (213, 94, 0), (204, 121, 167)]
+LABEL_COLOURS = [
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (240, 228, 66),
+    (0, 114, 178),
+    (213, 94, 0),
+    (204, 121, 167),
+]
 #: The unlabelled other ovary (outline), as in the failure gallery's thumbnails.
 OTHER_OVARY_COLOUR = (204, 121, 167)
 #: TP / FP / FN colours for comparing a prediction with the reference.
@@ -109,8 +122,9 @@ def outline(mask2d: np.ndarray) -> np.ndarray:
     return m & ~inner
 
 
-def overlay(grey: np.ndarray, layers: list[tuple[np.ndarray, tuple[int, int, int]]], alpha: float = 0.4,
-            mode: str = "fill") -> np.ndarray:
+def overlay(
+    grey: np.ndarray, layers: list[tuple[np.ndarray, tuple[int, int, int]]], alpha: float = 0.4, mode: str = "fill"
+) -> np.ndarray:
     """Blend binary layers onto a uint8 grey picture; returns uint8 RGB.
 
     ``mode`` "fill" tints each label with opacity ``alpha`` and draws its outline opaque;
@@ -143,8 +157,11 @@ DISAGREE_COLOURS = {"only_a": (230, 159, 0), "only_b": (86, 180, 233), "both": (
 def disagreement_layers(a2d: np.ndarray, b2d: np.ndarray) -> list[tuple[np.ndarray, tuple[int, int, int]]]:
     """Layers of two results on one slice: only A, only B (filled) and both (in light grey)."""
     a, b = a2d.astype(bool), b2d.astype(bool)
-    return [(a & b, DISAGREE_COLOURS["both"]), (a & ~b, DISAGREE_COLOURS["only_a"]),
-            (b & ~a, DISAGREE_COLOURS["only_b"])]
+    return [
+        (a & b, DISAGREE_COLOURS["both"]),
+        (a & ~b, DISAGREE_COLOURS["only_a"]),
+        (b & ~a, DISAGREE_COLOURS["only_b"]),
+    ]
 
 
 @dataclass
@@ -175,10 +192,21 @@ def _layer_slice(mask: np.ndarray, plane: str, index: int | None) -> np.ndarray:
     return m if (m.ndim == 2 or index is None) else display_slice(m, plane, index)
 
 
-def slice_picture(array: np.ndarray, spacing, plane: str = "axial", index: int | None = 0,
-                  window: tuple[float, float] | None = None, *, layers=(), outlines=(), heat: dict | None = None,
-                  alpha: float = 0.4, mode: str = "fill", fit: int | None = None,
-                  max_side: int | None = MAX_DISPLAY_SIDE) -> SlicePicture:
+def slice_picture(
+    array: np.ndarray,
+    spacing,
+    plane: str = "axial",
+    index: int | None = 0,
+    window: tuple[float, float] | None = None,
+    *,
+    layers=(),
+    outlines=(),
+    heat: dict | None = None,
+    alpha: float = 0.4,
+    mode: str = "fill",
+    fit: int | None = None,
+    max_side: int | None = MAX_DISPLAY_SIDE,
+) -> SlicePicture:
     """The one drawing chain of every slice picture in the app: display orientation -> window ->
     heat map -> label layers -> outlines -> aspect correction (issue 18 item 6).
 
@@ -225,16 +253,28 @@ def slice_picture(array: np.ndarray, spacing, plane: str = "axial", index: int |
             heat_2d = resize(np.asarray(heat_2d, np.float32), Image.Resampling.NEAREST)
     rgb = grey
     if heat_2d is not None:
-        rgb = heat_overlay(grey, heat_2d, heat["vmin"], heat["vmax"], alpha=alpha, floor=heat.get("floor"),
-                           colorscale=heat.get("colorscale", HEAT_COLOURSCALE))
+        rgb = heat_overlay(
+            grey,
+            heat_2d,
+            heat["vmin"],
+            heat["vmax"],
+            alpha=alpha,
+            floor=heat.get("floor"),
+            colorscale=heat.get("colorscale", HEAT_COLOURSCALE),
+        )
     rgb = overlay(rgb, fills, alpha=alpha, mode=mode)
     for m, c in lines:
         if m.any():
             rgb[outline(m)] = np.asarray(c, np.uint8)
     if fit:
         return SlicePicture(rgb, rgb, row_mm, col_mm, None)
-    return SlicePicture(aspect_correct(rgb, row_mm, col_mm, max_side=max_side), rgb, row_mm, col_mm,
-                        display_notice(rgb.shape, row_mm, col_mm))
+    return SlicePicture(
+        aspect_correct(rgb, row_mm, col_mm, max_side=max_side),
+        rgb,
+        row_mm,
+        col_mm,
+        display_notice(rgb.shape, row_mm, col_mm),
+    )
 
 
 #: The colour map of every uncertainty/probability overlay and its colour bar: viridis, perceptually
@@ -260,8 +300,10 @@ def heat_colorscale(colorscale: str = HEAT_COLOURSCALE) -> list[list]:
     own, which turned the bottom of the bar red.)"""
     from plotly.colors import get_colorscale
 
-    return [[float(pos), "rgb({}, {}, {})".format(*(int(round(x)) for x in _rgb(c)))]
-            for pos, c in get_colorscale(colorscale)]
+    return [
+        [float(pos), "rgb({}, {}, {})".format(*(int(round(x)) for x in _rgb(c)))]
+        for pos, c in get_colorscale(colorscale)
+    ]
 
 
 def lightness(rgb) -> np.ndarray:
@@ -272,8 +314,15 @@ def lightness(rgb) -> np.ndarray:
     return np.where(y > (6 / 29) ** 3, 116 * np.cbrt(y) - 16, y * (29 / 3) ** 3)
 
 
-def heat_overlay(grey: np.ndarray, values: np.ndarray, vmin: float, vmax: float, alpha: float = 0.6,
-                 floor: float | None = None, colorscale: str = HEAT_COLOURSCALE) -> np.ndarray:
+def heat_overlay(
+    grey: np.ndarray,
+    values: np.ndarray,
+    vmin: float,
+    vmax: float,
+    alpha: float = 0.6,
+    floor: float | None = None,
+    colorscale: str = HEAT_COLOURSCALE,
+) -> np.ndarray:
     """Blend a scalar map (probability, entropy, MI) onto a grey picture with :func:`heat_lut`
     (``vmin`` -> the low end, ``vmax`` -> the high end; the colour bar of :func:`slice_figure` uses
     the same colours). ``alpha`` 1 shows the bar's colours exactly.
@@ -292,8 +341,8 @@ def heat_overlay(grey: np.ndarray, values: np.ndarray, vmin: float, vmax: float,
 def _rgb(s: str) -> tuple[float, float, float]:
     s = s.strip()
     if s.startswith("#"):
-        return tuple(int(s[i:i + 2], 16) for i in (1, 3, 5))
-    inner = s[s.index("(") + 1: s.index(")")]
+        return tuple(int(s[i : i + 2], 16) for i in (1, 3, 5))
+    inner = s[s.index("(") + 1 : s.index(")")]
     return tuple(float(x) for x in inner.split(",")[:3])
 
 
@@ -301,8 +350,15 @@ def _rgb(s: str) -> tuple[float, float, float]:
 LETTER_COLOUR = (255, 213, 79)
 
 
-def slice_figure(rgb: np.ndarray, plane: str, title: str | None = None, height: int | None = 620,
-                 colorbar: dict | None = None, letters: bool = True, title_inside: bool = False):
+def slice_figure(
+    rgb: np.ndarray,
+    plane: str,
+    title: str | None = None,
+    height: int | None = 620,
+    colorbar: dict | None = None,
+    letters: bool = True,
+    title_inside: bool = False,
+):
     """A plotly figure of an aspect-correct RGB picture sent as a compressed image
     (``binary_string``), square pixels, orientation letters on the edges.
 
@@ -319,30 +375,67 @@ def slice_figure(rgb: np.ndarray, plane: str, title: str | None = None, height: 
     # px.imshow(binary_string=True) encoder took ~55 ms for a 512 x 512 slice here, this ~10 ms.
     labels = edge_labels(plane, letters)
     style = dict(font=dict(color=rgb_to_hex(LETTER_COLOUR), size=18), showarrow=False, xref="x", yref="y")
-    where = {"left": dict(x=4, y=h / 2, xanchor="left"), "right": dict(x=w - 4, y=h / 2, xanchor="right"),
-             "top": dict(x=w / 2, y=4, yanchor="top"), "bottom": dict(x=w / 2, y=h - 4, yanchor="bottom")}
-    annotations = [dict(text=labels[edge], **where[edge], **style) for edge in ("left", "right", "top", "bottom")
-                   if edge in labels]
+    where = {
+        "left": dict(x=4, y=h / 2, xanchor="left"),
+        "right": dict(x=w - 4, y=h / 2, xanchor="right"),
+        "top": dict(x=w / 2, y=4, yanchor="top"),
+        "bottom": dict(x=w / 2, y=h - 4, yanchor="bottom"),
+    }
+    annotations = [
+        dict(text=labels[edge], **where[edge], **style) for edge in ("left", "right", "top", "bottom") if edge in labels
+    ]
     if title and title_inside:
-        annotations.append(dict(text=title, x=0, y=1, xref="paper", yref="paper", xanchor="left", yanchor="top",
-                                showarrow=False, align="left", font=dict(color="#f0f0f0", size=14),
-                                bgcolor="rgba(0,0,0,0.55)", borderpad=3))
+        annotations.append(
+            dict(
+                text=title,
+                x=0,
+                y=1,
+                xref="paper",
+                yref="paper",
+                xanchor="left",
+                yanchor="top",
+                showarrow=False,
+                align="left",
+                font=dict(color="#f0f0f0", size=14),
+                bgcolor="rgba(0,0,0,0.55)",
+                borderpad=3,
+            )
+        )
     data = [go.Image(source=png_data_uri(rgb), hoverinfo="skip")]
     if colorbar:
-        data.append(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
-                               marker=dict(colorscale=heat_colorscale(colorbar.get("colorscale", HEAT_COLOURSCALE)),
-                                           cmin=colorbar["vmin"],
-                                           cmax=colorbar["vmax"], color=[colorbar["vmin"]], showscale=True,
-                                           colorbar=dict(title=dict(text=colorbar.get("title", ""), side="right"),
-                                                         thickness=14))))  # title beside the bar: the picture keeps its width
+        data.append(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                showlegend=False,
+                hoverinfo="skip",
+                marker=dict(
+                    colorscale=heat_colorscale(colorbar.get("colorscale", HEAT_COLOURSCALE)),
+                    cmin=colorbar["vmin"],
+                    cmax=colorbar["vmax"],
+                    color=[colorbar["vmin"]],
+                    showscale=True,
+                    colorbar=dict(title=dict(text=colorbar.get("title", ""), side="right"), thickness=14),
+                ),
+            )
+        )  # title beside the bar: the picture keeps its width
     top = 30 if title and not title_inside else 0
     # one constructor call: plotly validates each update_* call separately (~15 ms for three here)
-    fig = go.Figure(data=data, layout=dict(
-        xaxis=dict(visible=False, range=[-0.5, w - 0.5]),
-        yaxis=dict(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", scaleratio=1),
-        annotations=annotations, height=height, margin=dict(l=0, r=0, t=top, b=0),
-        title=None if title_inside else title,
-        paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="black", dragmode="pan"))
+    fig = go.Figure(
+        data=data,
+        layout=dict(
+            xaxis=dict(visible=False, range=[-0.5, w - 0.5]),
+            yaxis=dict(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", scaleratio=1),
+            annotations=annotations,
+            height=height,
+            margin=dict(l=0, r=0, t=top, b=0),
+            title=None if title_inside else title,
+            paper_bgcolor="rgba(0,0,0,0)",
+            plot_bgcolor="black",
+            dragmode="pan",
+        ),
+    )
     return fig
 
 
@@ -388,9 +481,18 @@ def scale_bar_mm(width_mm: float) -> float:
     return float(fits[-1] if fits else SCALE_BAR_STEPS_MM[0])
 
 
-def export_view(picture: np.ndarray, row_mm: float, col_mm: float, plane: str, *, letters: bool = True,
-                legend: list[tuple[str, tuple[int, int, int]]] | None = None, title: str | None = None,
-                pixel_size_known: bool = True, note: str | None = None):
+def export_view(
+    picture: np.ndarray,
+    row_mm: float,
+    col_mm: float,
+    plane: str,
+    *,
+    letters: bool = True,
+    legend: list[tuple[str, tuple[int, int, int]]] | None = None,
+    title: str | None = None,
+    pixel_size_known: bool = True,
+    note: str | None = None,
+):
     """The "Export this view" picture: the slice (RGB, as :func:`overlay` drew it, *before* aspect
     correction) at full resolution with square pixels, the orientation letters that are known on its
     edges, its title in the top-left corner, and a band under it with the legend (colour swatches and
@@ -451,22 +553,43 @@ def export_view(picture: np.ndarray, row_mm: float, col_mm: float, plane: str, *
     # orientation letters (only those known), outlined so they read on any anatomy
     labels = edge_labels(plane, letters)
     m = pad
-    pos = {"left": (x0 + m, ph / 2, "lm"), "right": (x0 + pw - m, ph / 2, "rm"),
-           "top": (x0 + pw / 2, m, "mt"), "bottom": (x0 + pw / 2, ph - m, "mb")}
+    pos = {
+        "left": (x0 + m, ph / 2, "lm"),
+        "right": (x0 + pw - m, ph / 2, "rm"),
+        "top": (x0 + pw / 2, m, "mt"),
+        "bottom": (x0 + pw / 2, ph - m, "mb"),
+    }
     for edge, letter in labels.items():
         px_, py_, anchor = pos[edge]
-        d.text((px_, py_), letter, font=f_letter, fill=LETTER_COLOUR, anchor=anchor,
-               stroke_width=max(1, base // 8), stroke_fill=(0, 0, 0))
+        d.text(
+            (px_, py_),
+            letter,
+            font=f_letter,
+            fill=LETTER_COLOUR,
+            anchor=anchor,
+            stroke_width=max(1, base // 8),
+            stroke_fill=(0, 0, 0),
+        )
     if title:
-        d.text((x0 + m, m), title, font=f_text, fill=(240, 240, 240), anchor="lt",
-               stroke_width=max(1, base // 10), stroke_fill=(0, 0, 0))
+        d.text(
+            (x0 + m, m),
+            title,
+            font=f_text,
+            fill=(240, 240, 240),
+            anchor="lt",
+            stroke_width=max(1, base // 10),
+            stroke_fill=(0, 0, 0),
+        )
 
     # legend: a swatch and a name per item
     y = ph + pad
     for ln in lines:
         for lx, text, colour in ln:
-            d.rectangle([lx, y + (line_h - sw) // 2 - 2, lx + sw, y + (line_h - sw) // 2 - 2 + sw], fill=tuple(colour),
-                        outline=(220, 220, 220))
+            d.rectangle(
+                [lx, y + (line_h - sw) // 2 - 2, lx + sw, y + (line_h - sw) // 2 - 2 + sw],
+                fill=tuple(colour),
+                outline=(220, 220, 220),
+            )
             d.text((lx + sw + pad // 2, y + line_h // 2 - 2), text, font=f_text, fill=(235, 235, 235), anchor="lm")
         y += line_h
     if note:
@@ -480,9 +603,15 @@ def export_view(picture: np.ndarray, row_mm: float, col_mm: float, plane: str, *
     by0 = by1 - bar_h
     d.rectangle([bx0, by0, bx1 - 1, by1 - 1], fill=(255, 255, 255))
     d.text(((bx0 + bx1) / 2, by0 - 4), bar_label, font=f_text, fill=(235, 235, 235), anchor="md")
-    info = {"pixel_mm": pixel_mm, "scale_bar_mm": bar_mm, "scale_bar_px": bar_px,
-            "scale_bar_box": (bx0, by0, bx1, by1), "picture_box": (x0, 0, x0 + pw, ph), "letters": labels,
-            "pixel_size_known": pixel_size_known}
+    info = {
+        "pixel_mm": pixel_mm,
+        "scale_bar_mm": bar_mm,
+        "scale_bar_px": bar_px,
+        "scale_bar_box": (bx0, by0, bx1, by1),
+        "picture_box": (x0, 0, x0 + pw, ph),
+        "letters": labels,
+        "pixel_size_known": pixel_size_known,
+    }
     return np.asarray(out), info
 
 
@@ -498,8 +627,10 @@ def view_png(picture: np.ndarray, row_mm: float, col_mm: float, plane: str, **kw
     meta = PngInfo()
     meta.add_text("medseg:pixel_mm", f"{info['pixel_mm']:.6g}")
     meta.add_text("medseg:scale_bar_mm", f"{info['scale_bar_mm']:g}")
-    meta.add_text("medseg:letters", "".join(info["letters"].get(e, "") for e in ("left", "right", "top", "bottom"))
-                  or "not stated")
+    meta.add_text(
+        "medseg:letters",
+        "".join(info["letters"].get(e, "") for e in ("left", "right", "top", "bottom")) or "not stated",
+    )
     meta.add_text("Software", "medseg (research use only; not for diagnosis)")
     buf = _io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG", pnginfo=meta, compress_level=6)
@@ -526,8 +657,12 @@ def fast_png(rgb: np.ndarray) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     colour = {1: 0, 3: 2, 4: 6}[c]
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw.tobytes(), 1)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 1))
+        + chunk(b"IEND", b"")
+    )
 
 
 def png_data_uri(rgb: np.ndarray) -> str:
@@ -540,7 +675,7 @@ def png_data_uri(rgb: np.ndarray) -> str:
 def hex_to_rgb(value: str) -> tuple[int, int, int]:
     """'#e69f00' -> (230, 159, 0)."""
     v = value.lstrip("#")
-    return tuple(int(v[i:i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
+    return tuple(int(v[i : i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
 
 
 def rgb_to_hex(rgb) -> str:

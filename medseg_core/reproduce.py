@@ -21,6 +21,7 @@ prints the report's numbers beside the reproduced ones (``runs/reproduce/NNN/tab
 ``--smoke`` does that on small synthetic phantoms of each dataset's layout, one epoch of two steps:
 it proves that every row runs end to end, not what the method achieves.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,18 @@ from .io.errors import InputError
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs" / "reproduce"
 ROWS_DIR = CONFIG_DIR / "rows"
-REQUIRED = ("loss", "optimiser", "lr", "epochs", "batch", "input_size", "preprocessing", "augmentation", "split",
-            "select_by")
+REQUIRED = (
+    "loss",
+    "optimiser",
+    "lr",
+    "epochs",
+    "batch",
+    "input_size",
+    "preprocessing",
+    "augmentation",
+    "split",
+    "select_by",
+)
 #: the smoke run's synthetic datasets, per adapter (small: every config of a report trains on them)
 SMOKE_DATA = {
     "msd_spleen": {"kind": "ct", "n": 6, "seed": 11},
@@ -74,7 +85,11 @@ class Row:
     def eval_key(self) -> str:
         """Rows that share config, protocol and options share one evaluation."""
         opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
-        return f"{self.config}__{self.protocol}" + (f"__{opts}" if opts else "") + (f"__{self.split}" if self.split else "")
+        return (
+            f"{self.config}__{self.protocol}"
+            + (f"__{opts}" if opts else "")
+            + (f"__{self.split}" if self.split else "")
+        )
 
 
 def reports() -> list[str]:
@@ -84,8 +99,10 @@ def reports() -> list[str]:
 def load_table(report: str) -> dict:
     p = ROWS_DIR / f"{report}.yaml"
     if not p.is_file():
-        raise InputError(f"There is no rows table for report '{report}' (looked for {p.relative_to(ROOT)}); "
-                         f"tables exist for {', '.join(reports()) or 'no report'}.")
+        raise InputError(
+            f"There is no rows table for report '{report}' (looked for {p.relative_to(ROOT)}); "
+            f"tables exist for {', '.join(reports()) or 'no report'}."
+        )
     return yaml.safe_load(p.read_text()) or {}
 
 
@@ -93,14 +110,24 @@ def rows_of(report: str) -> list[Row]:
     t = load_table(report)
     out = []
     for r in t.get("rows") or []:
-        out.append(Row(report=report, table=str(r.get("table", "")), row=str(r.get("row", "")),
-                       metric=str(r.get("metric", "")), value=float(r["value"]) if r.get("value") is not None
-                       else math.nan, config=str(r.get("config") or ""), protocol=str(r.get("protocol") or
-                                                                                      f"report{report}"),
-                       options=dict(r.get("options") or {}), label=r.get("label"), column=r.get("column"),
-                       note=str(r.get("note") or ""), case=None if r.get("case") is None else str(r["case"]),
-                       epoch=None if r.get("epoch") is None else int(r["epoch"]),
-                       split=None if r.get("split") is None else str(r["split"])))
+        out.append(
+            Row(
+                report=report,
+                table=str(r.get("table", "")),
+                row=str(r.get("row", "")),
+                metric=str(r.get("metric", "")),
+                value=float(r["value"]) if r.get("value") is not None else math.nan,
+                config=str(r.get("config") or ""),
+                protocol=str(r.get("protocol") or f"report{report}"),
+                options=dict(r.get("options") or {}),
+                label=r.get("label"),
+                column=r.get("column"),
+                note=str(r.get("note") or ""),
+                case=None if r.get("case") is None else str(r["case"]),
+                epoch=None if r.get("epoch") is None else int(r["epoch"]),
+                split=None if r.get("split") is None else str(r["split"]),
+            )
+        )
     return out
 
 
@@ -116,19 +143,27 @@ def settings_of(cfg: dict) -> dict[str, Any]:
     o, t = cfg["optim"], cfg["train"]
     sched = o.get("scheduler") or {}
     return {
-        "model": cfg["model"], "variant": cfg.get("variant"),
-        "loss": cfg["loss"]["name"], "loss_params": dict(cfg["loss"].get("params") or {}),
-        "optimiser": o["name"], "lr": o.get("lr"), "momentum": o.get("momentum"), "weight_decay": o.get("weight_decay"),
+        "model": cfg["model"],
+        "variant": cfg.get("variant"),
+        "loss": cfg["loss"]["name"],
+        "loss_params": dict(cfg["loss"].get("params") or {}),
+        "optimiser": o["name"],
+        "lr": o.get("lr"),
+        "momentum": o.get("momentum"),
+        "weight_decay": o.get("weight_decay"),
         "scheduler": (sched.get("name") or "none") if isinstance(sched, dict) else str(sched),
         "scheduler_params": {k: v for k, v in sched.items() if k != "name"} if isinstance(sched, dict) else {},
-        "epochs": t.get("epochs"), "batch": t.get("batch_size"),
+        "epochs": t.get("epochs"),
+        "batch": t.get("batch_size"),
         "input_size": list(cfg.get("roi") or cfg.get("input_size") or []) or None,
         "preprocessing": _spec_default_preprocessing(cfg),
         "preprocessing_params": dict(cfg.get("preprocessing_params") or {}),
         "augmentation": dict(cfg.get("augment") or {}),
         "split": {k: v for k, v in (cfg["data"].get("split") or {}).items() if k != "seed"},
-        "select_by": t.get("select_by"), "sampler": t.get("sampler") or "uniform",
-        "encoder_weights": cfg.get("encoder_weights") or "random init", "init_from": cfg.get("init_from"),
+        "select_by": t.get("select_by"),
+        "sampler": t.get("sampler") or "uniform",
+        "encoder_weights": cfg.get("encoder_weights") or "random init",
+        "init_from": cfg.get("init_from"),
     }
 
 
@@ -148,8 +183,11 @@ def _same(expected, actual) -> bool:
     if isinstance(expected, dict):
         return isinstance(actual, dict) and all(k in actual and _same(v, actual[k]) for k, v in expected.items())
     if isinstance(expected, (list, tuple)):
-        return isinstance(actual, (list, tuple)) and len(expected) == len(actual) and all(
-            _same(a, b) for a, b in zip(expected, actual))
+        return (
+            isinstance(actual, (list, tuple))
+            and len(expected) == len(actual)
+            and all(_same(a, b) for a, b in zip(expected, actual))
+        )
     if isinstance(expected, bool) or isinstance(actual, bool):
         return expected is actual or expected == actual and type(expected) is type(actual)
     if isinstance(expected, (int, float)) and isinstance(actual, (int, float)):
@@ -234,9 +272,17 @@ def smoke_overrides(cfg: dict, out_root: Path) -> list[str]:
         syn["annotate"] = True
     syn.update((cfg.get("smoke") or {}).get("synthetic") or {})
     root = f"data/synthetic/smoke/{syn['kind']}" + ("_annotated" if syn.get("annotate") else "")
-    return [f"data.root={root}", f"data.synthetic={json.dumps(syn)}", "train.epochs=1",
-            "train.max_steps_per_epoch=2", "train.batch_size=2", "train.patience=1", "evaluate_test=false", f"out={out_root}",
-            "data.max_cases=null"]
+    return [
+        f"data.root={root}",
+        f"data.synthetic={json.dumps(syn)}",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=2",
+        "train.batch_size=2",
+        "train.patience=1",
+        "evaluate_test=false",
+        f"out={out_root}",
+        "data.max_cases=null",
+    ]
 
 
 _DEPENDENCY = re.compile(r"runs/reproduce/\d{3}[^/]*/([^/]+)/")
@@ -255,15 +301,27 @@ def dependencies(cfg: dict) -> list[tuple[str, str]]:
 
 
 def _train_cmd(name: str, extra: list[str]) -> str:
-    return "medseg train --config " + shlex.quote(str((CONFIG_DIR / f"{name}.yaml").relative_to(ROOT))) + "".join(
-        " " + shlex.quote(e) for e in extra)
+    return (
+        "medseg train --config "
+        + shlex.quote(str((CONFIG_DIR / f"{name}.yaml").relative_to(ROOT)))
+        + "".join(" " + shlex.quote(e) for e in extra)
+    )
 
 
 def _eval_args(row: Row, checkpoint: Path, cfg: dict, out: Path, split: str | None) -> list[str]:
     data = Path(cfg["data"]["root"])
-    args = ["--model", str(checkpoint), "--data", str(data if data.is_absolute() else ROOT / data),
-            "--adapter", cfg["data"]["adapter"],
-            "--out", str(out), "--protocol", row.protocol]
+    args = [
+        "--model",
+        str(checkpoint),
+        "--data",
+        str(data if data.is_absolute() else ROOT / data),
+        "--adapter",
+        cfg["data"]["adapter"],
+        "--out",
+        str(out),
+        "--protocol",
+        row.protocol,
+    ]
     if split:
         args += ["--split", split]
     for k, v in row.options.items():
@@ -274,8 +332,13 @@ def _eval_args(row: Row, checkpoint: Path, cfg: dict, out: Path, split: str | No
     return args
 
 
-def run(report: str, execute: bool = False, smoke: bool = False, out: str | Path | None = None,
-        configs: list[str] | None = None) -> list[dict]:
+def run(
+    report: str,
+    execute: bool = False,
+    smoke: bool = False,
+    out: str | Path | None = None,
+    configs: list[str] | None = None,
+) -> list[dict]:
     """List (or, with ``execute``, run) every config and row of ``report``; returns the table rows
     (report value, reproduced value) and writes ``<out>/table.md`` when run."""
     from .protocols import row_value
@@ -324,15 +387,28 @@ def run(report: str, execute: bool = False, smoke: bool = False, out: str | Path
             print("medseg evaluate " + " ".join(shlex.quote(a) for a in args), flush=True)
             evaluated[r.eval_key] = evaluate_main(args) or {}
         elif not execute:
-            print("medseg evaluate " + " ".join(shlex.quote(a) for a in _eval_args(r, ckpt, cfg, ev_dir, r.split or "test")))
+            print(
+                "medseg evaluate "
+                + " ".join(shlex.quote(a) for a in _eval_args(r, ckpt, cfg, ev_dir, r.split or "test"))
+            )
         if not execute:
             got = math.nan
         elif r.metric == "train_loss":
             got = training_log_value(ckpt.with_name(f"{cfg['name']}_log.csv"), r.epoch)
         else:
             got = row_value(evaluated.get(r.eval_key) or {}, r.metric, r.label, r.case)
-        table.append({"table": r.table, "row": r.row, "column": r.column or "", "metric": r.metric,
-                      "report": r.value, "reproduced": got, "config": r.config, "protocol": r.protocol})
+        table.append(
+            {
+                "table": r.table,
+                "row": r.row,
+                "column": r.column or "",
+                "metric": r.metric,
+                "report": r.value,
+                "reproduced": got,
+                "config": r.config,
+                "protocol": r.protocol,
+            }
+        )
     if execute:
         out_root.mkdir(parents=True, exist_ok=True)
         md = table_markdown(report, table, smoke)
@@ -362,15 +438,22 @@ def table_markdown(report: str, table: list[dict], smoke: bool) -> str:
     head = f"# Report {report}: the report's numbers and the reproduced ones"
     lines = [head, ""]
     if smoke:
-        lines += ["**Smoke run** on synthetic phantoms (1 epoch of 2 steps per config): it shows that every row "
-                  "runs end to end; the numbers say nothing about the methods.", ""]
-    lines += ["| table | row | column | metric | report | reproduced | config | protocol |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "**Smoke run** on synthetic phantoms (1 epoch of 2 steps per config): it shows that every row "
+            "runs end to end; the numbers say nothing about the methods.",
+            "",
+        ]
+    lines += [
+        "| table | row | column | metric | report | reproduced | config | protocol |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for t in table:
         rep = "n/a" if math.isnan(t["report"]) else f"{t['report']:.4g}"
         got = "n/a" if t["reproduced"] is None or math.isnan(t["reproduced"]) else f"{t['reproduced']:.4g}"
-        lines.append(f"| {t['table']} | {t['row']} | {t['column']} | {display_name(t['metric'])} | {rep} | {got} | "
-                     f"{t['config']} | {t['protocol']} |")
+        lines.append(
+            f"| {t['table']} | {t['row']} | {t['column']} | {display_name(t['metric'])} | {rep} | {got} | "
+            f"{t['config']} | {t['protocol']} |"
+        )
     return "\n".join(lines) + "\n"
 
 

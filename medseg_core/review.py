@@ -1,5 +1,6 @@
 """Logic behind the review app's pages, kept out of Streamlit so it is testable: which models fit
 a case (and why not), a per-session prediction cache, metrics tables and exports."""
+
 from __future__ import annotations
 
 import hashlib
@@ -79,8 +80,12 @@ def ultrasound_kinds() -> dict[str, str | None]:
     """What a user can say an ultrasound shows -> the anatomy compared with the models' envelopes."""
     from .cards import REGIONS
 
-    return {"Not stated": None, "Adnexal lesion (transvaginal ultrasound)": REGIONS["ultrasound"][1],
-            "Prostate (transrectal micro-ultrasound)": REGIONS["prostate"][1], "Another organ": "another organ"}
+    return {
+        "Not stated": None,
+        "Adnexal lesion (transvaginal ultrasound)": REGIONS["ultrasound"][1],
+        "Prostate (transrectal micro-ultrasound)": REGIONS["prostate"][1],
+        "Another organ": "another organ",
+    }
 
 
 def state_anatomy(volume: Volume, anatomy: str | None) -> bool:
@@ -95,8 +100,9 @@ def state_anatomy(volume: Volume, anatomy: str | None) -> bool:
     return True
 
 
-def compatible_models(volume: Volume, directory=None, session_models: dict | None = None,
-                      case: str | None = None) -> list[ModelChoice]:
+def compatible_models(
+    volume: Volume, directory=None, session_models: dict | None = None, case: str | None = None
+) -> list[ModelChoice]:
     """Every checkpoint in the model folders (``directory`` alone if given) and the session's
     uploads, with whether it can run on ``volume``, why not, and where the case lies outside the
     model's training data. Sorted: runnable first, then inside the envelope, then by task."""
@@ -114,28 +120,72 @@ def compatible_models(volume: Volume, directory=None, session_models: dict | Non
             st = checkpoint_status(c)
             reason = "" if st == "ok" else st
         warn = envelope_warnings(spec, card, volume, case) if not reason else []
-        out.append(ModelChoice(ref, spec.name, spec.title, not reason, reason, warn, source, spec.task, spec.family,
-                               (card.get("envelope") or {}).get("anatomy")))
+        out.append(
+            ModelChoice(
+                ref,
+                spec.name,
+                spec.title,
+                not reason,
+                reason,
+                warn,
+                source,
+                spec.task,
+                spec.family,
+                (card.get("envelope") or {}).get("anatomy"),
+            )
+        )
     for key, lm in (session_models or {}).items():
         reason = fit_reason(lm.spec, volume)
         warn = envelope_warnings(lm.spec, lm.card, volume, case) if not reason else []
-        out.append(ModelChoice(key, lm.spec.name, lm.spec.title, not reason, reason, warn, "uploaded in this session",
-                               lm.spec.task, lm.spec.family, (lm.envelope or {}).get("anatomy")))
+        out.append(
+            ModelChoice(
+                key,
+                lm.spec.name,
+                lm.spec.title,
+                not reason,
+                reason,
+                warn,
+                "uploaded in this session",
+                lm.spec.task,
+                lm.spec.family,
+                (lm.envelope or {}).get("anatomy"),
+            )
+        )
     # runnable first; then made for what the user says the case shows; then inside the envelope; then
     # the fewest ways outside it (';'-separated findings)
     stated = volume.meta.get("anatomy")
-    out.sort(key=lambda c: (not c.ok, bool(stated) and c.anatomy != stated, c.outside, bool(c.warnings), sum(w.count(";") + 1 for w in c.warnings if c.outside),
-                            _TASK_ORDER.get(c.task, 9), c.source != "shipped", c.name))
+    out.sort(
+        key=lambda c: (
+            not c.ok,
+            bool(stated) and c.anatomy != stated,
+            c.outside,
+            bool(c.warnings),
+            sum(w.count(";") + 1 for w in c.warnings if c.outside),
+            _TASK_ORDER.get(c.task, 9),
+            c.source != "shipped",
+            c.name,
+        )
+    )
     return out
 
 
 #: Ovary-side masking modes as people read them (PredictOptions.side_masking values are the keys).
-SIDE_LABELS = {"none": "None", "left": "Left only", "right": "Right only", "two_pass": "Two-pass (each side separately)",
-               "oracle": "Oracle (side of the reference)"}
+SIDE_LABELS = {
+    "none": "None",
+    "left": "Left only",
+    "right": "Right only",
+    "two_pass": "Two-pass (each side separately)",
+    "oracle": "Oracle (side of the reference)",
+}
 
 #: The post-processing choices offered in the review page (label -> PredictOptions.postprocessing).
-POSTPROCESSING_CHOICES = {"model default": None, "none": (), "largest component per slice": ("largest_2d",),
-                          "largest component 3D": ("largest_3d",), "RAovSeg closing + largest 3D": ("raovseg",)}
+POSTPROCESSING_CHOICES = {
+    "model default": None,
+    "none": (),
+    "largest component per slice": ("largest_2d",),
+    "largest component 3D": ("largest_3d",),
+    "RAovSeg closing + largest 3D": ("raovseg",),
+}
 
 
 def review_state_for(name: str, option_kw: dict) -> dict:
@@ -147,11 +197,15 @@ def review_state_for(name: str, option_kw: dict) -> dict:
     post = option_kw.get("postprocessing")
     post = None if post is None else tuple(post)
     label = next((k for k, v in POSTPROCESSING_CHOICES.items() if v == post), "model default")
-    return {f"pre_{name}": option_kw.get("preprocessing") or spec.preprocessing,
-            "side_mode": option_kw.get("side_masking", "none"), "post_mode": label,
-            "thr": float(option_kw.get("threshold") or spec.threshold),
-            "mc_n": int(option_kw.get("mc_samples") or 0), "mc_seed": int(option_kw.get("seed") or 0),
-            "gate_on": bool(option_kw.get("gate"))}
+    return {
+        f"pre_{name}": option_kw.get("preprocessing") or spec.preprocessing,
+        "side_mode": option_kw.get("side_masking", "none"),
+        "post_mode": label,
+        "thr": float(option_kw.get("threshold") or spec.threshold),
+        "mc_n": int(option_kw.get("mc_samples") or 0),
+        "mc_seed": int(option_kw.get("seed") or 0),
+        "gate_on": bool(option_kw.get("gate")),
+    }
 
 
 def case_key(volume: Volume) -> str:
@@ -216,8 +270,14 @@ class PredictionCache:
             from .budget import compact_prediction, prediction_bytes
 
             pred = compact_prediction(pred)
-            self.budget.hold(self.session, ("prediction", id(self), key), prediction_bytes(pred), evictable=True,
-                             on_release=lambda: self._release(key), what="keeping this result")
+            self.budget.hold(
+                self.session,
+                ("prediction", id(self), key),
+                prediction_bytes(pred),
+                evictable=True,
+                on_release=lambda: self._release(key),
+                what="keeping this result",
+            )
         with self._lock:
             self._d[key] = pred
             self._d.move_to_end(key)
@@ -247,15 +307,30 @@ def metrics_table(pred: Prediction, reference: np.ndarray, spacing) -> list[dict
     """Per-case metrics of the primary (first) label against the reference: one row."""
     label, mask = next(iter(pred.masks.items()))
     m = M.segmentation_metrics(mask, reference, spacing)
-    return [{"label": label, "dice": m["dice"], "iou": m["iou"], "hd95_mm": m["hd95_mm"],
-             "assd_mm": m["assd_mm"], "precision": m["precision"], "recall": m["recall"],
-             "pred_volume_ml": m["pred_volume_ml"], "ref_volume_ml": m["ref_volume_ml"]}]
+    return [
+        {
+            "label": label,
+            "dice": m["dice"],
+            "iou": m["iou"],
+            "hd95_mm": m["hd95_mm"],
+            "assd_mm": m["assd_mm"],
+            "precision": m["precision"],
+            "recall": m["recall"],
+            "pred_volume_ml": m["pred_volume_ml"],
+            "ref_volume_ml": m["ref_volume_ml"],
+        }
+    ]
 
 
 def slice_metrics(pred_mask: np.ndarray, reference: np.ndarray, spacing, z: int) -> dict:
     m = M.segmentation_metrics(pred_mask[z], reference[z], spacing[1:])
-    return {"dice": m["dice"], "iou": m["iou"], "hd95_mm": m["hd95_mm"],
-            "pred_area_mm2": m["pred_volume_ml"] * 1000, "ref_area_mm2": m["ref_volume_ml"] * 1000}
+    return {
+        "dice": m["dice"],
+        "iou": m["iou"],
+        "hd95_mm": m["hd95_mm"],
+        "pred_area_mm2": m["pred_volume_ml"] * 1000,
+        "ref_area_mm2": m["ref_volume_ml"] * 1000,
+    }
 
 
 def metrics_csv(rows: list[dict], extra: dict | None = None) -> bytes:
@@ -276,9 +351,19 @@ def loaded_model_summary(lm) -> dict:
 def _summary(spec, card: dict, status: str) -> dict:
     from .cards import envelope_summary
 
-    return {"name": spec.name, "title": spec.title, "report": card.get("report") or spec.report, "task": spec.task,
-            "contract": contract_of(spec), "dropout": spec.dropout, "notes": spec.notes, "builder": spec.builder_name,
-            "checkpoint": status, "card": card, "envelope": envelope_summary(card.get("envelope"))}
+    return {
+        "name": spec.name,
+        "title": spec.title,
+        "report": card.get("report") or spec.report,
+        "task": spec.task,
+        "contract": contract_of(spec),
+        "dropout": spec.dropout,
+        "notes": spec.notes,
+        "builder": spec.builder_name,
+        "checkpoint": status,
+        "card": card,
+        "envelope": envelope_summary(card.get("envelope")),
+    }
 
 
 RANDOM_INIT = "random init (no ImageNet weights available offline)"
@@ -315,15 +400,19 @@ def card_view(s: dict) -> dict:
     pre = r.get("preprocessing") or {}
     params = ", ".join(f"{k} {v}" for k, v in (pre.get("params") or {}).items())
     post = ", ".join(display_name(p, "post") for p in r.get("postprocessing") or []) or "none"
-    summary = (f"**Report** {s['report']} · **Task** {s['task']} · **Architecture** {s['builder']}  \n"
-               f"**Input** {s['contract']}  \n**Preprocessing** {display_name(pre.get('name'), 'pre')}{f' ({params})' if params else ''} · "
-               f"**Post-processing** {post} · **Threshold** {r.get('threshold')} · "
-               f"**Labels** {', '.join(r.get('labels') or [])}  \n**Dropout** {s['dropout']}")
+    summary = (
+        f"**Report** {s['report']} · **Task** {s['task']} · **Architecture** {s['builder']}  \n"
+        f"**Input** {s['contract']}  \n**Preprocessing** {display_name(pre.get('name'), 'pre')}{f' ({params})' if params else ''} · "
+        f"**Post-processing** {post} · **Threshold** {r.get('threshold')} · "
+        f"**Labels** {', '.join(r.get('labels') or [])}  \n**Dropout** {s['dropout']}"
+    )
     summary += f"  \n**Encoder weights** {pretrained_words(card)}"
     geo = r.get("geometry")
     if geo:
-        summary += (f" · **Geometry** in-plane {geo.get('inplane_mm')} mm, "
-                    f"{'pelvis crop' if geo.get('crop') == 'body' else 'no crop'} before slicing")
+        summary += (
+            f" · **Geometry** in-plane {geo.get('inplane_mm')} mm, "
+            f"{'pelvis crop' if geo.get('crop') == 'body' else 'no crop'} before slicing"
+        )
     test = card.get("test") or {}
     metrics = {"Parameters": f"{card.get('parameters', 0) / 1e6:.2f} M"}
     if "dice" in test:
@@ -336,17 +425,24 @@ def card_view(s: dict) -> dict:
     arch = r.get("architecture") or {}
     if td.get("adapter"):
         kind = "synthetic" if td.get("synthetic") else "real"
-        data = (f"**Training data** `{td['adapter']}` layout ({td.get('n_cases', '?')} {kind} cases), split by "
-                f"patient; loss {display_name((card.get('loss') or {}).get('name', '?')).lower()}; "
-                f"{card.get('epochs_run', '?')} epochs")
+        data = (
+            f"**Training data** `{td['adapter']}` layout ({td.get('n_cases', '?')} {kind} cases), split by "
+            f"patient; loss {display_name((card.get('loss') or {}).get('name', '?')).lower()}; "
+            f"{card.get('epochs_run', '?')} epochs"
+        )
     elif td.get("source"):  # e.g. an imported MONAI bundle: its training data are not described here
-        data = (f"**Training data** not recorded: imported from a {td['source']} "
-                f"({td.get('bundle', '')} {td.get('version', '')}".rstrip() + ")")
+        data = (
+            f"**Training data** not recorded: imported from a {td['source']} "
+            f"({td.get('bundle', '')} {td.get('version', '')}".rstrip()
+            + ")"
+        )
     else:
         data = "**Training data** not recorded"
-    training = (f"{data}; input {' x '.join(map(str, r.get('input_size') or []))}; variant "
-                f"{arch.get('variant', '?')}; storage {card.get('storage', '?')}; card schema {card.get('schema')}"
-                f"{' (migrated from ' + card['migrated_from'] + ')' if card.get('migrated_from') else ''}.")
+    training = (
+        f"{data}; input {' x '.join(map(str, r.get('input_size') or []))}; variant "
+        f"{arch.get('variant', '?')}; storage {card.get('storage', '?')}; card schema {card.get('schema')}"
+        f"{' (migrated from ' + card['migrated_from'] + ')' if card.get('migrated_from') else ''}."
+    )
     return {"summary": summary, "metrics": metrics, "training": training}
 
 
@@ -361,13 +457,17 @@ def initial_slice(shape, plane: str, *masks) -> int:
     return n_slices(shape, plane) // 2
 
 
-def preprocessing_preview(volume: Volume, name: str, z: int, params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+def preprocessing_preview(
+    volume: Volume, name: str, z: int, params: dict | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Displayed axial slice ``z`` before and after preprocessing ``name`` (whole-volume statistics)."""
     from .io import display_slice
     from .preprocessing import preprocess
 
-    return (display_slice(volume.array, "axial", z),
-            display_slice(preprocess(name, volume.array, **(params or {})), "axial", z))
+    return (
+        display_slice(volume.array, "axial", z),
+        display_slice(preprocess(name, volume.array, **(params or {})), "axial", z),
+    )
 
 
 def contract_of(spec) -> str:
@@ -378,8 +478,10 @@ def contract_of(spec) -> str:
     size = " x ".join(map(str, spec.input_size))
     sp = f", resampled to {' x '.join(f'{s:g}' for s in spec.target_spacing)} mm" if spec.target_spacing else ""
     arch = "" if spec.builder_name == spec.name else f"; architecture {spec.builder_name}"
-    return (f"{spec.dims.upper()} {spec.in_channels} x {size}{sp}; {', '.join(spec.modalities)}; "
-            f"{display_name(spec.preprocessing, 'pre')}{arch}")
+    return (
+        f"{spec.dims.upper()} {spec.in_channels} x {size}{sp}; {', '.join(spec.modalities)}; "
+        f"{display_name(spec.preprocessing, 'pre')}{arch}"
+    )
 
 
 def slice_curve(values, current: int, y_title: str, threshold: float | None = None, marked=(), height: int = 170):
@@ -390,18 +492,45 @@ def slice_curve(values, current: int, y_title: str, threshold: float | None = No
 
     v = np.asarray(values, float)
     x = np.arange(1, len(v) + 1)
-    fig = go.Figure(go.Scatter(x=x, y=v, mode="lines+markers", marker=dict(size=4), line=dict(color="#4c78a8"),
-                               hovertemplate="slice %{x}: %{y:.2f}<extra></extra>", showlegend=False))
+    fig = go.Figure(
+        go.Scatter(
+            x=x,
+            y=v,
+            mode="lines+markers",
+            marker=dict(size=4),
+            line=dict(color="#4c78a8"),
+            hovertemplate="slice %{x}: %{y:.2f}<extra></extra>",
+            showlegend=False,
+        )
+    )
     for z in marked:
         fig.add_vrect(x0=z + 0.5, x1=z + 1.5, fillcolor="#999", opacity=0.25, line_width=0)
     if threshold is not None:
-        fig.add_hline(y=threshold, line_dash="dash", line_color="#e45756",
-                      annotation_text=f"threshold {threshold:g}", annotation_position="top left")
+        fig.add_hline(
+            y=threshold,
+            line_dash="dash",
+            line_color="#e45756",
+            annotation_text=f"threshold {threshold:g}",
+            annotation_position="top left",
+        )
     if 0 <= current < len(v):
-        fig.add_trace(go.Scatter(x=[current + 1], y=[v[current]], mode="markers", showlegend=False,
-                                 marker=dict(size=11, color="#f58518"), hoverinfo="skip"))
-    fig.update_layout(height=height, margin=dict(l=40, r=10, t=10, b=30), xaxis_title="slice", yaxis_title=y_title,
-                      yaxis_range=[0, 1.02] if v.size and v.min() >= 0 and v.max() <= 1 else None)
+        fig.add_trace(
+            go.Scatter(
+                x=[current + 1],
+                y=[v[current]],
+                mode="markers",
+                showlegend=False,
+                marker=dict(size=11, color="#f58518"),
+                hoverinfo="skip",
+            )
+        )
+    fig.update_layout(
+        height=height,
+        margin=dict(l=40, r=10, t=10, b=30),
+        xaxis_title="slice",
+        yaxis_title=y_title,
+        yaxis_range=[0, 1.02] if v.size and v.min() >= 0 and v.max() <= 1 else None,
+    )
     return fig
 
 

@@ -1,5 +1,6 @@
 """Bundled sample cases (files under ``medseg_core/sample_data``, made by
 ``python -m medseg_core.data.make_samples``)."""
+
 from __future__ import annotations
 
 import json
@@ -42,12 +43,20 @@ def list_samples() -> list[Sample]:
         return []
     out = []
     for e in json.loads(idx.read_text()):
-        out.append(Sample(
-            key=e["key"], title=e["title"], description=e["description"], image=SAMPLE_DIR / e["image"],
-            mask=(SAMPLE_DIR / e["mask"]) if e.get("mask") else None, family=e.get("family", ""),
-            extra=e.get("extra", {}), extra_masks={k: SAMPLE_DIR / v for k, v in e.get("extra_masks", {}).items()},
-            pixel_spacing_mm=tuple(e["pixel_spacing_mm"]) if e.get("pixel_spacing_mm") else None,
-            modality=e.get("modality")))
+        out.append(
+            Sample(
+                key=e["key"],
+                title=e["title"],
+                description=e["description"],
+                image=SAMPLE_DIR / e["image"],
+                mask=(SAMPLE_DIR / e["mask"]) if e.get("mask") else None,
+                family=e.get("family", ""),
+                extra=e.get("extra", {}),
+                extra_masks={k: SAMPLE_DIR / v for k, v in e.get("extra_masks", {}).items()},
+                pixel_spacing_mm=tuple(e["pixel_spacing_mm"]) if e.get("pixel_spacing_mm") else None,
+                modality=e.get("modality"),
+            )
+        )
     return out
 
 

@@ -27,6 +27,7 @@ Never patient identifiers: a case key is the app's pseudonymous key (``medseg_co
 a content hash) or a dataset's case id, never PatientName / PatientID / a file name; keys are
 checked to be short tokens. Callers put no identifiers in ``detail``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,8 +40,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from sqlalchemy import (JSON, Boolean, CheckConstraint, Column, DateTime, Integer, MetaData, String, Table, Text,
-                        create_engine, event, insert, select, text)
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.engine import Engine, make_url
 
 VERDICTS = ("accept", "needs_correction", "reject")
@@ -54,7 +70,8 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9_.:@+-]{1,128}$")
 metadata = MetaData()
 
 verdicts = Table(
-    "verdicts", metadata,
+    "verdicts",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("case_key", String(128), nullable=False, index=True),
     Column("plane", String(16)),
@@ -72,7 +89,8 @@ verdicts = Table(
 )
 
 audit = Table(
-    "audit", metadata,
+    "audit",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("time_utc", DateTime(timezone=True), nullable=False, index=True),
     Column("user", String(256), nullable=False),
@@ -151,7 +169,9 @@ def engine_for(url: str) -> Engine:
             eng = create_engine(url, pool_pre_ping=True)
         metadata.create_all(eng)
         _migrate_audit_actions(eng)
-        guards = _SQLITE_GUARDS if eng.dialect.name == "sqlite" else _PG_GUARDS if eng.dialect.name == "postgresql" else []
+        guards = (
+            _SQLITE_GUARDS if eng.dialect.name == "sqlite" else _PG_GUARDS if eng.dialect.name == "postgresql" else []
+        )
         with eng.begin() as conn:
             for stmt in guards:
                 conn.execute(text(stmt))
@@ -177,8 +197,9 @@ def _migrate_audit_actions(eng: Engine) -> None:
             conn.execute(text(f"INSERT INTO audit ({cols}) SELECT {cols} FROM audit_before_migration"))
             conn.execute(text("DROP TABLE audit_before_migration"))
         elif eng.dialect.name == "postgresql":
-            have = conn.execute(text("SELECT pg_get_constraintdef(oid) FROM pg_constraint "
-                                     "WHERE conname = 'ck_audit_action'")).scalar()
+            have = conn.execute(
+                text("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'ck_audit_action'")
+            ).scalar()
             if have is not None and not all(f"'{a}'" in have for a in ACTIONS):
                 conn.execute(text("ALTER TABLE audit DROP CONSTRAINT ck_audit_action"))
                 conn.execute(text(f"ALTER TABLE audit ADD CONSTRAINT ck_audit_action CHECK ({_ACTION_CHECK})"))
@@ -217,10 +238,22 @@ class Store:
         self.engine = engine_for(self.url)
 
     # ---------------------------------------------------------------- verdicts
-    def add_verdict(self, case_key: str, verdict: str, reviewer_name: str, reviewer_email: str | None = None, *,
-                    signed_in: bool, note: str = "", model: str | None = None, options: dict | None = None,
-                    plane: str | None = None, slice: int | None = None, corrected_mask: str | None = None,
-                    time: datetime | None = None) -> int:
+    def add_verdict(
+        self,
+        case_key: str,
+        verdict: str,
+        reviewer_name: str,
+        reviewer_email: str | None = None,
+        *,
+        signed_in: bool,
+        note: str = "",
+        model: str | None = None,
+        options: dict | None = None,
+        plane: str | None = None,
+        slice: int | None = None,
+        corrected_mask: str | None = None,
+        time: datetime | None = None,
+    ) -> int:
         """Record one decision; returns its id. ``slice`` None = the whole case."""
         if verdict not in VERDICTS:
             raise ValueError(f"A verdict is one of {', '.join(VERDICTS)}, not {verdict!r}.")
@@ -228,12 +261,20 @@ class Store:
             raise ValueError("A verdict needs the reviewer's name.")
         if slice is not None and (int(slice) < 0 or plane is None):
             raise ValueError("A slice verdict needs its plane and a slice index >= 0.")
-        row = dict(case_key=_check_key(case_key), plane=plane, slice=None if slice is None else int(slice),
-                   verdict=verdict, note=note or "", reviewer_name=reviewer_name.strip(),
-                   reviewer_email=reviewer_email or None, signed_in=bool(signed_in),
-                   time_utc=_utc(time) or _now(), model=model,
-                   options=json.loads(json.dumps(options, default=str)) if options is not None else None,
-                   corrected_mask=corrected_mask)
+        row = dict(
+            case_key=_check_key(case_key),
+            plane=plane,
+            slice=None if slice is None else int(slice),
+            verdict=verdict,
+            note=note or "",
+            reviewer_name=reviewer_name.strip(),
+            reviewer_email=reviewer_email or None,
+            signed_in=bool(signed_in),
+            time_utc=_utc(time) or _now(),
+            model=model,
+            options=json.loads(json.dumps(options, default=str)) if options is not None else None,
+            corrected_mask=corrected_mask,
+        )
         with self.engine.begin() as conn:
             return int(conn.execute(insert(verdicts).values(**row)).inserted_primary_key[0])
 
@@ -252,30 +293,56 @@ class Store:
         keys, out = sorted(set(case_keys)), []
         with self.engine.connect() as conn:
             for i in range(0, len(keys), 500):
-                q = select(verdicts).where(verdicts.c.case_key.in_(keys[i:i + 500]))
+                q = select(verdicts).where(verdicts.c.case_key.in_(keys[i : i + 500]))
                 out += [_row(r) for r in conn.execute(q).mappings()]
         return sorted(out, key=lambda r: r["id"], reverse=True)
 
     def status(self, case_key: str) -> str | None:
         """The case's current status: the verdict of its latest whole-case row (None = not reviewed)."""
-        q = (select(verdicts.c.verdict).where(verdicts.c.case_key == case_key, verdicts.c.slice.is_(None))
-             .order_by(verdicts.c.id.desc()).limit(1))
+        q = (
+            select(verdicts.c.verdict)
+            .where(verdicts.c.case_key == case_key, verdicts.c.slice.is_(None))
+            .order_by(verdicts.c.id.desc())
+            .limit(1)
+        )
         with self.engine.connect() as conn:
             return conn.execute(q).scalar()
 
     # ---------------------------------------------------------------- audit (append-only: add and read, nothing else)
-    def add_audit(self, action: str, user: str, email: str | None = None, *, case_key: str | None = None,
-                  model: str | None = None, detail: str | None = None, time: datetime | None = None) -> int:
+    def add_audit(
+        self,
+        action: str,
+        user: str,
+        email: str | None = None,
+        *,
+        case_key: str | None = None,
+        model: str | None = None,
+        detail: str | None = None,
+        time: datetime | None = None,
+    ) -> int:
         """Append one audit row; returns its id."""
         if action not in ACTIONS:
             raise ValueError(f"An audit action is one of {', '.join(ACTIONS)}, not {action!r}.")
-        row = dict(time_utc=_utc(time) or _now(), user=(user or "").strip() or "(anonymous)", email=email or None,
-                   action=action, case_key=_check_key(case_key), model=model, detail=detail)
+        row = dict(
+            time_utc=_utc(time) or _now(),
+            user=(user or "").strip() or "(anonymous)",
+            email=email or None,
+            action=action,
+            case_key=_check_key(case_key),
+            model=model,
+            detail=detail,
+        )
         with self.engine.begin() as conn:
             return int(conn.execute(insert(audit).values(**row)).inserted_primary_key[0])
 
-    def audit_rows(self, *, action: str | None = None, user: str | None = None, since: datetime | None = None,
-                   limit: int | None = None) -> list[dict]:
+    def audit_rows(
+        self,
+        *,
+        action: str | None = None,
+        user: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[dict]:
         """Audit rows, newest first, optionally filtered by action, user (name or e-mail) and time."""
         q = select(audit).order_by(audit.c.id.desc())
         if action:
@@ -310,8 +377,13 @@ def to_csv(rows: Iterable[dict], columns: list[str]) -> bytes:
 
 def to_json(rows: Iterable[dict]) -> bytes:
     """Rows as a JSON list (times in ISO 8601 UTC)."""
-    return json.dumps([{k: (v.isoformat(timespec="milliseconds") if isinstance(v, datetime) else v)
-                        for k, v in r.items()} for r in rows], indent=1).encode("utf-8")
+    return json.dumps(
+        [
+            {k: (v.isoformat(timespec="milliseconds") if isinstance(v, datetime) else v) for k, v in r.items()}
+            for r in rows
+        ],
+        indent=1,
+    ).encode("utf-8")
 
 
 def export_verdicts(store: Store, fmt: str = "csv", case_key: str | None = None) -> bytes:

@@ -5,6 +5,7 @@ with); every CSV written here also carries ``slice_number`` = ``slice`` + 1 righ
 1-based number the app shows ("slice 5 of 24"). Readers of old files without ``slice_number``
 derive it (:func:`medseg_core.cohort.read_rows`).
 """
+
 from __future__ import annotations
 
 import csv

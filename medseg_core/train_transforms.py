@@ -45,6 +45,7 @@ generator (seeded by seed, rank and epoch, :func:`seed_of`), the crops' seed is
 ``seed_of(seed, rank, epoch, SALT_CROP)``, so runs repeat exactly and a resumed epoch equals the
 uninterrupted one.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,8 +76,7 @@ def _plain(t) -> torch.Tensor:
 def compose_2d(a: dict, label_keys: Sequence[str], size: Sequence[int]):
     """The 2D pipeline of ``augment`` over keys ``image`` + ``label_keys`` for slices of ``size``
     (H, W) (None when it does nothing)."""
-    from monai.transforms import (Compose, RandAffined, RandFlipd, RandScaleIntensityd,
-                                  RandStdShiftIntensityd)
+    from monai.transforms import Compose, RandAffined, RandFlipd, RandScaleIntensityd, RandStdShiftIntensityd
 
     keys = ["image", *label_keys]
     modes = ["bilinear"] + ["nearest"] * len(label_keys)
@@ -87,9 +87,16 @@ def compose_2d(a: dict, label_keys: Sequence[str], size: Sequence[int]):
         ts.append(RandFlipd(keys, prob=0.5, spatial_axis=0))
     deg, tr = float(a.get("rotate_deg") or 0), float(a.get("translate") or 0)
     if deg or tr:
-        ts.append(RandAffined(keys, prob=1.0, rotate_range=(math.radians(deg),),
-                              translate_range=(tr * int(size[0]), tr * int(size[1])), mode=modes,
-                              padding_mode="zeros"))
+        ts.append(
+            RandAffined(
+                keys,
+                prob=1.0,
+                rotate_range=(math.radians(deg),),
+                translate_range=(tr * int(size[0]), tr * int(size[1])),
+                mode=modes,
+                padding_mode="zeros",
+            )
+        )
     j = float(a.get("intensity") or 0)
     if j:
         ts.append(RandScaleIntensityd("image", factors=j, prob=1.0))
@@ -105,7 +112,7 @@ def augment_2d(x: torch.Tensor, ys: list[torch.Tensor], a: dict, gen: torch.Gene
     t = compose_2d(a, keys, x.shape[-2:])
     if t is None:
         return x, ys
-    t.set_random_state(int(torch.randint(0, 2 ** 31 - 1, (1,), generator=gen)))
+    t.set_random_state(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
     xs, outs = [], [[] for _ in ys]
     for i in range(x.shape[0]):
         d = t({"image": x[i], **{k: y[i] for k, y in zip(keys, ys)}})
@@ -127,8 +134,18 @@ def compose_3d(a: dict):
     deg = float(a.get("rotate_deg") or 0)
     if deg:
         r = math.radians(deg)
-        ts.append(RandRotated(keys, range_x=r, range_y=r, range_z=r, prob=1.0, keep_size=True,
-                              mode=("bilinear", "nearest"), padding_mode="zeros"))
+        ts.append(
+            RandRotated(
+                keys,
+                range_x=r,
+                range_y=r,
+                range_z=r,
+                prob=1.0,
+                keep_size=True,
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            )
+        )
     r90 = a.get("rotate90")
     if r90:
         axes = tuple(_AXES_3D[str(n)] for n in (a.get("rotate90_axes") or ("y", "x")))
@@ -142,7 +159,7 @@ def augment_3d(x: torch.Tensor, y: torch.Tensor, a: dict, gen: torch.Generator):
     t = compose_3d(a)
     if t is None:
         return x, y
-    t.set_random_state(int(torch.randint(0, 2 ** 31 - 1, (1,), generator=gen)))
+    t.set_random_state(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
     xs, ys = [], []
     for i in range(x.shape[0]):
         d = t({"image": x[i], "label": y[i]})
@@ -161,7 +178,9 @@ def crop_config(crop: dict | None) -> dict:
     return out
 
 
-def crop_sources(vols: Sequence[tuple[np.ndarray, np.ndarray]], roi: Sequence[int], crop: dict | None = None) -> list[dict]:
+def crop_sources(
+    vols: Sequence[tuple[np.ndarray, np.ndarray]], roi: Sequence[int], crop: dict | None = None
+) -> list[dict]:
     """Each ``(image (1, Z, Y, X), label (1, Z, Y, X))`` zero-padded to at least ``roi`` and with its
     foreground / background centre indices (``FgBgToIndicesd``, see the module docstring), computed
     once; the sources :func:`sample_crops` draws from every epoch."""
@@ -169,19 +188,27 @@ def crop_sources(vols: Sequence[tuple[np.ndarray, np.ndarray]], roi: Sequence[in
 
     c = crop_config(crop)
     thr = c.get("image_threshold")
-    t = Compose([SpatialPadd(["image", "label"], spatial_size=tuple(int(r) for r in roi), method="end"),
-                 FgBgToIndicesd("label", image_key=None if thr is None else "image",
-                                image_threshold=0.0 if thr is None else float(thr))])
+    t = Compose(
+        [
+            SpatialPadd(["image", "label"], spatial_size=tuple(int(r) for r in roi), method="end"),
+            FgBgToIndicesd(
+                "label", image_key=None if thr is None else "image", image_threshold=0.0 if thr is None else float(thr)
+            ),
+        ]
+    )
     out = []
     for x, y in vols:
-        d = t({"image": torch.as_tensor(np.asarray(x, np.float32)), "label": torch.as_tensor(np.asarray(y, np.float32))})
+        d = t(
+            {"image": torch.as_tensor(np.asarray(x, np.float32)), "label": torch.as_tensor(np.asarray(y, np.float32))}
+        )
         d["roi"] = tuple(int(r) for r in roi)
         out.append(d)
     return out
 
 
-def sample_crops(sources: list[dict], n_per_volume: int, seed: int, crop: dict | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def sample_crops(
+    sources: list[dict], n_per_volume: int, seed: int, crop: dict | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``n_per_volume`` patches of every source by ``RandCropByPosNegLabeld`` (pos / neg of ``crop``),
     seeded; returns stacked images and labels ``(N, 1, *roi)`` in source order."""
     from monai.transforms import RandCropByPosNegLabeld
@@ -189,9 +216,16 @@ def sample_crops(sources: list[dict], n_per_volume: int, seed: int, crop: dict |
     if not sources:
         raise ValueError("no training volumes to crop")
     c = crop_config(crop)
-    t = RandCropByPosNegLabeld(["image", "label"], label_key="label", spatial_size=sources[0]["roi"],
-                               pos=float(c["pos"]), neg=float(c["neg"]), num_samples=int(n_per_volume),
-                               fg_indices_key="label_fg_indices", bg_indices_key="label_bg_indices")
+    t = RandCropByPosNegLabeld(
+        ["image", "label"],
+        label_key="label",
+        spatial_size=sources[0]["roi"],
+        pos=float(c["pos"]),
+        neg=float(c["neg"]),
+        num_samples=int(n_per_volume),
+        fg_indices_key="label_fg_indices",
+        bg_indices_key="label_bg_indices",
+    )
     t.set_random_state(int(seed))
     xs, ys = [], []
     for s in sources:

@@ -15,6 +15,7 @@
 Measured facts about the shipped checkpoints that a user must know are in :data:`KNOWN_ISSUES`,
 keyed by the checkpoint's SHA-256 so they disappear when the checkpoint is replaced.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -34,10 +35,15 @@ CASCADE = "us_cascade"
 CLINICAL_COMBINATIONS = ((0, 0), (0, 1), (1, 0), (1, 1))
 #: A change of p(malignant) smaller than this over all clinical combinations counts as "ignores them".
 NEGLIGIBLE_SHIFT = 0.01
-RAN_ON_CLEANED = ("Models ran on the annotation-removed image (the annotation-removal U-Net's output), "
-                  "as in report 001's denoised rows.")
-SHORT_NAMES = {"us_mtl_effb0": "the multitask EfficientNet-B0", "us_mtl_unet": "the multitask U-Net",
-               "us_cascade": "the cascade"}
+RAN_ON_CLEANED = (
+    "Models ran on the annotation-removed image (the annotation-removal U-Net's output), "
+    "as in report 001's denoised rows."
+)
+SHORT_NAMES = {
+    "us_mtl_effb0": "the multitask EfficientNet-B0",
+    "us_mtl_unet": "the multitask U-Net",
+    "us_cascade": "the cascade",
+}
 
 #: Measured defects of checkpoints, by SHA-256 of the weights file (see README, Ultrasound). A
 #: checkpoint that was repaired or replaced has another SHA-256, so its entry no longer shows; an
@@ -51,7 +57,8 @@ KNOWN_ISSUES = {
         "statistics are stale (the classifier was kept from training epoch 3), so its low p is not evidence of "
         "a benign lesion. Its crop, clinical inputs and normalisation were checked and match training. "
         "The shipped us_cascade is repaired; this file can be repaired with "
-        "`python -m medseg_core.train --recalibrate-bn <file> --config configs/demo/us_cascade.yaml`."),
+        "`python -m medseg_core.train --recalibrate-bn <file> --config configs/demo/us_cascade.yaml`."
+    ),
 }
 
 Progress = Callable[[float, str], None]
@@ -108,12 +115,15 @@ class ClinicalEffect:
         who = model_label(self.model)
         if self.ignores():
             by = f"at most {self.shift:.4f}" if self.shift >= 1e-4 else "less than 0.0001"
-            return (f"{who}: the clinical inputs move p(malignant) by {by} on this image (no call changes), "
-                    "so in practice this checkpoint ignores them here.")
-        change = ("and the call changes with them" if self.changes_call(threshold)
-                  else "but the call stays the same")
-        return (f"{who}: the clinical inputs move p(malignant) by up to {self.shift:.2f} on this image, "
-                f"{change} at threshold {threshold:.2f}.")
+            return (
+                f"{who}: the clinical inputs move p(malignant) by {by} on this image (no call changes), "
+                "so in practice this checkpoint ignores them here."
+            )
+        change = "and the call changes with them" if self.changes_call(threshold) else "but the call stays the same"
+        return (
+            f"{who}: the clinical inputs move p(malignant) by up to {self.shift:.2f} on this image, "
+            f"{change} at threshold {threshold:.2f}."
+        )
 
 
 @dataclass
@@ -169,8 +179,10 @@ def disagreement(model_a: str, p_a: float, model_b: str, p_b: float, threshold: 
     if a.malignant == b.malignant:
         return None
     na, nb = SHORT_NAMES.get(model_a, model_a), SHORT_NAMES.get(model_b, model_b)
-    return (f"The two models disagree: {na} gives p(malignant) {p_a:.2f} ({a.label}), {nb} gives "
-            f"{p_b:.2f} ({b.label}) at threshold {threshold:.2f}. Do not rely on either call alone.")
+    return (
+        f"The two models disagree: {na} gives p(malignant) {p_a:.2f} ({a.label}), {nb} gives "
+        f"{p_b:.2f} ({b.label}) at threshold {threshold:.2f}. Do not rely on either call alone."
+    )
 
 
 def second_opinion(model: str, available) -> str | None:
@@ -194,8 +206,14 @@ def _load(ref: str, load: Loader | None):
     return load_model(ref)
 
 
-def cached_predict(model: str, volume: Volume, options: PredictOptions, cache: PredictionCache | None = None,
-                   load: Loader | None = None, progress: Progress | None = None) -> Prediction:
+def cached_predict(
+    model: str,
+    volume: Volume,
+    options: PredictOptions,
+    cache: PredictionCache | None = None,
+    load: Loader | None = None,
+    progress: Progress | None = None,
+) -> Prediction:
     """``predict`` once per (content of ``volume``, model, options): the key is the hash of the
     image the model sees, so the original and the annotation-removed image never share results."""
     key = PredictionCache.key(case_key(volume), model, options)
@@ -207,8 +225,13 @@ def cached_predict(model: str, volume: Volume, options: PredictOptions, cache: P
     return pred
 
 
-def remove_annotations(volume: Volume, cache: PredictionCache | None = None, load: Loader | None = None,
-                       progress: Progress | None = None, denoiser: str = DENOISER) -> tuple[Volume, Prediction]:
+def remove_annotations(
+    volume: Volume,
+    cache: PredictionCache | None = None,
+    load: Loader | None = None,
+    progress: Progress | None = None,
+    denoiser: str = DENOISER,
+) -> tuple[Volume, Prediction]:
     """(the annotation-removed image as a new Volume on the same grid, the denoiser's prediction)."""
     pred = cached_predict(denoiser, volume, PredictOptions(), cache, load, progress)
     restored = np.asarray(pred.restored, dtype=volume.array.dtype)
@@ -216,9 +239,18 @@ def remove_annotations(volume: Volume, cache: PredictionCache | None = None, loa
     return volume.with_array(restored, name=f"{volume.name} (annotations removed)", meta=meta), pred
 
 
-def analyse(volume: Volume, model: str, menopausal: int, oncology_center: int, denoise: bool = False,
-            second: str | None = None, clinical_combinations: bool = True, cache: PredictionCache | None = None,
-            load: Loader | None = None, progress: Progress | None = None) -> UltrasoundResult:
+def analyse(
+    volume: Volume,
+    model: str,
+    menopausal: int,
+    oncology_center: int,
+    denoise: bool = False,
+    second: str | None = None,
+    clinical_combinations: bool = True,
+    cache: PredictionCache | None = None,
+    load: Loader | None = None,
+    progress: Progress | None = None,
+) -> UltrasoundResult:
     """Denoise (optional), then run ``model`` and ``second`` on the image the user chose, with the
     user's clinical inputs and, with ``clinical_combinations``, with the three other combinations.
 
@@ -252,8 +284,14 @@ def analyse(volume: Volume, model: str, menopausal: int, oncology_center: int, d
         opts = PredictOptions(menopausal=c[0], oncology_center=c[1])
         preds[(m, c)] = cached_predict(m, run_vol, opts, cache, get, lambda f, msg, m=m: sub(f, f"{m}: {msg}"))
         step[0] += 1
-    res = UltrasoundResult(original=volume, volume=run_vol, denoised=denoise, primary=preds[(model, user)],
-                           second=preds.get((second, user)) if second else None, denoiser=dpred)
+    res = UltrasoundResult(
+        original=volume,
+        volume=run_vol,
+        denoised=denoise,
+        primary=preds[(model, user)],
+        second=preds.get((second, user)) if second else None,
+        denoiser=dpred,
+    )
     if clinical_combinations:
         for m in models:
             res.effects[m] = ClinicalEffect(m, user, {c: malignant_probability(preds[(m, c)]) for c in combos})

@@ -11,6 +11,7 @@ dropout sits is in ``ModelSpec.dropout``.
 information (the epistemic part: entropy of the mean minus mean entropy; 0 <= MI <= entropy).
 Entropies are in nats; for a binary map the maximum is ln 2 = 0.693.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -39,7 +40,8 @@ def require_dropout(model: nn.Module, name: str = "this model") -> None:
     if not has_dropout(model):
         raise InputError(
             f"MC-dropout uncertainty is not available for {name}: it has no dropout layer, so all samples would be "
-            "identical. Use test-time augmentation instead.")
+            "identical. Use test-time augmentation instead."
+        )
 
 
 @contextmanager
@@ -62,8 +64,9 @@ def _seed(seed: int, i: int) -> None:
     torch.manual_seed(int(seed) * 100003 + i)
 
 
-def mc_samples_naive(forward: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor, n: int,
-                     seed: int = 0) -> torch.Tensor:
+def mc_samples_naive(
+    forward: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor, n: int, seed: int = 0
+) -> torch.Tensor:
     """N full stochastic passes (what report 003 did). Returns (n, ...) of ``forward``'s output."""
     out = []
     with torch.inference_mode(), mc_dropout_mode(model):
@@ -73,8 +76,9 @@ def mc_samples_naive(forward: Callable[[torch.Tensor], torch.Tensor], model: nn.
     return torch.stack(out)
 
 
-def mc_samples_prefix(model: nn.Module, x: torch.Tensor, n: int, seed: int = 0,
-                      head: Callable[[object], torch.Tensor] | None = None) -> torch.Tensor:
+def mc_samples_prefix(
+    model: nn.Module, x: torch.Tensor, n: int, seed: int = 0, head: Callable[[object], torch.Tensor] | None = None
+) -> torch.Tensor:
     """N samples computing ``model.encode`` once and ``model.decode`` N times.
 
     ``head(state) -> probabilities`` defaults to ``sigmoid(model.decode(state))``.
@@ -101,8 +105,12 @@ def summarise(samples: np.ndarray) -> dict[str, np.ndarray]:
     ent = binary_entropy(mean)
     exp_ent = binary_entropy(s).mean(0)
     mi = np.clip(ent - exp_ent, 0.0, None).astype(np.float32)
-    return {"mean": mean.astype(np.float32), "entropy": ent, "variance": s.var(0).astype(np.float32),
-            "mutual_information": np.minimum(mi, ent)}
+    return {
+        "mean": mean.astype(np.float32),
+        "entropy": ent,
+        "variance": s.var(0).astype(np.float32),
+        "mutual_information": np.minimum(mi, ent),
+    }
 
 
 # ----------------------------------------------------------------------------- TTA

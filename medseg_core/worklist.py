@@ -22,6 +22,7 @@ verdict recorded with that model / by that reviewer (name or e-mail), so "cases 
 a case Dr B looked at afterwards; a case not reviewed has no model or reviewer and drops out when
 either filter is set.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,12 @@ from typing import Iterable
 
 #: Worklist statuses, in the order the filter offers them.
 STATUSES = ("not_reviewed", "accept", "needs_correction", "reject")
-STATUS_WORDS = {"not_reviewed": "not reviewed", "accept": "accepted", "needs_correction": "needs correction",
-                "reject": "rejected"}
+STATUS_WORDS = {
+    "not_reviewed": "not reviewed",
+    "accept": "accepted",
+    "needs_correction": "needs correction",
+    "reject": "rejected",
+}
 #: Badge colours (Streamlit markdown colour names) of the statuses, as on the gallery's thumbnails.
 STATUS_COLOURS = {"not_reviewed": "gray", "accept": "green", "needs_correction": "orange", "reject": "red"}
 KEYS_FILE = "case_keys.json"
@@ -59,8 +64,13 @@ def read_key_cache(path: str | Path | None) -> dict:
         return {}
 
 
-def case_keys(cases: dict, ids: Iterable[str] | None = None, cache_file: str | Path | None = None,
-              cache: dict | None = None, load=None) -> dict[str, str]:
+def case_keys(
+    cases: dict,
+    ids: Iterable[str] | None = None,
+    cache_file: str | Path | None = None,
+    cache: dict | None = None,
+    load=None,
+) -> dict[str, str]:
     """case id -> :func:`medseg_core.review.case_key` of the volume that opening the case loads.
 
     ``cases``: case id -> :class:`medseg_core.data.datasets.Case`; ``ids`` (default all) the ones
@@ -115,31 +125,44 @@ def status_rows(case_ids: list[str], keys: dict[str, str], verdicts: list[dict])
         vs = sorted(by_key.get(key, []), key=lambda v: v["id"], reverse=True)
         case_level = [v for v in vs if v.get("slice") is None]
         latest = vs[0] if vs else None
-        rows.append({
-            "position": pos, "case": cid, "key": key,
-            "status": case_level[0]["verdict"] if case_level else "not_reviewed",
-            "slice_verdicts": sum(v.get("slice") is not None for v in vs),
-            "verdicts": len(vs),
-            "reviewer": (latest["reviewer_name"] if latest else ""),
-            "reviewer_email": (latest.get("reviewer_email") or "") if latest else "",
-            "time_utc": latest["time_utc"] if latest else None,
-            "model": (latest.get("model") or "") if latest else "",
-            "note": (latest.get("note") or "") if latest else "",
-            "models_seen": sorted({v.get("model") for v in vs if v.get("model")}),
-            "reviewers_seen": sorted({x for v in vs for x in (v.get("reviewer_name"), v.get("reviewer_email")) if x}),
-        })
+        rows.append(
+            {
+                "position": pos,
+                "case": cid,
+                "key": key,
+                "status": case_level[0]["verdict"] if case_level else "not_reviewed",
+                "slice_verdicts": sum(v.get("slice") is not None for v in vs),
+                "verdicts": len(vs),
+                "reviewer": (latest["reviewer_name"] if latest else ""),
+                "reviewer_email": (latest.get("reviewer_email") or "") if latest else "",
+                "time_utc": latest["time_utc"] if latest else None,
+                "model": (latest.get("model") or "") if latest else "",
+                "note": (latest.get("note") or "") if latest else "",
+                "models_seen": sorted({v.get("model") for v in vs if v.get("model")}),
+                "reviewers_seen": sorted(
+                    {x for v in vs for x in (v.get("reviewer_name"), v.get("reviewer_email")) if x}
+                ),
+            }
+        )
     return rows
 
 
-def filter_rows(rows: list[dict], statuses: Iterable[str] | None = None, models: Iterable[str] | None = None,
-                reviewers: Iterable[str] | None = None) -> list[dict]:
+def filter_rows(
+    rows: list[dict],
+    statuses: Iterable[str] | None = None,
+    models: Iterable[str] | None = None,
+    reviewers: Iterable[str] | None = None,
+) -> list[dict]:
     """Rows whose status is one of ``statuses`` and that have a verdict with one of ``models`` and one
     by one of ``reviewers`` (module docstring); an empty or None filter keeps everything."""
     statuses, models, reviewers = set(statuses or ()), set(models or ()), set(reviewers or ())
-    return [r for r in rows
-            if (not statuses or r["status"] in statuses)
-            and (not models or models & set(r["models_seen"]))
-            and (not reviewers or reviewers & set(r["reviewers_seen"]))]
+    return [
+        r
+        for r in rows
+        if (not statuses or r["status"] in statuses)
+        and (not models or models & set(r["models_seen"]))
+        and (not reviewers or reviewers & set(r["reviewers_seen"]))
+    ]
 
 
 def neighbour(ids: list[str], current: str, step: int) -> str | None:
@@ -152,10 +175,19 @@ def neighbour(ids: list[str], current: str, step: int) -> str | None:
 
 def table(rows: list[dict]) -> list[dict]:
     """Rows for display: words, not codes; times as 'YYYY-MM-DD HH:MM' UTC."""
-    return [{"#": r["position"], "case": r["case"], "status": STATUS_WORDS[r["status"]],
-             "slice verdicts": r["slice_verdicts"], "reviewer": r["reviewer"],
-             "time (UTC)": r["time_utc"].strftime("%Y-%m-%d %H:%M") if r["time_utc"] else "",
-             "model": r["model"], "note": r["note"]} for r in rows]
+    return [
+        {
+            "#": r["position"],
+            "case": r["case"],
+            "status": STATUS_WORDS[r["status"]],
+            "slice verdicts": r["slice_verdicts"],
+            "reviewer": r["reviewer"],
+            "time (UTC)": r["time_utc"].strftime("%Y-%m-%d %H:%M") if r["time_utc"] else "",
+            "model": r["model"],
+            "note": r["note"],
+        }
+        for r in rows
+    ]
 
 
 def case_verdicts(store, keys: dict[str, str]) -> list[dict]:

@@ -5,6 +5,7 @@ recorded); this module reads ``st.user`` / ``st.secrets`` and draws. ``app.py`` 
 :func:`gate` on every run before anything else is drawn, so every page passes through it (a page
 run outside app.py's frame is sent back through it by ``pages._shared.require_frame``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +31,9 @@ def auth_configured() -> bool:
 def current_access() -> auth.Access:
     configured = auth_configured()
     section = st.secrets.get("medseg") if configured else None
-    return auth.decide(st.user.to_dict() if configured else {}, configured,
-                       auth.access_config(dict(section) if section else None))
+    return auth.decide(
+        st.user.to_dict() if configured else {}, configured, auth.access_config(dict(section) if section else None)
+    )
 
 
 def identity() -> auth.Identity | None:
@@ -59,8 +61,9 @@ def audit(action: str, case_key: str | None = None, model: str | None = None, de
 
 def exported(what: str, model: str | None = None, with_case: bool = True):
     """An ``on_click`` callback for a download button: records the export with the case and model."""
-    return lambda: audit("export", case_key=st.session_state.get("case_key") if with_case else None, model=model,
-                         detail=what)
+    return lambda: audit(
+        "export", case_key=st.session_state.get("case_key") if with_case else None, model=model, detail=what
+    )
 
 
 def gate(pages: list) -> "st.navigation":
@@ -85,8 +88,12 @@ def gate(pages: list) -> "st.navigation":
             st.login()
     else:  # refused: the sentence, and a way to sign in with another account
         if ss.get("_audited_refusal") != acc.email:
-            store().add_audit("refused", acc.email or "(no e-mail)", acc.email if acc.email and "@" in acc.email else None,
-                              detail=acc.reason)
+            store().add_audit(
+                "refused",
+                acc.email or "(no e-mail)",
+                acc.email if acc.email and "@" in acc.email else None,
+                detail=acc.reason,
+            )
             ss["_audited_refusal"] = acc.email
         st.write(auth.REFUSED)
         if st.button("Sign out", key="_sign_out_refused"):
@@ -124,15 +131,23 @@ def _options_dict(options) -> dict | None:
         return {"options": str(options)}
 
 
-def verdict_control(case_key: str, model: str | None, options=None, plane: str | None = None,
-                    slice_index: int | None = None, corrected_mask: str | None = None) -> None:
+def verdict_control(
+    case_key: str,
+    model: str | None,
+    options=None,
+    plane: str | None = None,
+    slice_index: int | None = None,
+    corrected_mask: str | None = None,
+) -> None:
     """Accept / needs correction / reject with a note, saved with the reviewer's identity (the signed-in
     user; a typed name only when sign-in is off), the model and its options; the case's verdicts below.
     ``corrected_mask``: the saved correction being reviewed (issue 18), recorded with the verdict."""
     ident = identity()
     with st.expander("Verdict", expanded=False):
         with st.form("verdict_form", clear_on_submit=True):
-            choice = st.radio("Decision", VERDICTS, format_func=VERDICT_WORDS.get, horizontal=True, key="verdict_choice")
+            choice = st.radio(
+                "Decision", VERDICTS, format_func=VERDICT_WORDS.get, horizontal=True, key="verdict_choice"
+            )
             note = st.text_input("Note", key="verdict_note", max_chars=2000)
             this_slice = False
             if plane is not None and slice_index is not None:
@@ -147,19 +162,41 @@ def verdict_control(case_key: str, model: str | None, options=None, plane: str |
             if not name:
                 st.error("Type your name to save a verdict.")
             else:
-                store().add_verdict(case_key, choice, name, ident.email if ident else None, signed_in=ident is not None,
-                                    note=note, model=model, options=_options_dict(options),
-                                    plane=plane if this_slice else None, slice=slice_index if this_slice else None,
-                                    corrected_mask=corrected_mask)
-                audit("verdict", case_key=case_key, model=model,
-                      detail=choice + (f" ({plane} slice {slice_index + 1})" if this_slice else ""))
+                store().add_verdict(
+                    case_key,
+                    choice,
+                    name,
+                    ident.email if ident else None,
+                    signed_in=ident is not None,
+                    note=note,
+                    model=model,
+                    options=_options_dict(options),
+                    plane=plane if this_slice else None,
+                    slice=slice_index if this_slice else None,
+                    corrected_mask=corrected_mask,
+                )
+                audit(
+                    "verdict",
+                    case_key=case_key,
+                    model=model,
+                    detail=choice + (f" ({plane} slice {slice_index + 1})" if this_slice else ""),
+                )
                 st.success(f"Saved: {VERDICT_WORDS[choice]} by {ident.label if ident else name}.")
         rows = store().verdicts(case_key, limit=10)
         if rows:
-            st.dataframe([{"time (UTC)": r["time_utc"].strftime("%Y-%m-%d %H:%M:%S"),
-                           "verdict": VERDICT_WORDS.get(r["verdict"], r["verdict"]),
-                           "slice": "" if r["slice"] is None else f"{r['plane']} {r['slice'] + 1}",
-                           "reviewer": r["reviewer_name"] + (f" <{r['reviewer_email']}>" if r["reviewer_email"] else
-                                                             " (typed)"),
-                           "model": r["model"] or "", "note": r["note"]} for r in rows],
-                         hide_index=True, key="verdict_rows")
+            st.dataframe(
+                [
+                    {
+                        "time (UTC)": r["time_utc"].strftime("%Y-%m-%d %H:%M:%S"),
+                        "verdict": VERDICT_WORDS.get(r["verdict"], r["verdict"]),
+                        "slice": "" if r["slice"] is None else f"{r['plane']} {r['slice'] + 1}",
+                        "reviewer": r["reviewer_name"]
+                        + (f" <{r['reviewer_email']}>" if r["reviewer_email"] else " (typed)"),
+                        "model": r["model"] or "",
+                        "note": r["note"],
+                    }
+                    for r in rows
+                ],
+                hide_index=True,
+                key="verdict_rows",
+            )

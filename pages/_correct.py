@@ -14,6 +14,7 @@ plane, window, orientation and aspect correction) and hands what was drawn to th
   uploaded prediction (:func:`medseg_core.inference.prediction_from_masks`), chosen on the page:
   viewer, metrics, failure tags and the NIfTI / DICOM SEG exports then use it.
 """
+
 from __future__ import annotations
 
 import re
@@ -54,10 +55,16 @@ def caption(name: str) -> str:
     i = info(name)
     cmp = i.get("compare") or {}
     first = next(iter(cmp), None)
-    words = (f"; corrected vs model ({first}): Dice {cmp[first]['dice']:.3f}, volume change "
-             f"{cmp[first]['volume_change_ml']:+.2f} mL" if first else "")
-    return (f"Corrected mask **{name}** of {i.get('base', 'a result')}, saved as `{i.get('file', '')}` with a "
-            f"'needs correction' verdict{words}.")
+    words = (
+        f"; corrected vs model ({first}): Dice {cmp[first]['dice']:.3f}, volume change "
+        f"{cmp[first]['volume_change_ml']:+.2f} mL"
+        if first
+        else ""
+    )
+    return (
+        f"Corrected mask **{name}** of {i.get('base', 'a result')}, saved as `{i.get('file', '')}` with a "
+        f"'needs correction' verdict{words}."
+    )
 
 
 def toggle(pred) -> bool:
@@ -65,9 +72,16 @@ def toggle(pred) -> bool:
     (a button inside the viewer's fragment) the whole page reruns: its result choice has changed."""
     if st.session_state.pop("_corr_rerun_app", False):
         st.rerun(scope="app")
-    return st.toggle("Correct the mask (brush, eraser, fill)", key="correct_on", disabled=pred is None or not pred.masks,
-                     help="Paint on the current slice of any plane; undo / redo; save as a named result.") \
-        and pred is not None and bool(pred.masks)
+    return (
+        st.toggle(
+            "Correct the mask (brush, eraser, fill)",
+            key="correct_on",
+            disabled=pred is None or not pred.masks,
+            help="Paint on the current slice of any plane; undo / redo; save as a named result.",
+        )
+        and pred is not None
+        and bool(pred.masks)
+    )
 
 
 def _correction(pred, case_key: str) -> K.Correction:
@@ -130,16 +144,28 @@ def _save(vol, pred):
         ss["_corr_msg"] = "Type your name to save the correction."
         return
     try:
-        saved = K.save_correction(corr, vol, ss["case_key"], name, reviewer_email=ident.email if ident else None,
-                                  signed_in=ident is not None, options=_options_dict(pred.options), store=store())
+        saved = K.save_correction(
+            corr,
+            vol,
+            ss["case_key"],
+            name,
+            reviewer_email=ident.email if ident else None,
+            signed_in=ident is not None,
+            options=_options_dict(pred.options),
+            store=store(),
+        )
     except (OSError, ValueError) as e:
         ss["_corr_msg"] = f"The correction could not be saved: {e}"
         return
     result = prediction_from_masks(saved.name, corr.masks, vol)
     ss.setdefault("external_predictions", {})[saved.name] = result
     ss.setdefault("corrections", {})[saved.name] = {
-        "path": str(saved.path), "file": saved.path.name, "base": corr.base_name, "verdict_id": saved.verdict_id,
-        "compare": saved.record["corrected_vs_model"]}
+        "path": str(saved.path),
+        "file": saved.path.name,
+        "base": corr.base_name,
+        "verdict_id": saved.verdict_id,
+        "compare": saved.record["corrected_vs_model"],
+    }
     ss["result_source"] = f"uploaded:{saved.name}"
     ss["correct_on"] = False
     ss["_corr"] = None
@@ -147,8 +173,9 @@ def _save(vol, pred):
     ss["_corr_rerun_app"] = True  # the page's result choice, metrics and exports change: rerun the whole page
 
 
-def panel(vol, pred, plane: str, index: int, width: float, level: float, alpha: float, mode: str,
-          colours: dict) -> None:
+def panel(
+    vol, pred, plane: str, index: int, width: float, level: float, alpha: float, mode: str, colours: dict
+) -> None:
     """The canvas over the current slice's picture, the tools and the corrected-vs-model numbers."""
     from streamlit_drawable_canvas import st_canvas
 
@@ -157,13 +184,28 @@ def panel(vol, pred, plane: str, index: int, width: float, level: float, alpha: 
     labels = list(corr.masks)
     t1, t2, t3 = st.columns([2, 2, 1], vertical_alignment="bottom")
     tool = t1.radio("Tool", list(TOOL_WORDS), format_func=TOOL_WORDS.get, horizontal=True, key="corr_tool")
-    brush_mm = t2.slider("Brush size (mm)", 0.5, 40.0, 5.0, 0.5, key="corr_brush_mm",
-                         help="The brush's diameter in millimetres, in this plane's own pixel spacing.")
+    brush_mm = t2.slider(
+        "Brush size (mm)",
+        0.5,
+        40.0,
+        5.0,
+        0.5,
+        key="corr_brush_mm",
+        help="The brush's diameter in millimetres, in this plane's own pixel spacing.",
+    )
     label = t3.selectbox("Label", labels, key="corr_label") if len(labels) > 1 else labels[0]
     geom = corr.geometry(plane)
     colour = colours.get(label, (230, 159, 0))
-    picture = slice_picture(vol.array, vol.spacing, plane, index, (width, level), layers=[(corr.masks[label], colour)],
-                            alpha=max(alpha, 0.25), mode=mode).rgb  # the viewer's own chain (medseg_core.render)
+    picture = slice_picture(
+        vol.array,
+        vol.spacing,
+        plane,
+        index,
+        (width, level),
+        layers=[(corr.masks[label], colour)],
+        alpha=max(alpha, 0.25),
+        mode=mode,
+    ).rgb  # the viewer's own chain (medseg_core.render)
     scale = min(CANVAS_MAX_W / geom.pic_w, CANVAS_MAX_H / geom.pic_h)
     cw, ch = max(1, int(round(geom.pic_w * scale))), max(1, int(round(geom.pic_h * scale)))
     px_per_mm = cw / (geom.w * geom.col_mm)
@@ -172,12 +214,18 @@ def panel(vol, pred, plane: str, index: int, width: float, level: float, alpha: 
 
     with st.container(key="corr_canvas_box"):
         result = st_canvas(
-            fill_color="rgba(0, 0, 0, 0)", background_image=Image.fromarray(picture), width=cw, height=ch,
+            fill_color="rgba(0, 0, 0, 0)",
+            background_image=Image.fromarray(picture),
+            width=cw,
+            height=ch,
             drawing_mode="point" if tool == "fill" else "freedraw",
             stroke_width=max(1, int(round(brush_mm * px_per_mm))) if tool != "fill" else 2,
             stroke_color=ERASER_COLOUR if tool == "eraser" else "rgba(%d, %d, %d, 0.6)" % tuple(colour),
-            point_display_radius=3, key=key, update_streamlit=True,
-            on_change=lambda: _apply_canvas(key, label, plane, index, (cw, ch), tool, brush_mm))
+            point_display_radius=3,
+            key=key,
+            update_streamlit=True,
+            on_change=lambda: _apply_canvas(key, label, plane, index, (cw, ch), tool, brush_mm),
+        )
     if K.canvas_marks(result.json_data):  # the callback did not take them (should not happen): apply here
         _apply_canvas(key, label, plane, index, (cw, ch), tool, brush_mm)
         st.rerun(scope="app")
@@ -186,19 +234,39 @@ def panel(vol, pred, plane: str, index: int, width: float, level: float, alpha: 
     b = st.columns(5)
     b[0].button("Undo", on_click=_undo, disabled=not corr.history.can_undo, key="corr_undo", width="stretch")
     b[1].button("Redo", on_click=_redo, disabled=not corr.history.can_redo, key="corr_redo", width="stretch")
-    b[2].button("Fill holes (slice)", on_click=_fill_holes, args=(label, plane, index), key="corr_holes",
-                width="stretch", help="Fills every hole of the mask on this slice (scipy binary_fill_holes).")
+    b[2].button(
+        "Fill holes (slice)",
+        on_click=_fill_holes,
+        args=(label, plane, index),
+        key="corr_holes",
+        width="stretch",
+        help="Fills every hole of the mask on this slice (scipy binary_fill_holes).",
+    )
     from pages._access import identity
 
     ident = identity()
     if ident is None:
         ss.setdefault("corr_reviewer", ss.get("reviewer_name") or "")
-        b[3].text_input("Your name", key="corr_reviewer", label_visibility="collapsed", placeholder="Your name",
-                        help="Sign-in is off on this server: the correction is recorded under this name.")
-    b[4].button("Save correction", type="primary", on_click=_save, args=(vol, pred), key="corr_save",
-                disabled=not corr.changed, width="stretch")
+        b[3].text_input(
+            "Your name",
+            key="corr_reviewer",
+            label_visibility="collapsed",
+            placeholder="Your name",
+            help="Sign-in is off on this server: the correction is recorded under this name.",
+        )
+    b[4].button(
+        "Save correction",
+        type="primary",
+        on_click=_save,
+        args=(vol, pred),
+        key="corr_save",
+        disabled=not corr.changed,
+        width="stretch",
+    )
     c = corr.compare()[label]
-    st.caption(f"Corrected vs model ({label}): Dice {c['dice']:.3f} · volume {c['model_ml']:.2f} → "
-               f"{c['corrected_ml']:.2f} mL ({c['volume_change_ml']:+.2f} mL) · {c['voxels_added']} voxels added, "
-               f"{c['voxels_removed']} removed · {len(corr.history)} edit(s). Brush {brush_mm:g} mm = "
-               f"{brush_mm / geom.row_mm:.1f} x {brush_mm / geom.col_mm:.1f} voxels on this {plane} slice.")
+    st.caption(
+        f"Corrected vs model ({label}): Dice {c['dice']:.3f} · volume {c['model_ml']:.2f} → "
+        f"{c['corrected_ml']:.2f} mL ({c['volume_change_ml']:+.2f} mL) · {c['voxels_added']} voxels added, "
+        f"{c['voxels_removed']} removed · {len(corr.history)} edit(s). Brush {brush_mm:g} mm = "
+        f"{brush_mm / geom.row_mm:.1f} x {brush_mm / geom.col_mm:.1f} voxels on this {plane} slice."
+    )

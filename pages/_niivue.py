@@ -6,6 +6,7 @@ Used by the 3D viewer page (``pages/viewer3d.py``) and by Segment & review's "Fa
 toggle, which swaps the server-rendered PNG picture for NiiVue on the same plane; the PNG viewer stays
 the default and the source of every export.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,13 @@ from medseg_core import niivue as NV
 from medseg_core.render import COMPARE_COLOURS, LABEL_COLOURS
 
 #: The component's view modes (``niivue_viewer(view_mode=...)``), as offered to the user.
-VIEWS = {"Multiplanar + 3D": "multiplanar", "Axial": "axial", "Coronal": "coronal", "Sagittal": "sagittal",
-         "3D render": "3d"}
+VIEWS = {
+    "Multiplanar + 3D": "multiplanar",
+    "Axial": "axial",
+    "Coronal": "coronal",
+    "Sagittal": "sagittal",
+    "3D render": "3d",
+}
 #: NiiVue settings shared by every view: radiological convention (patient's right on the screen's left,
 #: as the PNG viewer and medseg_core.io.orientation), nearest-neighbour voxels (as the PNG viewer).
 SETTINGS = {"radiological": True, "crosshair": True, "interpolation": False, "colorbar": False}
@@ -45,8 +51,7 @@ def _cached(slot: str, key, make):
 
 def volume_bytes(vol, window) -> bytes:
     w = tuple(round(float(v), 4) for v in window)
-    return _cached("volume", (st.session_state.get("case_key"), id(vol), vol.shape, w),
-                   lambda: NV.volume_nifti(vol, w))
+    return _cached("volume", (st.session_state.get("case_key"), id(vol), vol.shape, w), lambda: NV.volume_nifti(vol, w))
 
 
 def overlay_bytes(vol, layers) -> tuple[bytes, str]:
@@ -72,13 +77,27 @@ def prediction_layers(pred, shown=None, colours=None) -> tuple[list, list]:
 def compare_layers_3d(primary, gt) -> tuple[list, list]:
     """TP / FP / FN of a prediction against the reference in COMPARE_COLOURS (as the PNG viewer)."""
     p, r = np.asarray(primary).astype(bool), np.asarray(gt).astype(bool)
-    return ([(p & r, COMPARE_COLOURS["tp"]), (p & ~r, COMPARE_COLOURS["fp"]), (~p & r, COMPARE_COLOURS["fn"])],
-            [("TP (both)", COMPARE_COLOURS["tp"]), ("FP (prediction only)", COMPARE_COLOURS["fp"]),
-             ("FN (reference only)", COMPARE_COLOURS["fn"])])
+    return (
+        [(p & r, COMPARE_COLOURS["tp"]), (p & ~r, COMPARE_COLOURS["fp"]), (~p & r, COMPARE_COLOURS["fn"])],
+        [
+            ("TP (both)", COMPARE_COLOURS["tp"]),
+            ("FP (prediction only)", COMPARE_COLOURS["fp"]),
+            ("FN (reference only)", COMPARE_COLOURS["fn"]),
+        ],
+    )
 
 
-def segment_layers(pred, gt, primary, shown, colours, compare: bool, show_sides: bool,
-                   show_removed: bool = False, removed_colour=(255, 0, 255)) -> list:
+def segment_layers(
+    pred,
+    gt,
+    primary,
+    shown,
+    colours,
+    compare: bool,
+    show_sides: bool,
+    show_removed: bool = False,
+    removed_colour=(255, 0, 255),
+) -> list:
     """The Segment & review viewer's layers (same choices, same colours) as whole volumes."""
     if compare and gt is not None and primary is not None:
         layers = compare_layers_3d(primary, gt)[0]
@@ -98,12 +117,15 @@ def segment_layers(pred, gt, primary, shown, colours, compare: bool, show_sides:
 def fast_view(vol, plane: str, window, layers, opacity: float, height: int = 560):
     """Segment & review's "Fast viewer (NiiVue)": the chosen plane, scrolled in the browser."""
     show(vol, window, layers, view=plane, opacity=max(opacity, 0.05), height=height, key="nv_segment")
-    st.caption("Fast viewer: mouse wheel over the picture scrolls slices in the browser (the slider above is not "
-               "moved); exports use the PNG viewer.")
+    st.caption(
+        "Fast viewer: mouse wheel over the picture scrolls slices in the browser (the slider above is not "
+        "moved); exports use the PNG viewer."
+    )
 
 
-def show(vol, window, layers, *, view: str = "multiplanar", opacity: float = 0.5, height: int = 620,
-         key: str = "niivue"):
+def show(
+    vol, window, layers, *, view: str = "multiplanar", opacity: float = 0.5, height: int = 620, key: str = "niivue"
+):
     """Draw NiiVue with the case volume (window ``(width, level)``) and the coloured ``layers``."""
     from niivue_component import niivue_viewer
 
@@ -113,12 +135,22 @@ def show(vol, window, layers, *, view: str = "multiplanar", opacity: float = 0.5
         overlays.append({"data": data, "name": name, "colormap": "gray", "opacity": float(opacity)})
     grid = NV.sent_grid(vol.shape, vol.affine)
     if grid.reduced:
-        st.caption(f"Large volume: the fast viewer shows every {grid.stride[1]}th voxel in-plane"
-                   + (f" and every {grid.stride[0]}th slice" if grid.stride[0] > 1 else "")
-                   + "; the PNG viewer and all exports use every voxel.")
+        st.caption(
+            f"Large volume: the fast viewer shows every {grid.stride[1]}th voxel in-plane"
+            + (f" and every {grid.stride[0]}th slice" if grid.stride[0] > 1 else "")
+            + "; the PNG viewer and all exports use every voxel."
+        )
     with st.container(key=f"{key}_box"):
         # update_interval_ms=None: no click events back to Python (nothing reads them), so scrolling and
         # clicking never cause a server round trip (the component's documented low-latency setting)
-        niivue_viewer(nifti_data=volume_bytes(vol, window), filename=f"{key}_volume.nii.gz", overlays=overlays or None,
-                      height=height, view_mode=view, styled=False, settings=dict(SETTINGS), update_interval_ms=None,
-                      key=key)
+        niivue_viewer(
+            nifti_data=volume_bytes(vol, window),
+            filename=f"{key}_volume.nii.gz",
+            overlays=overlays or None,
+            height=height,
+            view_mode=view,
+            styled=False,
+            settings=dict(SETTINGS),
+            update_interval_ms=None,
+            key=key,
+        )

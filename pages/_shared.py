@@ -2,6 +2,7 @@
 
 All numerical work is in medseg_core; this module only keeps state and draws progress.
 """
+
 from __future__ import annotations
 
 # pandas is imported here, once, before any session draws: plotly looks it up lazily in sys.modules, and
@@ -48,8 +49,21 @@ def get_spec(ref: str):
 
 # ------------------------------------------------------------------ server-wide memory budget (issue 21)
 #: Session-state entries that hold a session's case and results; released with an idle session.
-HEAVY_KEYS = ("volume", "gt_mask", "extra_masks", "predictions", "external_predictions", "us_cache", "mask_uploads",
-              "current", "unc_key", "case_key", "sample", "upload_sig", "gt_sig")
+HEAVY_KEYS = (
+    "volume",
+    "gt_mask",
+    "extra_masks",
+    "predictions",
+    "external_predictions",
+    "us_cache",
+    "mask_uploads",
+    "current",
+    "unc_key",
+    "case_key",
+    "sample",
+    "upload_sig",
+    "gt_sig",
+)
 
 
 def session_id() -> str:
@@ -62,6 +76,7 @@ def session_id() -> str:
 def _release_idle_session(state, minutes: float):
     """The budget's callback for an idle session (runs in another session's thread): drop the
     session's case and results from its state; its next run says so (:func:`ensure_state`)."""
+
     def release():
         for k in HEAVY_KEYS:
             try:
@@ -69,15 +84,18 @@ def _release_idle_session(state, minutes: float):
             except KeyError:
                 pass
         state["_released_idle"] = minutes
+
     return release
 
 
 def _alive_probe(sid: str):
     """Whether the session still has a browser connected (Streamlit's runtime; thread-safe)."""
+
     def alive() -> bool:
         from streamlit.runtime import Runtime
 
         return not Runtime.exists() or Runtime.instance().is_active_session(sid)
+
     return alive
 
 
@@ -108,8 +126,10 @@ def case_bytes(volume=None, gt=None, extras=None) -> int:
     """What this session holds besides its cached model results: the volume, the reference and other
     masks, uploaded predictions and mask files, checkpoints uploaded for this session."""
     ss = st.session_state
-    models = sum(sum(p.numel() * p.element_size() for p in lm.module.parameters())
-                 for lm in (ss.get("session_models") or {}).values())
+    models = sum(
+        sum(p.numel() * p.element_size() for p in lm.module.parameters())
+        for lm in (ss.get("session_models") or {}).values()
+    )
     if volume is None:
         volume, gt, extras = ss.get("volume"), ss.get("gt_mask"), ss.get("extra_masks")
     return models + _arrays_bytes(volume, gt, extras, ss.get("external_predictions"), ss.get("mask_uploads"))
@@ -118,8 +138,9 @@ def case_bytes(volume=None, gt=None, extras=None) -> int:
 def account_case(volume=None, gt=None, extras=None, what: str = "opening this case", reserve: bool = False) -> None:
     """(Re-)account this session's case in the server budget; with ``reserve`` room is made first and
     :class:`medseg_core.budget.BudgetExceeded` (a sentence) raised when it cannot fit."""
-    B.server_budget().hold(session_id(), "case", case_bytes(volume, gt, extras), evictable=False,
-                           what=what, reserve=reserve)
+    B.server_budget().hold(
+        session_id(), "case", case_bytes(volume, gt, extras), evictable=False, what=what, reserve=reserve
+    )
 
 
 #: Volumes read at once (``MEDSEG_CONCURRENT_LOADS``, default 1). Reading an upload makes transient
@@ -157,7 +178,19 @@ def set_case(volume, gt=None, extras=None, sample=None) -> None:
     ss["auto_window"] = auto_window(volume.array)  # once per case, not on every slider move
     ss["predictions"] = new_prediction_cache()
     ss["external_predictions"] = {}  # uploaded predictions belong to the case they were made on
-    for k in ("current", "load_error", "us_kind", "result_source", "from_gallery", "show_other", "slice_axial", "slice_coronal", "slice_sagittal", "unc_slice", "unc_key"):
+    for k in (
+        "current",
+        "load_error",
+        "us_kind",
+        "result_source",
+        "from_gallery",
+        "show_other",
+        "slice_axial",
+        "slice_coronal",
+        "slice_sagittal",
+        "unc_slice",
+        "unc_key",
+    ):
         ss.pop(k, None)  # a new case opens on its own slices
     ss["clinical"] = dict((sample.extra.get("clinical") if sample else None) or {"menopausal": 0, "oncology_center": 0})
     from pages._access import audit  # issue 22: who opened which case (its pseudonymous key, never a name)
@@ -182,13 +215,18 @@ def ensure_state() -> None:
 
         ctx = get_script_run_ctx()
         if ctx is not None:
-            budget.session_started(session_id(), _release_idle_session(ctx.session_state, budget.idle_seconds / 60),
-                                   alive=_alive_probe(session_id()))
+            budget.session_started(
+                session_id(),
+                _release_idle_session(ctx.session_state, budget.idle_seconds / 60),
+                alive=_alive_probe(session_id()),
+            )
         ss["initialised"] = True
         if minutes is not None:
-            st.info(f"This session was idle for more than {minutes:g} minutes, so its case and results were released "
-                    "to free the server's memory for other reviewers. The bundled sample is open; load your case again "
-                    "on Load case.")
+            st.info(
+                f"This session was idle for more than {minutes:g} minutes, so its case and results were released "
+                "to free the server's memory for other reviewers. The bundled sample is open; load your case again "
+                "on Load case."
+            )
         if list_samples():
             try:
                 open_sample(DEFAULT_SAMPLE)
@@ -211,17 +249,27 @@ def run(model_name: str, options: PredictOptions, reference=None, slot: str = "c
     if pred is None:
         spec, vol = get_spec(model_name), ss["volume"]
         if cache.was_evicted(key):
-            st.info("This result had been released to free the server's memory for other reviewers "
-                    "(least recently used first); it is being recomputed.")
+            st.info(
+                "This result had been released to free the server's memory for other reviewers "
+                "(least recently used first); it is being recomputed."
+            )
         bar = st.progress(0.0, text=f"Running {spec.title}...")
         try:
             # the run's working memory is reserved for as long as it runs (evicting others' old results,
             # or refused with a sentence); the result is then kept compactly (medseg_core.budget)
-            with B.server_budget().transient(session_id(), B.predict_working_bytes(spec, vol.shape, vol.spacing, options)
-                                             + B.compact_bytes_estimate(vol.shape, len(spec.labels)),
-                                             what=f"running {spec.title} on this case"):
-                pred = predict(get_model(model_name), vol, options,
-                               progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m), reference=reference)
+            with B.server_budget().transient(
+                session_id(),
+                B.predict_working_bytes(spec, vol.shape, vol.spacing, options)
+                + B.compact_bytes_estimate(vol.shape, len(spec.labels)),
+                what=f"running {spec.title} on this case",
+            ):
+                pred = predict(
+                    get_model(model_name),
+                    vol,
+                    options,
+                    progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m),
+                    reference=reference,
+                )
         finally:
             bar.empty()  # never leave a stuck progress bar beside an error
         pred = cache.put(key, pred)
@@ -289,7 +337,10 @@ def open_in_review(run_path: str, row: dict) -> None:
     if model in refs:
         ref_model = refs[model]
         kw = ((meta.get("exact_options") or {}).get(model) or {}).get(set_name) or {
-            **meta["option_sets"][set_name], "mc_samples": meta.get("mc_samples", 0), "seed": meta.get("seed", 0)}
+            **meta["option_sets"][set_name],
+            "mc_samples": meta.get("mc_samples", 0),
+            "seed": meta.get("seed", 0),
+        }
         ss["model_name"] = ref_model
         ss.update(review_state_for(ref_model, kw))
         ss["run_now"] = True

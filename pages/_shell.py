@@ -24,6 +24,7 @@ handled here and nowhere else:
    start. Helpers are named so that they never match a page (``_worklist_glue.py``, ``_shared.py``);
    ``tests/test_shell.py`` checks it.
 """
+
 from __future__ import annotations
 
 import streamlit as st

@@ -9,6 +9,7 @@ run folder) or ``{"kind": "folder", "root": ..., "adapter": ...}`` (a dataset fo
 list of case ids the reviewer moves through and the case key of the case opened from it: the strip
 shows only while the session's case is that one (a case loaded on Load case hides it).
 """
+
 from __future__ import annotations
 
 import streamlit as st
@@ -55,8 +56,12 @@ def source_keys(src: dict, ids: list[str] | None = None) -> dict[str, str]:
         from medseg_core.cohort import dataset_cases, read_meta
 
         path = src["path"]
-        return W.case_keys(dataset_cases(read_meta(path)), ids, cache_file=W.run_key_file(path),
-                           load=lambda cid: cohort_case(path, cid))
+        return W.case_keys(
+            dataset_cases(read_meta(path)),
+            ids,
+            cache_file=W.run_key_file(path),
+            load=lambda cid: cohort_case(path, cid),
+        )
     root, adapter = src["root"], src["adapter"]
     cache = _folder_key_cache().setdefault((root, adapter), {})
     return W.case_keys(folder_cases(root, adapter), ids, cache=cache, load=lambda cid: folder_case(root, adapter, cid))
@@ -111,10 +116,20 @@ def nav_strip() -> None:
     prev_id, next_id = W.neighbour(ids, cid, -1), W.neighbour(ids, cid, +1)
     with st.container(horizontal=True, vertical_alignment="center", key="worklist_strip"):
         st.caption(f"Worklist ({source_name(nav['source'])}): case {ids.index(cid) + 1} of {len(ids)} · {cid}")
-        st.button("← Previous", key="wl_prev", disabled=prev_id is None,
-                  on_click=open_case, args=(nav["source"], prev_id, ids, False))
-        st.button("Next →", key="wl_next", disabled=next_id is None,
-                  on_click=open_case, args=(nav["source"], next_id, ids, False))
+        st.button(
+            "← Previous",
+            key="wl_prev",
+            disabled=prev_id is None,
+            on_click=open_case,
+            args=(nav["source"], prev_id, ids, False),
+        )
+        st.button(
+            "Next →",
+            key="wl_next",
+            disabled=next_id is None,
+            on_click=open_case,
+            args=(nav["source"], next_id, ids, False),
+        )
         if st.button("Back to the worklist", key="wl_back"):
             st.switch_page("pages/worklist.py")
     err = ss.pop("worklist_error", None)

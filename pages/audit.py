@@ -1,6 +1,7 @@
 """Audit (admins only, issue 22 item 3): who opened, ran, exported and decided what, and when; with CSV /
 JSON export of the audit trail and of all verdicts. Listed in the navigation only for users on the
 admin list (``MEDSEG_ADMINS`` or ``[medseg] admins``); the page checks again itself."""
+
 from datetime import datetime, timedelta, timezone
 
 import streamlit as st
@@ -17,9 +18,11 @@ if ident is None or not ident.admin:
     st.stop()
 
 st.title("Audit")
-st.caption("Every open case, model run, export, verdict, sign-in and refusal, newest first. The table is "
-           "append-only: the database refuses to change or delete its rows. Case keys are the app's pseudonymous "
-           "content hashes, never patient identifiers; times are UTC.")
+st.caption(
+    "Every open case, model run, export, verdict, sign-in and refusal, newest first. The table is "
+    "append-only: the database refuses to change or delete its rows. Case keys are the app's pseudonymous "
+    "content hashes, never patient identifiers; times are UTC."
+)
 c1, c2, c3 = st.columns(3)
 action = c1.selectbox("Action", ["all", *ACTIONS], key="audit_action")
 who = c2.text_input("User (name or e-mail)", key="audit_user")
@@ -27,17 +30,43 @@ days = c3.number_input("Last days (0 = all)", min_value=0, value=0, step=1, key=
 since = datetime.now(timezone.utc) - timedelta(days=int(days)) if days else None
 rows = store().audit_rows(action=None if action == "all" else action, user=who.strip() or None, since=since)
 st.caption(f"{len(rows)} rows.")
-st.dataframe([{**r, "time_utc": r["time_utc"].strftime("%Y-%m-%d %H:%M:%S")} for r in rows[:2000]],
-             hide_index=True, key="audit_table", column_order=AUDIT_COLUMNS)
+st.dataframe(
+    [{**r, "time_utc": r["time_utc"].strftime("%Y-%m-%d %H:%M:%S")} for r in rows[:2000]],
+    hide_index=True,
+    key="audit_table",
+    column_order=AUDIT_COLUMNS,
+)
 e1, e2, e3, e4 = st.columns(4)
 stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-e1.download_button("Export audit (CSV)", to_csv(rows, AUDIT_COLUMNS), file_name=f"medseg_audit_{stamp}.csv",
-                   mime="text/csv", key="dl_audit_csv", on_click=exported("audit trail CSV", with_case=False))
-e2.download_button("Export audit (JSON)", to_json(rows), file_name=f"medseg_audit_{stamp}.json",
-                   mime="application/json", key="dl_audit_json", on_click=exported("audit trail JSON", with_case=False))
-e3.download_button("Export all verdicts (CSV)", lambda: export_verdicts(store(), "csv"),
-                   file_name=f"medseg_verdicts_{stamp}.csv", mime="text/csv", key="dl_verdicts_csv",
-                   on_click=exported("all verdicts CSV", with_case=False))
-e4.download_button("Export all verdicts (JSON)", lambda: export_verdicts(store(), "json"),
-                   file_name=f"medseg_verdicts_{stamp}.json", mime="application/json", key="dl_verdicts_json",
-                   on_click=exported("all verdicts JSON", with_case=False))
+e1.download_button(
+    "Export audit (CSV)",
+    to_csv(rows, AUDIT_COLUMNS),
+    file_name=f"medseg_audit_{stamp}.csv",
+    mime="text/csv",
+    key="dl_audit_csv",
+    on_click=exported("audit trail CSV", with_case=False),
+)
+e2.download_button(
+    "Export audit (JSON)",
+    to_json(rows),
+    file_name=f"medseg_audit_{stamp}.json",
+    mime="application/json",
+    key="dl_audit_json",
+    on_click=exported("audit trail JSON", with_case=False),
+)
+e3.download_button(
+    "Export all verdicts (CSV)",
+    lambda: export_verdicts(store(), "csv"),
+    file_name=f"medseg_verdicts_{stamp}.csv",
+    mime="text/csv",
+    key="dl_verdicts_csv",
+    on_click=exported("all verdicts CSV", with_case=False),
+)
+e4.download_button(
+    "Export all verdicts (JSON)",
+    lambda: export_verdicts(store(), "json"),
+    file_name=f"medseg_verdicts_{stamp}.json",
+    mime="application/json",
+    key="dl_verdicts_json",
+    on_click=exported("all verdicts JSON", with_case=False),
+)

@@ -1,4 +1,5 @@
 """Failure gallery: browse a cohort run's slices by failure tag, open one in the review page, export a story."""
+
 import streamlit as st
 
 from medseg_core import analysis as A
@@ -35,8 +36,15 @@ def _run(path: str, mtime: float):
 def _thumb(path: str, model: str, set_name: str, case: str, z: int, size: int):
     vol, masks = cohort_case(path, case)
     mask, before = C.read_masks(path, model, set_name, case)
-    return C.thumbnail(vol, z, mask[z], masks.get("ovary", next(iter(masks.values())))[z],
-                       masks["ovary_other"][z] if "ovary_other" in masks else None, before[z] & ~mask[z], size=size)
+    return C.thumbnail(
+        vol,
+        z,
+        mask[z],
+        masks.get("ovary", next(iter(masks.values())))[z],
+        masks["ovary_other"][z] if "ovary_other" in masks else None,
+        before[z] & ~mask[z],
+        size=size,
+    )
 
 
 # ------------------------------------------------------------------ a new cohort run
@@ -53,12 +61,16 @@ def progress_panel():
         prog = C.read_progress(p) or {}
         done, total = prog.get("done", 0), prog.get("total", 0) or 1
         if jobs.is_running(p):
-            st.progress(min(done / total, 1.0), text=f"{p.name}: {done}/{prog.get('total', '?')} · {prog.get('message', '')}")
+            st.progress(
+                min(done / total, 1.0), text=f"{p.name}: {done}/{prog.get('total', '?')} · {prog.get('message', '')}"
+            )
         elif prog.get("state") == "failed":
             st.error(f"{p.name}: {prog.get('message')}")
         else:
             c1, c2 = st.columns([4, 1])
-            c1.warning(f"{p.name} stopped at {done}/{prog.get('total', '?')} (server restart?); finished cases are kept.")
+            c1.warning(
+                f"{p.name} stopped at {done}/{prog.get('total', '?')} (server restart?); finished cases are kept."
+            )
             if c2.button("Resume", key=f"resume_{p.name}"):
                 jobs.resume(p)
     if ss.get("_runs_seen") != len(C.list_runs()):
@@ -68,40 +80,74 @@ def progress_panel():
 progress_panel()
 with st.expander("New cohort run", expanded=not runs):
     seg = segmentation_checkpoints()
-    src = st.radio("Cases", ["Fresh synthetic pelvic phantoms", "A dataset folder on this server"], horizontal=True,
-                   key="coh_src")
+    src = st.radio(
+        "Cases", ["Fresh synthetic pelvic phantoms", "A dataset folder on this server"], horizontal=True, key="coh_src"
+    )
     folder, adapter, synthetic = None, None, None
     if src.startswith("Fresh"):
-        st.caption("Fresh phantoms (seed 7, never seen in training). The phantom has two look-alike ovaries with one "
-                   "labelled, so side swaps and double-ovary predictions are expected.")
+        st.caption(
+            "Fresh phantoms (seed 7, never seen in training). The phantom has two look-alike ovaries with one "
+            "labelled, so side swaps and double-ovary predictions are expected."
+        )
     else:
         d1, d2 = st.columns([3, 1])
-        folder = d1.text_input("Folder", key="coh_folder", placeholder="/data/UT-EndoMRI or /data/mycases",
-                               help="A published layout (MSD Task09, UT-EndoMRI, MMOTU, UW-Madison GI, MicroSegNet) "
-                                    "or images/ + masks/ with matching file names (NIfTI, DICOM or images).")
+        folder = d1.text_input(
+            "Folder",
+            key="coh_folder",
+            placeholder="/data/UT-EndoMRI or /data/mycases",
+            help="A published layout (MSD Task09, UT-EndoMRI, MMOTU, UW-Madison GI, MicroSegNet) "
+            "or images/ + masks/ with matching file names (NIfTI, DICOM or images).",
+        )
         adapter = d2.selectbox("Layout", ["detect"] + sorted(ADAPTERS), key="coh_adapter")
     f1, f2, f3 = st.columns(3)
-    models = f1.multiselect("Models", list(seg), default=[r for r in seg if seg[r].family == "ovary"][:1],
-                            key="coh_models", format_func=lambda r: seg[r].title + " · " + seg[r].name)
+    models = f1.multiselect(
+        "Models",
+        list(seg),
+        default=[r for r in seg if seg[r].family == "ovary"][:1],
+        key="coh_models",
+        format_func=lambda r: seg[r].title + " · " + seg[r].name,
+    )
     n_cases = f2.slider("Cases (at most)", 1, 100, 4, key="coh_n")
     mc = f3.slider("MC-dropout samples (uncertainty)", 0, 16, 6, 2, key="coh_mc")
     offered = cohort_option_sets([seg[r] for r in models])
-    chosen = st.multiselect("Option sets (the first is the baseline of the comparisons)", list(offered),
-                            default=list(offered)[:3], key="coh_sets",
-                            format_func=lambda k: set_name(k, offered[k]))
-    if st.button("Start the run", type="primary", disabled=not models or not chosen or (folder is not None and not folder)):
+    chosen = st.multiselect(
+        "Option sets (the first is the baseline of the comparisons)",
+        list(offered),
+        default=list(offered)[:3],
+        key="coh_sets",
+        format_func=lambda k: set_name(k, offered[k]),
+    )
+    if st.button(
+        "Start the run", type="primary", disabled=not models or not chosen or (folder is not None and not folder)
+    ):
         try:
             if folder is None:
-                root, adapter, synthetic = C.runs_dir().parent / "data" / "pelvic_eval_seed7", "ut_endomri_d2", \
-                    {"kind": "pelvic", "n": 12, "seed": 7}
+                root, adapter, synthetic = (
+                    C.runs_dir().parent / "data" / "pelvic_eval_seed7",
+                    "ut_endomri_d2",
+                    {"kind": "pelvic", "n": 12, "seed": 7},
+                )
             else:
                 root = folder
                 adapter = D.detect_adapter(root) if adapter == "detect" else adapter
-            out = C.runs_dir() / f"{Path(str(root)).name}_{'+'.join(seg[r].name for r in models)}_{time.strftime('%Y%m%d_%H%M%S')}"
-            jobs.start_cohort(out, root, adapter, models, {k: offered[k] for k in chosen}, mc_samples=mc,
-                              max_cases=n_cases, synthetic=synthetic)
-            st.success(f"The run '{out.name}' started in the background: it goes on if you leave this page or close "
-                       "the tab, and finished cases are kept if the server stops.")
+            out = (
+                C.runs_dir()
+                / f"{Path(str(root)).name}_{'+'.join(seg[r].name for r in models)}_{time.strftime('%Y%m%d_%H%M%S')}"
+            )
+            jobs.start_cohort(
+                out,
+                root,
+                adapter,
+                models,
+                {k: offered[k] for k in chosen},
+                mc_samples=mc,
+                max_cases=n_cases,
+                synthetic=synthetic,
+            )
+            st.success(
+                f"The run '{out.name}' started in the background: it goes on if you leave this page or close "
+                "the tab, and finished cases are kept if the server stops."
+            )
         except InputError as e:
             st.error(str(e))
 
@@ -109,9 +155,11 @@ with st.expander("New cohort run", expanded=not runs):
 runs = C.list_runs()
 
 if not runs:
-    st.info("No cohort run yet. Start one above, or from the command line: "
-            "`python -m medseg_core.cohort --help` (runs are read from "
-            f"`{C.runs_dir()}`, or `MEDSEG_RUNS`).")
+    st.info(
+        "No cohort run yet. Start one above, or from the command line: "
+        "`python -m medseg_core.cohort --help` (runs are read from "
+        f"`{C.runs_dir()}`, or `MEDSEG_RUNS`)."
+    )
     st.stop()
 
 paths = [str(p) for p in runs]
@@ -124,29 +172,37 @@ except (OSError, KeyError, ValueError) as e:
     st.error(f"This run folder cannot be read ({e}).")
     st.stop()
 m = r.meta
-st.caption(f"{len(m['case_ids'])} cases · models {', '.join(m['models'])} · option sets "
-           f"{', '.join(set_name(k, v) for k, v in m['option_sets'].items())} · MC-dropout samples {m['mc_samples']} · "
-           f"created {m['created']} · {m['seconds']} s")
+st.caption(
+    f"{len(m['case_ids'])} cases · models {', '.join(m['models'])} · option sets "
+    f"{', '.join(set_name(k, v) for k, v in m['option_sets'].items())} · MC-dropout samples {m['mc_samples']} · "
+    f"created {m['created']} · {m['seconds']} s"
+)
 
 # ------------------------------------------------------------------ tables
 # plain tabs: tracking the open tab (on_change="rerun") made a click during a rerun get lost
 tab_t, tab_g, tab_u = st.tabs(["Side-masking table", "Gallery", "Uncertainty vs Dice"])
 with tab_t:
     if (r.path / "table1.csv").exists():
-        st.markdown("**Report 000 Table 1 format**: mean per-slice Dice on reference-positive slices, without side "
-                    "masking and with oracle side masking.")
+        st.markdown(
+            "**Report 000 Table 1 format**: mean per-slice Dice on reference-positive slices, without side "
+            "masking and with oracle side masking."
+        )
         st.dataframe(display_rows(C.read_rows(r.path / "table1.csv")), hide_index=True)
     if (r.path / "comparisons.csv").exists():
-        st.markdown(f"**Paired per-slice comparisons** against {set_name(next(iter(m['option_sets'])))} "
-                    "(reference-positive slices; Wilcoxon signed-rank p).")
+        st.markdown(
+            f"**Paired per-slice comparisons** against {set_name(next(iter(m['option_sets'])))} "
+            "(reference-positive slices; Wilcoxon signed-rank p)."
+        )
         st.dataframe(display_rows(C.read_rows(r.path / "comparisons.csv")), hide_index=True)
     st.caption("Command line: `python -m medseg_core.cohort` (see `make table1`).")
 
 # ------------------------------------------------------------------ filters
 with tab_g:
     counts_all = C.tag_counts(C.filter_slices(r.slices))
-    st.markdown("**Slices per tag** (slices with a reference or a prediction; a slice can carry several tags): " +
-                " · ".join(f"{display_name(k)} **{v}**" for k, v in counts_all.items() if v))
+    st.markdown(
+        "**Slices per tag** (slices with a reference or a prediction; a slice can carry several tags): "
+        + " · ".join(f"{display_name(k)} **{v}**" for k, v in counts_all.items() if v)
+    )
     g1, g2, g3 = st.columns(3)
     present = [t for t in A.TAGS if counts_all[t]]
     default = [t for t in ("side_swap", "double_ovary") if t in present] or present[:1]
@@ -155,11 +211,20 @@ with tab_g:
     ss.setdefault("gal_sets", list(m["option_sets"])[:1])
     for k, allowed in (("gal_tags", present), ("gal_models", m["models"]), ("gal_sets", list(m["option_sets"]))):
         ss[k] = [v for v in ss[k] if v in allowed]  # another run may lack some
-    tags = g1.multiselect("Failure tags", present, key="gal_tags", format_func=display_name,
-                          help="; ".join(f"{display_name(k)}: {v}" for k, v in A.TAG_DESCRIPTIONS.items()))
+    tags = g1.multiselect(
+        "Failure tags",
+        present,
+        key="gal_tags",
+        format_func=display_name,
+        help="; ".join(f"{display_name(k)}: {v}" for k, v in A.TAG_DESCRIPTIONS.items()),
+    )
     models = g2.multiselect("Models", m["models"], key="gal_models")
-    sets = g3.multiselect("Option sets", list(m["option_sets"]), key="gal_sets",
-                          format_func=lambda k: set_name(k, m["option_sets"].get(k)))
+    sets = g3.multiselect(
+        "Option sets",
+        list(m["option_sets"]),
+        key="gal_sets",
+        format_func=lambda k: set_name(k, m["option_sets"].get(k)),
+    )
     h1, h2, h3, h4 = st.columns(4)
     ss.setdefault("gal_dice", (0.0, 1.0))
     ss.setdefault("gal_unc", (0.0, 0.7))
@@ -171,15 +236,22 @@ with tab_g:
     n_show = h4.slider("Thumbnails", 4, 48, step=4, key="gal_n")
     rows = C.sort_slices(C.filter_slices(r.slices, tags, models, sets, dice_rng, unc_rng if uvals else None), order)
     # issue 18: the reviewers' verdicts beside the automatic tags (matched by the case's content key)
-    verdict_pick = st.multiselect("Verdict", W.STATUSES, key="gal_verdict", format_func=W.STATUS_WORDS.get,
-                                  help="The case's review status (its latest whole-case verdict, see the Worklist).")
+    verdict_pick = st.multiselect(
+        "Verdict",
+        W.STATUSES,
+        key="gal_verdict",
+        format_func=W.STATUS_WORDS.get,
+        help="The case's review status (its latest whole-case verdict, see the Worklist).",
+    )
     if verdict_pick and len(rows):
         status = run_statuses(path, m["case_ids"])
         ok = [c for c, s_ in status.items() if s_ in verdict_pick]
         rows = rows.take(rows.frame["case"].astype(str).isin(ok).to_numpy())
-    st.caption(f"{len(rows)} slices match; showing {min(len(rows), n_show)}. Orange: prediction · green outline: "
-               "reference · pink outline: the other (unlabelled) ovary · blue outline: removed by post-processing. "
-               "Radiological orientation (patient's right on the image left).")
+    st.caption(
+        f"{len(rows)} slices match; showing {min(len(rows), n_show)}. Orange: prediction · green outline: "
+        "reference · pink outline: the other (unlabelled) ovary · blue outline: removed by post-processing. "
+        "Radiological orientation (patient's right on the image left)."
+    )
     story = []
     cols = st.columns(4)
     page_rows = rows[:n_show]
@@ -190,32 +262,50 @@ with tab_g:
             st.image(th, caption=C.caption(row), width="stretch")
             st.markdown(f"Verdict {badge(status.get(str(row['case']), 'not_reviewed'))}")
             b1, b2 = st.columns(2)
-            b1.button("Open in review", key=f"open_{k}", on_click=open_in_review,
-                      args=(path, row))
+            b1.button("Open in review", key=f"open_{k}", on_click=open_in_review, args=(path, row))
             if b2.checkbox("Story", key=f"story_{row['model']}_{row['set']}_{row['case']}_{row['slice']}"):
                 story.append((th, C.caption(row)))
     if rows:
-        st.download_button("Export story (PNG sheet of the ticked examples)" if story else
-                           "Export story (tick examples above; until then the first 6 shown)",
-                           C.story_png(story or [(_thumb(path, x["model"], x["set"], x["case"], int(x["slice"]), 220),
-                                                  C.caption(x)) for x in rows[:6]],
-                                       title=f"{', '.join(map(display_name, tags)) or 'all slices'} · {r.name}"),
-                           file_name=f"story_{r.name}.png", mime="image/png", key="dl_story",
-                           on_click=exported(f"failure-gallery story PNG (run {r.name})", with_case=False))
-        st.download_button("Export the matching slices (CSV)", lambda: C.rows_csv(rows), file_name=f"slices_{r.name}.csv",
-                           mime="text/csv", key="dl_slices",
-                           on_click=exported(f"failure-gallery slices CSV (run {r.name})", with_case=False))
+        st.download_button(
+            "Export story (PNG sheet of the ticked examples)"
+            if story
+            else "Export story (tick examples above; until then the first 6 shown)",
+            C.story_png(
+                story
+                or [
+                    (_thumb(path, x["model"], x["set"], x["case"], int(x["slice"]), 220), C.caption(x))
+                    for x in rows[:6]
+                ],
+                title=f"{', '.join(map(display_name, tags)) or 'all slices'} · {r.name}",
+            ),
+            file_name=f"story_{r.name}.png",
+            mime="image/png",
+            key="dl_story",
+            on_click=exported(f"failure-gallery story PNG (run {r.name})", with_case=False),
+        )
+        st.download_button(
+            "Export the matching slices (CSV)",
+            lambda: C.rows_csv(rows),
+            file_name=f"slices_{r.name}.csv",
+            mime="text/csv",
+            key="dl_slices",
+            on_click=exported(f"failure-gallery slices CSV (run {r.name})", with_case=False),
+        )
 
 with tab_u:
-    sel = C.filter_slices(r.slices, None, models=st.session_state.get("gal_models"), sets=st.session_state.get("gal_sets"))
+    sel = C.filter_slices(
+        r.slices, None, models=st.session_state.get("gal_models"), sets=st.session_state.get("gal_sets")
+    )
     if not C.has_uncertainty(sel):
         st.info("This run has no uncertainty scores (run it with MC-dropout samples).")
     else:
         fig, au = C.uncertainty_scatter(sel)
         st.plotly_chart(fig, width="stretch", key="gal_scatter")
-        st.caption(f"A slice *failed* when its main finding is not {display_name('good')}. {au['n_failed']} failed, "
-                   f"{au['n_good']} good; "
-                   f"mean uncertainty {au['mean_failed']:.3f} vs {au['mean_good']:.3f} nats. AUROC 0.5 = the score "
-                   "does not tell failed slices from good ones.")
+        st.caption(
+            f"A slice *failed* when its main finding is not {display_name('good')}. {au['n_failed']} failed, "
+            f"{au['n_good']} good; "
+            f"mean uncertainty {au['mean_failed']:.3f} vs {au['mean_good']:.3f} nats. AUROC 0.5 = the score "
+            "does not tell failed slices from good ones."
+        )
 
 remember(KEPT)

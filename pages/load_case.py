@@ -1,6 +1,7 @@
 """Load case: a bundled sample, or an upload (NIfTI, DICOM files or zip, ultrasound image), plus an
 optional reference mask and predictions made elsewhere (label maps, DICOM SEG, RT Structure Sets; each
 reviewed on Segment & review under its name); shows the geometry and any warnings from loading."""
+
 import re
 
 import streamlit as st
@@ -16,6 +17,7 @@ from pages._shared import loading_slot, open_sample, set_case
 from pages._shared import require_frame
 
 require_frame()
+
 
 def _is_image(fs) -> bool:
     return all(f.name.lower().rsplit(".", 1)[-1] in ("png", "jpg", "jpeg", "tif", "tiff", "bmp") for f in fs)
@@ -38,11 +40,17 @@ with tab_sample:
             ss["load_error"] = str(e)
 
 with tab_upload:
-    st.caption("NIfTI (.nii, .nii.gz), DICOM (files or a .zip of a series), or an image (PNG, JPEG, TIFF, BMP). "
-               "Files are read in memory and never shared with other sessions.")
+    st.caption(
+        "NIfTI (.nii, .nii.gz), DICOM (files or a .zip of a series), or an image (PNG, JPEG, TIFF, BMP). "
+        "Files are read in memory and never shared with other sessions."
+    )
     files = st.file_uploader("Image file(s)", accept_multiple_files=True, key="upload")
-    modality = st.selectbox("Modality of an image file", ["US", "MR", "CT", "OT"], key="img_modality",
-                            help="Only used for PNG/JPEG/TIFF/BMP; NIfTI is guessed, DICOM says.")
+    modality = st.selectbox(
+        "Modality of an image file",
+        ["US", "MR", "CT", "OT"],
+        key="img_modality",
+        help="Only used for PNG/JPEG/TIFF/BMP; NIfTI is guessed, DICOM says.",
+    )
     if files:
         src = files if len(files) > 1 else files[0]
         sig = tuple((f.name, f.size) for f in files)
@@ -72,18 +80,23 @@ if vol is None:
 
 if vol.modality == "US":
     kinds = ultrasound_kinds()
-    stated = st.selectbox("What does this ultrasound show?", list(kinds), key="us_kind",
-                          index=list(kinds.values()).index(vol.meta.get("anatomy")) if vol.meta.get("anatomy") in
-                          kinds.values() else 0,
-                          help="Ovarian (transvaginal) and micro-ultrasound prostate models are told apart by their "
-                               "training data and by what you say here; the model picker puts the fitting ones first.")
+    stated = st.selectbox(
+        "What does this ultrasound show?",
+        list(kinds),
+        key="us_kind",
+        index=list(kinds.values()).index(vol.meta.get("anatomy")) if vol.meta.get("anatomy") in kinds.values() else 0,
+        help="Ovarian (transvaginal) and micro-ultrasound prostate models are told apart by their "
+        "training data and by what you say here; the model picker puts the fitting ones first.",
+    )
     if state_anatomy(vol, kinds[stated]):
         ss["predictions"].clear()  # their warnings were made for the other statement
         st.rerun()
 
 # ------------------------------------------------------------------ masks for the current case
-MASK_HELP = ("NIfTI or an image label map (every non-zero value is a label), a DICOM SEG or a DICOM RT Structure Set, "
-             "made on this image: the same size, voxel size, orientation and position (nothing is resampled).")
+MASK_HELP = (
+    "NIfTI or an image label map (every non-zero value is a label), a DICOM SEG or a DICOM RT Structure Set, "
+    "made on this image: the same size, voxel size, orientation and position (nothing is resampled)."
+)
 UNION = "All labels (union)"
 
 
@@ -117,8 +130,11 @@ if gt_file is not None:
         labels = _masks_of(gt_file)
         pick = UNION
         if len(labels) > 1:
-            pick = st.selectbox(f"The reference file holds {len(labels)} labels: use", [UNION, *labels],
-                                key=f"gt_label_{gt_file.file_id}")
+            pick = st.selectbox(
+                f"The reference file holds {len(labels)} labels: use",
+                [UNION, *labels],
+                key=f"gt_label_{gt_file.file_id}",
+            )
         sig = (gt_file.file_id, ss.get("case_key"), pick)
         if ss.get("gt_sig") != sig:
             ss["gt_mask"] = union_mask(labels if pick == UNION else {pick: labels[pick]})
@@ -131,8 +147,11 @@ if gt_file is not None:
 externals = ss.setdefault("external_predictions", {})
 handled = ss.setdefault("pred_handled", set())
 pred_files = st.file_uploader(
-    "Prediction masks to review (optional)", accept_multiple_files=True, key="pred_upload",
-    help=MASK_HELP + " Each file becomes one result on Segment & review, under the name you give it here.")
+    "Prediction masks to review (optional)",
+    accept_multiple_files=True,
+    key="pred_upload",
+    help=MASK_HELP + " Each file becomes one result on Segment & review, under the name you give it here.",
+)
 pending, taken = [], set(externals)
 for f in pred_files or []:
     if (f.file_id, ss.get("case_key")) in handled:
@@ -148,13 +167,15 @@ for f in pred_files or []:
     name = c1.text_input(f"Name for {f.name}", value=default, max_chars=64, key=f"pred_name_{f.file_id}")
     first = next(iter(labels))
     if len(labels) > 1:
-        first = c2.selectbox(f"Label compared with the reference ({len(labels)} labels)", list(labels),
-                             key=f"pred_label_{f.file_id}")
+        first = c2.selectbox(
+            f"Label compared with the reference ({len(labels)} labels)", list(labels), key=f"pred_label_{f.file_id}"
+        )
     else:
         c2.caption(f"One label: {_md(first)}.")
     pending.append((f, name.strip(), labels, first))
-if pending and st.button(f"Add {len(pending)} prediction{'s' if len(pending) > 1 else ''} for review", type="primary",
-                         key="add_predictions"):
+if pending and st.button(
+    f"Add {len(pending)} prediction{'s' if len(pending) > 1 else ''} for review", type="primary", key="add_predictions"
+):
     names = [p[1] for p in pending]
     clash = sorted({n for n in names if n in externals or names.count(n) > 1})
     if not all(names):
@@ -171,7 +192,9 @@ if externals:
     st.markdown("**Predictions to review** (on Segment & review, under *Result to review*):")
     for name, p in list(externals.items()):
         c1, c2 = st.columns([5, 1])
-        c1.markdown(f"{_md(name)} · {len(p.masks)} label{'s' if len(p.masks) != 1 else ''}: {_md(_label_list(p.masks))}")
+        c1.markdown(
+            f"{_md(name)} · {len(p.masks)} label{'s' if len(p.masks) != 1 else ''}: {_md(_label_list(p.masks))}"
+        )
         if c2.button("Remove", key=f"remove_prediction_{name}"):
             del externals[name]
             ss.pop("result_source", None)
@@ -187,7 +210,10 @@ for w in vol.warnings:
     st.warning(w)
 st.table({k: [v] for k, v in vol.describe().items()})
 z = initial_slice(vol.shape, "axial", ss.get("gt_mask"))
-st.image(slice_picture(vol.array, vol.spacing, "axial", z, ss["auto_window"]).rgb,
-         caption=f"Axial slice {z + 1} of {vol.shape[0]} · patient's right on the image left", width=420)
+st.image(
+    slice_picture(vol.array, vol.spacing, "axial", z, ss["auto_window"]).rgb,
+    caption=f"Axial slice {z + 1} of {vol.shape[0]} · patient's right on the image left",
+    width=420,
+)
 if ss.get("gt_mask") is not None:
     st.caption("A reference mask is loaded: metrics and TP / FP / FN colouring are available on the review page.")

@@ -1,5 +1,6 @@
 """Models: every checkpoint the app knows (shipped, your own, uploaded in this session) with its card,
 and uploading a checkpoint for this session."""
+
 import streamlit as st
 
 from medseg_core.checkpoints import list_checkpoints, model_dirs
@@ -11,10 +12,12 @@ require_frame()
 
 ss = st.session_state
 st.title("Models")
-st.caption("Every checkpoint in the model folders (" + ", ".join(f"`{d}`" for d in model_dirs()) + "; set "
-           "`MEDSEG_MODELS` to change them) and any uploaded in this session. Shipped checkpoints are demo versions "
-           "trained on synthetic phantoms: research use only, not validated on patients. A checkpoint's card is "
-           "its recipe: it runs exactly as it was trained.")
+st.caption(
+    "Every checkpoint in the model folders (" + ", ".join(f"`{d}`" for d in model_dirs()) + "; set "
+    "`MEDSEG_MODELS` to change them) and any uploaded in this session. Shipped checkpoints are demo versions "
+    "trained on synthetic phantoms: research use only, not validated on patients. A checkpoint's card is "
+    "its recipe: it runs exactly as it was trained."
+)
 
 
 def show(s: dict, source: str) -> None:
@@ -46,10 +49,12 @@ with tabs[0]:
     for key, lm in (ss.get("session_models") or {}).items():
         show(loaded_model_summary(lm), "uploaded in this session")
 with tabs[1]:
-    st.caption("A medseg checkpoint: the `.safetensors` weights and the `.json` model card written beside them "
-               "(by `python -m medseg_core.train` or `python -m medseg_core.checkpoints import-bundle`). The card "
-               "must name a registry architecture; the weights must match its SHA-256. Pickle files (.pt, .pth) "
-               "are refused. The model is available to this session only and is forgotten when it ends.")
+    st.caption(
+        "A medseg checkpoint: the `.safetensors` weights and the `.json` model card written beside them "
+        "(by `python -m medseg_core.train` or `python -m medseg_core.checkpoints import-bundle`). The card "
+        "must name a registry architecture; the weights must match its SHA-256. Pickle files (.pt, .pth) "
+        "are refused. The model is available to this session only and is forgotten when it ends."
+    )
     w = st.file_uploader("Weights (.safetensors)", type=["safetensors"], key="ck_weights")
     c = st.file_uploader("Model card (.json)", type=["json"], key="ck_card")
     if w is not None and c is not None and st.button("Add to this session", key="ck_add"):

@@ -6,6 +6,7 @@ before the first run, collapsed once a result is shown); warnings are one line e
 details on demand; the mouse wheel over the picture moves the slice (a small script drives the
 slice slider, see ``_VIEWER_JS``).
 """
+
 import streamlit as st
 
 from medseg_core.cards import OUTSIDE
@@ -16,12 +17,31 @@ from medseg_core.io.errors import InputError
 from medseg_core.io.orientation import orientation_known
 from medseg_core.labels import describe, display_name, display_rows, slice_words, timings_words
 from medseg_core.preprocessing import PREPROCESSING
-from medseg_core.render import (COMPARE_COLOURS, CT_PRESETS, LABEL_COLOURS, OTHER_OVARY_COLOUR, compare_layers,
-                                hex_to_rgb, slice_picture,
-                                rgb_to_hex, slice_figure, view_png)
-from medseg_core.review import (POSTPROCESSING_CHOICES, SIDE_LABELS, contract_of, envelope_warnings, gate_choices,
-                                initial_slice, metrics_csv, metrics_table, preprocessing_preview, slice_curve,
-                                slice_metrics)
+from medseg_core.render import (
+    COMPARE_COLOURS,
+    CT_PRESETS,
+    LABEL_COLOURS,
+    OTHER_OVARY_COLOUR,
+    compare_layers,
+    hex_to_rgb,
+    slice_picture,
+    rgb_to_hex,
+    slice_figure,
+    view_png,
+)
+from medseg_core.review import (
+    POSTPROCESSING_CHOICES,
+    SIDE_LABELS,
+    contract_of,
+    envelope_warnings,
+    gate_choices,
+    initial_slice,
+    metrics_csv,
+    metrics_table,
+    preprocessing_preview,
+    slice_curve,
+    slice_metrics,
+)
 from pages import _correct as CORR
 from pages import _niivue as NVS
 from pages._access import exported, verdict_control
@@ -40,7 +60,8 @@ REMOVED_COLOUR = (255, 0, 255)
 
 # Page-scoped styling (every rule is keyed to this page's containers, so other pages keep theirs):
 # less empty space above the title, a smaller title, tighter gaps, one-line warnings.
-_CSS = """<style>
+_CSS = (
+    """<style>
 [data-testid="stMainBlockContainer"]:has(.st-key-seg_head) {padding-top: 2.75rem; padding-bottom: 3rem;
   padding-left: 1.5rem; padding-right: 1.5rem;}
 [data-testid="stMainBlockContainer"]:has(.st-key-seg_head) [data-testid="stVerticalBlock"] {gap: 0.5rem;}
@@ -54,7 +75,9 @@ _CSS = """<style>
 .st-key-seg_view [data-testid="stCaptionContainer"] p {margin-bottom: 0;}
 .st-key-seg_image {height: var(--seg-fit, %dpx) !important; flex: 0 0 auto !important; overflow: hidden !important;}
 div:has(> .st-key-seg_image) {height: auto !important;}
-</style>""" % VIEWER_HEIGHT
+</style>"""
+    % VIEWER_HEIGHT
+)
 
 # Installed once per browser tab (guarded), run in the page itself (st.html with JavaScript):
 # 1. Mouse wheel over the picture = next / previous slice (OHIF, 3D Slicer): one slice per notch.
@@ -142,7 +165,7 @@ def compact_warning(text: str, limit: int = 110) -> tuple[str, str | None]:
     trained = body.find(" was trained on (")
     if body.startswith(OUTSIDE) and trained > 0:  # cards.check_envelope: the model's title may hold a colon
         cut = body[: trained + len(" was trained on")]
-    for sep in (() if cut else (": ", ", so ", ". ")):
+    for sep in () if cut else (": ", ", so ", ". "):
         i = body.find(sep)
         if i >= 20:
             cut = body[:i]
@@ -174,8 +197,9 @@ with st.container(key="seg_head"):
         h1, h2 = st.columns([3, 1], vertical_alignment="center")
         with h1:
             st.title("Segment & review")
-        if h2.button("← Back to the failure gallery", key="back_gallery",
-                     help="Returns to the same run, tab, filters and sort."):
+        if h2.button(
+            "← Back to the failure gallery", key="back_gallery", help="Returns to the same run, tab, filters and sort."
+        ):
             st.switch_page("pages/gallery.py")
     else:
         st.title("Segment & review")
@@ -194,19 +218,30 @@ sources = ([f"model:{name}"] if name else []) + [f"uploaded:{k}" for k in extern
 source = None
 head = st.container(key="seg_warn")
 if len(sources) > 1:
-    source = head.radio("Result to review", sources, horizontal=True, key="result_source",
-                        format_func=lambda s: f"Model: {get_spec(name).title}" if s.startswith("model:")
-                        else CORR.source_words(s.split(':', 1)[1]))
+    source = head.radio(
+        "Result to review",
+        sources,
+        horizontal=True,
+        key="result_source",
+        format_func=lambda s: (
+            f"Model: {get_spec(name).title}" if s.startswith("model:") else CORR.source_words(s.split(":", 1)[1])
+        ),
+    )
 elif sources:
     source = sources[0]
 pred = None
 if source is None:
-    head.warning("No model fits this case (see the sidebar for why), and no prediction was uploaded. "
-                 "You can still view the image and the reference mask below.")
+    head.warning(
+        "No model fits this case (see the sidebar for why), and no prediction was uploaded. "
+        "You can still view the image and the reference mask below."
+    )
 elif source.startswith("uploaded:"):
     pred = externals[source.split(":", 1)[1]]
-    head.caption(CORR.caption(pred.model) if CORR.is_correction(pred.model) else
-                 f"Uploaded prediction **{pred.model}** (made outside medseg; reviewed as a model's output).")
+    head.caption(
+        CORR.caption(pred.model)
+        if CORR.is_correction(pred.model)
+        else f"Uploaded prediction **{pred.model}** (made outside medseg; reviewed as a model's output)."
+    )
     with head:
         warnings_block(pred.warnings)
 else:
@@ -228,19 +263,30 @@ else:
     ss.setdefault("thr", float(spec.threshold))
     with st.expander("Model and options", expanded=True, key="opts_open", on_change="rerun"):
         c1, c2, c3 = st.columns(3)
-        pre = c1.selectbox("Preprocessing", pre_names, key=f"pre_{name}",
-                           format_func=lambda n: display_name(n, "pre") + (" (trained with)" if n == spec.preprocessing
-                                                                            else ""),
-                           help="The model was trained with the step marked 'trained with' (its card); others "
-                                "show how sensitive it is.")
+        pre = c1.selectbox(
+            "Preprocessing",
+            pre_names,
+            key=f"pre_{name}",
+            format_func=lambda n: display_name(n, "pre") + (" (trained with)" if n == spec.preprocessing else ""),
+            help="The model was trained with the step marked 'trained with' (its card); others "
+            "show how sensitive it is.",
+        )
         side_modes = ["none"]
         if spec.side_masking:
             side_modes = ["none", "left", "right", "two_pass"] + (["oracle"] if gt is not None else [])
-        side = c2.selectbox("Ovary-side masking", side_modes, key="side_mode", format_func=lambda m: SIDE_LABELS[m],
-                            help="Sides are the patient's (from the file's orientation). 'Oracle' uses the reference "
-                                 "mask: evaluation only." + ("" if letters else " This file does not state its "
-                                                             "orientation: left and right are assumed.")
-                            ) if len(side_modes) > 1 else "none"
+        side = (
+            c2.selectbox(
+                "Ovary-side masking",
+                side_modes,
+                key="side_mode",
+                format_func=lambda m: SIDE_LABELS[m],
+                help="Sides are the patient's (from the file's orientation). 'Oracle' uses the reference "
+                "mask: evaluation only."
+                + ("" if letters else " This file does not state its orientation: left and right are assumed."),
+            )
+            if len(side_modes) > 1
+            else "none"
+        )
         post_label = c3.selectbox("Post-processing", list(POSTPROCESSING_CHOICES), key="post_mode")
         c4, c5 = st.columns(2)
         thr = c4.slider("Threshold", 0.05, 0.95, step=0.05, key="thr")
@@ -248,34 +294,62 @@ else:
         if spec.clinical_inputs:
             cl = ss.get("clinical", {"menopausal": 0, "oncology_center": 0})
             clin["menopausal"] = int(c5.toggle("Postmenopausal", value=bool(cl.get("menopausal")), key="meno"))
-            clin["oncology_center"] = int(c5.toggle("Oncology centre", value=bool(cl.get("oncology_center")), key="onco"))
+            clin["oncology_center"] = int(
+                c5.toggle("Oncology centre", value=bool(cl.get("oncology_center")), key="onco")
+            )
 
         gates = gate_choices(spec)
         gate = None
-        if gates and c5.toggle("Skip slices the slice classifier calls ovary-free", key="gate_on",
-                               help="Report 000's RAovSeg first stage: a slice classifier decides which slices may "
-                                    "hold an ovary; the others are left empty (shown as removed)."):
+        if gates and c5.toggle(
+            "Skip slices the slice classifier calls ovary-free",
+            key="gate_on",
+            help="Report 000's RAovSeg first stage: a slice classifier decides which slices may "
+            "hold an ovary; the others are left empty (shown as removed).",
+        ):
             gate = gates[0]
         mc = {}
         if unc_ok(get_model(name)):
             m1, m2 = st.columns(2)  # no expander here: expanders cannot be nested
-            mc["mc_samples"] = int(m1.number_input("MC-dropout samples averaged (0 = one deterministic pass)", 0, 30,
-                                                   key="mc_n", help="MC-dropout average, as in cohort runs: the mask "
-                                                   "is the mean of this many dropout samples; a cohort run with MC "
-                                                   "dropout stores exactly this."))
+            mc["mc_samples"] = int(
+                m1.number_input(
+                    "MC-dropout samples averaged (0 = one deterministic pass)",
+                    0,
+                    30,
+                    key="mc_n",
+                    help="MC-dropout average, as in cohort runs: the mask "
+                    "is the mean of this many dropout samples; a cohort run with MC "
+                    "dropout stores exactly this.",
+                )
+            )
             mc["seed"] = int(m2.number_input("Seed", 0, 10_000, key="mc_seed"))
-        options = PredictOptions(preprocessing=pre, side_masking=side, postprocessing=POSTPROCESSING_CHOICES[post_label],
-                                 threshold=thr, gate=gate, **mc, **clin)
+        options = PredictOptions(
+            preprocessing=pre,
+            side_masking=side,
+            postprocessing=POSTPROCESSING_CHOICES[post_label],
+            threshold=thr,
+            gate=gate,
+            **mc,
+            **clin,
+        )
 
         if st.toggle("Preprocessing preview (before / after)", key="preview"):
             z0 = initial_slice(vol.shape, "axial", gt)
-            before, after = preprocessing_preview(vol, pre, z0, spec.preprocessing_params if pre == spec.preprocessing else {})
+            before, after = preprocessing_preview(
+                vol, pre, z0, spec.preprocessing_params if pre == spec.preprocessing else {}
+            )
             p1, p2 = st.columns(2)
             p1.image(slice_picture(before, vol.spacing, "axial", None).rgb, caption="before", clamp=True)
-            p2.image(slice_picture(after, vol.spacing, "axial", None).rgb, caption=f"after: {display_name(pre, 'pre')}",
-                     clamp=True)
-        st.button("Run model", type="primary", on_click=lambda: ss.__setitem__("_seg_run", True),
-                  help="Results are cached: browsing never re-runs the model.")
+            p2.image(
+                slice_picture(after, vol.spacing, "axial", None).rgb,
+                caption=f"after: {display_name(pre, 'pre')}",
+                clamp=True,
+            )
+        st.button(
+            "Run model",
+            type="primary",
+            on_click=lambda: ss.__setitem__("_seg_run", True),
+            help="Results are cached: browsing never re-runs the model.",
+        )
 
     # outside the expander, so its progress bar and any error stay visible when it is collapsed
     if run_requested:
@@ -290,14 +364,20 @@ else:
         st.info("Choose options and press **Run model**. Results are cached: browsing never re-runs the model.")
     else:
         if pred.options != options:
-            st.caption("Showing the last run; the options have changed since. Press Run model (in Model and options) "
-                       "to apply them.")
+            st.caption(
+                "Showing the last run; the options have changed since. Press Run model (in Model and options) "
+                "to apply them."
+            )
         with head:
             warnings_block([w for w in pred.warnings if w not in envelope])  # the envelope is shown once
 masks = pred.masks if pred is not None else {}
 # issue 22: exports and verdicts are recorded with the model; a prediction uploaded for review is recorded as such
 # (its name may be a file name, and the audit trail holds no free text that could identify a patient)
-audit_model = "uploaded prediction" if str(ss.get("result_source") or "").startswith("uploaded:") else getattr(pred, "model", None)
+audit_model = (
+    "uploaded prediction"
+    if str(ss.get("result_source") or "").startswith("uploaded:")
+    else getattr(pred, "model", None)
+)
 if pred is not None and CORR.is_correction(pred.model):  # issue 18: a saved correction is recorded with its base model
     audit_model = CORR.audit_name(pred.model)
 primary = next(iter(masks.values()), None)
@@ -328,39 +408,74 @@ def viewer():
             level = st.slider("Level", lo, hi, float(level), key="wl_l")
         alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.35, 0.05, key="alpha")
         mode = st.radio("Overlay", ["fill", "outline"], horizontal=True, key="ovmode")
-        compare = st.toggle("Compare with reference (TP / FP / FN)", value=gt is not None,
-                            disabled=gt is None or primary is None, key="compare") and primary is not None
-        show_removed = removed_any and st.toggle(
-            "Show what post-processing removed", value=False, key="show_removed")
-        show_sides = pred is not None and bool(pred.sides) and st.toggle("Colour two-pass sides", value=True, key="sides")
+        compare = (
+            st.toggle(
+                "Compare with reference (TP / FP / FN)",
+                value=gt is not None,
+                disabled=gt is None or primary is None,
+                key="compare",
+            )
+            and primary is not None
+        )
+        show_removed = removed_any and st.toggle("Show what post-processing removed", value=False, key="show_removed")
+        show_sides = (
+            pred is not None and bool(pred.sides) and st.toggle("Colour two-pass sides", value=True, key="sides")
+        )
         other = (ss.get("extra_masks") or {}).get("ovary_other")
-        show_other = other is not None and st.toggle("Outline the other (unlabelled) ovary in pink", key="show_other",
-                                                    help="The dataset marks one ovary; the other is shown as in "
-                                                         "the gallery's thumbnails.")
+        show_other = other is not None and st.toggle(
+            "Outline the other (unlabelled) ovary in pink",
+            key="show_other",
+            help="The dataset marks one ovary; the other is shown as in the gallery's thumbnails.",
+        )
         correcting = CORR.toggle(pred)  # issue 18: the drawable canvas replaces the picture (pages/_correct.py)
         # issue 18 item 5: NiiVue in the browser instead of the PNG picture (pages/_niivue.py); PNG stays the default
-        fast = not vol.is_2d and not correcting and st.toggle(
-            "Fast viewer (NiiVue)", value=False, key="fast_viewer",
-            help="Slices drawn in the browser (WebGL): the mouse wheel scrolls without a server round trip. "
-                 "Exports use the PNG viewer. All planes and a 3D rendering: the 3D viewer page.")
+        fast = (
+            not vol.is_2d
+            and not correcting
+            and st.toggle(
+                "Fast viewer (NiiVue)",
+                value=False,
+                key="fast_viewer",
+                help="Slices drawn in the browser (WebGL): the mouse wheel scrolls without a server round trip. "
+                "Exports use the PNG viewer. All planes and a 3D rendering: the 3D viewer page.",
+            )
+        )
         shown, colours = [], {}
         for k, lab in enumerate(masks):
             cb, cp = st.columns([3, 1], vertical_alignment="center")
             if cb.checkbox(lab, True, key=f"show_{lab}"):
                 shown.append(lab)
-            colours[lab] = hex_to_rgb(cp.color_picker(f"{lab} colour", rgb_to_hex(LABEL_COLOURS[k % len(LABEL_COLOURS)]),
-                                                      key=f"colour_{lab}", label_visibility="collapsed"))
+            colours[lab] = hex_to_rgb(
+                cp.color_picker(
+                    f"{lab} colour",
+                    rgb_to_hex(LABEL_COLOURS[k % len(LABEL_COLOURS)]),
+                    key=f"colour_{lab}",
+                    label_visibility="collapsed",
+                )
+            )
     n = n_slices(vol.shape, plane)
     if f"slice_{plane}" not in st.session_state:
         st.session_state[f"slice_{plane}"] = initial_slice(vol.shape, plane, primary, gt)
     # state: the 0-based index; shown: 1..n (mouse wheel over the picture moves it, see _VIEWER_JS)
-    idx = slice_box.select_slider("Slice", list(range(n)), key=f"slice_{plane}", format_func=lambda i: str(i + 1),
-                                  help="Or turn the mouse wheel over the picture: one slice per notch.") if n > 1 else 0
+    idx = (
+        slice_box.select_slider(
+            "Slice",
+            list(range(n)),
+            key=f"slice_{plane}",
+            format_func=lambda i: str(i + 1),
+            help="Or turn the mouse wheel over the picture: one slice per notch.",
+        )
+        if n > 1
+        else 0
+    )
     layers, legend = [], []
     if compare and gt is not None:
         layers = compare_layers(display_slice(primary, plane, idx), display_slice(gt, plane, idx))
-        legend = [("TP (both)", COMPARE_COLOURS["tp"]), ("FP (prediction only)", COMPARE_COLOURS["fp"]),
-                  ("FN (reference only)", COMPARE_COLOURS["fn"])]
+        legend = [
+            ("TP (both)", COMPARE_COLOURS["tp"]),
+            ("FP (prediction only)", COMPARE_COLOURS["fp"]),
+            ("FN (reference only)", COMPARE_COLOURS["fn"]),
+        ]
     elif primary is None and gt is not None:  # no result yet: the reference alone
         layers = [(gt, COMPARE_COLOURS["tp"])]
         legend = [("reference mask", COMPARE_COLOURS["tp"])]
@@ -378,29 +493,59 @@ def viewer():
         legend.append(("removed by post-processing", REMOVED_COLOUR))
     if show_other:
         legend.append(("other ovary (outline)", OTHER_OVARY_COLOUR))
-    sp = slice_picture(vol.array, vol.spacing, plane, idx, (width, level), layers=layers, alpha=alpha, mode=mode,
-                       outlines=[(other, OTHER_OVARY_COLOUR)] if show_other else ())
+    sp = slice_picture(
+        vol.array,
+        vol.spacing,
+        plane,
+        idx,
+        (width, level),
+        layers=layers,
+        alpha=alpha,
+        mode=mode,
+        outlines=[(other, OTHER_OVARY_COLOUR)] if show_other else (),
+    )
     picture, rgb, notice, (r_mm, c_mm) = sp.picture, sp.rgb, sp.notice, sp.aspect
     title = "2D image" if vol.is_2d else f"{plane.capitalize()} {slice_words(idx, n)}"
     with col_img:
         if correcting:
             CORR.panel(vol, pred, plane, idx, width, level, alpha, mode, colours)
         elif fast:
-            NVS.fast_view(vol, plane, (width, level), NVS.segment_layers(
-                pred, gt, primary, shown, colours, compare, show_sides, show_removed, REMOVED_COLOUR), alpha)
+            NVS.fast_view(
+                vol,
+                plane,
+                (width, level),
+                NVS.segment_layers(
+                    pred, gt, primary, shown, colours, compare, show_sides, show_removed, REMOVED_COLOUR
+                ),
+                alpha,
+            )
         else:
             with st.container(key="seg_image", height=VIEWER_HEIGHT, border=False):
-                st.plotly_chart(slice_figure(rgb, plane, title=title, height=None, letters=letters, title_inside=True),
-                                width="stretch", height="stretch", key="viewer_fig",
-                                config={"displaylogo": False, "scrollZoom": False, "responsive": True})
-        legend_words = ("TP green · FP red · FN blue" if compare and gt is not None else
-                        "reference mask green" if primary is None and gt is not None else
-                        "left side orange · right side blue" if show_sides else
-                        " · ".join(f"{lab}" for lab in shown))
-        st.caption(f"{legend_words}{' · removed by post-processing: magenta' if show_removed else ''}"
-                   f"{' · other ovary: pink outline' if show_other else ''}. "
-                   + ("Radiological convention: patient's right on the image left." if letters else
-                      "The file does not state the patient's orientation: shown as stored, without R/L/A/P letters."))
+                st.plotly_chart(
+                    slice_figure(rgb, plane, title=title, height=None, letters=letters, title_inside=True),
+                    width="stretch",
+                    height="stretch",
+                    key="viewer_fig",
+                    config={"displaylogo": False, "scrollZoom": False, "responsive": True},
+                )
+        legend_words = (
+            "TP green · FP red · FN blue"
+            if compare and gt is not None
+            else "reference mask green"
+            if primary is None and gt is not None
+            else "left side orange · right side blue"
+            if show_sides
+            else " · ".join(f"{lab}" for lab in shown)
+        )
+        st.caption(
+            f"{legend_words}{' · removed by post-processing: magenta' if show_removed else ''}"
+            f"{' · other ovary: pink outline' if show_other else ''}. "
+            + (
+                "Radiological convention: patient's right on the image left."
+                if letters
+                else "The file does not state the patient's orientation: shown as stored, without R/L/A/P letters."
+            )
+        )
         if notice:
             st.caption(notice)
         if gt is not None and plane == "axial" and primary is not None:
@@ -408,19 +553,43 @@ def viewer():
             st.caption("This slice: " + ", ".join(describe(k, v) for k, v in sm.items()))
         if pred is not None and pred.slice_probabilities is not None and plane == "axial" and n > 1:
             thr_g = pred.gate.get("threshold") if pred.gate else get_spec(name).threshold
-            st.plotly_chart(slice_curve(pred.slice_probabilities, idx, "p(ovary present)", thr_g,
-                                        pred.gate.get("skipped", []) if pred.gate else
-                                        [int(z) for z, v in enumerate(pred.slice_probabilities) if v < thr_g]),
-                            width="stretch", config={"displaylogo": False, "displayModeBar": False}, key="gate_curve")
-            st.caption("Slice classifier: p(ovary present) per slice; shaded slices fall below its threshold and are "
-                       + ("left empty by the gate." if pred.gate else "the ones a gate would skip."))
-    controls.download_button("Export this view (PNG)",
-                             lambda: view_png(picture, r_mm, c_mm, plane, letters=letters, legend=legend, title=title,
-                                              pixel_size_known=vol.meta.get("spacing_source") != "assumed"),
-                             file_name=f"view_{plane}_{idx + 1}.png", mime="image/png", key="dl_png",
-                             on_click=exported(f"view PNG ({plane} {idx + 1})", audit_model),
-                             help="The picture at full resolution with its orientation letters (where the file "
-                                  "states them), the legend and a scale bar.")
+            st.plotly_chart(
+                slice_curve(
+                    pred.slice_probabilities,
+                    idx,
+                    "p(ovary present)",
+                    thr_g,
+                    pred.gate.get("skipped", [])
+                    if pred.gate
+                    else [int(z) for z, v in enumerate(pred.slice_probabilities) if v < thr_g],
+                ),
+                width="stretch",
+                config={"displaylogo": False, "displayModeBar": False},
+                key="gate_curve",
+            )
+            st.caption(
+                "Slice classifier: p(ovary present) per slice; shaded slices fall below its threshold and are "
+                + ("left empty by the gate." if pred.gate else "the ones a gate would skip.")
+            )
+    controls.download_button(
+        "Export this view (PNG)",
+        lambda: view_png(
+            picture,
+            r_mm,
+            c_mm,
+            plane,
+            letters=letters,
+            legend=legend,
+            title=title,
+            pixel_size_known=vol.meta.get("spacing_source") != "assumed",
+        ),
+        file_name=f"view_{plane}_{idx + 1}.png",
+        mime="image/png",
+        key="dl_png",
+        on_click=exported(f"view PNG ({plane} {idx + 1})", audit_model),
+        help="The picture at full resolution with its orientation letters (where the file "
+        "states them), the legend and a scale bar.",
+    )
 
 
 viewer()
@@ -434,19 +603,29 @@ st.subheader("Results")
 cols = st.columns(4)
 vox_ml = vol.voxel_volume_ml
 for k, (lab, m) in enumerate(pred.masks.items()):
-    cols[k % 4].metric(f"{lab} {'area' if vol.is_2d else 'volume'}", f"{m.sum() * vox_ml:.2f} mL" if not vol.is_2d else f"{m.sum() * vol.spacing[1] * vol.spacing[2]:.0f} mm²")
+    cols[k % 4].metric(
+        f"{lab} {'area' if vol.is_2d else 'volume'}",
+        f"{m.sum() * vox_ml:.2f} mL" if not vol.is_2d else f"{m.sum() * vol.spacing[1] * vol.spacing[2]:.0f} mm²",
+    )
 if pred.class_probabilities is not None:
     cols[-1].metric("p(malignant)", f"{pred.class_probabilities[1]:.2f}", "malignant" if pred.malignant else "benign")
 if pred.sides:
-    st.caption("Two-pass: " + "; ".join(f"{s}: confidence {v['confidence']:.2f}, {v['volume_ml']:.2f} mL"
-                                         for s, v in pred.sides.items()))
+    st.caption(
+        "Two-pass: "
+        + "; ".join(f"{s}: confidence {v['confidence']:.2f}, {v['volume_ml']:.2f} mL" for s, v in pred.sides.items())
+    )
 removed = {lab: int(r.sum()) for lab, r in pred.removed.items() if r.any()}
 if pred.gate:
-    st.caption(f"The slice-classifier gate ({pred.gate['model']}, threshold {pred.gate['threshold']:g}) left "
-               f"{len(pred.gate['skipped'])} of {vol.shape[0]} slices empty.")
+    st.caption(
+        f"The slice-classifier gate ({pred.gate['model']}, threshold {pred.gate['threshold']:g}) left "
+        f"{len(pred.gate['skipped'])} of {vol.shape[0]} slices empty."
+    )
 if removed:
-    st.caption(("Post-processing and the gate removed " if pred.gate else "Post-processing removed ")
-               + ", ".join(f"{v} voxels of {k}" for k, v in removed.items()) + ".")
+    st.caption(
+        ("Post-processing and the gate removed " if pred.gate else "Post-processing removed ")
+        + ", ".join(f"{v} voxels of {k}" for k, v in removed.items())
+        + "."
+    )
 rows = []
 if gt is not None and pred.mask is not None:
     rows = metrics_table(pred, gt, vol.spacing)
@@ -455,21 +634,43 @@ if pred.timings:
     st.caption(f"Timings: {timings_words(pred.timings)}.")
 e1, e2, e3 = st.columns(3)
 if pred.mask is not None:
-    e1.download_button("Export mask (NIfTI, source affine)", lambda: mask_nifti_bytes(pred.mask, vol),
-                       file_name=f"{result_name}_mask.nii.gz", mime="application/gzip", key="dl_nii",
-                       on_click=exported("mask NIfTI", audit_model))
+    e1.download_button(
+        "Export mask (NIfTI, source affine)",
+        lambda: mask_nifti_bytes(pred.mask, vol),
+        file_name=f"{result_name}_mask.nii.gz",
+        mime="application/gzip",
+        key="dl_nii",
+        on_click=exported("mask NIfTI", audit_model),
+    )
     seg_reason = dicom_seg_available(vol)
     if seg_reason is None:
-        e3.download_button("Export DICOM SEG", lambda: dicom_seg_bytes(pred.masks, vol, result_name),
-                           file_name=f"{result_name}_seg.dcm", mime="application/dicom", key="dl_seg",
-                           on_click=exported("DICOM SEG", audit_model),
-                           help="A binary DICOM Segmentation referencing the source series; no patient data.")
+        e3.download_button(
+            "Export DICOM SEG",
+            lambda: dicom_seg_bytes(pred.masks, vol, result_name),
+            file_name=f"{result_name}_seg.dcm",
+            mime="application/dicom",
+            key="dl_seg",
+            on_click=exported("DICOM SEG", audit_model),
+            help="A binary DICOM Segmentation referencing the source series; no patient data.",
+        )
     else:
         e3.caption(seg_reason)
 if rows:
-    e2.download_button("Export metrics (CSV)", metrics_csv(rows, {"model": result_name}), file_name=f"{result_name}_metrics.csv",
-                       mime="text/csv", key="dl_csv", on_click=exported("metrics CSV", audit_model))
+    e2.download_button(
+        "Export metrics (CSV)",
+        metrics_csv(rows, {"model": result_name}),
+        file_name=f"{result_name}_metrics.csv",
+        mime="text/csv",
+        key="dl_csv",
+        on_click=exported("metrics CSV", audit_model),
+    )
 # issue 22: the reviewer's decision on this result, recorded with their identity (issue 18 builds the worklist on it)
 _vplane = ss.get("plane") or "axial"
-verdict_control(ss["case_key"], audit_model, pred.options, _vplane, ss.get(f"slice_{_vplane}"),
-                corrected_mask=CORR.info(pred.model).get("path"))
+verdict_control(
+    ss["case_key"],
+    audit_model,
+    pred.options,
+    _vplane,
+    ss.get(f"slice_{_vplane}"),
+    corrected_mask=CORR.info(pred.model).get("path"),
+)

@@ -1,4 +1,5 @@
 """Uncertainty: MC dropout or test-time augmentation; mean, entropy, mutual information maps."""
+
 import streamlit as st
 
 from medseg_core.inference import PredictOptions
@@ -44,16 +45,29 @@ def calibration_of(ref: str):
 
     return card_calibration(read_card(ref))
 
+
 clin = {}
 if spec.clinical_inputs:
     cl = ss.get("clinical", {"menopausal": 0, "oncology_center": 0})
     clin = {"menopausal": int(cl.get("menopausal", 0)), "oncology_center": int(cl.get("oncology_center", 0))}
 cal = calibration_of(name)
-calibrated = st.toggle("Calibrated probabilities", key="unc_calibrated", disabled=cal is None,
-                       help=(f"Temperature {cal['temperature']:.3g} from this model's card ({cal.get('fitted_on', '')})"
-                             if cal else "This model's card has no calibration; fit one with 'medseg calibrate'."))
-opts = PredictOptions(mc_samples=n if method == "MC dropout" else 0, tta=method != "MC dropout", seed=0,
-                      calibrated=bool(calibrated and cal), **clin)
+calibrated = st.toggle(
+    "Calibrated probabilities",
+    key="unc_calibrated",
+    disabled=cal is None,
+    help=(
+        f"Temperature {cal['temperature']:.3g} from this model's card ({cal.get('fitted_on', '')})"
+        if cal
+        else "This model's card has no calibration; fit one with 'medseg calibrate'."
+    ),
+)
+opts = PredictOptions(
+    mc_samples=n if method == "MC dropout" else 0,
+    tta=method != "MC dropout",
+    seed=0,
+    calibrated=bool(calibrated and cal),
+    **clin,
+)
 if st.button("Compute uncertainty", type="primary"):
     try:
         run(name, opts, slot="unc_key")
@@ -66,20 +80,26 @@ if pred is None or not pred.uncertainty:
 
 
 #: What each map is, in words, for the caption under the viewer.
-MAP_HELP = {"entropy": "predictive entropy of the mean probability (total uncertainty; at most ln 2 = 0.693 nats)",
-            "mutual_information": "mutual information between prediction and model weights (the model's own "
-                                  "uncertainty; at most ln 2 = 0.693 nats)",
-            "mean": "mean foreground probability over the samples",
-            "variance": "variance of the foreground probability over the samples (the bar ends at this "
-                        "case's largest variance)"}
+MAP_HELP = {
+    "entropy": "predictive entropy of the mean probability (total uncertainty; at most ln 2 = 0.693 nats)",
+    "mutual_information": "mutual information between prediction and model weights (the model's own "
+    "uncertainty; at most ln 2 = 0.693 nats)",
+    "mean": "mean foreground probability over the samples",
+    "variance": "variance of the foreground probability over the samples (the bar ends at this "
+    "case's largest variance)",
+}
 
 
 @st.fragment
 def unc_viewer():
     a, b = st.columns([3, 1])
     with b:
-        what = st.radio("Map", ["entropy", "mutual_information", "mean", "variance"], key="unc_map",
-                        format_func=lambda k: display_name(k, "map"))
+        what = st.radio(
+            "Map",
+            ["entropy", "mutual_information", "mean", "variance"],
+            key="unc_map",
+            format_func=lambda k: display_name(k, "map"),
+        )
         alpha = st.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="unc_alpha")
     m = pred.uncertainty[what]
     # entropy and MI of a binary prediction are at most ln 2 nats, a probability at most 1; the
@@ -90,37 +110,73 @@ def unc_viewer():
         st.session_state["unc_slice"] = initial_slice(vol.shape, "axial", pred.mask)
     with a:
         # the state holds the 0-based array index; people see slice numbers 1..n
-        z = st.select_slider("Slice", list(range(nz)), key="unc_slice", format_func=lambda i: str(i + 1)) if nz > 1 else 0
-        rgb = slice_picture(vol.array, vol.spacing, "axial", z, st.session_state["auto_window"], alpha=alpha,
-                            heat={"values": m, "vmin": 0.0, "vmax": vmax, "floor": vmax * 0.02}).rgb
+        z = (
+            st.select_slider("Slice", list(range(nz)), key="unc_slice", format_func=lambda i: str(i + 1))
+            if nz > 1
+            else 0
+        )
+        rgb = slice_picture(
+            vol.array,
+            vol.spacing,
+            "axial",
+            z,
+            st.session_state["auto_window"],
+            alpha=alpha,
+            heat={"values": m, "vmin": 0.0, "vmax": vmax, "floor": vmax * 0.02},
+        ).rgb
         words, unit = name_and_unit(what, "map")
-        st.plotly_chart(slice_figure(rgb, "axial", title=f"{words}: axial {slice_words(z, nz)}",
-                                     colorbar={"title": unit, "vmin": 0.0, "vmax": vmax},
-                                     letters=orientation_known(vol.meta)),
-                        width="stretch", key="unc_fig")
-        st.caption(f"{words} ({unit}): {MAP_HELP[what]}. Colour bar: viridis, dark purple = low, yellow = high; "
-                   "pixels below 2 % of the bar's top stay grey, the others are blended with the image at the "
-                   "chosen opacity (opacity 1 shows the bar's colours exactly).")
+        st.plotly_chart(
+            slice_figure(
+                rgb,
+                "axial",
+                title=f"{words}: axial {slice_words(z, nz)}",
+                colorbar={"title": unit, "vmin": 0.0, "vmax": vmax},
+                letters=orientation_known(vol.meta),
+            ),
+            width="stretch",
+            key="unc_fig",
+        )
+        st.caption(
+            f"{words} ({unit}): {MAP_HELP[what]}. Colour bar: viridis, dark purple = low, yellow = high; "
+            "pixels below 2 % of the bar's top stay grey, the others are blended with the image at the "
+            "chosen opacity (opacity 1 shows the bar's colours exactly)."
+        )
     scores = pred.uncertainty_scores.get("per_slice", [])
     if len(scores) > 1:
         import plotly.graph_objects as go
 
         numbers = list(range(1, len(scores) + 1))  # slice numbers as people count them
-        fig = go.Figure(go.Scatter(y=scores, x=numbers, mode="lines+markers",
-                                   hovertemplate="slice %{x}: %{y:.3f} nats<extra></extra>"))
+        fig = go.Figure(
+            go.Scatter(
+                y=scores, x=numbers, mode="lines+markers", hovertemplate="slice %{x}: %{y:.3f} nats<extra></extra>"
+            )
+        )
         fig.add_vline(x=z + 1, line_color="#ffd54f")
-        fig.update_layout(height=220, margin=dict(l=0, r=0, t=24, b=0),
-                          title="Per-slice uncertainty (mean entropy over the prediction and a 2-pixel band)",
-                          xaxis_title="slice", yaxis_title="nats", xaxis_range=[0.5, len(scores) + 0.5])
+        fig.update_layout(
+            height=220,
+            margin=dict(l=0, r=0, t=24, b=0),
+            title="Per-slice uncertainty (mean entropy over the prediction and a 2-pixel band)",
+            xaxis_title="slice",
+            yaxis_title="nats",
+            xaxis_range=[0.5, len(scores) + 0.5],
+        )
         st.plotly_chart(fig, width="stretch", key="unc_curve")
         rows = per_slice_rows(scores)
         ranked = sorted(rows, key=lambda r: -r["uncertainty_nats"])[:8]
-        st.caption("Most uncertain slices: " + ", ".join(f"{r['slice_number']} ({r['uncertainty_nats']:.3f} nats)"
-                                                         for r in ranked))
-        st.download_button("Per-slice uncertainty (CSV)", csv_text(rows).encode(), file_name="per_slice_uncertainty.csv",
-                           mime="text/csv", key="dl_unc_csv", on_click=exported("per-slice uncertainty CSV", name),
-                           help="Columns: slice (0-based array index), slice_number (1-based, as shown here), "
-                                "uncertainty_nats (mean entropy).")
+        st.caption(
+            "Most uncertain slices: "
+            + ", ".join(f"{r['slice_number']} ({r['uncertainty_nats']:.3f} nats)" for r in ranked)
+        )
+        st.download_button(
+            "Per-slice uncertainty (CSV)",
+            csv_text(rows).encode(),
+            file_name="per_slice_uncertainty.csv",
+            mime="text/csv",
+            key="dl_unc_csv",
+            on_click=exported("per-slice uncertainty CSV", name),
+            help="Columns: slice (0-based array index), slice_number (1-based, as shown here), "
+            "uncertainty_nats (mean entropy).",
+        )
 
 
 def per_slice_rows(scores) -> list[dict]:
@@ -130,11 +186,17 @@ def per_slice_rows(scores) -> list[dict]:
 
 
 unc_viewer()
-method_words = (f"MC dropout, {pred.options.mc_samples} samples" if pred.uncertainty_method == "mc_dropout"
-                else "test-time augmentation (flips)" if pred.uncertainty_method == "tta"
-                else display_name(pred.uncertainty_method or "unknown method"))
-st.caption(f"Case uncertainty score: {pred.uncertainty_scores.get('case', float('nan')):.4f} nats "
-           f"(mean entropy over the prediction and a 2-pixel band; {method_words}).")
+method_words = (
+    f"MC dropout, {pred.options.mc_samples} samples"
+    if pred.uncertainty_method == "mc_dropout"
+    else "test-time augmentation (flips)"
+    if pred.uncertainty_method == "tta"
+    else display_name(pred.uncertainty_method or "unknown method")
+)
+st.caption(
+    f"Case uncertainty score: {pred.uncertainty_scores.get('case', float('nan')):.4f} nats "
+    f"(mean entropy over the prediction and a 2-pixel band; {method_words})."
+)
 
 
 # ------------------------------------------------------------------ calibration
@@ -143,20 +205,31 @@ gt = ss.get("gt_mask")
 if gt is None or pred.probability is None or gt.shape != pred.probability.shape:
     st.caption("A reliability diagram needs this case's reference mask (Load case).")
 else:
-    region = st.radio("Voxels", ["near", "all"], horizontal=True, key="cal_region",
-                      format_func=lambda r: {"near": "Near the structure", "all": "Whole volume"}[r],
-                      help="Near the structure: the box around prediction and reference, 8 voxels wider. The whole "
-                           "volume is dominated by easy background voxels.")
+    region = st.radio(
+        "Voxels",
+        ["near", "all"],
+        horizontal=True,
+        key="cal_region",
+        format_func=lambda r: {"near": "Near the structure", "all": "Whole volume"}[r],
+        help="Near the structure: the box around prediction and reference, 8 voxels wider. The whole "
+        "volume is dominated by easy background voxels.",
+    )
     rel = reliability(pred.probability, gt, region=region, pred=pred.mask)
     cc1, cc2 = st.columns([2, 1])
-    cc1.plotly_chart(reliability_figure(rel, spec.title), width="stretch", key="cal_fig",
-                     config={"displaylogo": False, "displayModeBar": False})
+    cc1.plotly_chart(
+        reliability_figure(rel, spec.title),
+        width="stretch",
+        key="cal_fig",
+        config={"displaylogo": False, "displayModeBar": False},
+    )
     with cc2:
         st.metric("Expected calibration error", f"{rel.ece:.3f}")
         st.metric("Largest bin gap", f"{rel.mce:.3f}")
-        st.caption(f"Over {rel.n:,} voxels of this case in 15 bins of the foreground probability "
-                   + ("(temperature-scaled)" if pred.calibration else "(the model's own)")
-                   + ". A calibrated model lies on the diagonal: of the voxels given 0.8, 80 % are foreground. "
-                     "One case is a small sample; 'medseg calibrate' measures a validation split.")
+        st.caption(
+            f"Over {rel.n:,} voxels of this case in 15 bins of the foreground probability "
+            + ("(temperature-scaled)" if pred.calibration else "(the model's own)")
+            + ". A calibrated model lies on the diagonal: of the voxels given 0.8, 80 % are foreground. "
+            "One case is a small sample; 'medseg calibrate' measures a validation split."
+        )
     with st.expander("Bins"):
         st.dataframe(rel.rows(), hide_index=True)

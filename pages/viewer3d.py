@@ -3,6 +3,7 @@ the mask over the volume; the mouse wheel scrolls slices without a server round 
 crosshair; right-drag: window; in the 3D tile, drag to rotate). Same radiological convention, window presets
 and label colours as the PNG viewer on Segment & review, which stays the fallback and the source of exports.
 """
+
 import streamlit as st
 
 from medseg_core.render import CT_PRESETS
@@ -41,8 +42,12 @@ with col_ctl:
     presets = (["Auto (1-99 %)"] + list(CT_PRESETS)) if vol.modality == "CT" else ["Auto (1-99 %)"]
     if ss.get("nv_preset") not in presets:  # start from the PNG viewer's choice
         ss["nv_preset"] = ss.get("wl_preset") if ss.get("wl_preset") in presets else presets[0]
-    preset = st.selectbox("Window", presets, key="nv_preset",
-                          help="Written into the NIfTI header (cal_min / cal_max); right-drag on a slice to adjust.")
+    preset = st.selectbox(
+        "Window",
+        presets,
+        key="nv_preset",
+        help="Written into the NIfTI header (cal_min / cal_max); right-drag on a slice to adjust.",
+    )
     window = CT_PRESETS[preset] if preset in CT_PRESETS else ss["auto_window"]
     shows = []
     if pred is not None:
@@ -69,9 +74,11 @@ else:
 with col_view:
     NVS.show(vol, window, layers, view=NVS.VIEWS[view], opacity=opacity, height=620, key="nv3d")
     words = " · ".join(f"<span style='color:rgb{tuple(c)}'>■</span> {lab}" for lab, c in legend)
-    st.caption((f"{words}. " if words else "")
-               + "Radiological convention: patient's right on the image left. Mouse wheel: next / previous slice.",
-               unsafe_allow_html=True)
+    st.caption(
+        (f"{words}. " if words else "")
+        + "Radiological convention: patient's right on the image left. Mouse wheel: next / previous slice.",
+        unsafe_allow_html=True,
+    )
 with col_ctl:
     if pred is None:
         st.info("No result yet: press **Run model** on Segment & review; it appears here.")

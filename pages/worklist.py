@@ -3,6 +3,7 @@
 review, and the export of the verdicts (this list's or all of them) for every reviewer, each export
 recorded in the audit trail. Verdicts are matched to cases by their content key
 (:mod:`medseg_core.worklist`)."""
+
 from datetime import datetime, timezone
 
 import streamlit as st
@@ -44,8 +45,11 @@ else:
     adapter = d2.selectbox("Layout", ["detect"] + sorted(ADAPTERS), key="wl_adapter")
     if folder.strip():
         try:
-            src = {"kind": "folder", "root": folder.strip(),
-                   "adapter": detect_adapter(folder.strip()) if adapter == "detect" else adapter}
+            src = {
+                "kind": "folder",
+                "root": folder.strip(),
+                "adapter": detect_adapter(folder.strip()) if adapter == "detect" else adapter,
+            }
         except (OSError, ValueError) as e:
             st.error(f"This folder cannot be read as a dataset ({e}).")
 
@@ -71,13 +75,22 @@ models = sorted({m for r in rows for m in r["models_seen"]})
 reviewers = sorted({x for r in rows for x in r["reviewers_seen"]})
 for k, allowed in (("wl_status", W.STATUSES), ("wl_models", models), ("wl_reviewers", reviewers)):
     ss[k] = [v for v in ss.get(k, []) if v in allowed]
-statuses = f1.multiselect("Status", W.STATUSES, key="wl_status", format_func=W.STATUS_WORDS.get,
-                          help="The verdict of the case's latest whole-case decision.")
+statuses = f1.multiselect(
+    "Status",
+    W.STATUSES,
+    key="wl_status",
+    format_func=W.STATUS_WORDS.get,
+    help="The verdict of the case's latest whole-case decision.",
+)
 pick_models = f2.multiselect("Model", models, key="wl_models", help="Cases with a verdict recorded with this model.")
-pick_reviewers = f3.multiselect("Reviewer", reviewers, key="wl_reviewers", help="Cases with a verdict by this reviewer.")
+pick_reviewers = f3.multiselect(
+    "Reviewer", reviewers, key="wl_reviewers", help="Cases with a verdict by this reviewer."
+)
 shown = W.filter_rows(rows, statuses, pick_models, pick_reviewers)
-st.caption(f"{len(shown)} of {len(rows)} cases match. Status: the latest whole-case verdict; slice verdicts are "
-           "counted beside it; reviewer, time and model are those of the latest verdict.")
+st.caption(
+    f"{len(shown)} of {len(rows)} cases match. Status: the latest whole-case verdict; slice verdicts are "
+    "counted beside it; reviewer, time and model are those of the latest verdict."
+)
 st.dataframe(W.table(shown), hide_index=True, key="worklist_table")
 
 shown_ids = [r["case"] for r in shown]
@@ -85,29 +98,60 @@ if shown_ids:
     if ss.get("wl_pick") not in shown_ids:
         ss["wl_pick"] = next((r["case"] for r in shown if r["status"] == "not_reviewed"), shown_ids[0])
     o1, o2 = st.columns([3, 1], vertical_alignment="bottom")
-    pick = o1.selectbox("Case", shown_ids, key="wl_pick",
-                        format_func=lambda c: f"{c} · {W.STATUS_WORDS[next(r['status'] for r in shown if r['case'] == c)]}")
-    o2.button("Open on Segment & review", type="primary", key="wl_open", on_click=open_case,
-              args=(src, pick, shown_ids),
-              help="Previous / Next on Segment & review then move through this filtered list.")
+    pick = o1.selectbox(
+        "Case",
+        shown_ids,
+        key="wl_pick",
+        format_func=lambda c: f"{c} · {W.STATUS_WORDS[next(r['status'] for r in shown if r['case'] == c)]}",
+    )
+    o2.button(
+        "Open on Segment & review",
+        type="primary",
+        key="wl_open",
+        on_click=open_case,
+        args=(src, pick, shown_ids),
+        help="Previous / Next on Segment & review then move through this filtered list.",
+    )
 
 stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 name = (src.get("path") or src.get("root")).rstrip("/").rsplit("/", 1)[-1]
 st.markdown("**Export verdicts**")
 e1, e2, e3, e4 = st.columns(4)
 run_rows = lambda: W.case_verdicts(store(), keys)  # noqa: E731 (evaluated on click only)
-e1.download_button("This list's verdicts (CSV)", lambda: W.export_bytes(run_rows(), "csv"),
-                   file_name=f"verdicts_{name}_{stamp}.csv", mime="text/csv", key="wl_dl_csv",
-                   on_click=exported(f"worklist verdicts CSV ({name})", with_case=False))
-e2.download_button("This list's verdicts (JSON)", lambda: W.export_bytes(run_rows(), "json"),
-                   file_name=f"verdicts_{name}_{stamp}.json", mime="application/json", key="wl_dl_json",
-                   on_click=exported(f"worklist verdicts JSON ({name})", with_case=False))
-e3.download_button("All verdicts (CSV)", lambda: export_verdicts(store(), "csv"),
-                   file_name=f"medseg_verdicts_{stamp}.csv", mime="text/csv", key="wl_dl_all_csv",
-                   on_click=exported("all verdicts CSV (worklist)", with_case=False))
-e4.download_button("All verdicts (JSON)", lambda: export_verdicts(store(), "json"),
-                   file_name=f"medseg_verdicts_{stamp}.json", mime="application/json", key="wl_dl_all_json",
-                   on_click=exported("all verdicts JSON (worklist)", with_case=False))
-st.caption("This list's export adds the dataset's case id to each verdict; times are UTC. Every export is "
-           "recorded in the audit trail.")
+e1.download_button(
+    "This list's verdicts (CSV)",
+    lambda: W.export_bytes(run_rows(), "csv"),
+    file_name=f"verdicts_{name}_{stamp}.csv",
+    mime="text/csv",
+    key="wl_dl_csv",
+    on_click=exported(f"worklist verdicts CSV ({name})", with_case=False),
+)
+e2.download_button(
+    "This list's verdicts (JSON)",
+    lambda: W.export_bytes(run_rows(), "json"),
+    file_name=f"verdicts_{name}_{stamp}.json",
+    mime="application/json",
+    key="wl_dl_json",
+    on_click=exported(f"worklist verdicts JSON ({name})", with_case=False),
+)
+e3.download_button(
+    "All verdicts (CSV)",
+    lambda: export_verdicts(store(), "csv"),
+    file_name=f"medseg_verdicts_{stamp}.csv",
+    mime="text/csv",
+    key="wl_dl_all_csv",
+    on_click=exported("all verdicts CSV (worklist)", with_case=False),
+)
+e4.download_button(
+    "All verdicts (JSON)",
+    lambda: export_verdicts(store(), "json"),
+    file_name=f"medseg_verdicts_{stamp}.json",
+    mime="application/json",
+    key="wl_dl_all_json",
+    on_click=exported("all verdicts JSON (worklist)", with_case=False),
+)
+st.caption(
+    "This list's export adds the dataset's case id to each verdict; times are UTC. Every export is "
+    "recorded in the audit trail."
+)
 remember(KEPT)

@@ -1,4 +1,5 @@
 """Write real DICOM files (via pydicom) with controlled geometry, for tests."""
+
 from __future__ import annotations
 
 import io
@@ -12,8 +13,18 @@ PATIENT_NAME = "DOE^JANE"
 PATIENT_ID = "MRN-0042-XYZ"
 
 
-def dicom_slice(pixels: np.ndarray, ipp, iop=(1, 0, 0, 0, 1, 0), spacing=(0.8, 0.7), modality="CT",
-                series_uid=None, instance=1, slope=1.0, intercept=0.0, thickness=2.5) -> bytes:
+def dicom_slice(
+    pixels: np.ndarray,
+    ipp,
+    iop=(1, 0, 0, 0, 1, 0),
+    spacing=(0.8, 0.7),
+    modality="CT",
+    series_uid=None,
+    instance=1,
+    slope=1.0,
+    intercept=0.0,
+    thickness=2.5,
+) -> bytes:
     """One 2D slice as DICOM bytes. ``pixels`` (rows, cols) are *stored* values (uint16/int16)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage if modality == "CT" else MRImageStorage

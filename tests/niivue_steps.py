@@ -1,4 +1,5 @@
 """Chromium steps shared by the NiiVue browser test and ``make bench`` (issue 18 item 5)."""
+
 from __future__ import annotations
 
 import io

@@ -1,4 +1,5 @@
 """Failure-mode tags (one synthetic case per tag), cohort runs, Table 1 and the gallery helpers."""
+
 from __future__ import annotations
 
 import io
@@ -119,8 +120,10 @@ def test_tag_slices_and_case_on_a_volume():
 
 
 def test_uncertainty_auroc_by_hand():
-    rows = [{"primary": p, "uncertainty": u, "ref_present": True, "pred_present": True}
-            for p, u in [("good", 0.1), ("good", 0.2), ("missed", 0.3), ("good", 0.4), ("side_swap", 0.5)]]
+    rows = [
+        {"primary": p, "uncertainty": u, "ref_present": True, "pred_present": True}
+        for p, u in [("good", 0.1), ("good", 0.2), ("missed", 0.3), ("good", 0.4), ("side_swap", 0.5)]
+    ]
     rows.append({"primary": "good", "uncertainty": 0.9, "ref_present": False, "pred_present": False})  # left out
     r = A.uncertainty_auroc(rows)
     # failed scores {0.3, 0.5} vs good {0.1, 0.2, 0.4}: 5 of 6 pairs ordered correctly
@@ -165,8 +168,15 @@ def pelvic_run(pelvic_cohort):
 
 def test_cohort_run_finds_side_swaps_and_double_ovaries(pelvic_run):
     r = pelvic_run
-    assert {p.name for p in r.path.iterdir()} >= {"cohort.json", "slices.csv", "cases.csv", "comparisons.csv",
-                                                  "table1.csv", "table1.md", "masks"}
+    assert {p.name for p in r.path.iterdir()} >= {
+        "cohort.json",
+        "slices.csv",
+        "cases.csv",
+        "comparisons.csv",
+        "table1.csv",
+        "table1.md",
+        "masks",
+    }
     assert len(r.slices) == 3 * 3 * 24 and len(r.cases) == 9
     counts = A.tag_counts(C.filter_slices(r.slices, sets=["orig"]))
     assert counts["side_swap"] > 0 and counts["double_ovary"] > 0, counts

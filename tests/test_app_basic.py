@@ -1,4 +1,5 @@
 """The app in a real Chromium (Playwright) and headless (AppTest)."""
+
 from __future__ import annotations
 
 import gzip
@@ -69,8 +70,12 @@ def test_browser_review_flow_and_bad_upload(tmp_path):
         target.focus()
         for _ in range(3):
             page.keyboard.press("ArrowRight")
-        page.wait_for_function("(b) => { const i = document.querySelector('.js-plotly-plot image');"
-                               " return i && i.getAttribute('href') !== b; }", arg=before, timeout=30_000)
+        page.wait_for_function(
+            "(b) => { const i = document.querySelector('.js-plotly-plot image');"
+            " return i && i.getAttribute('href') !== b; }",
+            arg=before,
+            timeout=30_000,
+        )
         assert _image_src(page) != before
         assert _exceptions(page) == 0
         page.screenshot(path=str(ARTIFACTS / "review_after_slider.png"), full_page=True)
@@ -101,8 +106,14 @@ def test_apptest_review_toggles_and_uncertainty():
     n_before = len(at.session_state["predictions"])
     # viewer widgets live in an st.fragment, which AppTest cannot rerun on its own: set them through
     # session state and rerun the whole script (the code paths are the same)
-    for key, value in (("ovmode", "outline"), ("plane", "coronal"), ("show_removed", True), ("compare", False),
-                       ("wl_preset", "Manual"), ("plane", "sagittal")):
+    for key, value in (
+        ("ovmode", "outline"),
+        ("plane", "coronal"),
+        ("show_removed", True),
+        ("compare", False),
+        ("wl_preset", "Manual"),
+        ("plane", "sagittal"),
+    ):
         at.session_state[key] = value
         at.run()
         assert not at.exception, key
@@ -174,8 +185,13 @@ def test_apptest_every_run_option_and_the_exports():
     base = run()
     assert base.model == "ovary_unet" and base.options.side_masking == "none"
     # the modes are offered in words for people; the widget's values stay the option names
-    assert at.selectbox(key="side_mode").options == ["None", "Left only", "Right only", "Two-pass (each side separately)",
-                                                     "Oracle (side of the reference)"]
+    assert at.selectbox(key="side_mode").options == [
+        "None",
+        "Left only",
+        "Right only",
+        "Two-pass (each side separately)",
+        "Oracle (side of the reference)",
+    ]
     for side in ("left", "right", "oracle", "two_pass"):
         at.selectbox(key="side_mode").set_value(side).run()
         p = run()

@@ -1,5 +1,6 @@
 """medseg_core.auth (who gets in) and its glue in the app (pages/_access.py), headless: issue 22 items 1-3.
 The real OpenID Connect sign-in in Chromium is tests/test_signin_browser.py."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,7 +29,10 @@ def test_sign_in_required_when_configured():
 
 
 def test_allow_list_by_user_domain_admin_and_star():
-    c = cfg(allowed_users=["Bob@Partner.example "], allowed_domains=["@hospital.example"], admins=["boss@elsewhere.example"])
+    c = cfg(
+        allowed_users=["Bob@Partner.example "], allowed_domains=["@hospital.example"], admins=["boss@elsewhere.example"]
+    )
+
     def d(email, **claims):
         return A.decide({"is_logged_in": True, "email": email, **claims}, True, c)
 
@@ -40,8 +44,13 @@ def test_allow_list_by_user_domain_admin_and_star():
     boss = d("boss@elsewhere.example", name="The Boss")
     assert boss.allowed and boss.admin and boss.identity.label == "The Boss <boss@elsewhere.example>"
     # domains match exactly: no subdomains, no look-alikes, no second @
-    for email in ("carol@sub.hospital.example", "carol@hospital.example.evil.org", "carol@evilhospital.example",
-                  "alice@hospital.example@evil.org", "eve@partner.example"):
+    for email in (
+        "carol@sub.hospital.example",
+        "carol@hospital.example.evil.org",
+        "carol@evilhospital.example",
+        "alice@hospital.example@evil.org",
+        "eve@partner.example",
+    ):
         r = d(email)
         assert r.state == "refused" and not r.allowed and r.identity is None, email
     # an e-mail the provider says is unverified, or none at all, is nobody's
@@ -60,8 +69,14 @@ def test_config_from_secrets_section_and_environment():
     c = A.access_config(section, env={})
     assert c.allowed_users == {"a@x.org"} and c.allowed_domains == {"x.org", "y.org"} and c.admins == {"root@x.org"}
     # an environment variable that is set replaces its key; empty ones are ignored
-    c = A.access_config(section, env={"MEDSEG_ALLOWED_DOMAINS": "Hospital.example", "MEDSEG_ADMINS": " ",
-                                      "MEDSEG_ALLOWED_USERS": "p@q.org,r@s.org"})
+    c = A.access_config(
+        section,
+        env={
+            "MEDSEG_ALLOWED_DOMAINS": "Hospital.example",
+            "MEDSEG_ADMINS": " ",
+            "MEDSEG_ALLOWED_USERS": "p@q.org,r@s.org",
+        },
+    )
     assert c.allowed_domains == {"hospital.example"} and c.admins == {"root@x.org"}
     assert c.allowed_users == {"p@q.org", "r@s.org"}
     assert A.access_config(None, env={}) == A.AccessConfig()
@@ -72,10 +87,16 @@ def test_refusal_is_one_sentence():
 
 
 # ------------------------------------------------------------------------------------ the gate in the app (AppTest)
-AUTH = {"auth": {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "k" * 40,
-                 "client_id": "medseg", "client_secret": "s",
-                 "server_metadata_url": "http://127.0.0.1:9/.well-known/openid-configuration"},
-        "medseg": {"allowed_domains": ["hospital.example"], "admins": ["boss@hospital.example"]}}
+AUTH = {
+    "auth": {
+        "redirect_uri": "http://localhost:8501/oauth2callback",
+        "cookie_secret": "k" * 40,
+        "client_id": "medseg",
+        "client_secret": "s",
+        "server_metadata_url": "http://127.0.0.1:9/.well-known/openid-configuration",
+    },
+    "medseg": {"allowed_domains": ["hospital.example"], "admins": ["boss@hospital.example"]},
+}
 
 
 @pytest.fixture()
@@ -113,7 +134,9 @@ def test_app_refuses_a_user_outside_the_allow_list(fresh_db):
     assert [m.value for m in at.markdown] == [A.REFUSED] and [b.label for b in at.button] == ["Sign out"]
     assert len(at.sidebar) == 0 and not at.title and "volume" not in at.session_state
     rows = fresh_db.audit_rows()
-    assert [(r["action"], r["email"], r["detail"]) for r in rows] == [("refused", "eve@evil.example", "not on the allow-list")]
+    assert [(r["action"], r["email"], r["detail"]) for r in rows] == [
+        ("refused", "eve@evil.example", "not on the allow-list")
+    ]
 
 
 def test_allowed_user_identity_in_sidebar_verdict_and_audit(fresh_db):
@@ -124,7 +147,9 @@ def test_allowed_user_identity_in_sidebar_verdict_and_audit(fresh_db):
     assert "Sign out" in [b.label for b in at.sidebar.button]
     case = at.session_state["case_key"]
     assert [(r["action"], r["user"], r["email"]) for r in reversed(fresh_db.audit_rows())] == [
-        ("sign_in", "Alice R", "alice@hospital.example"), ("open_case", "Alice R", "alice@hospital.example")]
+        ("sign_in", "Alice R", "alice@hospital.example"),
+        ("open_case", "Alice R", "alice@hospital.example"),
+    ]
     # the Audit page is for admins only: not in Alice's navigation
     assert "Audit" not in [p["page_name"] for p in at._registered_pages.values()]
     # run the model, then record a verdict: the identity comes from sign-in, no name field is offered
@@ -139,10 +164,18 @@ def test_allowed_user_identity_in_sidebar_verdict_and_audit(fresh_db):
     assert not at.exception
     v = fresh_db.verdicts(case)
     assert len(v) == 1
-    assert (v[0]["verdict"], v[0]["reviewer_name"], v[0]["reviewer_email"], v[0]["signed_in"], v[0]["note"],
-            v[0]["model"]) == ("needs_correction", "Alice R", "alice@hospital.example", True, "left ovary missed",
-                               "ovary_unet")
-    assert v[0]["options"]["threshold"] == at.session_state["predictions"].get(at.session_state["current"]).options.threshold
+    assert (
+        v[0]["verdict"],
+        v[0]["reviewer_name"],
+        v[0]["reviewer_email"],
+        v[0]["signed_in"],
+        v[0]["note"],
+        v[0]["model"],
+    ) == ("needs_correction", "Alice R", "alice@hospital.example", True, "left ovary missed", "ovary_unet")
+    assert (
+        v[0]["options"]["threshold"]
+        == at.session_state["predictions"].get(at.session_state["current"]).options.threshold
+    )
     actions = [r["action"] for r in reversed(fresh_db.audit_rows())]
     assert actions == ["sign_in", "open_case", "run_model", "verdict"]
 
@@ -159,7 +192,8 @@ def test_without_sign_in_a_typed_name_is_recorded(fresh_db):
     [b for b in at.button if b.label == "Save verdict"][0].click().run()
     v = fresh_db.verdicts()
     assert [(r["reviewer_name"], r["reviewer_email"], r["signed_in"], r["verdict"]) for r in v] == [
-        ("Dr Typed", None, False, "accept")]
+        ("Dr Typed", None, False, "accept")
+    ]
 
 
 def test_audit_page_for_admins_only(fresh_db):

@@ -1,6 +1,7 @@
 """The bad-input corpus: every entry either raises InputError with a clear sentence or loads
 correctly with a warning that says what was wrong; plus bounded property-based fuzzing of the
 loaders (MEDSEG_FUZZ_EXAMPLES, `make fuzz` runs many more) and the app staying usable."""
+
 from __future__ import annotations
 
 import gzip
@@ -57,12 +58,18 @@ def _chunk(t, d):
 
 def _huge_png() -> bytes:
     ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def _huge_nifti() -> bytes:
     def edit(h):
         h["dim"][1:4] = [30000, 30000, 30000]
+
     return _nii_header(edit)
 
 
@@ -176,7 +183,13 @@ CORPUS = {
     # --- sizes
     "huge_nifti_header": (_huge_nifti, "huge.nii.gz", {}, "error", "million"),
     "huge_png_header": (_huge_png, "big.png", {}, "error", "enormous"),
-    "over_voxel_budget": (lambda: _nii(_anat((40, 40, 40))), "big.nii.gz", {"limits": _SMALL_LIMITS}, "error", "million"),
+    "over_voxel_budget": (
+        lambda: _nii(_anat((40, 40, 40))),
+        "big.nii.gz",
+        {"limits": _SMALL_LIMITS},
+        "error",
+        "million",
+    ),
     "zero_sized_dim": (lambda: _nii(np.zeros((8, 0, 4), np.float32)), "z.nii.gz", {}, "error", "empty image"),
     "one_voxel_thick": (lambda: _nii(np.ones((8, 8, 1), np.float32)), "thin.nii.gz", {}, "ok", None),
     "extreme_anisotropy": (lambda: _nii(_anat(), np.diag([0.1, 0.1, 50, 1])), "a.nii.gz", {}, "warn", "anisotropic"),
@@ -198,30 +211,61 @@ CORPUS = {
     "dicom_ecg": (lambda: _real("waveform_ecg.dcm"), "ecg.dcm", {}, "error", "no image"),
     "unsupported_compression": (_unsupported_compression, "mpeg.dcm", {}, "error", "cannot decode"),
     # --- series geometry
-    "several_series_in_zip": (lambda: zip_bytes(_named((_series(4, series_uid="1.2.3") + _series(6, series_uid="1.2.4")))),
-                              "study.zip", {}, "warn", "2 image series"),
+    "several_series_in_zip": (
+        lambda: zip_bytes(_named((_series(4, series_uid="1.2.3") + _series(6, series_uid="1.2.4")))),
+        "study.zip",
+        {},
+        "warn",
+        "2 image series",
+    ),
     "missing_slice": (lambda: _files(_missing_slice()), None, {}, "warn", "missing"),
     "gantry_tilt": (lambda: _files(_tilted()), None, {}, "warn", "tilt"),
     "mixed_orientations": (lambda: _files(_mixed_orientation()), None, {}, "warn", "orientation"),
     "duplicate_positions": (lambda: _files(_duplicate_position()), None, {}, "warn", "repeat a position"),
     "uneven_spacing": (lambda: _files(_uneven()), None, {}, "warn", "uneven"),
-    "dicom_plus_junk_zip": (lambda: zip_bytes({**_named(_series(4)), "notes.txt": b"hello"}), "s.zip", {}, "warn",
-                            "not DICOM images"),
+    "dicom_plus_junk_zip": (
+        lambda: zip_bytes({**_named(_series(4)), "notes.txt": b"hello"}),
+        "s.zip",
+        {},
+        "warn",
+        "not DICOM images",
+    ),
     "ybr_colour_us_cine": (lambda: _real("examples_ybr_color.dcm"), "us.dcm", {}, "warn", "cine"),
     # --- archives
     "zip_bomb": (_zip_bomb, "bomb.zip", {"limits": _SMALL_LIMITS}, "error", "expands to"),
-    "zip_path_traversal": (lambda: zip_bytes({"../../etc/evil.nii.gz": _nii(_anat()), "/abs/x.txt": b"x"}), "t.zip", {},
-                           "warn", "outside the archive"),
-    "nested_zip": (lambda: zip_bytes({"inner.zip": zip_bytes({"a.nii.gz": _nii(_anat())})}), "o.zip", {}, "error",
-                   "another archive"),
-    "two_niftis_in_zip": (lambda: zip_bytes({"a.nii.gz": _nii(_anat()), "b.nii.gz": _nii(_anat())}), "o.zip", {},
-                          "error", "one volume at a time"),
+    "zip_path_traversal": (
+        lambda: zip_bytes({"../../etc/evil.nii.gz": _nii(_anat()), "/abs/x.txt": b"x"}),
+        "t.zip",
+        {},
+        "warn",
+        "outside the archive",
+    ),
+    "nested_zip": (
+        lambda: zip_bytes({"inner.zip": zip_bytes({"a.nii.gz": _nii(_anat())})}),
+        "o.zip",
+        {},
+        "error",
+        "another archive",
+    ),
+    "two_niftis_in_zip": (
+        lambda: zip_bytes({"a.nii.gz": _nii(_anat()), "b.nii.gz": _nii(_anat())}),
+        "o.zip",
+        {},
+        "error",
+        "one volume at a time",
+    ),
     "empty_zip": (lambda: zip_bytes({}), "e.zip", {}, "error", "empty archive"),
     "corrupt_zip": (lambda: b"PK\x03\x04" + b"\0" * 50, "a.zip", {}, "error", "zip"),
     # --- 2D images
     "rgb_ultrasound_png": (lambda: _png(_RGB), "us.png", {}, "warn", "colour"),
     "rgba_png": (lambda: _png(np.zeros((10, 10, 4), np.uint8)), "a.png", {}, "warn", "pixel size"),
-    "png_16bit": (lambda: _png((np.arange(200).reshape(20, 10) * 300).astype(np.uint16)), "gi.png", {}, "warn", "pixel size"),
+    "png_16bit": (
+        lambda: _png((np.arange(200).reshape(20, 10) * 300).astype(np.uint16)),
+        "gi.png",
+        {},
+        "warn",
+        "pixel size",
+    ),
     "multipage_tiff": (lambda: _tiff_pages(), "a.tif", {}, "warn", "3 pages"),
 }
 
@@ -302,13 +346,19 @@ SEEDS = {
     "us.png": _png(_RGB[:12, :12]),
     "s.zip": zip_bytes(_named((_series(3)))),
 }
-FUZZ_SETTINGS = settings(max_examples=FUZZ_N, deadline=None, derandomize=os.environ.get("MEDSEG_FUZZ_RANDOM") is None,
-                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ_SETTINGS = settings(
+    max_examples=FUZZ_N,
+    deadline=None,
+    derandomize=os.environ.get("MEDSEG_FUZZ_RANDOM") is None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _load_or_input_error(data: bytes, name: str):
     try:
-        v = load_volume(data, filename=name, limits=Limits(max_voxels=2_000_000, max_decompressed_bytes=64 * 1024 * 1024))
+        v = load_volume(
+            data, filename=name, limits=Limits(max_voxels=2_000_000, max_decompressed_bytes=64 * 1024 * 1024)
+        )
     except InputError as e:
         assert str(e), "an InputError must carry a message"
         return
@@ -316,15 +366,19 @@ def _load_or_input_error(data: bytes, name: str):
 
 
 @FUZZ_SETTINGS
-@given(data=st.binary(max_size=4096), name=st.sampled_from(["x.nii.gz", "x.nii", "x.dcm", "x.png", "x.zip", "x", "x.jpg"]))
+@given(
+    data=st.binary(max_size=4096), name=st.sampled_from(["x.nii.gz", "x.nii", "x.dcm", "x.png", "x.zip", "x", "x.jpg"])
+)
 def test_fuzz_random_bytes_only_input_errors(data, name):
     _load_or_input_error(data, name)
 
 
 @FUZZ_SETTINGS
-@given(seed=st.sampled_from(sorted(SEEDS)), edits=st.lists(st.tuples(st.integers(0, 10**9), st.integers(0, 255)),
-                                                         min_size=1, max_size=12),
-       cut=st.one_of(st.none(), st.floats(0.0, 1.0)))
+@given(
+    seed=st.sampled_from(sorted(SEEDS)),
+    edits=st.lists(st.tuples(st.integers(0, 10**9), st.integers(0, 255)), min_size=1, max_size=12),
+    cut=st.one_of(st.none(), st.floats(0.0, 1.0)),
+)
 def test_fuzz_mutated_real_files_only_input_errors(seed, edits, cut):
     b = bytearray(SEEDS[seed])
     for pos, val in edits:

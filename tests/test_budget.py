@@ -1,12 +1,20 @@
 """Issue 21 items 1-2: compact prediction storage and the server-wide memory budget (medseg_core.budget)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from medseg_core.budget import (BudgetExceeded, MemoryBudget, PackedMask, QuantisedMap, compact_bytes_estimate,
-                                compact_prediction, prediction_bytes)
+from medseg_core.budget import (
+    BudgetExceeded,
+    MemoryBudget,
+    PackedMask,
+    QuantisedMap,
+    compact_bytes_estimate,
+    compact_prediction,
+    prediction_bytes,
+)
 from medseg_core.inference import Prediction, PredictOptions, predict
 from medseg_core.io import InputError, Volume, display_slice, mask_nifti_bytes
 from medseg_core.render import compare_layers, heat_overlay, overlay
@@ -18,8 +26,9 @@ PLANES = ("axial", "coronal", "sagittal")
 
 def _ct(shape=(20, 40, 37), seed=0):
     rng = np.random.default_rng(seed)
-    return Volume(rng.normal(40, 30, shape).astype(np.float32), (2.0, 1.5, 1.5), np.diag([1.5, 1.5, 2.0, 1.0]),
-                  modality="CT")
+    return Volume(
+        rng.normal(40, 30, shape).astype(np.float32), (2.0, 1.5, 1.5), np.diag([1.5, 1.5, 2.0, 1.0]), modality="CT"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +102,10 @@ def test_compact_prediction_keeps_metrics_exports_and_overlays(real_pred):
             g = np.zeros(lc[0][0].shape, np.uint8)
             assert np.array_equal(overlay(g, lc), overlay(g, lp))
     lab = p.labels[0]
-    assert np.array_equal(overlay(grey, [(display_slice(c.removed[lab], "axial", 5), (255, 0, 255))]),
-                          overlay(grey, [(display_slice(p.removed[lab], "axial", 5), (255, 0, 255))]))
+    assert np.array_equal(
+        overlay(grey, [(display_slice(c.removed[lab], "axial", 5), (255, 0, 255))]),
+        overlay(grey, [(display_slice(p.removed[lab], "axial", 5), (255, 0, 255))]),
+    )
     # probabilities and uncertainty maps: within the stated tolerance; the entropy overlay shifts by
     # at most one colour step of 256
     assert np.abs(np.asarray(c.probability) - p.probability).max() <= 1 / 510 + 1e-7
@@ -110,8 +121,7 @@ def test_compact_prediction_keeps_metrics_exports_and_overlays(real_pred):
     assert np.abs(hp.astype(int) - hc.astype(int)).max() <= 3
     # the footprint: probabilities 1 byte, masks 1 bit (rows of ceil(37/8) = 5 bytes), four uint8 maps
     n, rows = int(np.prod(v.shape)), v.shape[0] * v.shape[1]
-    n_masks = sum(1 for f in ("masks", "masks_before_postprocessing", "removed", "added")
-                  if getattr(p, f)[lab].any())
+    n_masks = sum(1 for f in ("masks", "masks_before_postprocessing", "removed", "added") if getattr(p, f)[lab].any())
     assert prediction_bytes(c) == n + n_masks * rows * 5 + 4 * n
     assert prediction_bytes(p) == 4 * n + 4 * n + 4 * 4 * n  # float32 probs, 4 uint8 masks, 4 float32 maps
     assert compact_bytes_estimate(v.shape, uncertainty=True) >= prediction_bytes(c)
@@ -127,9 +137,17 @@ def test_footprint_of_a_300x512x512_ct_meets_the_goal():
 def _pred(shape=(10, 10, 10), value=0.7):
     p = np.full(shape, value, np.float32)
     m = (p > 0.5).astype(np.uint8)
-    return Prediction(model="m", shape=shape, spacing=(1.0, 1.0, 1.0), affine=np.eye(4), probabilities={"a": p},
-                      masks={"a": m}, masks_before_postprocessing={"a": m.copy()}, removed={"a": np.zeros_like(m)},
-                      added={"a": np.zeros_like(m)})
+    return Prediction(
+        model="m",
+        shape=shape,
+        spacing=(1.0, 1.0, 1.0),
+        affine=np.eye(4),
+        probabilities={"a": p},
+        masks={"a": m},
+        masks_before_postprocessing={"a": m.copy()},
+        removed={"a": np.zeros_like(m)},
+        added={"a": np.zeros_like(m)},
+    )
 
 
 def test_small_budget_evicts_least_recently_used_across_sessions():

@@ -1,4 +1,5 @@
 """Issue 18 item 4: reliability diagrams, ECE and temperature scaling with real numbers."""
+
 from __future__ import annotations
 
 import math

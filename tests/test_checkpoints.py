@@ -5,6 +5,7 @@ datasets use seed 0 or 1, these use seed 7, i.e. case seeds 700000+) through the
 evaluation code as ``python -m medseg_core.evaluate``, and must beat a floor set from what it
 achieved (see FLOORS; the model cards hold the held-out numbers).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,21 +27,23 @@ from medseg_core.models import list_models
 # specificity are the classification's at threshold 0.5: AUC alone passes a classifier that ranks
 # well but never calls malignant.
 FLOORS = {
-    "ovary_unet": {"dice": 0.33},             # measured 0.421 (2026-11-22)
-    "ovary_attention_unet": {"dice": 0.28},   # measured 0.361
-    "ovary_tl5": {"dice": 0.32},              # measured 0.406
+    "ovary_unet": {"dice": 0.33},  # measured 0.421 (2026-11-22)
+    "ovary_attention_unet": {"dice": 0.28},  # measured 0.361
+    "ovary_tl5": {"dice": 0.32},  # measured 0.406
     "ovary_slice_classifier": {"auc": 0.76},  # measured 0.952
-    "prostate_microus": {"dice": 0.85},       # measured 0.973
-    "gi_unetpp_effb3": {"dice": 0.60},         # measured 0.758 (mean over the three organs)
+    "prostate_microus": {"dice": 0.85},  # measured 0.973
+    "gi_unetpp_effb3": {"dice": 0.60},  # measured 0.758 (mean over the three organs)
     "us_mtl_effb0": {"dice": 0.78, "auc": 0.80},  # measured 0.984 / 1.000 (the phantom's malignancy cues are easy)
-    "us_mtl_unet": {"dice": 0.78, "auc": 0.80},   # measured 0.981 / 1.000
+    "us_mtl_unet": {"dice": 0.78, "auc": 0.80},  # measured 0.981 / 1.000
     # measured 0.984 / 1.000 / 1.000 / 1.000 after the batch-norm repair (2026-11-23; the file as first
     # shipped had sensitivity 0.000: AUC 1.0 but p(malignant) < 0.006 on every case)
     "us_cascade": {"dice": 0.78, "auc": 0.80, "sensitivity": 0.80, "specificity": 0.80},
-    "us_denoiser": {"annotation_error_ratio": 0.69},  # measured 0.553 (lower is better: error left on annotation pixels)
-    "unet3d": {"dice": 0.74},                 # measured 0.923
-    "unetr3d": {"dice": 0.57},                # measured 0.719 (2 fresh cases)
-    "vnet3d": {"dice": 0.37},                 # measured 0.472 (2 fresh cases: 0.00 and 0.94, see README)
+    "us_denoiser": {
+        "annotation_error_ratio": 0.69
+    },  # measured 0.553 (lower is better: error left on annotation pixels)
+    "unet3d": {"dice": 0.74},  # measured 0.923
+    "unetr3d": {"dice": 0.57},  # measured 0.719 (2 fresh cases)
+    "vnet3d": {"dice": 0.37},  # measured 0.472 (2 fresh cases: 0.00 and 0.94, see README)
 }
 SHIPPED = [m for m in list_models() if checkpoint_status(m) == "ok"]
 
@@ -69,10 +72,21 @@ def _fresh(kind: str, root: Path, n: int):
     return {"pelvic": D.ut_endomri_d2, "ct": D.msd_spleen, "microus": D.microsegnet, "gi": D.uw_madison_gi}[kind](root)
 
 
-KIND = {"ovary_unet": ("pelvic", 4), "ovary_attention_unet": ("pelvic", 4), "ovary_tl5": ("pelvic", 4),
-        "ovary_slice_classifier": ("pelvic", 4), "prostate_microus": ("microus", 3), "gi_unetpp_effb3": ("gi", 12),
-        "us_mtl_effb0": ("us", 40), "us_mtl_unet": ("us", 40), "us_cascade": ("us", 40),
-        "us_denoiser": ("us_annotated", 6), "unet3d": ("ct", 2), "unetr3d": ("ct", 2), "vnet3d": ("ct", 2)}
+KIND = {
+    "ovary_unet": ("pelvic", 4),
+    "ovary_attention_unet": ("pelvic", 4),
+    "ovary_tl5": ("pelvic", 4),
+    "ovary_slice_classifier": ("pelvic", 4),
+    "prostate_microus": ("microus", 3),
+    "gi_unetpp_effb3": ("gi", 12),
+    "us_mtl_effb0": ("us", 40),
+    "us_mtl_unet": ("us", 40),
+    "us_cascade": ("us", 40),
+    "us_denoiser": ("us_annotated", 6),
+    "unet3d": ("ct", 2),
+    "unetr3d": ("ct", 2),
+    "vnet3d": ("ct", 2),
+}
 
 
 def measure(name: str, root: Path) -> dict:
@@ -120,8 +134,16 @@ def test_every_registry_model_has_a_checkpoint():
     repro = {m for m in list_models() if get_spec(m).reproduction_only}
     missing = set(list_models()) - set(SHIPPED) - repro
     assert missing == set(), missing
-    assert repro == {"gi_scratch_simple", "gi_scratch_bn_dropout", "gi_scratch_residual", "gi_scratch_final",
-                     "prostate_transunet"}
-    used = {yaml.safe_load(p.read_text()).get("model") for p in (CHECKPOINT_DIR.parent / "configs" / "reproduce").glob("*.yaml")}
+    assert repro == {
+        "gi_scratch_simple",
+        "gi_scratch_bn_dropout",
+        "gi_scratch_residual",
+        "gi_scratch_final",
+        "prostate_transunet",
+    }
+    used = {
+        yaml.safe_load(p.read_text()).get("model")
+        for p in (CHECKPOINT_DIR.parent / "configs" / "reproduce").glob("*.yaml")
+    }
     assert repro <= used, repro - used
     assert not repro & set(SHIPPED)

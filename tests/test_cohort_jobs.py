@@ -1,4 +1,5 @@
 """Cohort runs on the user's own data, in the background, resumable (issue 17, item 9)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,15 +23,18 @@ def pelvic3(tmp_path_factory) -> Path:
 
 def _rows(run: Path) -> list[tuple]:
     r = C.load_run(run)
-    return sorted((x["model"], x["set"], x["case"], x["slice"], round(float(x["dice"]), 6) if x["dice"] == x["dice"] else None)
-                  for x in r.slices)
+    return sorted(
+        (x["model"], x["set"], x["case"], x["slice"], round(float(x["dice"]), 6) if x["dice"] == x["dice"] else None)
+        for x in r.slices
+    )
 
 
 def test_interrupted_run_resumes_and_keeps_finished_cases(pelvic3, tmp_path):
     cases = D.ut_endomri_d2(pelvic3)
     sets = {"orig": {}, "two_pass": {"side_masking": "two_pass"}}
-    clean = C.run_cohort(cases, ["ovary_unet"], sets, tmp_path / "clean",
-                         dataset={"adapter": "ut_endomri_d2", "root": str(pelvic3)})
+    clean = C.run_cohort(
+        cases, ["ovary_unet"], sets, tmp_path / "clean", dataset={"adapter": "ut_endomri_d2", "root": str(pelvic3)}
+    )
 
     class Stop(Exception):
         pass
@@ -41,16 +45,33 @@ def test_interrupted_run_resumes_and_keeps_finished_cases(pelvic3, tmp_path):
 
     out = tmp_path / "interrupted"
     with pytest.raises(Stop):
-        C.run_cohort(cases, ["ovary_unet"], sets, out, progress=stop_after_two,
-                     dataset={"adapter": "ut_endomri_d2", "root": str(pelvic3)})
+        C.run_cohort(
+            cases,
+            ["ovary_unet"],
+            sets,
+            out,
+            progress=stop_after_two,
+            dataset={"adapter": "ut_endomri_d2", "root": str(pelvic3)},
+        )
     assert len(list((out / "parts").glob("*.json"))) == 2 and not (out / "cohort.json").exists()
     assert C.read_progress(out)["state"] == "running" and C.read_progress(out)["done"] == 2
     messages = []
-    C.run_cohort(cases, ["ovary_unet"], sets, out, progress=lambda d, t, m: messages.append(m),
-                 dataset={"adapter": "ut_endomri_d2", "root": str(pelvic3)})
+    C.run_cohort(
+        cases,
+        ["ovary_unet"],
+        sets,
+        out,
+        progress=lambda d, t, m: messages.append(m),
+        dataset={"adapter": "ut_endomri_d2", "root": str(pelvic3)},
+    )
     assert sum("kept from before" in m for m in messages) == 2 and len(messages) == 6
-    assert C.read_progress(out) | {"updated": None} == {"state": "done", "done": 6, "total": 6, "message": "finished",
-                                                        "updated": None}
+    assert C.read_progress(out) | {"updated": None} == {
+        "state": "done",
+        "done": 6,
+        "total": 6,
+        "message": "finished",
+        "updated": None,
+    }
     assert _rows(out) == _rows(clean)
 
 

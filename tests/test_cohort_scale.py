@@ -1,5 +1,6 @@
 """Cohorts at scale (issue 20 item 4): the typed Parquet store, the columnar gallery operations and
 the cohort sharded under torchrun."""
+
 from __future__ import annotations
 
 import json
@@ -24,16 +25,19 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory) -> Path:
     """2 models x 3 option sets x 30 cases x 12 slices = 2 160 rows, with CSV exports."""
-    return S.synthetic_run(tmp_path_factory.mktemp("tbl") / "small", n_models=2, n_sets=3, n_cases=30, n_slices=12,
-                           seed=3, csv_export=True)
+    return S.synthetic_run(
+        tmp_path_factory.mktemp("tbl") / "small", n_models=2, n_sets=3, n_cases=30, n_slices=12, seed=3, csv_export=True
+    )
 
 
 def test_numeric_looking_case_ids_stay_strings_in_old_csv_runs(tmp_path):
     """The hand-written coercion turned '007' into 7 and '1e3' into 1000.0; the declared schema keeps
     case ids strings, numbers numbers, empty numbers missing, tags a list."""
-    (tmp_path / "old.csv").write_text("model,set,case,slice,dice,ref_present,uncertainty,tags\n"
-                                      "m,orig,007,3,0.5,True,,missed;fragmented\n"
-                                      "m,orig,1e3,0,nan,False,0.25,\n")
+    (tmp_path / "old.csv").write_text(
+        "model,set,case,slice,dice,ref_present,uncertainty,tags\n"
+        "m,orig,007,3,0.5,True,,missed;fragmented\n"
+        "m,orig,1e3,0,nan,False,0.25,\n"
+    )
     rows = C.read_rows(tmp_path / "old.csv")
     assert [r["case"] for r in rows] == ["007", "1e3"]
     assert rows[0]["slice"] == 3 and isinstance(rows[0]["slice"], int) and rows[0]["slice_number"] == 4
@@ -88,9 +92,11 @@ def test_columnar_filter_sort_counts_equal_the_dict_rows(small_run, how):
     run = C.load_run(small_run)
     rows = list(run.slices)
     assert isinstance(run.slices, S.RowTable) and len(rows) == 2160
-    for args in ((["side_swap", "double_ovary"], None, ["orig"], (0.0, 1.0), None),
-                 (["under_segmentation"], ["model_1"], ["orig", "masked"], (0.2, 0.7), (0.05, 0.3)),
-                 (None, None, None, (0.0, 1.0), None)):
+    for args in (
+        (["side_swap", "double_ovary"], None, ["orig"], (0.0, 1.0), None),
+        (["under_segmentation"], ["model_1"], ["orig", "masked"], (0.2, 0.7), (0.05, 0.3)),
+        (None, None, None, (0.0, 1.0), None),
+    ):
         got = C.sort_slices(C.filter_slices(run.slices, *args), how)
         want = sorted(_reference_filter(rows, *args), key=C.SORT_KEYS[how][0], reverse=C.SORT_KEYS[how][1])
         assert len(got) == len(want) > 0
@@ -99,7 +105,9 @@ def test_columnar_filter_sort_counts_equal_the_dict_rows(small_run, how):
         counts = C.tag_counts(got)
         assert counts == A.tag_counts(want)
     # a hand count: rows tagged side_swap in the orig set among informative slices
-    n = sum(1 for r in rows if "side_swap" in r["tags"] and r["set"] == "orig" and (r["ref_present"] or r["pred_present"]))
+    n = sum(
+        1 for r in rows if "side_swap" in r["tags"] and r["set"] == "orig" and (r["ref_present"] or r["pred_present"])
+    )
     assert C.tag_counts(C.filter_slices(run.slices, sets=["orig"]))["side_swap"] == n > 0
     # the CSV export has the rows, tags ';'-joined
     text = C.rows_csv(C.filter_slices(run.slices, ["missed"], None, ["orig"])).decode().splitlines()
@@ -121,13 +129,26 @@ def test_synthetic_run_has_a_realistic_tag_mix(small_run):
 
 def _slice_key(run: Path) -> list[tuple]:
     r = C.load_run(run)
-    return sorted((x["model"], x["set"], x["case"], x["slice"], x["primary"], tuple(x["tags"]),
-                   None if math.isnan(x["dice"]) else round(x["dice"], 9),
-                   None if math.isnan(x["hd95_mm"]) else round(x["hd95_mm"], 6)) for x in r.slices)
+    return sorted(
+        (
+            x["model"],
+            x["set"],
+            x["case"],
+            x["slice"],
+            x["primary"],
+            tuple(x["tags"]),
+            None if math.isnan(x["dice"]) else round(x["dice"], 9),
+            None if math.isnan(x["hd95_mm"]) else round(x["hd95_mm"], 6),
+        )
+        for x in r.slices
+    )
 
 
-@pytest.mark.skipif(not shutil.which("torchrun", path=str(Path(sys.executable).parent)) and
-                    not (Path(sys.executable).parent / "torchrun").exists(), reason="torchrun not installed")
+@pytest.mark.skipif(
+    not shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    and not (Path(sys.executable).parent / "torchrun").exists(),
+    reason="torchrun not installed",
+)
 def test_sharded_cohort_under_torchrun_equals_one_process_and_resumes(tmp_path):
     """Two CPU processes (torchrun, gloo) on a folder where one (model, set, case) was already
     finished: that part is kept, not recomputed; the other cases are shared between the ranks; rank 0
@@ -142,8 +163,9 @@ def test_sharded_cohort_under_torchrun_equals_one_process_and_resumes(tmp_path):
     ensure_synthetic(data, {"kind": "pelvic", "n": 3, "seed": 5})
     cases = D.ut_endomri_d2(data)
     sets = {"orig": {}, "masked": {"side_masking": "oracle"}}
-    one = C.run_cohort(cases[:3], ["ovary_unet"], sets, tmp_path / "one",
-                       dataset={"adapter": "ut_endomri_d2", "root": str(data)})
+    one = C.run_cohort(
+        cases[:3], ["ovary_unet"], sets, tmp_path / "one", dataset={"adapter": "ut_endomri_d2", "root": str(data)}
+    )
     two = tmp_path / "two"
     (two / "parts").mkdir(parents=True)
     (two / "masks").mkdir()
@@ -153,9 +175,28 @@ def test_sharded_cohort_under_torchrun_equals_one_process_and_resumes(tmp_path):
     shutil.copy(C.mask_file(one, "ovary_unet", "orig", first), C.mask_file(two, "ovary_unet", "orig", first))
     before = kept.stat().st_mtime_ns
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m",
-           "medseg_core.cohort", "--models", "ovary_unet", "--data", str(data), "--adapter", "ut_endomri_d2",
-           "--set", "orig:", "--set", "masked:side_masking=oracle", "--max-cases", "3", "--out", str(two)]
+    cmd = [
+        str(Path(sys.executable).parent / "torchrun"),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "medseg_core.cohort",
+        "--models",
+        "ovary_unet",
+        "--data",
+        str(data),
+        "--adapter",
+        "ut_endomri_d2",
+        "--set",
+        "orig:",
+        "--set",
+        "masked:side_masking=oracle",
+        "--max-cases",
+        "3",
+        "--out",
+        str(two),
+    ]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert kept.stat().st_mtime_ns == before  # not recomputed
@@ -165,15 +206,18 @@ def test_sharded_cohort_under_torchrun_equals_one_process_and_resumes(tmp_path):
     assert C.read_progress(two)["state"] == "done" and C.read_progress(two)["done"] == 6
     assert _slice_key(two) == _slice_key(one) and len(_slice_key(one)) == 2 * 3 * 24
     # in the same order too: rank 0 merges in the canonical order
-    assert [(x["set"], x["case"], x["slice"]) for x in C.load_run(two).slices] == \
-        [(x["set"], x["case"], x["slice"]) for x in C.load_run(one).slices]
+    assert [(x["set"], x["case"], x["slice"]) for x in C.load_run(two).slices] == [
+        (x["set"], x["case"], x["slice"]) for x in C.load_run(one).slices
+    ]
     for c in cases[:3]:
         for s in sets:
             a, _ = C.read_masks(one, "ovary_unet", s, c.case_id)
             b, _ = C.read_masks(two, "ovary_unet", s, c.case_id)
             assert (a == b).all()
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
-    assert json.dumps(strip(C.load_run(two).cases[:]), default=str) == json.dumps(strip(C.load_run(one).cases[:]), default=str)
+    assert json.dumps(strip(C.load_run(two).cases[:]), default=str) == json.dumps(
+        strip(C.load_run(one).cases[:]), default=str
+    )
     # every column the cohort writes is declared (none falls back to a string by default)
     assert S.undeclared(pq.read_schema(two / "slices.parquet").names) == []
     assert S.undeclared(pq.read_schema(two / "cases.parquet").names) == []

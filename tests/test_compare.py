@@ -1,4 +1,5 @@
 """Issue 18 item 1 (library): two results side by side, with hand-counted numbers."""
+
 from __future__ import annotations
 
 import math
@@ -12,10 +13,10 @@ from medseg_core import compare as K
 def _ab():
     a = np.zeros((3, 10, 10), np.uint8)
     b = np.zeros_like(a)
-    a[0, 0:4, 0:4] = 1      # 16 px
-    b[0, 0:4, 0:2] = 1      # 8 px, inside a
-    a[1, 5:7, 5:7] = 1      # 4 px, b empty on slice 1
-    return a, b             # slice 2: both empty
+    a[0, 0:4, 0:4] = 1  # 16 px
+    b[0, 0:4, 0:2] = 1  # 8 px, inside a
+    a[1, 5:7, 5:7] = 1  # 4 px, b empty on slice 1
+    return a, b  # slice 2: both empty
 
 
 def test_disagreement_map_codes():
@@ -40,7 +41,10 @@ def test_per_slice_curve_and_the_slices_to_look_at_first():
 def test_comparison_table_against_reference_and_each_other():
     a, b = _ab()
     rows = K.comparison_table(a, b, (1.0, 1.0, 1.0), ref=a, name_a="U-Net", name_b="Attention U-Net")
-    assert [r["Comparison"] for r in rows] == ["U-Net vs reference", "Attention U-Net vs reference",
-                                               "U-Net vs Attention U-Net"]
+    assert [r["Comparison"] for r in rows] == [
+        "U-Net vs reference",
+        "Attention U-Net vs reference",
+        "U-Net vs Attention U-Net",
+    ]
     assert rows[0]["Dice"] == 1.0 and rows[1]["Dice"] == pytest.approx(2 * 8 / 28)
     assert rows[2]["Volume of the first (mL)"] == pytest.approx(20 / 1000)

@@ -1,5 +1,6 @@
 """Issue 18 item 1: the Compare page on the bundled pelvic case (one model without and with two-pass
 side masking): the disagreement it reports is the voxel count of the two cached results."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Correcting a mask (issue 18 item 2, corrections of item 3): medseg_core.correct, with hand-computed numbers."""
+
 import math
 import re
 import sqlite3
@@ -78,7 +79,7 @@ def test_canvas_clicks_land_on_the_marked_voxel_in_every_plane(plane):
     ring = np.zeros(SHAPE, np.uint8)
     sl = display_slice(ring, plane, index)
     rr, rc = np.argwhere(display_slice(marker, plane, index))[0]
-    sl[rr - 1:rr + 2, rc - 1:rc + 2] = 1
+    sl[rr - 1 : rr + 2, rc - 1 : rc + 2] = 1
     sl[rr, rc] = 0
     assert ring[target] == 0 and ring.sum() == 8
     for r, cc in zip(rows, cols):
@@ -100,9 +101,21 @@ def test_fabric_path_and_point_objects_give_canvas_coordinates():
     the click."""
     path = [["M", 10.0, 20.0], ["Q", 10.0, 20.0, 20.0, 20.0], ["L", 40.0, 20.0]]
     sw = 6
-    obj = {"type": "Path", "path": path, "left": 10.0 - sw / 2, "top": 20.0 - sw / 2, "width": 30.0, "height": 0.0,
-           "originX": "left", "originY": "top", "strokeWidth": sw, "stroke": "#ff0000", "scaleX": 1, "scaleY": 1,
-           "angle": 0}
+    obj = {
+        "type": "Path",
+        "path": path,
+        "left": 10.0 - sw / 2,
+        "top": 20.0 - sw / 2,
+        "width": 30.0,
+        "height": 0.0,
+        "originX": "left",
+        "originY": "top",
+        "strokeWidth": sw,
+        "stroke": "#ff0000",
+        "scaleX": 1,
+        "scaleY": 1,
+        "angle": 0,
+    }
     pts = K.path_points(obj)
     assert pts[0] == pytest.approx([10, 20]) and pts[-1] == pytest.approx([40, 20])
     assert np.allclose(pts[:, 1], 20)
@@ -111,8 +124,16 @@ def test_fabric_path_and_point_objects_give_canvas_coordinates():
     centred = dict(obj, originX="center", originY="center", left=25.0, top=20.0)  # fabric 7's default origin
     assert np.allclose(K.path_points(centred), pts)
     r = 3
-    circle = {"type": "Circle", "left": 50 - (r + sw / 2), "top": 60, "radius": r, "originX": "left",
-              "originY": "center", "strokeWidth": sw, "stroke": "#fff"}
+    circle = {
+        "type": "Circle",
+        "left": 50 - (r + sw / 2),
+        "top": 60,
+        "radius": r,
+        "originX": "left",
+        "originY": "center",
+        "strokeWidth": sw,
+        "stroke": "#fff",
+    }
     assert K.circle_centre(circle) == pytest.approx((50, 60))
     marks = K.canvas_marks({"objects": [obj, circle, {"type": "Rect"}]})
     assert [m.kind for m in marks] == ["stroke", "click"]
@@ -220,10 +241,12 @@ def test_old_database_gains_the_correction_action_and_stays_append_only(tmp_path
 
     path = tmp_path / "old.db"
     con = sqlite3.connect(path)
-    con.execute("CREATE TABLE audit (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, time_utc DATETIME NOT NULL, "
-                "user VARCHAR(256) NOT NULL, email VARCHAR(320), action VARCHAR(32) NOT NULL, case_key VARCHAR(128), "
-                "model VARCHAR(256), detail TEXT, CONSTRAINT ck_audit_action CHECK (action IN ('open_case', "
-                "'run_model', 'export', 'verdict', 'sign_in', 'refused')))")
+    con.execute(
+        "CREATE TABLE audit (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, time_utc DATETIME NOT NULL, "
+        "user VARCHAR(256) NOT NULL, email VARCHAR(320), action VARCHAR(32) NOT NULL, case_key VARCHAR(128), "
+        "model VARCHAR(256), detail TEXT, CONSTRAINT ck_audit_action CHECK (action IN ('open_case', "
+        "'run_model', 'export', 'verdict', 'sign_in', 'refused')))"
+    )
     con.execute("CREATE INDEX ix_audit_time_utc ON audit (time_utc)")
     con.execute("INSERT INTO audit (time_utc, user, action) VALUES ('2024-01-01 00:00:00', 'old', 'export')")
     con.commit()
@@ -269,8 +292,15 @@ def test_cohort_scores_against_the_latest_correction(tmp_path, monkeypatch):
     c = K.Correction("colleague", {"ovary": ref}, vol0.spacing)
     c.masks["ovary"][:] = corrected
     K.save_correction(c, vol0, case_key(vol0), "Dr. Ref", store=Store())
-    run = C.run_cohort(cases, [], {"orig": {}}, tmp_path / "coh", predictions={"colleague": preds},
-                       references="corrected", dataset={"adapter": "ut_endomri_d2", "root": str(data)})
+    run = C.run_cohort(
+        cases,
+        [],
+        {"orig": {}},
+        tmp_path / "coh",
+        predictions={"colleague": preds},
+        references="corrected",
+        dataset={"adapter": "ut_endomri_d2", "root": str(data)},
+    )
     r = C.load_run(run)
     got = {x["case"]: x["dice"] for x in r.cases}
     assert got[cases[0].case_id] == pytest.approx(M.dice(ref, corrected)) and got[cases[0].case_id] < 1
@@ -301,7 +331,7 @@ def test_apptest_correct_fill_save_becomes_the_reviewed_result(tmp_path, monkeyp
     pred = (gt > 0).astype(np.uint8)
     ys, xs = np.nonzero(pred[z])
     cy, cx = int(ys.mean()), int(xs.mean())
-    assert pred[z, cy - 1:cy + 2, cx - 1:cx + 2].all()
+    assert pred[z, cy - 1 : cy + 2, cx - 1 : cx + 2].all()
     pred[z, cy, cx] = 0
     at.session_state["external_predictions"] = {"colleague": prediction_from_masks("colleague", {"ovary": pred}, vol)}
     at.switch_page("pages/segment.py").run()
@@ -340,9 +370,11 @@ def test_apptest_correct_fill_save_becomes_the_reviewed_result(tmp_path, monkeyp
 def _settled(page):
     """Wait until the script run is over (no stale element of the previous run, no running spinner)."""
     page.wait_for_timeout(300)
-    page.wait_for_function("() => document.querySelectorAll('[data-stale=\"true\"]').length === 0"
-                           " && !document.querySelector('[data-testid=stStatusWidget] [data-testid=stSpinner]')",
-                           timeout=60_000)
+    page.wait_for_function(
+        "() => document.querySelectorAll('[data-stale=\"true\"]').length === 0"
+        " && !document.querySelector('[data-testid=stStatusWidget] [data-testid=stSpinner]')",
+        timeout=60_000,
+    )
     page.wait_for_timeout(300)
 
 

@@ -1,4 +1,5 @@
 """Synthetic phantoms, dataset adapters in their published layouts, samples, splits."""
+
 from __future__ import annotations
 
 import json
@@ -103,8 +104,8 @@ def test_ultrasound_clinical_relation_follows_report_001():
         key = (c.meta["clinical"]["menopausal"], c.meta["clinical"]["oncology_center"])
         counts.setdefault(key, []).append(c.meta["malignant"])
     rate = {k: np.mean(v) for k, v in counts.items()}
-    assert rate[(1, 0)] > rate[(0, 0)] + 0.15          # non-oncology: menopause matters
-    assert abs(rate[(1, 1)] - rate[(0, 1)]) < 0.15      # oncology centre: roughly independent
+    assert rate[(1, 0)] > rate[(0, 0)] + 0.15  # non-oncology: menopause matters
+    assert abs(rate[(1, 1)] - rate[(0, 1)]) < 0.15  # oncology centre: roughly independent
     assert syn.malignancy_probability(1, 0) > syn.malignancy_probability(0, 0)
 
 
@@ -217,7 +218,12 @@ def test_d2_raovseg_rule(tmp_path):
         for e in extra:
             _nii(b / sid / f"{sid}{e}.nii.gz")
     assert [c.case_id for c in ds.ut_endomri_d2(tmp_path)] == ["D2-000", "D2-004"]
-    assert [c.case_id for c in ds.ut_endomri_d2(tmp_path, apply_raovseg_rule=False)] == ["D2-000", "D2-001", "D2-002", "D2-004"]
+    assert [c.case_id for c in ds.ut_endomri_d2(tmp_path, apply_raovseg_rule=False)] == [
+        "D2-000",
+        "D2-001",
+        "D2-002",
+        "D2-004",
+    ]
     assert "uterus" in ds.ut_endomri_d2(tmp_path)[1].masks
 
 
@@ -242,7 +248,9 @@ def test_mmotu_layout(tmp_path):
     (tmp_path / "val_cls.txt").write_text("2.JPG 7\n")
     cases = ds.mmotu(tmp_path)
     assert [(c.extra["class_name"], c.extra["malignant"], c.extra["split"]) for c in cases] == [
-        ("chocolate cyst", 0, "train"), ("high-grade serous", 1, "val")]
+        ("chocolate cyst", 0, "train"),
+        ("high-grade serous", 1, "val"),
+    ]
     _, masks = cases[0].load()
     assert masks["lesion"].sum() == 9
     assert len(ds.mmotu(tmp_path, split="val")) == 1

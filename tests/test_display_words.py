@@ -6,6 +6,7 @@
 * the uncertainty colour bar: one perceptually uniform sequential map for the pixels and the bar,
   with its unit.
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,8 +21,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Machine names and Python reprs that must never reach the screen.
-FORBIDDEN = ("_mm", "_ml", "mutual_information", "two_pass", "mc_dropout", "dice_star", "side_swap", "double_ovary",
-             "dice_orig", "{'", "': '", "raovseg_sharp", "ct_window", "gate_model", "postprocess ")
+FORBIDDEN = (
+    "_mm",
+    "_ml",
+    "mutual_information",
+    "two_pass",
+    "mc_dropout",
+    "dice_star",
+    "side_swap",
+    "double_ovary",
+    "dice_orig",
+    "{'",
+    "': '",
+    "raovseg_sharp",
+    "ct_window",
+    "gate_model",
+    "postprocess ",
+)
 
 
 # ----------------------------------------------------------------------------- the mapping
@@ -36,16 +52,42 @@ def test_display_names_for_people():
     assert display_name("two_pass", "set") == set_name("two_pass") == "Two-pass"
     assert set_name("orig") == "Original (no side masking)"
     # an option set the module does not know keeps its author's name, its options in words (no dict repr)
-    assert set_name("mine", {"side_masking": "two_pass", "postprocessing": ["largest_2d"]}) == \
-        "mine (side masking two-pass; post-processing largest_2d)"
+    assert (
+        set_name("mine", {"side_masking": "two_pass", "postprocessing": ["largest_2d"]})
+        == "mine (side masking two-pass; post-processing largest_2d)"
+    )
     # names not in the table: underscores go, a unit spelled in the suffix is kept
     assert display_name("some_new_depth_mm") == "Some new depth (mm)"
     assert describe("hd95_mm", 3.214) == "HD95 3.21 mm"
     assert describe("hd95_mm", float("nan")) == "HD95 n/a"
-    rows = display_rows([{"model": "m", "set": "two_pass", "case": "c1", "slice": 4, "dice": 0.5, "hd95_mm": 2.0,
-                          "primary": "side_swap", "tags": ["side_swap", "double_ovary"], "ref_present": True}])
-    assert rows == [{"Model": "m", "Option set": "Two-pass", "Case": "c1", "Slice": 5, "Dice": 0.5, "HD95 (mm)": 2.0,
-                     "Main finding": "Side swap", "Findings": "Side swap, Double ovary", "Reference present": "yes"}]
+    rows = display_rows(
+        [
+            {
+                "model": "m",
+                "set": "two_pass",
+                "case": "c1",
+                "slice": 4,
+                "dice": 0.5,
+                "hd95_mm": 2.0,
+                "primary": "side_swap",
+                "tags": ["side_swap", "double_ovary"],
+                "ref_present": True,
+            }
+        ]
+    )
+    assert rows == [
+        {
+            "Model": "m",
+            "Option set": "Two-pass",
+            "Case": "c1",
+            "Slice": 5,
+            "Dice": 0.5,
+            "HD95 (mm)": 2.0,
+            "Main finding": "Side swap",
+            "Findings": "Side swap, Double ovary",
+            "Reference present": "yes",
+        }
+    ]
 
 
 def test_review_metrics_keep_machine_keys_for_csv_and_show_words():
@@ -77,8 +119,9 @@ def test_csv_files_carry_a_one_based_slice_number_beside_the_index(tmp_path):
     from medseg_core import cohort as C
     from medseg_core.tables import write_csv
 
-    write_csv(tmp_path / "new.csv", [{"case": "a", "slice": np.int64(0), "dice": 1.0},
-                                     {"case": "a", "slice": 7, "dice": 0.5}])
+    write_csv(
+        tmp_path / "new.csv", [{"case": "a", "slice": np.int64(0), "dice": 1.0}, {"case": "a", "slice": 7, "dice": 0.5}]
+    )
     with open(tmp_path / "new.csv", newline="") as fh:
         raw = list(csv.DictReader(fh))
     assert list(raw[0])[:3] == ["case", "slice", "slice_number"]
@@ -207,7 +250,9 @@ def test_segment_and_uncertainty_pages_speak_words_and_count_slices_from_one():
         _assert_words(texts, f"uncertainty ({what})")
         fig = json.loads([e for e in at if getattr(e, "type", "") == "plotly_chart"][0].proto.spec)
         bar = [t for t in fig["data"] if t.get("marker", {}).get("showscale")][0]
-        unit = {"entropy": "nats", "mutual_information": "nats", "mean": "probability", "variance": "probability²"}[what]
+        unit = {"entropy": "nats", "mutual_information": "nats", "mean": "probability", "variance": "probability²"}[
+            what
+        ]
         assert bar["marker"]["colorbar"]["title"]["text"] == unit
     assert "Mutual information (nats)" in at.radio(key="unc_map").options
     # the ranking, the title and the chart count slices from 1
@@ -223,7 +268,9 @@ def test_segment_and_uncertainty_pages_speak_words_and_count_slices_from_one():
     # the per-slice CSV offered beside it: slice (0-based) and slice_number (1-based, as shown)
     from medseg_core.tables import csv_text
 
-    rows = list(csv.DictReader(io.StringIO(csv_text([{"slice": i, "uncertainty_nats": s} for i, s in enumerate(scores)]))))
+    rows = list(
+        csv.DictReader(io.StringIO(csv_text([{"slice": i, "uncertainty_nats": s} for i, s in enumerate(scores)])))
+    )
     top = max(rows, key=lambda r: float(r["uncertainty_nats"]))
     assert int(top["slice_number"]) == first == int(top["slice"]) + 1
 
@@ -250,8 +297,10 @@ def test_gallery_speaks_words_and_counts_slices_from_one(pelvic_cohort, monkeypa
     assert all(int(r["slice_number"]) == int(r["slice"]) + 1 for r in raw)
     # the first thumbnail's caption shows the row's slice_number
     run = C.load_run(pelvic_cohort)
-    rows = C.sort_slices(C.filter_slices(run.slices, list(at.multiselect(key="gal_tags").value), None, list(C.SIDE_SETS)),
-                         "Dice (worst first)")
+    rows = C.sort_slices(
+        C.filter_slices(run.slices, list(at.multiselect(key="gal_tags").value), None, list(C.SIDE_SETS)),
+        "Dice (worst first)",
+    )
     caption = C.caption(rows[0])
     assert caption in texts  # the first thumbnail's
     assert f"{rows[0]['case']} · slice {rows[0]['slice'] + 1} ·" in caption

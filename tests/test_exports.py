@@ -1,5 +1,6 @@
 """Exports (NIfTI, PNG, CSV, DICOM SEG): correct geometry and no patient data, from a DICOM source
 that carries a patient name, ID, birth date, institution and accession number."""
+
 from __future__ import annotations
 
 import io
@@ -112,8 +113,9 @@ def test_app_shows_no_phi_and_offers_dicom_seg(dicom_case):
     for k in range(arr.shape[0]):
         # LPS rows/cols: flip both in-plane axes of the RAS array
         px = np.clip(arr[k, ::-1, ::-1] + 1024, 0, 4000).astype(np.uint16)
-        members[f"IM{k:04d}.dcm"] = dicom_slice(px, (0.0, 0.0, 3.0 * k), spacing=c.volume.spacing[1:], intercept=-1024,
-                                                 instance=k + 1, thickness=3.0)
+        members[f"IM{k:04d}.dcm"] = dicom_slice(
+            px, (0.0, 0.0, 3.0 * k), spacing=c.volume.spacing[1:], intercept=-1024, instance=k + 1, thickness=3.0
+        )
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()
     at.switch_page("pages/load_case.py").run()
     at.file_uploader(key="upload").set_value(("study.zip", zip_bytes(members), "application/zip")).run()
@@ -122,8 +124,20 @@ def test_app_shows_no_phi_and_offers_dicom_seg(dicom_case):
     texts = []
 
     def collect():
-        for kind in ("markdown", "caption", "text", "warning", "error", "info", "title", "subheader", "metric",
-                     "selectbox", "table", "dataframe"):
+        for kind in (
+            "markdown",
+            "caption",
+            "text",
+            "warning",
+            "error",
+            "info",
+            "title",
+            "subheader",
+            "metric",
+            "selectbox",
+            "table",
+            "dataframe",
+        ):
             for el in getattr(at, kind, []):
                 texts.append(str(getattr(el, "value", "")) + str(getattr(el, "label", "")))
         for el in at.sidebar:

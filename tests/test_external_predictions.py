@@ -1,6 +1,7 @@
 """Reviewing predictions made elsewhere (nnU-Net, TotalSegmentator, MONAI Label, a colleague): label maps,
 DICOM SEG and RT Structure Sets become per-label masks on the image's grid, and the app reviews them
 as a model's output (TP / FP / FN colouring, metrics)."""
+
 from __future__ import annotations
 
 import base64
@@ -26,8 +27,9 @@ from medseg_core.io import InputError, list_series, load_label_masks, load_volum
 from medseg_core.io.segmentation import file_stem, unique_name, union_mask
 
 ROOT = Path(__file__).resolve().parents[1]
-SEG_SENTENCE = ("This file is a DICOM Segmentation ({}); upload it as a mask (reference or prediction) for the image it "
-                "belongs to.")
+SEG_SENTENCE = (
+    "This file is a DICOM Segmentation ({}); upload it as a mask (reference or prediction) for the image it belongs to."
+)
 
 
 # ---------------------------------------------------------------------------- fixtures and builders
@@ -112,16 +114,32 @@ def _seg_in_source_layout(series, mask_kji: np.ndarray, labels=("liver",), kind=
         for k in ("PatientSex", "StudyDate", "StudyTime", "StudyID"):
             setattr(s, k, "")
     algo = hd.AlgorithmIdentificationSequence(name="nnU-Net", version="2", family=codes.cid7162.ArtificialIntelligence)
-    descs = [hd.seg.SegmentDescription(
-        segment_number=i, segment_label=label, segmented_property_category=codes.SCT.Organ,
-        segmented_property_type=codes.SCT.Liver, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algo) for i, label in enumerate(labels, start=1)]
+    descs = [
+        hd.seg.SegmentDescription(
+            segment_number=i,
+            segment_label=label,
+            segmented_property_category=codes.SCT.Organ,
+            segmented_property_type=codes.SCT.Liver,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algo,
+        )
+        for i, label in enumerate(labels, start=1)
+    ]
     seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=np.ascontiguousarray(mask_kji),
-        segmentation_type=getattr(hd.seg.SegmentationTypeValues, kind), segment_descriptions=descs,
-        series_instance_uid=hd.UID(), series_number=5, sop_instance_uid=hd.UID(), instance_number=1,
-        manufacturer="elsewhere", manufacturer_model_name="nnU-Net", software_versions="2", device_serial_number="1",
-        **({"max_fractional_value": 255} if kind == "FRACTIONAL" else {}))
+        source_images=sources,
+        pixel_array=np.ascontiguousarray(mask_kji),
+        segmentation_type=getattr(hd.seg.SegmentationTypeValues, kind),
+        segment_descriptions=descs,
+        series_instance_uid=hd.UID(),
+        series_number=5,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="elsewhere",
+        manufacturer_model_name="nnU-Net",
+        software_versions="2",
+        device_serial_number="1",
+        **({"max_fractional_value": 255} if kind == "FRACTIONAL" else {}),
+    )
     buf = io.BytesIO()
     seg.save_as(buf)
     return buf.getvalue()
@@ -133,9 +151,9 @@ def test_nifti_multilabel_map_becomes_one_mask_per_label(nibabel_files):
     img = nib.load(nibabel_files / "anatomical.nii")
     image = load_volume(nibabel_files / "anatomical.nii")
     xyz = np.zeros(img.shape, np.uint8)  # the file's (x, y, z) voxel order, x towards the patient's left
-    xyz[2:6, 10:20, 3:9] = 1        # 4 * 10 * 6 = 240 voxels
-    xyz[20:30, 5:8, 10:12] = 2      # 10 * 3 * 2 = 60
-    xyz[0, 0, 0] = 5                # 1
+    xyz[2:6, 10:20, 3:9] = 1  # 4 * 10 * 6 = 240 voxels
+    xyz[20:30, 5:8, 10:12] = 2  # 10 * 3 * 2 = 60
+    xyz[0, 0, 0] = 5  # 1
     masks = load_label_masks(_nii(xyz, img.affine), like=image, filename="totalseg.nii.gz", names={2: "liver"})
     assert list(masks) == ["label_1", "liver", "label_5"]
     assert {k: int(m.sum()) for k, m in masks.items()} == {"label_1": 240, "liver": 60, "label_5": 1}
@@ -167,8 +185,9 @@ def test_mask_on_another_grid_is_refused(nibabel_files):
     other = nib.load(nibabel_files / "resampled_anat_moved.nii")
     with pytest.raises(InputError) as e:
         load_label_masks(_nii(np.ones(other.shape, np.uint8), other.affine), like=image, filename="other.nii.gz")
-    assert str(e.value) == ("The mask is 3 x 21 x 17 voxels but the image is 25 x 41 x 33; upload the mask that belongs "
-                            "to this image.")
+    assert str(e.value) == (
+        "The mask is 3 x 21 x 17 voxels but the image is 25 x 41 x 33; upload the mask that belongs to this image."
+    )
     assert_readable(str(e.value))
     # the same size, moved by 6 mm
     moved = img.affine.copy()
@@ -221,7 +240,10 @@ def test_dicom_seg_variants(series, dvol, kind):
         p = np.zeros(dvol.shape, np.float32)
         p[2, 5:11, 5:11] = 0.3
         p[2, 6:9, 6:10] = 0.8
-        blob, expected = _seg_in_source_layout(series, p[flip], ("p",), "FRACTIONAL"), {"p": (p >= 0.5).astype(np.uint8)}
+        blob, expected = (
+            _seg_in_source_layout(series, p[flip], ("p",), "FRACTIONAL"),
+            {"p": (p >= 0.5).astype(np.uint8)},
+        )
         assert int(expected["p"].sum()) == 12
     else:  # one label map, segment numbers as values (Label Map Segmentation Storage)
         lm = a + 2 * b * (1 - a)
@@ -248,8 +270,11 @@ def test_dicom_seg_of_another_image_is_refused(dvol):
         load_label_masks(blob, like=other_frame, filename="seg.dcm")
     assert "belongs to another image" in str(e.value)
     assert_readable(str(e.value))
-    shifted = load_volume(axial_series(rng.integers(0, 99, (7, 24, 20)).astype(np.uint16), series_uid="1.2.3.4.79",
-                                       origin=(-100.0, -120.0, 31.2)))  # half a slice higher
+    shifted = load_volume(
+        axial_series(
+            rng.integers(0, 99, (7, 24, 20)).astype(np.uint16), series_uid="1.2.3.4.79", origin=(-100.0, -120.0, 31.2)
+        )
+    )  # half a slice higher
     with pytest.raises(InputError) as e:
         load_label_masks(blob, like=shifted, filename="seg.dcm")
     assert "lies on another grid" in str(e.value)
@@ -347,7 +372,9 @@ def test_apptest_upload_prediction_then_review_it_with_metrics():
     vol, gt = at.session_state["volume"], at.session_state["gt_mask"]
     pred = _shifted(gt)
     at.switch_page("pages/load_case.py").run()
-    at.file_uploader(key="pred_upload").set_value(("colleague.nii.gz", mask_nifti_bytes(pred, vol), "application/gzip")).run()
+    at.file_uploader(key="pred_upload").set_value(
+        ("colleague.nii.gz", mask_nifti_bytes(pred, vol), "application/gzip")
+    ).run()
     assert not at.exception and not at.error
     name = at.text_input(key=[t.key for t in at.text_input if t.key.startswith("pred_name_")][0])
     assert name.value == "colleague"  # the file stem
@@ -391,7 +418,9 @@ def test_apptest_seg_and_rtstruct_uploads_in_memory(series, watched_disk):
     tmp, work = watched_disk
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()
     at.switch_page("pages/load_case.py").run()
-    at.file_uploader(key="upload").set_value([(f"IM{i}.dcm", b, "application/dicom") for i, b in enumerate(series)]).run()
+    at.file_uploader(key="upload").set_value(
+        [(f"IM{i}.dcm", b, "application/dicom") for i, b in enumerate(series)]
+    ).run()
     vol = at.session_state["volume"]
     assert vol.meta["format"] == "DICOM" and at.session_state["gt_mask"] is None
     a, b = _two_labels(vol.shape)
@@ -405,8 +434,11 @@ def test_apptest_seg_and_rtstruct_uploads_in_memory(series, watched_disk):
     assert np.array_equal(at.session_state["gt_mask"], a)
 
     at.file_uploader(key="pred_upload").set_value(
-        [("plan_rtstruct.dcm", _rtstruct([_square(2), _square(3)]), "application/dicom"),
-         ("wrong.dcm", _rtstruct([_square(2)], frame_uid="9.9.9"), "application/dicom")]).run()
+        [
+            ("plan_rtstruct.dcm", _rtstruct([_square(2), _square(3)]), "application/dicom"),
+            ("wrong.dcm", _rtstruct([_square(2)], frame_uid="9.9.9"), "application/dicom"),
+        ]
+    ).run()
     assert any("wrong.dcm: The RT Structure Set was drawn on another image" in e.value for e in at.error)
     at.button(key="add_predictions").click().run()
     ext = at.session_state["external_predictions"]
@@ -426,16 +458,21 @@ def _colour_counts(href: str) -> dict:
     png = base64.b64decode(href.split(",", 1)[1])
     rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    return {"green": int(((g > r + 40) & (g > b + 40)).sum()), "red": int(((r > g + 40) & (r > b + 40)).sum()),
-            "blue": int(((b > r + 40) & (b > g + 40)).sum())}
+    return {
+        "green": int(((g > r + 40) & (g > b + 40)).sum()),
+        "red": int(((r > g + 40) & (r > b + 40)).sum()),
+        "blue": int(((b > r + 40) & (b > g + 40)).sum()),
+    }
 
 
 def _settled(page):
     """Wait until the script run is over: no element left over from the previous run (Streamlit greys those)."""
     page.wait_for_timeout(300)
-    page.wait_for_function("() => document.querySelectorAll('[data-stale=\"true\"]').length === 0"
-                           " && !document.querySelector('[data-testid=stStatusWidget] [data-testid=stSpinner]')",
-                           timeout=60_000)
+    page.wait_for_function(
+        "() => document.querySelectorAll('[data-stale=\"true\"]').length === 0"
+        " && !document.querySelector('[data-testid=stStatusWidget] [data-testid=stSpinner]')",
+        timeout=60_000,
+    )
     page.wait_for_timeout(300)
 
 
@@ -503,13 +540,15 @@ def test_browser_upload_prediction_and_review_it(tmp_path):
         _open_load_case(page, url)
         page.get_by_role("tab", name="Upload").click()
         sample_dir = ROOT / "medseg_core" / "sample_data"
-        page.locator("[data-testid=stFileUploader]").filter(has_text="Image file(s)").locator("input[type=file]") \
-            .set_input_files(str(sample_dir / "abdomen_ct.nii.gz"))
+        page.locator("[data-testid=stFileUploader]").filter(has_text="Image file(s)").locator(
+            "input[type=file]"
+        ).set_input_files(str(sample_dir / "abdomen_ct.nii.gz"))
         sidebar = page.locator("[data-testid=stSidebar]")
         sidebar.get_by_text("abdomen_ct.nii.gz").wait_for(timeout=90_000)
         sidebar.get_by_text("No reference mask").wait_for(timeout=30_000)
-        page.locator("[data-testid=stFileUploader]").filter(has_text="Reference mask").locator("input[type=file]") \
-            .set_input_files(str(sample_dir / "abdomen_ct_spleen.nii.gz"))
+        page.locator("[data-testid=stFileUploader]").filter(has_text="Reference mask").locator(
+            "input[type=file]"
+        ).set_input_files(str(sample_dir / "abdomen_ct_spleen.nii.gz"))
         sidebar.get_by_text("Reference mask loaded").wait_for(timeout=60_000)
         _settled(page)
         assert page.locator("[data-testid=stException]").count() == 0

@@ -1,4 +1,5 @@
 """The failure gallery page: headless (AppTest) and in Chromium, on a real cohort run."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """predict(), uncertainty and checkpoint loading."""
+
 from __future__ import annotations
 
 import gzip
@@ -42,8 +43,16 @@ TINY = {  # name -> (overrides, model input size, volume shape, spacing, modalit
     "gi_unetpp_effb3": ({}, (64, 64), (2, 70, 70), (1.0, 1.5, 1.5), "MR"),
     "prostate_microus": ({}, (64, 64), (2, 50, 50), (1.0, 0.03, 0.03), "US"),
     "prostate_transunet": ({}, (64, 64), (2, 50, 50), (1.0, 0.03, 0.03), "US"),
-    **{f"gi_scratch_{v}": ({}, (64, 64) if v in ("simple", "bn_dropout") else (128, 128), (2, 70, 70),
-                           (1.0, 1.5, 1.5), "MR") for v in ("simple", "bn_dropout", "residual", "final")},
+    **{
+        f"gi_scratch_{v}": (
+            {},
+            (64, 64) if v in ("simple", "bn_dropout") else (128, 128),
+            (2, 70, 70),
+            (1.0, 1.5, 1.5),
+            "MR",
+        )
+        for v in ("simple", "bn_dropout", "residual", "final")
+    },
 }
 CLIN = PredictOptions(menopausal=1, oncology_center=0)
 
@@ -100,11 +109,14 @@ def nifti_volume(data_xyz, affine):
     return load_volume(gzip.compress(nib.Nifti1Image(data_xyz, affine).to_bytes()), filename="case.nii.gz")
 
 
-@pytest.mark.parametrize("affine", [
-    np.diag([0.7, 0.9, 5.0, 1.0]),                                   # anisotropic RAS
-    np.array([[-0.7, 0, 0, 20], [0, 0.9, 0, -3], [0, 0, -5, 7], [0, 0, 0, 1.0]]),   # flipped x and z
-    np.array([[0, 0.8, 0, 0], [-1.1, 0, 0, 0], [0, 0, 4, 0], [0, 0, 0, 1.0]]),     # axes permuted
-])
+@pytest.mark.parametrize(
+    "affine",
+    [
+        np.diag([0.7, 0.9, 5.0, 1.0]),  # anisotropic RAS
+        np.array([[-0.7, 0, 0, 20], [0, 0.9, 0, -3], [0, 0, -5, 7], [0, 0, 0, 1.0]]),  # flipped x and z
+        np.array([[0, 0.8, 0, 0], [-1.1, 0, 0, 0], [0, 0, 4, 0], [0, 0, 0, 1.0]]),  # axes permuted
+    ],
+)
 def test_2d_prediction_aligns_with_input(affine):
     data = np.zeros((45, 38, 6), np.float32)
     data[10:22, 5:30, 1:4] = 100.0  # bright block, off-centre

@@ -1,4 +1,5 @@
 """medseg_core.io: formats, orientation, DICOM geometry, masks, errors, patient data."""
+
 from __future__ import annotations
 
 import gzip
@@ -14,8 +15,19 @@ from PIL import Image
 
 from conftest import ROOT, assert_readable
 from dicom_factory import PATIENT_ID, PATIENT_NAME, axial_series, dicom_slice, zip_bytes
-from medseg_core.io import (InputError, Limits, Volume, display_aspect, display_slice, display_to_index,
-                            list_series, load_mask, load_volume, mask_nifti_bytes, save_mask_nifti)
+from medseg_core.io import (
+    InputError,
+    Limits,
+    Volume,
+    display_aspect,
+    display_slice,
+    display_to_index,
+    list_series,
+    load_mask,
+    load_volume,
+    mask_nifti_bytes,
+    save_mask_nifti,
+)
 
 
 def nifti(arr_xyz, affine, gz=True) -> bytes:
@@ -72,9 +84,9 @@ def test_same_anatomy_two_affines_same_canonical_array():
     aff2 = np.zeros((4, 4))
     aff2[3, 3] = 1
     # stored[j', i', k'] = data[nx-1-i', ny-1-j', nz-1-k']  -> world x of i' decreases, etc.
-    aff2[:3, 1] = [-0.7, 0, 0]   # second stored axis runs along -x
-    aff2[:3, 0] = [0, -0.8, 0]   # first stored axis along -y
-    aff2[:3, 2] = [0, 0, -3.0]   # third along -z
+    aff2[:3, 1] = [-0.7, 0, 0]  # second stored axis runs along -x
+    aff2[:3, 0] = [0, -0.8, 0]  # first stored axis along -y
+    aff2[:3, 2] = [0, 0, -3.0]  # third along -z
     aff2[:3, 3] = aff_ras[:3, 3] + np.array([0.7 * (nx - 1), 0.8 * (ny - 1), 3.0 * (nz - 1)])
     b = load_volume(nifti(stored, aff2), filename="lpi.nii.gz")
     assert b.meta["source_orientation"] == "PLI"
@@ -212,8 +224,10 @@ def test_dicom_and_nifti_of_same_anatomy_agree():
 
 def test_rescale_slope_intercept_per_slice():
     vol = np.full((2, 4, 4), 100, np.uint16)
-    files = [dicom_slice(vol[0], (0, 0, 0), slope=2.0, intercept=-1000.0, instance=1),
-             dicom_slice(vol[1], (0, 0, 2.5), slope=0.5, intercept=10.0, instance=2)]
+    files = [
+        dicom_slice(vol[0], (0, 0, 0), slope=2.0, intercept=-1000.0, instance=1),
+        dicom_slice(vol[1], (0, 0, 2.5), slope=0.5, intercept=10.0, instance=2),
+    ]
     v = load_volume(files)
     assert v.array[0].max() == pytest.approx(-800.0)
     assert v.array[1].max() == pytest.approx(60.0)
@@ -369,10 +383,10 @@ REAL_OK = [
     ("pydicom", "MR_small_jp2klossless.dcm", (1, 64, 64), (0.8, 0.3125, 0.3125)),
     ("pydicom", "MR_small_jpeg_ls_lossless.dcm", (1, 64, 64), (0.8, 0.3125, 0.3125)),
     ("pydicom", "JPGExtended.dcm", (1, 1024, 256), None),
-    ("pydicom", "examples_ybr_color.dcm", (30, 240, 320), None),   # RGB ultrasound cine, multi-frame
+    ("pydicom", "examples_ybr_color.dcm", (30, 240, 320), None),  # RGB ultrasound cine, multi-frame
     ("pydicom", "examples_palette.dcm", (1, 350, 800), None),
     ("pydicom", "SC_rgb_rle_2frame.dcm", (2, 100, 100), None),
-    ("pydicom", "rtdose.dcm", (15, 10, 10), (5.0, 10.0, 10.0)),   # multi-frame grid with frame offsets
+    ("pydicom", "rtdose.dcm", (15, 10, 10), (5.0, 10.0, 10.0)),  # multi-frame grid with frame offsets
     ("nibabel", "anatomical.nii", (25, 41, 33), (2.0, 2.0, 2.0)),
     ("nibabel", "example4d.nii.gz", (24, 96, 128), (2.2, 2.0, 2.0)),
     ("nibabel", "example_nifti2.nii.gz", (12, 20, 32), (2.2, 2.0, 2.0)),

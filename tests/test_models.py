@@ -1,4 +1,5 @@
 """Registry: every model builds and runs a forward pass on the CPU; contracts and sizes."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -51,7 +52,9 @@ def test_forward_pass_on_cpu(name):
         assert out.shape == (shape[0], 2, *shape[2:])
     else:
         assert out.shape == (shape[0], len(spec.labels), *shape[2:])
-    assert all(torch.isfinite(t).all() for t in (out.values() if isinstance(out, dict) else [out]) if torch.is_tensor(t))
+    assert all(
+        torch.isfinite(t).all() for t in (out.values() if isinstance(out, dict) else [out]) if torch.is_tensor(t)
+    )
 
 
 def test_spec_contract_fields():
@@ -107,8 +110,17 @@ def test_effb0_stage_shapes_match_methods():
         for blk in m.features:
             x = blk(x)
             shapes.append(tuple(x.shape[1:]))
-    assert shapes == [(32, 168, 272), (16, 168, 272), (24, 84, 136), (40, 42, 68), (80, 21, 34), (112, 21, 34),
-                      (192, 11, 17), (320, 11, 17), (1280, 11, 17)]
+    assert shapes == [
+        (32, 168, 272),
+        (16, 168, 272),
+        (24, 84, 136),
+        (40, 42, 68),
+        (80, 21, 34),
+        (112, 21, 34),
+        (192, 11, 17),
+        (320, 11, 17),
+        (1280, 11, 17),
+    ]
     assert m.cls_head.head[0].in_features == 1408
 
 

@@ -1,6 +1,7 @@
 """NIfTI bytes for the NiiVue viewer (medseg_core.niivue, issue 18 item 5): voxels land where the source
 file put them, window in cal_min/cal_max, exact label colours in the RGBA overlay, reduced grids keep
 world positions. Decoded with nibabel, independently of the encoder."""
+
 from __future__ import annotations
 
 import base64
@@ -72,8 +73,12 @@ def test_overlay_voxel_in_its_label_colour_at_the_same_world_point(tmp_path):
 
 
 def test_window_goes_into_cal_min_cal_max_and_types():
-    vol = Volume(np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4) * 10 - 100, (2.0, 1.0, 1.0), np.diag([1.0, 1, 2, 1]),
-                 modality="CT")
+    vol = Volume(
+        np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4) * 10 - 100,
+        (2.0, 1.0, 1.0),
+        np.diag([1.0, 1, 2, 1]),
+        modality="CT",
+    )
     img, data = _decode(NV.volume_nifti(vol, (400, 40)))
     assert (float(img.header["cal_min"]), float(img.header["cal_max"])) == (-160.0, 240.0)
     assert data.dtype == np.int16 and data[3, 2, 1] == vol.array[1, 2, 3]

@@ -6,6 +6,7 @@ patient's left: radiological convention), in the 3D render too, a repaint after 
 (pixels change, and the scrolled-to slice no longer shows the mask), and Segment & review's
 "Fast viewer (NiiVue)" toggle drawing the same mask.
 """
+
 from __future__ import annotations
 
 import numpy as np

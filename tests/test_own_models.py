@@ -1,6 +1,7 @@
 """Your own model, end to end (issue 16): a model trained with the project's own training command
 under its own name is evaluated, cohort-run and opened in the app by path, and runs exactly as its
 card says (here: RAovSeg preprocessing, which is not the registry default of its architecture)."""
+
 from __future__ import annotations
 
 import csv
@@ -27,9 +28,19 @@ def m3_run(tmp_path_factory):
     pelvic phantoms: the report's config, only smaller and shorter."""
     tmp = tmp_path_factory.mktemp("m3")
     data = tmp / "pelvic"
-    T.main(["--config", str(ROOT / "configs" / "reproduce" / "000_m3.yaml"),
-            f"data.root={data}", "data.synthetic={kind: pelvic, n: 4, seed: 3}", "train.epochs=1",
-            "train.max_steps_per_epoch=2", "overrides={base: 4}", "input_size=[32, 32]", f"out={tmp / 'runs' / '000_m3'}"])
+    T.main(
+        [
+            "--config",
+            str(ROOT / "configs" / "reproduce" / "000_m3.yaml"),
+            f"data.root={data}",
+            "data.synthetic={kind: pelvic, n: 4, seed: 3}",
+            "train.epochs=1",
+            "train.max_steps_per_epoch=2",
+            "overrides={base: 4}",
+            "input_size=[32, 32]",
+            f"out={tmp / 'runs' / '000_m3'}",
+        ]
+    )
     return tmp, data
 
 
@@ -81,14 +92,31 @@ def test_evaluate_and_cohort_by_path(m3_run):
     tmp, data = m3_run
     ck = str(tmp / "runs" / "000_m3" / "000_m3.safetensors")
     out = tmp / "eval"
-    summary = E.main(["--model", ck, "--data", str(data), "--adapter", "ut_endomri_d2", "--out", str(out),
-                      "--option", "postprocessing=largest_2d"])
+    summary = E.main(
+        [
+            "--model",
+            ck,
+            "--data",
+            str(data),
+            "--adapter",
+            "ut_endomri_d2",
+            "--out",
+            str(out),
+            "--option",
+            "postprocessing=largest_2d",
+        ]
+    )
     assert summary["model"] == "000_m3" and summary["n_cases"] == 4
     assert summary["options"]["postprocessing"] == ("largest_2d",)
     rows = list(csv.DictReader((out / "per_case.csv").open()))
     assert len(rows) == 4 and all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
-    run = C.run_cohort(D.ut_endomri_d2(data)[:2], [ck], {"orig": {}, "two_pass": {"side_masking": "two_pass"}},
-                       tmp / "cohort", dataset={"adapter": "ut_endomri_d2", "root": str(data)})
+    run = C.run_cohort(
+        D.ut_endomri_d2(data)[:2],
+        [ck],
+        {"orig": {}, "two_pass": {"side_masking": "two_pass"}},
+        tmp / "cohort",
+        dataset={"adapter": "ut_endomri_d2", "root": str(data)},
+    )
     meta = C.read_meta(run)
     assert meta["models"] == ["000_m3"] and meta["model_refs"]["000_m3"] == ck
     r = C.load_run(run)
@@ -114,8 +142,17 @@ def test_opened_in_the_app_by_path(m3_run, monkeypatch):
 
 
 def test_old_cards_migrate_and_unknown_schemas_are_refused():
-    old = {"name": "x", "model": "ovary_unet", "variant": "demo", "overrides": {"base": 8}, "input_size": [64, 64],
-           "preprocessing": "plain", "postprocessing": [], "labels": ["ovary"], "sha256": "0"}
+    old = {
+        "name": "x",
+        "model": "ovary_unet",
+        "variant": "demo",
+        "overrides": {"base": 8},
+        "input_size": [64, 64],
+        "preprocessing": "plain",
+        "postprocessing": [],
+        "labels": ["ovary"],
+        "sha256": "0",
+    }
     card = migrate(old)
     assert card["schema"] == SCHEMA and card["recipe"]["architecture"]["kwargs"]["base"] == 8
     assert card["recipe"]["input_size"] == [64, 64] and card["migrated_from"] == "medseg-1"
@@ -192,14 +229,41 @@ def test_predictions_folder_evaluated_and_in_a_cohort(m3_run, tmp_path):
         worse[z] = 0
         save_mask_nifti(worse, vol, damaged / f"{c.case_id}_pred.nii.gz")
         expected[c.case_id] = M.dice(worse, masks["ovary"])
-    s = E.main(["--predictions", str(perfect), "--data", str(data), "--adapter", "ut_endomri_d2",
-                "--out", str(tmp_path / "e1")])
+    s = E.main(
+        [
+            "--predictions",
+            str(perfect),
+            "--data",
+            str(data),
+            "--adapter",
+            "ut_endomri_d2",
+            "--out",
+            str(tmp_path / "e1"),
+        ]
+    )
     assert s["model"] == "perfect" and s["ovary"]["dice"]["mean"] == pytest.approx(1.0)
-    E.main(["--predictions", str(damaged), "--data", str(data), "--adapter", "ut_endomri_d2", "--out", str(tmp_path / "e2")])
+    E.main(
+        [
+            "--predictions",
+            str(damaged),
+            "--data",
+            str(data),
+            "--adapter",
+            "ut_endomri_d2",
+            "--out",
+            str(tmp_path / "e2"),
+        ]
+    )
     rows = {r["case"]: float(r["dice"]) for r in csv.DictReader((tmp_path / "e2" / "per_case.csv").open())}
     assert rows == pytest.approx(expected) and all(v < 1 for v in rows.values())
-    run = C.run_cohort(cases[:2], ["ovary_unet"], {"orig": {}}, tmp_path / "coh", predictions={"colleague": damaged},
-                       dataset={"adapter": "ut_endomri_d2", "root": str(data)})
+    run = C.run_cohort(
+        cases[:2],
+        ["ovary_unet"],
+        {"orig": {}},
+        tmp_path / "coh",
+        predictions={"colleague": damaged},
+        dataset={"adapter": "ut_endomri_d2", "root": str(data)},
+    )
     r = C.load_run(run)
     assert {(x["model"], x["set"]) for x in r.cases} == {("ovary_unet", "orig"), ("colleague", C.EXTERNAL_SET)}
     got = {x["case"]: x["dice"] for x in r.cases if x["model"] == "colleague"}
@@ -243,7 +307,9 @@ def test_stated_ultrasound_kind_picks_the_model():
     from medseg_core.review import compatible_models, state_anatomy, ultrasound_kinds
 
     png = io.BytesIO()
-    Image.fromarray(np.clip(np.random.default_rng(2).rayleigh(18.0, (224, 224)), 0, 255).astype(np.uint8)).save(png, format="PNG")
+    Image.fromarray(np.clip(np.random.default_rng(2).rayleigh(18.0, (224, 224)), 0, 255).astype(np.uint8)).save(
+        png, format="PNG"
+    )
     vol = load_volume(png.getvalue(), filename="probe.png", modality="US")
     kinds = ultrasound_kinds()
     assert state_anatomy(vol, kinds["Prostate (transrectal micro-ultrasound)"])

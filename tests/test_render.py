@@ -1,4 +1,5 @@
 """Rendering helpers: window/level, aspect, overlays, colour maps (no Streamlit)."""
+
 import numpy as np
 import pytest
 
@@ -115,15 +116,21 @@ def _letter_pixels(rgb: np.ndarray) -> np.ndarray:
     return (r > 200) & (g > 150) & (g < 235) & (b < 140)
 
 
-@pytest.mark.parametrize("rows, cols, row_mm, col_mm, plane", [
-    (96, 128, 0.7, 0.7, "axial"),      # small square pixels: enlarged for legibility
-    (24, 256, 6.0, 0.7, "coronal"),    # thick slices: aspect-corrected rows
-    (700, 900, 0.25, 0.25, "axial"),   # a large picture: full resolution, no enlargement
-])
+@pytest.mark.parametrize(
+    "rows, cols, row_mm, col_mm, plane",
+    [
+        (96, 128, 0.7, 0.7, "axial"),  # small square pixels: enlarged for legibility
+        (24, 256, 6.0, 0.7, "coronal"),  # thick slices: aspect-corrected rows
+        (700, 900, 0.25, 0.25, "axial"),  # a large picture: full resolution, no enlargement
+    ],
+)
 def test_export_png_has_letters_legend_and_a_true_scale_bar(rows, cols, row_mm, col_mm, plane):
     pic = np.full((rows, cols, 3), 100, np.uint8)
-    legend = [("TP (both)", R.COMPARE_COLOURS["tp"]), ("FP (prediction only)", R.COMPARE_COLOURS["fp"]),
-              ("FN (reference only)", R.COMPARE_COLOURS["fn"])]
+    legend = [
+        ("TP (both)", R.COMPARE_COLOURS["tp"]),
+        ("FP (prediction only)", R.COMPARE_COLOURS["fp"]),
+        ("FN (reference only)", R.COMPARE_COLOURS["fn"]),
+    ]
     data = R.view_png(pic, row_mm, col_mm, plane, legend=legend, title="Axial slice 5 of 24")
     rgb, text = _png(data)
     bare = R.aspect_correct(pic, row_mm, col_mm)
@@ -148,8 +155,8 @@ def test_export_png_has_letters_legend_and_a_true_scale_bar(rows, cols, row_mm, 
     assert text["medseg:letters"] == "".join(letters[e] for e in ("left", "right", "top", "bottom"))
     amber = _letter_pixels(rgb[:pic_h])
     mid = pic_h // 2
-    assert amber[mid - 20: mid + 20, : pic_w // 8].any() and amber[mid - 20: mid + 20, -pic_w // 8:].any()
-    assert amber[: pic_h // 8, pic_w // 2 - 30: pic_w // 2 + 30].any()
+    assert amber[mid - 20 : mid + 20, : pic_w // 8].any() and amber[mid - 20 : mid + 20, -pic_w // 8 :].any()
+    assert amber[: pic_h // 8, pic_w // 2 - 30 : pic_w // 2 + 30].any()
     band = rgb[pic_h:]
     for _, colour in legend:
         assert (band == np.array(colour, np.uint8)).all(axis=2).sum() >= 25, colour

@@ -1,5 +1,6 @@
 """Report 000 (RAovSeg preprocessing, geometry, Model 7's selection) and report 003 (3D augmentation)
 as the reports describe them; hand-computed numbers throughout."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -98,7 +99,9 @@ def test_geometry_inverse_and_world_coordinates():
     # a voxel of the new grid sits where the input grid puts it: new (z, y, x) <-> input index
     y0, _, x0, _ = g.box
     z, y, x = 1, 17, 23
-    assert np.allclose(w.index_to_world(z, y, x), v.index_to_world(z, (y + y0 + 0.5) / 2 - 0.5, (x + x0 + 0.5) / 2 - 0.5))
+    assert np.allclose(
+        w.index_to_world(z, y, x), v.index_to_world(z, (y + y0 + 0.5) / 2 - 0.5, (x + x0 + 0.5) / 2 - 0.5)
+    )
 
 
 def test_predict_repeats_the_card_geometry_and_returns_the_input_grid():
@@ -146,8 +149,16 @@ class _Case:
 def _m7_cfg(select_on):
     from medseg_core.train import DEFAULTS, _merge
 
-    cfg = _merge(DEFAULTS, {"model": "ovary_attention_unet", "preprocessing": "none", "side_masking_train": "oracle",
-                            "data": {"positive_slices_only": True}, "train": {"select_on": select_on}})
+    cfg = _merge(
+        DEFAULTS,
+        {
+            "model": "ovary_attention_unet",
+            "preprocessing": "none",
+            "side_masking_train": "oracle",
+            "data": {"positive_slices_only": True},
+            "train": {"select_on": select_on},
+        },
+    )
     return cfg
 
 
@@ -205,7 +216,8 @@ def test_configs_say_what_the_reports_say():
         assert c["augment"]["flip"] is True and c["augment"]["rotate_deg"] == 15
         assert c["optim"]["scheduler"] == {"name": "step", "step_size": 10, "gamma": 0.5}
         assert 0.1 in [v for v in c["overrides"].values() if not isinstance(v, list)] + sum(
-            [v for v in c["overrides"].values() if isinstance(v, list)], [])
+            [v for v in c["overrides"].values() if isinstance(v, list)], []
+        )
     m7 = load_config(ROOT / "configs/reproduce/000_m7.yaml")
     assert m7["side_masking_train"] == "oracle" and m7["train"]["select_on"] == "original"
     for k in ("m3", "m4", "m5", "m7", "tl5"):
@@ -231,7 +243,15 @@ def test_models_page_words_for_encoder_weights():
     from medseg_core.review import RANDOM_INIT, pretrained_words
 
     assert pretrained_words({"pretrained": {"encoder": "random init"}}) == RANDOM_INIT
-    w = pretrained_words({"pretrained": {"encoder": "resnet34.safetensors", "sha256": "ab" * 32,
-                                         "tensors_loaded": 180, "encoder_tensors": 180}})
+    w = pretrained_words(
+        {
+            "pretrained": {
+                "encoder": "resnet34.safetensors",
+                "sha256": "ab" * 32,
+                "tensors_loaded": 180,
+                "encoder_tensors": 180,
+            }
+        }
+    )
     assert "resnet34.safetensors" in w and "abababababab" in w and "180 of 180" in w
     assert pretrained_words({}).startswith("not recorded")

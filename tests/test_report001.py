@@ -1,6 +1,7 @@
 """Report 001 reproduction pieces: the U-Net head pooling the last two encoder blocks, single-task and
 8-class variants, the multiclass focal loss, the cascade's segmentation-only EfficientNet-B0 with Dice,
 the denoiser applied to training inputs, the primary-data layout and the MMOTU configs."""
+
 from __future__ import annotations
 
 import math
@@ -62,7 +63,9 @@ def test_multiclass_focal_loss_by_hand():
     assert float(fl(torch.zeros(3, 8), torch.tensor([0, 5, 7]))) == pytest.approx((7 / 8) ** 2 * math.log(8), rel=1e-6)
     # one sample, logits [2, 0, 0]: p_t = e^2 / (e^2 + 2)
     pt = math.exp(2) / (math.exp(2) + 2)
-    assert float(fl(torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0]))) == pytest.approx(-(1 - pt) ** 2 * math.log(pt), rel=1e-6)
+    assert float(fl(torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0]))) == pytest.approx(
+        -((1 - pt) ** 2) * math.log(pt), rel=1e-6
+    )
     # gamma 0 is cross-entropy
     logits, y = torch.randn(5, 8), torch.randint(0, 8, (5,))
     assert float(L.MultiClassFocalLoss(0.0)(logits, y)) == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-6)

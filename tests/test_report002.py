@@ -1,6 +1,7 @@
 """Report 002 (GI tract MRI, UW-Madison): its Dice loss term and Dice metric, the weighted sampler,
 dropping unlabelled slices, the stratified split, training phases with encoder freezing, the
 augmentation pipeline, the from-scratch CNN family, and a two-phase training run end to end."""
+
 from __future__ import annotations
 
 import csv
@@ -44,7 +45,9 @@ def test_report002_dice_loss_is_smp_multilabel_not_per_sample():
     # the compound loss with the report's term: 0.4 x 0.4 + 0.6 x BCE(logit 0) = 0.16 + 0.6 ln 2
     comp = float(L.CompoundLoss(0.4, 0.6, dice="report002")(logits, target))
     assert comp == pytest.approx(0.16 + 0.6 * math.log(2), abs=1e-6)
-    assert float(L.CompoundLoss(0.4, 0.6)(logits, target)) == pytest.approx(0.4 * per_sample + 0.6 * math.log(2), abs=1e-6)
+    assert float(L.CompoundLoss(0.4, 0.6)(logits, target)) == pytest.approx(
+        0.4 * per_sample + 0.6 * math.log(2), abs=1e-6
+    )
 
 
 def test_report002_dice_loss_matches_numpy_on_random_tensors():
@@ -85,17 +88,19 @@ def test_dice_report002_by_hand():
     assert M.dice_report002(probs, ref) == pytest.approx((2.001 / 4.001 + 2 + 0.001 / 1.001) / 4)
     assert math.isnan(M.dice(probs[0, 1] > 0.5, ref[0, 1]))  # medseg's own Dice: both empty is undefined
     # tensors and one (C, H, W) slice work too
-    assert M.dice_report002(torch.from_numpy(probs[0]), torch.from_numpy(ref[0])) == pytest.approx((2.001 / 4.001 + 1) / 2)
+    assert M.dice_report002(torch.from_numpy(probs[0]), torch.from_numpy(ref[0])) == pytest.approx(
+        (2.001 / 4.001 + 1) / 2
+    )
 
 
 # ----------------------------------------------------------------------------- sampler
 def test_organ_combination_weights_by_hand():
     y = np.zeros((5, 3, 4, 4), np.uint8)
-    y[0, 0, 0, 0] = 1                      # large bowel only       -> code 1
-    y[1, 0, 1, 1] = 1                      # large bowel only       -> 1
-    y[2, 0, 0, 0] = y[2, 2, 3, 3] = 1      # large bowel + stomach  -> 1 + 4 = 5
-    y[3, 0, 2, 2] = 1                      # large bowel only       -> 1
-    y[4, 1, 0, 0] = 1                      # small bowel only       -> 2
+    y[0, 0, 0, 0] = 1  # large bowel only       -> code 1
+    y[1, 0, 1, 1] = 1  # large bowel only       -> 1
+    y[2, 0, 0, 0] = y[2, 2, 3, 3] = 1  # large bowel + stomach  -> 1 + 4 = 5
+    y[3, 0, 2, 2] = 1  # large bowel only       -> 1
+    y[4, 1, 0, 0] = 1  # small bowel only       -> 2
     codes = TF.organ_combination_codes(y)
     assert codes.tolist() == [1, 1, 5, 1, 2]
     w = TF.organ_combination_weights(codes)
@@ -138,14 +143,23 @@ def test_drop_unlabelled_and_organ_combination(tmp_path):
         assert c.extra["organ_combination"] == "_".join(k for k in D.GI_CLASSES if masks[k].any())
     from medseg_core.train import load_cases
 
-    cfg = {"data": {"adapter": "uw_madison_gi", "root": str(root), "synthetic": None, "drop_unlabelled": True,
-                    "max_cases": None}}
+    cfg = {
+        "data": {
+            "adapter": "uw_madison_gi",
+            "root": str(root),
+            "synthetic": None,
+            "drop_unlabelled": True,
+            "max_cases": None,
+        }
+    }
     assert len(load_cases(cfg)) == 6
 
 
 def test_stratified_split_keeps_each_stratum_share():
-    cases = [D.Case(f"s{i}", "p1", None, extra={"organ_combination": k})
-             for i, k in enumerate(["a"] * 50 + ["b"] * 30 + ["c"] * 20)]
+    cases = [
+        D.Case(f"s{i}", "p1", None, extra={"organ_combination": k})
+        for i, k in enumerate(["a"] * 50 + ["b"] * 30 + ["c"] * 20)
+    ]
     sp = D.stratified_split(cases, (0.8, 0.1, 0.1), seed=1)
     for part, want in (("train", (40, 24, 16)), ("val", (5, 3, 2)), ("test", (5, 3, 2))):
         got = tuple(sum(c.extra["organ_combination"] == k for c in sp[part]) for k in "abc")
@@ -203,9 +217,15 @@ def test_freeze_encoder_then_unfreeze_last_conv():
 
 
 def test_phases_of_merges_optim():
-    cfg = {"optim": {"name": "rmsprop", "lr": 5e-5, "momentum": 0.9, "scheduler": {"name": "cosine"}},
-           "train": {"phases": [{"epochs": 10, "freeze": "encoder"},
-                                {"name": "last", "epochs": 5, "optim": {"lr": 1e-6, "scheduler": {"name": "step"}}}]}}
+    cfg = {
+        "optim": {"name": "rmsprop", "lr": 5e-5, "momentum": 0.9, "scheduler": {"name": "cosine"}},
+        "train": {
+            "phases": [
+                {"epochs": 10, "freeze": "encoder"},
+                {"name": "last", "epochs": 5, "optim": {"lr": 1e-6, "scheduler": {"name": "step"}}},
+            ]
+        },
+    }
     ph = TF.phases_of(cfg)
     assert [p["name"] for p in ph] == ["phase1", "last"] and [p["epochs"] for p in ph] == [10, 5]
     assert [p["epochs"] for p in TF.phases_of({**cfg, "train": {**cfg["train"], "epochs": 1}})] == [1, 1]
@@ -224,8 +244,10 @@ def test_report002_augmentation_keeps_image_and_masks_aligned():
     a = {**TF.REPORT002_AUGMENT, "noise_blur": {}}  # no intensity change: image == union of masks 0 and 2
     moved = 0
     for seed in range(12):
-        for force in ({"shift_scale_rotate": {**a["shift_scale_rotate"], "p": 1.0}},
-                      {"distort": {**a["distort"], "p": 1.0}}):
+        for force in (
+            {"shift_scale_rotate": {**a["shift_scale_rotate"], "p": 1.0}},
+            {"distort": {**a["distort"], "p": 1.0}},
+        ):
             xi, mi = TF.augment_one(img, masks, {**a, **force}, seed)
             assert xi.shape == img.shape and mi.shape == masks.shape
             union = np.maximum(mi[0], mi[2]) > 0.5
@@ -234,13 +256,21 @@ def test_report002_augmentation_keeps_image_and_masks_aligned():
     assert moved >= 20  # and the transforms did move things
     xh, mh = TF.augment_one(img, masks, {"flip_mode": "horizontal", "flip_p": 1.0}, 0)
     assert np.array_equal(xh, img[:, :, ::-1]) and np.array_equal(mh, masks[:, :, ::-1])
-    xb, mb = TF.augment_one(img, masks, {"noise_blur": {**TF.REPORT002_AUGMENT["noise_blur"], "p": 1.0,
-                                                        "noise_weight": 1.0, "blur_weight": 0.0}}, 0)
+    xb, mb = TF.augment_one(
+        img,
+        masks,
+        {"noise_blur": {**TF.REPORT002_AUGMENT["noise_blur"], "p": 1.0, "noise_weight": 1.0, "blur_weight": 0.0}},
+        0,
+    )
     sd = float((xb - img).std())
     assert 0.01 / 255 < sd < 0.07 / 255  # variance 1e-4..4e-3 on the 0..255 scale
     assert np.array_equal(mb, masks)
-    x, ys = TF.augment_report002(torch.from_numpy(np.stack([img, img])), [torch.from_numpy(np.stack([masks, masks]))],
-                                 a, torch.Generator().manual_seed(0))
+    x, ys = TF.augment_report002(
+        torch.from_numpy(np.stack([img, img])),
+        [torch.from_numpy(np.stack([masks, masks]))],
+        a,
+        torch.Generator().manual_seed(0),
+    )
     assert x.shape == (2, 1, 96, 96) and ys[0].shape == (2, 3, 96, 96)
 
 
@@ -252,8 +282,11 @@ def test_gi_scratch_family_shapes_and_the_reported_parameter_count():
     final = GIScratchCNN("final", in_channels=3)
     assert sum(p.numel() for p in final.parameters()) == 25_436_486  # report 002 section 3.1.4
     sizes = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: sizes.append((o.shape[1], o.shape[2])))
-             for m in final.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o: sizes.append((o.shape[1], o.shape[2])))
+        for m in final.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+    ]
     final.eval()
     with torch.no_grad():
         out = final(torch.randn(1, 3, 224, 224))
@@ -261,9 +294,21 @@ def test_gi_scratch_family_shapes_and_the_reported_parameter_count():
         h.remove()
     assert out.shape == (1, 3, 224, 224)
     # the table's conv outputs: stem, 2 per encoder block, 2 per decoder block, the output layer
-    table = ([(64, 224)] * 3 + [(64, 112)] * 2 + [(128, 56)] * 2 + [(128, 28)] * 2 + [(256, 14)] * 2
-             + [(256, 7)] * 2 + [(512, 4)] * 2 + [(512, 2)] * 2 + [(512, 2)] * 4 + [(256, 7)] * 4
-             + [(128, 28)] * 4 + [(64, 112)] * 4 + [(3, 224)])
+    table = (
+        [(64, 224)] * 3
+        + [(64, 112)] * 2
+        + [(128, 56)] * 2
+        + [(128, 28)] * 2
+        + [(256, 14)] * 2
+        + [(256, 7)] * 2
+        + [(512, 4)] * 2
+        + [(512, 2)] * 2
+        + [(512, 2)] * 4
+        + [(256, 7)] * 4
+        + [(128, 28)] * 4
+        + [(64, 112)] * 4
+        + [(3, 224)]
+    )
     assert sizes == table
     for v in VERSIONS:
         name = f"gi_scratch_{v}"
@@ -283,10 +328,19 @@ def test_two_phase_training_run(tmp_path):
     from medseg_core.train import load_config, train
 
     root, ids = _gi_dataset(tmp_path, n=10, blank=(4,))
-    cfg = load_config("configs/reproduce/002_unetpp_effb3.yaml", [
-        f"data.root={root}", "variant=demo", "input_size=[64,64]", "train.batch_size=2",
-        "train.max_steps_per_epoch=2", "train.epochs=1",
-        f"out={tmp_path / 'run'}", "evaluate_test=false"])
+    cfg = load_config(
+        "configs/reproduce/002_unetpp_effb3.yaml",
+        [
+            f"data.root={root}",
+            "variant=demo",
+            "input_size=[64,64]",
+            "train.batch_size=2",
+            "train.max_steps_per_epoch=2",
+            "train.epochs=1",
+            f"out={tmp_path / 'run'}",
+            "evaluate_test=false",
+        ],
+    )
     torch.manual_seed(int(cfg["train"]["seed"]))
     init = build_model("gi_unetpp_effb3", "demo").encoder.state_dict()
     res = train(cfg)
@@ -303,7 +357,12 @@ def test_two_phase_training_run(tmp_path):
     from safetensors.torch import load_file
 
     w = load_file(str(tmp_path / "run" / "002_unetpp_effb3.safetensors"))
-    enc = {k[len("encoder."):]: v for k, v in w.items() if k.startswith("encoder.")}
-    moved = [k for k, v in enc.items() if k in init and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
-             and not torch.equal(v.float(), init[k].float())]
+    enc = {k[len("encoder.") :]: v for k, v in w.items() if k.startswith("encoder.")}
+    moved = [
+        k
+        for k, v in enc.items()
+        if k in init
+        and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+        and not torch.equal(v.float(), init[k].float())
+    ]
     assert set(moved) <= {"_blocks.25._project_conv.weight"}

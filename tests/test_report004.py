@@ -1,5 +1,6 @@
 """Report 004 (micro-US prostate, MicroSegNet data): TransUNet with deep supervision, the adaptive focal
 loss as section 3.3.6 writes it, medpy's pooled HD95, and the rows table."""
+
 from __future__ import annotations
 
 import math
@@ -50,9 +51,12 @@ def test_demo_transunet_gradients_reach_every_part_through_the_deep_supervision_
     outs = net(x)
     loss = deep_supervision_loss(L.AdaptiveFocalLoss(ks=4), outs, y, ne)
     loss.backward()
-    for name, p in [("stem", net.backbone.stem.conv.weight), ("transformer", net.blocks[0].attn.qkv.weight),
-                    ("pos_embed", net.pos_embed), ("head", net.head.weight)] + [
-            (f"aux{i}", h.weight) for i, h in enumerate(net.aux_heads)]:
+    for name, p in [
+        ("stem", net.backbone.stem.conv.weight),
+        ("transformer", net.blocks[0].attn.qkv.weight),
+        ("pos_embed", net.pos_embed),
+        ("head", net.head.weight),
+    ] + [(f"aux{i}", h.weight) for i, h in enumerate(net.aux_heads)]:
         assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
 
 
@@ -71,8 +75,10 @@ def test_forward_loss_sums_the_four_scales_with_microsegnets_kernels():
     got = _forward_loss("seg2d", net, loss_fn, {"x": x, "y": y, "non_expert": ne}, None)
     torch.manual_seed(2)
     full, o28, o56, o112 = net(x)
-    want = sum(loss_fn(o, resize_target(y, o.shape[-2:]), resize_target(ne, o.shape[-2:]), ks=k)
-               for o, k in ((o28, 1), (o56, 2), (o112, 3), (full, 4)))
+    want = sum(
+        loss_fn(o, resize_target(y, o.shape[-2:]), resize_target(ne, o.shape[-2:]), ks=k)
+        for o, k in ((o28, 1), (o56, 2), (o112, 3), (full, 4))
+    )
     assert float(got) == pytest.approx(float(want), rel=1e-6)
     # eval mode: one tensor, the plain loss
     net.eval()
@@ -83,10 +89,7 @@ def test_forward_loss_sums_the_four_scales_with_microsegnets_kernels():
 
 def test_resize_target_is_cv2_bilinear_then_truncation():
     # 4 x 4 -> 2 x 2: bilinear at half resolution averages each 2 x 2 block; truncation keeps only full blocks
-    y = torch.tensor([[1, 1, 1, 0],
-                      [1, 1, 1, 1],
-                      [0, 0, 1, 1],
-                      [0, 0, 1, 1]], dtype=torch.float32)[None, None]
+    y = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1]], dtype=torch.float32)[None, None]
     assert resize_target(y, (2, 2)).flatten().tolist() == [1.0, 0.0, 0.0, 1.0]
     assert resize_target(y, (4, 4)) is y
 
@@ -103,9 +106,9 @@ def test_hard_region_even_kernel_follows_cv2_anchor():
 
 
 # ----------------------------------------------------------------------------- adaptive focal loss
-Z = [[2.0, -1.0], [0.0, 1.0]]      # logits
-YT = [[1, 0], [0, 1]]              # expert
-YS = [[1, 1], [0, 1]]              # non-expert: disagrees at (0, 1) only
+Z = [[2.0, -1.0], [0.0, 1.0]]  # logits
+YT = [[1, 0], [0, 1]]  # expert
+YS = [[1, 1], [0, 1]]  # non-expert: disagrees at (0, 1) only
 
 
 def _hand(difficulty, variability, n_pixels, theta=0.5, eps=1e-6):

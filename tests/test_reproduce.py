@@ -1,4 +1,5 @@
 """Issue 19: the rows tables of the five reports, their configs, and each report's evaluation protocol."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,7 @@ def test_compare_finds_what_differs_from_the_report():
     cfg = load_config(R.CONFIG_DIR / "003_unet3d.yaml")
     have = R.settings_of(cfg)
     assert R.compare({"lr": have["lr"], "loss": have["loss"].upper()}, cfg) == []
-    found = R.compare({"lr": 0.5, "augmentation": {"flip": not cfg["augment"].get("flip")},
-                       "data.no_such_key": 1}, cfg)
+    found = R.compare({"lr": 0.5, "augmentation": {"flip": not cfg["augment"].get("flip")}, "data.no_such_key": 1}, cfg)
     assert len(found) == 3
     assert "lr: the report states 0.5" in found[0] and "augmentation" in found[1] and "no_such_key" in found[2]
     # a dict states a subset; a list must match element by element; booleans are not numbers
@@ -68,8 +68,10 @@ def _pair():
 def test_protocol_units_follow_each_report():
     pred, ref = _pair()
     sp = (6.0, 0.5, 0.5)
-    units = {name: P.score_case(P.get_protocol(name), {"x": pred}, {"x": ref}, sp)
-             for name in ("report000", "report002", "report003", "report004")}
+    units = {
+        name: P.score_case(P.get_protocol(name), {"x": pred}, {"x": ref}, sp)
+        for name in ("report000", "report002", "report003", "report004")
+    }
     assert [u["slice"] for u in units["report000"]] == [0, 1]  # ovary-positive slices
     assert [u["slice"] for u in units["report004"]] == [1]  # both non-empty
     assert [u["slice"] for u in units["report002"]] == [0, 1, 2, 3]  # every slice
@@ -87,8 +89,10 @@ def test_protocol_units_follow_each_report():
 
 
 def test_protocol_averages_per_case_then_over_cases_or_over_pooled_units():
-    cases = {"a": [{"label": "x", "dice": 1.0}, {"label": "x", "dice": 0.0}, {"label": "x", "dice": 0.5}],
-             "b": [{"label": "x", "dice": 0.9}]}
+    cases = {
+        "a": [{"label": "x", "dice": 1.0}, {"label": "x", "dice": 0.0}, {"label": "x", "dice": 0.5}],
+        "b": [{"label": "x", "dice": 0.9}],
+    }
     for us in cases.values():
         for u in us:
             u.update({k: math.nan for k in P.SCORED if k != "dice"})
@@ -119,8 +123,18 @@ def test_evaluate_with_a_protocol_scores_the_same_predictions_the_reports_way(tm
         first = int(np.flatnonzero(m.reshape(m.shape[0], -1).any(1))[0])
         m[first] = 0  # medseg arrays are (z, y, x): erase the first labelled axial slice
         save_mask_nifti(m, vol, preds / f"microUS_train_{nn}.nii.gz")
-    common = ["--predictions", str(preds), "--data", str(data), "--adapter", "microsegnet",
-              "--prediction-labels", "{1: prostate}", "--label-map", "{prostate: expert}"]
+    common = [
+        "--predictions",
+        str(preds),
+        "--data",
+        str(data),
+        "--adapter",
+        "microsegnet",
+        "--prediction-labels",
+        "{1: prostate}",
+        "--label-map",
+        "{prostate: expert}",
+    ]
     own = evaluate(common + ["--out", str(tmp_path / "own")])
     r004 = evaluate(common + ["--out", str(tmp_path / "r004"), "--protocol", "report004"])
     assert own["prostate"]["dice"]["mean"] < 0.999

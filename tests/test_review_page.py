@@ -1,5 +1,6 @@
 """Segment & review without dead ends (issue 17 item 3): a case no model fits can still be viewed,
 a 2D image has one plane, and the slice classifier shows what it computed."""
+
 from __future__ import annotations
 
 import io
@@ -37,7 +38,9 @@ def test_a_2d_image_has_one_plane():
     from PIL import Image
 
     png = io.BytesIO()
-    Image.fromarray(np.clip(np.random.default_rng(0).rayleigh(18.0, (256, 336)), 0, 255).astype(np.uint8)).save(png, "PNG")
+    Image.fromarray(np.clip(np.random.default_rng(0).rayleigh(18.0, (256, 336)), 0, 255).astype(np.uint8)).save(
+        png, "PNG"
+    )
     us = load_volume(png.getvalue(), filename="probe.png", modality="US")
     at = open_case(_app(), us)
     assert not at.exception
@@ -77,7 +80,8 @@ def test_browser_no_model_fits_and_2d_image(tmp_path):
         page.get_by_role("link", name="Load case").click()
         page.get_by_role("tab", name="Upload").click()
         page.locator("[data-testid=stFileUploaderDropzoneInput]").first.set_input_files(
-            str(Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"))
+            str(Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm")
+        )
         page.get_by_text("DICOM CT series (1 slice)").first.wait_for()  # the sidebar names the new case
         page.get_by_role("link", name="Segment & review").click()
         page.locator("[data-testid=stMain]").get_by_text("No model fits this case").first.wait_for()
@@ -95,5 +99,8 @@ def test_browser_no_model_fits_and_2d_image(tmp_path):
         page.get_by_role("link", name="Segment & review").click()
         page.get_by_role("button", name="Run model").wait_for()
         page.locator(".js-plotly-plot image").first.wait_for()
-        assert page.get_by_text("coronal", exact=True).count() == 0 and page.get_by_text("sagittal", exact=True).count() == 0
+        assert (
+            page.get_by_text("coronal", exact=True).count() == 0
+            and page.get_by_text("sagittal", exact=True).count() == 0
+        )
         page.screenshot(path=str(ARTIFACTS / "us_png_one_plane_1600.png"))

@@ -1,4 +1,5 @@
 """Preprocessing, side masking, losses, metrics, post-processing: hand values and MONAI checks."""
+
 from __future__ import annotations
 
 import math
@@ -132,7 +133,7 @@ def test_losses_match_monai_where_definitions_coincide():
 def test_focal_by_hand():
     logits = _logit([[[[0.9, 0.3]]]])
     g = torch.tensor([[[[1.0, 1.0]]]], dtype=torch.float64)
-    exp = np.mean([0.25 * 0.1 ** 2 * -math.log(0.9), 0.25 * 0.7 ** 2 * -math.log(0.3)])
+    exp = np.mean([0.25 * 0.1**2 * -math.log(0.9), 0.25 * 0.7**2 * -math.log(0.3)])
     assert L.FocalLoss()(logits, g).item() == pytest.approx(exp, rel=1e-6)
 
 
@@ -220,7 +221,9 @@ def test_metrics_match_monai(shape, spacing):
         assert M.dice(a, b) == pytest.approx(compute_dice(ta, tb, include_background=True).item(), rel=1e-6)
         hd = compute_hausdorff_distance(ta, tb, include_background=True, percentile=95, spacing=list(spacing)).item()
         assert M.hd95(a, b, spacing) == pytest.approx(hd, rel=1e-4, abs=1e-4)
-        sd = compute_average_surface_distance(ta, tb, include_background=True, symmetric=True, spacing=list(spacing)).item()
+        sd = compute_average_surface_distance(
+            ta, tb, include_background=True, symmetric=True, spacing=list(spacing)
+        ).item()
         assert M.assd(a, b, spacing) == pytest.approx(sd, rel=1e-4, abs=1e-4)
 
 

@@ -1,5 +1,6 @@
 """Three concurrent browser sessions on different cases: no session sees another's case, prediction
 or export, and the server keeps answering while a model runs in one of them."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """The app shell (issue 18 item 6): the legacy-multipage workaround lives in pages/_shell.py only."""
+
 from __future__ import annotations
 
 import re
@@ -33,7 +34,9 @@ def test_mirror_reseeds_the_widget_and_copies_a_change_back():
         "from pages._shell import mirror\n"
         "ss = st.session_state\n"
         "ss.setdefault('choice', 'b')\n"
-        "st.selectbox('x', ['a', 'b', 'c'], key='pick', on_change=mirror('pick', 'choice'))\n", default_timeout=30).run()
+        "st.selectbox('x', ['a', 'b', 'c'], key='pick', on_change=mirror('pick', 'choice'))\n",
+        default_timeout=30,
+    ).run()
     assert at.selectbox(key="pick").value == "b"
     at.selectbox(key="pick").set_value("c").run()
     assert at.session_state["choice"] == "c"

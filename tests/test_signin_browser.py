@@ -8,6 +8,7 @@ allowed user signs in on the provider's page, runs the model, exports the mask a
 the verdict row carries her identity and the audit table the export; she signs out; a user outside the
 allow-list is then refused with the one sentence and sees nothing of the app.
 """
+
 from __future__ import annotations
 
 import csv
@@ -50,7 +51,9 @@ def _sign_in_at_provider(page, url: str, sub: str) -> None:
 
 
 def test_signin_identity_on_verdict_audit_of_export_and_refusal(tmp_path, monkeypatch):
-    oidc = pytest.importorskip("oidc_provider_mock", reason="oidc-provider-mock (requirements-dev.txt) is not installed")
+    oidc = pytest.importorskip(
+        "oidc_provider_mock", reason="oidc-provider-mock (requirements-dev.txt) is not installed"
+    )
     # the provider serves plain http on localhost in this test; Authlib refuses that unless told
     monkeypatch.setenv("AUTHLIB_INSECURE_TRANSPORT", "1")
     users = [oidc.User(sub="alice", claims=ALICE), oidc.User(sub="mallory", claims=MALLORY)]
@@ -67,9 +70,13 @@ def test_signin_identity_on_verdict_audit_of_export_and_refusal(tmp_path, monkey
             f'server_metadata_url = "{issuer}/.well-known/openid-configuration"\n'
             "\n[medseg]\n"
             'allowed_domains = ["hospital.example"]\n'
-            'admins = ["alice@hospital.example"]\n')
-        env = {"STREAMLIT_SECRETS_FILES": str(secrets_file), "MEDSEG_DB": str(db_path),
-               "AUTHLIB_INSECURE_TRANSPORT": "1"}
+            'admins = ["alice@hospital.example"]\n'
+        )
+        env = {
+            "STREAMLIT_SECRETS_FILES": str(secrets_file),
+            "MEDSEG_DB": str(db_path),
+            "AUTHLIB_INSECURE_TRANSPORT": "1",
+        }
         with app_server(env=env) as url, browser() as b:
             store = Store(str(db_path))
             # ---------------------------------------------------------------- an allowed user
@@ -99,11 +106,17 @@ def test_signin_identity_on_verdict_audit_of_export_and_refusal(tmp_path, monkey
             verdicts = _wait_db(lambda: store.verdicts())
             assert len(verdicts) == 1
             v = verdicts[0]
-            assert (v["verdict"], v["note"], v["reviewer_name"], v["reviewer_email"], v["signed_in"]) == \
-                ("needs_correction", "left ovary missed", "Alice Reviewer", "alice@hospital.example", True)
+            assert (v["verdict"], v["note"], v["reviewer_name"], v["reviewer_email"], v["signed_in"]) == (
+                "needs_correction",
+                "left ovary missed",
+                "Alice Reviewer",
+                "alice@hospital.example",
+                True,
+            )
             exports = _wait_db(lambda: store.audit_rows(action="export"))
-            assert [(r["user"], r["email"], r["detail"], r["case_key"]) for r in exports] == \
-                [("Alice Reviewer", "alice@hospital.example", "mask NIfTI", v["case_key"])]
+            assert [(r["user"], r["email"], r["detail"], r["case_key"]) for r in exports] == [
+                ("Alice Reviewer", "alice@hospital.example", "mask NIfTI", v["case_key"])
+            ]
             actions = [r["action"] for r in reversed(store.audit_rows())]
             assert actions[:2] == ["sign_in", "open_case"] and {"run_model", "export", "verdict"} <= set(actions)
             assert "refused" not in actions
@@ -114,8 +127,9 @@ def test_signin_identity_on_verdict_audit_of_export_and_refusal(tmp_path, monkey
             with page.expect_download(timeout=60_000) as dl:
                 page.get_by_role("button", name="Export audit (CSV)").click()
             rows = list(csv.DictReader(io.StringIO(open(dl.value.path(), encoding="utf-8").read())))
-            assert ("Alice Reviewer", "alice@hospital.example", "export", "mask NIfTI") in \
-                [(r["user"], r["email"], r["action"], r["detail"]) for r in rows]
+            assert ("Alice Reviewer", "alice@hospital.example", "export", "mask NIfTI") in [
+                (r["user"], r["email"], r["action"], r["detail"]) for r in rows
+            ]
             assert _wait_db(lambda: store.audit_rows(action="export")[0]["detail"] == "audit trail CSV")
 
             # sign out: through the provider's end-session page back to the sign-in prompt
@@ -137,7 +151,9 @@ def test_signin_identity_on_verdict_audit_of_export_and_refusal(tmp_path, monkey
             main = page.locator("[data-testid=stMain]").inner_text()
             assert REFUSED in main and "Segment" not in main and "Research use" not in main and "pelvic" not in main
             refused = _wait_db(lambda: store.audit_rows(action="refused"))
-            assert [(r["email"], r["detail"]) for r in refused] == [("mallory@elsewhere.example", "not on the allow-list")]
+            assert [(r["email"], r["detail"]) for r in refused] == [
+                ("mallory@elsewhere.example", "not on the allow-list")
+            ]
             # she opened nothing: every case-bearing row is Alice's
             assert {r["email"] for r in store.audit_rows() if r["case_key"]} == {"alice@hospital.example"}
             ctx.close()

@@ -1,4 +1,5 @@
 """Issue 18 item 6: one render helper (medseg_core.render.slice_picture) draws every slice picture."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,20 +48,31 @@ def test_layers_outlines_heat_and_2d_pictures():
     # a 2D mask is taken as already displayed; index None: the array is one displayed picture
     two_d = display_slice(mask, "axial", 2)
     a = R.slice_picture(arr, (1, 1, 1), "axial", 2, (100.0, 90.0), layers=[(two_d, (1, 2, 3))])
-    b = R.slice_picture(display_slice(arr, "axial", 2), (1, 1, 1), "axial", None, (100.0, 90.0),
-                        layers=[(two_d, (1, 2, 3))])
+    b = R.slice_picture(
+        display_slice(arr, "axial", 2), (1, 1, 1), "axial", None, (100.0, 90.0), layers=[(two_d, (1, 2, 3))]
+    )
     assert np.array_equal(a.rgb, b.rgb)
     # heat: the same pixels as heat_overlay on the windowed slice
     values = np.linspace(0, 0.69, arr.size).reshape(arr.shape)
-    sp = R.slice_picture(arr, (1, 1, 1), "axial", 1, (120.0, 100.0), alpha=0.6,
-                         heat={"values": values, "vmin": 0.0, "vmax": 0.69, "floor": 0.01})
+    sp = R.slice_picture(
+        arr,
+        (1, 1, 1),
+        "axial",
+        1,
+        (120.0, 100.0),
+        alpha=0.6,
+        heat={"values": values, "vmin": 0.0, "vmax": 0.69, "floor": 0.01},
+    )
     grey = R.apply_window(display_slice(arr, "axial", 1), 120.0, 100.0)
-    assert np.array_equal(sp.rgb, R.heat_overlay(grey, display_slice(values, "axial", 1), 0.0, 0.69, alpha=0.6,
-                                                 floor=0.01))
+    assert np.array_equal(
+        sp.rgb, R.heat_overlay(grey, display_slice(values, "axial", 1), 0.0, 0.69, alpha=0.6, floor=0.01)
+    )
     # window None: the slice's own 1-99 % window
     sp = R.slice_picture(arr, (1, 1, 1), "axial", 1)
-    assert np.array_equal(sp.picture[..., 0], R.apply_window(display_slice(arr, "axial", 1),
-                                                             *R.auto_window(display_slice(arr, "axial", 1)[None])))
+    assert np.array_equal(
+        sp.picture[..., 0],
+        R.apply_window(display_slice(arr, "axial", 1), *R.auto_window(display_slice(arr, "axial", 1)[None])),
+    )
 
 
 def test_thumbnail_fit_keeps_spacing_and_one_pixel_outlines():
@@ -73,7 +85,7 @@ def test_thumbnail_fit_keeps_spacing_and_one_pixel_outlines():
     green = (sp.rgb == (0, 255, 0)).all(-1)
     rows, cols = np.nonzero(green)
     # the box (rows 10-29 of 40 -> 12.5..37.5 of 50; 10 columns of 20 -> 50 of 100) outlined one pixel wide
-    assert green[rows.min() + 1: rows.max(), cols.min() + 1: cols.max()].sum() == 0
+    assert green[rows.min() + 1 : rows.max(), cols.min() + 1 : cols.max()].sum() == 0
     assert cols.max() - cols.min() + 1 == 50 and rows.max() - rows.min() + 1 == 25
 
 

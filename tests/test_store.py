@@ -1,5 +1,6 @@
 """medseg_core.store: verdicts, the append-only audit table, exports, WAL concurrency, PostgreSQL (issue 22;
 issues 18 item 3 and 21 item 4 build on it)."""
+
 from __future__ import annotations
 
 import csv
@@ -51,11 +52,27 @@ def test_db_url_from_path_url_and_default(tmp_path, monkeypatch):
 
 def test_verdicts_round_trip_status_and_validation(db):
     t0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-    i1 = db.add_verdict("ef3581c0ab0996f2f9449bd3", "needs_correction", "Alice R", "alice@hospital.example",
-                        signed_in=True, note="misses the left ovary", model="ovary_unet",
-                        options={"threshold": 0.5, "side_masking": "two_pass"}, time=t0)
-    i2 = db.add_verdict("ef3581c0ab0996f2f9449bd3", "accept", "Bob", None, signed_in=False, plane="axial", slice=11,
-                        time=t0 + timedelta(minutes=1))
+    i1 = db.add_verdict(
+        "ef3581c0ab0996f2f9449bd3",
+        "needs_correction",
+        "Alice R",
+        "alice@hospital.example",
+        signed_in=True,
+        note="misses the left ovary",
+        model="ovary_unet",
+        options={"threshold": 0.5, "side_masking": "two_pass"},
+        time=t0,
+    )
+    i2 = db.add_verdict(
+        "ef3581c0ab0996f2f9449bd3",
+        "accept",
+        "Bob",
+        None,
+        signed_in=False,
+        plane="axial",
+        slice=11,
+        time=t0 + timedelta(minutes=1),
+    )
     i3 = db.add_verdict("other_case", "reject", "Bob", None, signed_in=False)
     assert (i1, i2, i3) == (1, 2, 3)
     rows = db.verdicts("ef3581c0ab0996f2f9449bd3")
@@ -81,22 +98,35 @@ def test_verdicts_round_trip_status_and_validation(db):
     assert len(db.verdicts()) == 3
     # the database itself refuses a verdict kind outside the three
     with pytest.raises(DBAPIError), db.engine.begin() as c:
-        c.execute(text("INSERT INTO verdicts (case_key, verdict, note, reviewer_name, signed_in, time_utc) "
-                       "VALUES ('k', 'maybe', '', 'A', 0, '2026-01-01 00:00:00')"))
+        c.execute(
+            text(
+                "INSERT INTO verdicts (case_key, verdict, note, reviewer_name, signed_in, time_utc) "
+                "VALUES ('k', 'maybe', '', 'A', 0, '2026-01-01 00:00:00')"
+            )
+        )
 
 
 def test_audit_is_append_only(db):
     for k, action in enumerate(["sign_in", "open_case", "run_model", "export", "verdict"]):
-        db.add_audit(action, "Alice R", "alice@hospital.example", case_key="abc" if k else None,
-                     model="ovary_unet" if k > 1 else None, detail=f"row {k}")
+        db.add_audit(
+            action,
+            "Alice R",
+            "alice@hospital.example",
+            case_key="abc" if k else None,
+            model="ovary_unet" if k > 1 else None,
+            detail=f"row {k}",
+        )
     db.add_audit("refused", "eve@evil.example", "eve@evil.example", detail="not on the allow-list")
     before = db.audit_rows()
     assert [r["action"] for r in before] == ["refused", "verdict", "export", "run_model", "open_case", "sign_in"]
     # no API to change it: Store offers add and read only
     assert not [m for m in dir(S.Store) if any(w in m.lower() for w in ("update", "delete", "remove", "clear", "edit"))]
     # and the database refuses a hand-written UPDATE / DELETE (triggers), leaving every row as it was
-    for stmt in ("UPDATE audit SET user = 'someone else' WHERE id = 1", "DELETE FROM audit WHERE id = 2",
-                 "DELETE FROM audit"):
+    for stmt in (
+        "UPDATE audit SET user = 'someone else' WHERE id = 1",
+        "DELETE FROM audit WHERE id = 2",
+        "DELETE FROM audit",
+    ):
         with pytest.raises(DBAPIError, match="append-only"), db.engine.begin() as c:
             c.execute(text(stmt))
     assert db.audit_rows() == before
@@ -116,8 +146,17 @@ def test_audit_is_append_only(db):
 
 def test_exports_csv_and_json(db):
     t = datetime(2026, 5, 6, 7, 8, 9, 123000, tzinfo=timezone.utc)
-    db.add_verdict("abc", "accept", "Alice R", "alice@hospital.example", signed_in=True, note='says "fine", ok',
-                   model="m", options={"b": 1, "a": [1, 2]}, time=t)
+    db.add_verdict(
+        "abc",
+        "accept",
+        "Alice R",
+        "alice@hospital.example",
+        signed_in=True,
+        note='says "fine", ok',
+        model="m",
+        options={"b": 1, "a": [1, 2]},
+        time=t,
+    )
     db.add_audit("export", "Alice R", "alice@hospital.example", case_key="abc", model="m", detail="mask NIfTI", time=t)
     rows = list(csv.DictReader(io.StringIO(S.export_verdicts(db, "csv").decode())))
     assert list(rows[0]) == S.VERDICT_COLUMNS and len(rows) == 1
@@ -126,11 +165,19 @@ def test_exports_csv_and_json(db):
     js = json.loads(S.export_verdicts(db, "json"))
     assert js[0]["reviewer_email"] == "alice@hospital.example" and js[0]["time_utc"] == "2026-05-06T07:08:09.123+00:00"
     a = list(csv.DictReader(io.StringIO(S.export_audit(db, "csv").decode())))
-    assert [(r["user"], r["action"], r["case_key"], r["detail"]) for r in a] == [("Alice R", "export", "abc", "mask NIfTI")]
+    assert [(r["user"], r["action"], r["case_key"], r["detail"]) for r in a] == [
+        ("Alice R", "export", "abc", "mask NIfTI")
+    ]
     assert json.loads(S.export_audit(db, "json"))[0]["email"] == "alice@hospital.example"
     # the command line prints the same table
-    out = subprocess.run([sys.executable, "-m", "medseg_core.store", "audit", "--db", db.url], cwd=ROOT,
-                         capture_output=True, text=True, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT))).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "medseg_core.store", "audit", "--db", db.url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    ).stdout
     assert out.encode() == S.export_audit(db, "csv")
 
 
@@ -152,8 +199,12 @@ def test_sqlite_wal_and_concurrent_writers(tmp_path):
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     n = 40
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(k), str(n)], env=env,
-                              stderr=subprocess.PIPE, text=True) for k in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path), str(k), str(n)], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for k in range(3)
+    ]
     errs = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], errs
     s = S.Store(str(path))
@@ -177,7 +228,9 @@ def postgres_url():
     pytest.importorskip("psycopg", reason="psycopg is not installed (requirements.txt pins psycopg[binary])")
     bindir = _pg_bin()
     if bindir is None:
-        pytest.skip("PostgreSQL is not installed here (Debian: apt-get install postgresql); the SQLite tests cover the store")
+        pytest.skip(
+            "PostgreSQL is not installed here (Debian: apt-get install postgresql); the SQLite tests cover the store"
+        )
     as_user: list[str] = []
     if os.geteuid() == 0:
         if shutil.which("runuser") is None:
@@ -191,13 +244,33 @@ def postgres_url():
     if as_user:
         shutil.chown(base, "postgres")
     try:
-        r = subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "medseg",
-                            "--no-sync"], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "medseg", "--no-sync"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if r.returncode:
             pytest.skip(f"initdb failed here: {r.stderr.strip()[-300:]}")
-        r = subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-t", "30", "-l",
-                            str(base / "log"), "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
-                            "start"], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [
+                *as_user,
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-w",
+                "-t",
+                "30",
+                "-l",
+                str(base / "log"),
+                "-o",
+                f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
+                "start",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if r.returncode:
             pytest.skip(f"PostgreSQL did not start within 30 s: {r.stderr.strip()[-300:]}")
     except subprocess.TimeoutExpired:
@@ -205,8 +278,11 @@ def postgres_url():
     try:
         yield f"postgresql+psycopg://medseg@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -218,12 +294,26 @@ def test_postgresql_store(postgres_url, monkeypatch):
     db = S.Store()
     assert db.engine.dialect.name == "postgresql"
     t = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
-    db.add_verdict("abc", "needs_correction", "Alice R", "alice@hospital.example", signed_in=True,
-                   options={"threshold": 0.4}, plane="axial", slice=3, time=t)
+    db.add_verdict(
+        "abc",
+        "needs_correction",
+        "Alice R",
+        "alice@hospital.example",
+        signed_in=True,
+        options={"threshold": 0.4},
+        plane="axial",
+        slice=3,
+        time=t,
+    )
     db.add_audit("verdict", "Alice R", "alice@hospital.example", case_key="abc", model="m", detail="needs_correction")
     v = db.verdicts("abc")[0]
-    assert (v["verdict"], v["reviewer_email"], v["options"], v["slice"], v["time_utc"]) == \
-        ("needs_correction", "alice@hospital.example", {"threshold": 0.4}, 3, t)
+    assert (v["verdict"], v["reviewer_email"], v["options"], v["slice"], v["time_utc"]) == (
+        "needs_correction",
+        "alice@hospital.example",
+        {"threshold": 0.4},
+        3,
+        t,
+    )
     assert db.status("abc") is None  # a slice verdict is not the case's status
     for stmt in ("UPDATE audit SET \"user\" = 'x'", "DELETE FROM audit", "TRUNCATE audit"):
         with pytest.raises(DBAPIError, match="append-only"), db.engine.begin() as c:

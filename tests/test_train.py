@@ -1,5 +1,6 @@
 """Training and evaluation command lines, resume, distributed (2 CPU processes) training and
 sharded evaluation."""
+
 from __future__ import annotations
 
 import csv
@@ -20,11 +21,27 @@ from medseg_core.checkpoints import sha256_file
 
 def tiny_config(tmp: Path, data_root: Path, **extra) -> Path:
     cfg = {
-        "model": "ovary_unet", "variant": "demo", "overrides": {"base": 4}, "input_size": [32, 32],
-        "data": {"adapter": "ut_endomri_d2", "root": str(data_root), "synthetic": {"kind": "pelvic", "n": 6, "seed": 5},
-                 "split": {"fractions": [0.5, 0.25, 0.25], "seed": 0}, "positive_slices_only": True},
-        "loss": {"name": "focal_tversky"}, "optim": {"name": "adam", "lr": 0.001},
-        "train": {"epochs": 2, "batch_size": 4, "patience": 5, "select_by": "val_dice", "seed": 0, "max_steps_per_epoch": 3},
+        "model": "ovary_unet",
+        "variant": "demo",
+        "overrides": {"base": 4},
+        "input_size": [32, 32],
+        "data": {
+            "adapter": "ut_endomri_d2",
+            "root": str(data_root),
+            "synthetic": {"kind": "pelvic", "n": 6, "seed": 5},
+            "split": {"fractions": [0.5, 0.25, 0.25], "seed": 0},
+            "positive_slices_only": True,
+        },
+        "loss": {"name": "focal_tversky"},
+        "optim": {"name": "adam", "lr": 0.001},
+        "train": {
+            "epochs": 2,
+            "batch_size": 4,
+            "patience": 5,
+            "select_by": "val_dice",
+            "seed": 0,
+            "max_steps_per_epoch": 3,
+        },
         "out": str(tmp / "ck"),
     }
     cfg.update(extra)
@@ -65,8 +82,22 @@ def test_train_writes_card_log_and_resumes(tmp_path, pelvic_root):
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     # the checkpoint loads through the safe loader and evaluates through the CLI
     out = tmp_path / "eval"
-    summary = E.main(["--model", "ovary_unet", "--data", str(pelvic_root), "--adapter", "ut_endomri_d2",
-                      "--out", str(out), "--checkpoints", str(ck), "--option", "side_masking=none"])
+    summary = E.main(
+        [
+            "--model",
+            "ovary_unet",
+            "--data",
+            str(pelvic_root),
+            "--adapter",
+            "ut_endomri_d2",
+            "--out",
+            str(out),
+            "--checkpoints",
+            str(ck),
+            "--option",
+            "side_masking=none",
+        ]
+    )
     assert summary["n_cases"] == 6 and "dice" in summary["ovary"]
     per_case = list(csv.DictReader(open(out / "per_case.csv")))
     assert len(per_case) == 6 and {"dice", "hd95_mm", "dice_vs_both_ovaries"} <= set(per_case[0])
@@ -98,12 +129,39 @@ def test_distributed_training_two_cpu_processes_identical_weights(tmp_path, pelv
     assert card["world_size"] == 2
     # sharded evaluation gathers every case on rank 0, identical to a single process
     out2 = tmp_path / "eval2"
-    r = _torchrun(["-m", "medseg_core.evaluate", "--model", "ovary_unet", "--data", str(pelvic_root), "--adapter",
-                   "ut_endomri_d2", "--out", str(out2), "--checkpoints", str(ck)], ROOT)
+    r = _torchrun(
+        [
+            "-m",
+            "medseg_core.evaluate",
+            "--model",
+            "ovary_unet",
+            "--data",
+            str(pelvic_root),
+            "--adapter",
+            "ut_endomri_d2",
+            "--out",
+            str(out2),
+            "--checkpoints",
+            str(ck),
+        ],
+        ROOT,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out1 = tmp_path / "eval1"
-    E.main(["--model", "ovary_unet", "--data", str(pelvic_root), "--adapter", "ut_endomri_d2", "--out", str(out1),
-            "--checkpoints", str(ck)])
+    E.main(
+        [
+            "--model",
+            "ovary_unet",
+            "--data",
+            str(pelvic_root),
+            "--adapter",
+            "ut_endomri_d2",
+            "--out",
+            str(out1),
+            "--checkpoints",
+            str(ck),
+        ]
+    )
     a = list(csv.DictReader(open(out1 / "per_case.csv")))
     b = list(csv.DictReader(open(out2 / "per_case.csv")))
     assert len(a) == len(b) == 6
@@ -132,8 +190,15 @@ def test_reproduce_configs_cover_every_report_row():
 
     cfgs = {p.stem: T.load_config(p) for p in (ROOT / "configs" / "reproduce").glob("*.yaml")}
     assert {"000_m1", "000_m2", "000_m3", "000_m4", "000_m5", "000_tl5", "000_m7"} <= set(cfgs)
-    assert {"003_unet3d", "003_vnet3d", "003_unetr3d", "004_focal", "004_agbce", "004_adaptive_focal",
-            "002_unetpp_effb3"} <= set(cfgs)
+    assert {
+        "003_unet3d",
+        "003_vnet3d",
+        "003_unetr3d",
+        "004_focal",
+        "004_agbce",
+        "004_adaptive_focal",
+        "002_unetpp_effb3",
+    } <= set(cfgs)
     assert sum(k.startswith("001_") for k in cfgs) >= 5
     for name, c in cfgs.items():
         assert c["model"] in list_models() and c["variant"] == "paper"
@@ -157,8 +222,16 @@ def test_selection_ties_go_to_the_lower_validation_loss():
     # a NaN metric (one class present) falls back to the loss, below every real score
     assert T._selection({"val_loss": 0.3}, "val_auc") == (-0.3 - 1e6, 0.3)
     assert T._selection({"val_loss": 0.3}, "val_loss") == (-0.3, 0.3)
-    log = [(1, 0.21, 0.92), (2, 0.40, 1.46), (3, 1.0, 2.33), (4, 0.5, 6.44), (5, 1.0, 0.129), (6, 0.0, 9.11),
-           (7, 1.0, 0.0164), (8, 1.0, 0.0093)]
+    log = [
+        (1, 0.21, 0.92),
+        (2, 0.40, 1.46),
+        (3, 1.0, 2.33),
+        (4, 0.5, 6.44),
+        (5, 1.0, 0.129),
+        (6, 0.0, 9.11),
+        (7, 1.0, 0.0164),
+        (8, 1.0, 0.0093),
+    ]
     best, best_loss, kept = -math.inf, math.inf, None
     for epoch, auc, loss in log:
         score, loss = T._selection({"val_auc": auc, "val_loss": loss}, "val_auc")
@@ -174,8 +247,18 @@ def test_recalibrate_bn_changes_only_batchnorm_statistics(tmp_path, pelvic_root)
     import torch
     from safetensors.torch import load_file
 
-    cfgp = tiny_config(tmp_path, pelvic_root, train={"epochs": 1, "batch_size": 4, "patience": 5,
-                                                      "select_by": "val_dice", "seed": 0, "max_steps_per_epoch": 2})
+    cfgp = tiny_config(
+        tmp_path,
+        pelvic_root,
+        train={
+            "epochs": 1,
+            "batch_size": 4,
+            "patience": 5,
+            "select_by": "val_dice",
+            "seed": 0,
+            "max_steps_per_epoch": 2,
+        },
+    )
     T.main(["--config", str(cfgp)])
     ck = tmp_path / "ck"
     old_card = json.loads((ck / "ovary_unet.json").read_text())
@@ -190,5 +273,9 @@ def test_recalibrate_bn_changes_only_batchnorm_statistics(tmp_path, pelvic_root)
     assert "--recalibrate-bn" in rep["command"] and "dice" in rep["test_after"] and card["test"] == rep["test_after"]
     stats = [k for k in new if k.endswith(("running_mean", "running_var"))]
     assert stats and any(not torch.equal(new[k], old[k]) for k in stats)
-    assert all(torch.equal(new[k], old[k]) for k in new if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert all(
+        torch.equal(new[k], old[k])
+        for k in new
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    )
     assert not list(ck.glob(".*recalibrating*"))

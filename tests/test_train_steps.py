@@ -1,6 +1,7 @@
 """Issue 20 item 3: training on MONAI components. Foreground/background 3D patches
 (RandCropByPosNegLabeld), image and label maps moved together by the dictionary transforms, seeded
 runs that repeat, and train() as a short sequence of named steps."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +22,7 @@ def _organ_at_one_end(gap: int = 8):
     img = np.ones((1, 16, 16, 64), np.float32)
     lab = np.zeros_like(img)
     lab[..., :12] = 1
-    img[..., 12:12 + gap] = 0.0
+    img[..., 12 : 12 + gap] = 0.0
     return img, lab
 
 
@@ -129,14 +130,31 @@ def test_3d_marker_moves_with_the_label():
 
 # ----------------------------------------------------------------------------- reproducible runs
 def _cfg(tmp, data_root, out, seed=0, epochs=1):
-    raw = {"model": "ovary_unet", "overrides": {"base": 4}, "input_size": [32, 32], "name": "tiny",
-           "data": {"adapter": "ut_endomri_d2", "root": str(data_root), "synthetic": {"kind": "pelvic", "n": 4, "seed": 5},
-                    "split": {"fractions": [0.5, 0.25, 0.25], "seed": 0}, "positive_slices_only": True},
-           "loss": {"name": "focal_tversky"},
-           "augment": {"flip": True, "vflip": True, "rotate_deg": 15, "translate": 0.05, "intensity": 0.1},
-           "train": {"epochs": epochs, "batch_size": 4, "patience": 5, "select_by": "val_dice", "seed": seed,
-                     "max_steps_per_epoch": 2},
-           "out": str(tmp / out), "evaluate_test": False}
+    raw = {
+        "model": "ovary_unet",
+        "overrides": {"base": 4},
+        "input_size": [32, 32],
+        "name": "tiny",
+        "data": {
+            "adapter": "ut_endomri_d2",
+            "root": str(data_root),
+            "synthetic": {"kind": "pelvic", "n": 4, "seed": 5},
+            "split": {"fractions": [0.5, 0.25, 0.25], "seed": 0},
+            "positive_slices_only": True,
+        },
+        "loss": {"name": "focal_tversky"},
+        "augment": {"flip": True, "vflip": True, "rotate_deg": 15, "translate": 0.05, "intensity": 0.1},
+        "train": {
+            "epochs": epochs,
+            "batch_size": 4,
+            "patience": 5,
+            "select_by": "val_dice",
+            "seed": seed,
+            "max_steps_per_epoch": 2,
+        },
+        "out": str(tmp / out),
+        "evaluate_test": False,
+    }
     return T._merge(T.DEFAULTS, raw)
 
 
@@ -178,19 +196,35 @@ def test_3d_epoch_samples_repeat_per_seed_rank_and_epoch():
     g = [torch.Generator().manual_seed(k) for k in (5, 5)]
     x = torch.from_numpy(TT.sample_crops(src, 6, s[0])[0])
     a = {"flip": True, "rotate_deg": 15}
-    assert torch.equal(T.augment_3d(x, torch.from_numpy(ys[0]), a, g[0])[1],
-                       T.augment_3d(x, torch.from_numpy(ys[0]), a, g[1])[1])
+    assert torch.equal(
+        T.augment_3d(x, torch.from_numpy(ys[0]), a, g[0])[1], T.augment_3d(x, torch.from_numpy(ys[0]), a, g[1])[1]
+    )
 
 
 # ----------------------------------------------------------------------------- structure
 def test_train_is_a_short_sequence_of_typed_steps():
     src = inspect.getsource(T.train)
     assert len(src.splitlines()) < 60
-    for step in ("setup_run", "split_data", "build_training_model", "prepare_data", "plan_stages", "build_stage",
-                 "resume_stage", "run_stage", "run_epoch", "validate_epoch", "select_best", "write_card"):
+    for step in (
+        "setup_run",
+        "split_data",
+        "build_training_model",
+        "prepare_data",
+        "plan_stages",
+        "build_stage",
+        "resume_stage",
+        "run_stage",
+        "run_epoch",
+        "validate_epoch",
+        "select_best",
+        "write_card",
+    ):
         assert callable(getattr(T, step)), step
-        assert step in inspect.getsource(T.train) or step in inspect.getsource(T.run_stage) \
-            or step in inspect.getsource(T.run_epoch), step
+        assert (
+            step in inspect.getsource(T.train)
+            or step in inspect.getsource(T.run_stage)
+            or step in inspect.getsource(T.run_epoch)
+        ), step
     for cls in (T.RunSetup, T.TrainingData, T.TrainingModel, T.StagePlan, T.Stage, T.Best, T.StageState):
         assert dataclasses.is_dataclass(cls)
     assert "locals()" not in inspect.getsource(T)
@@ -201,7 +235,16 @@ def test_select_best_keeps_the_rule_of_better():
     go to the lower loss), its weights and metrics are the ones held."""
     net = torch.nn.Linear(1, 1)
     best, d = T.Best(), T.Dist()
-    log = [(0.21, 0.92), (0.40, 1.46), (1.0, 2.33), (0.5, 6.44), (1.0, 0.129), (0.0, 9.11), (1.0, 0.0164), (1.0, 0.0093)]
+    log = [
+        (0.21, 0.92),
+        (0.40, 1.46),
+        (1.0, 2.33),
+        (0.5, 6.44),
+        (1.0, 0.129),
+        (0.0, 9.11),
+        (1.0, 0.0164),
+        (1.0, 0.0093),
+    ]
     kept = []
     for epoch, (auc, loss) in enumerate(log):
         with torch.no_grad():

@@ -1,5 +1,6 @@
 """Training-recipe keys that the reports' configs need: LR schedulers, patient counts for the split,
 local pretrained encoder weights and fine-tuning from another checkpoint (issue 19)."""
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,14 @@ def _lrs(cfg, epochs, vals=None):
 
 def test_cosine_schedule_follows_the_closed_form():
     # report 002: CosineAnnealingLR(T_max=50, eta_min=1e-6) from 5e-5
-    cfg = {"optim": {"name": "rmsprop", "lr": 5e-5, "momentum": 0.9,
-                     "scheduler": {"name": "cosine", "T_max": 50, "eta_min": 1e-6}}}
+    cfg = {
+        "optim": {
+            "name": "rmsprop",
+            "lr": 5e-5,
+            "momentum": 0.9,
+            "scheduler": {"name": "cosine", "T_max": 50, "eta_min": 1e-6},
+        }
+    }
     lrs = _lrs(cfg, 11)
     for e, lr in enumerate(lrs):
         want = 1e-6 + (5e-5 - 1e-6) * (1 + math.cos(math.pi * e / 50)) / 2

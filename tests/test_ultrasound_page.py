@@ -2,6 +2,7 @@
 when asked, a benign call is never drawn as an alarm, the cascade and the multitask model are
 compared in words (on the malignant sample they agree since the cascade's batch-norm repair), and
 what the clinical inputs change is measured. Library, AppTest and Chromium."""
+
 from __future__ import annotations
 
 import copy
@@ -156,7 +157,7 @@ def test_cascade_agrees_after_bn_repair(malignant, analysed):
     clf.train()
     with torch.no_grad():
         for i in range(0, 32, 8):
-            clf.features(torch.stack(crops[i:i + 8]))
+            clf.features(torch.stack(crops[i : i + 8]))
     clf.eval()
     with torch.inference_mode():
         p_again = float(torch.softmax(clf(inf_crop, clin), 1)[0, 1])
@@ -285,8 +286,10 @@ def test_browser_ultrasound_with_annotation_removal():
             page.wait_for_timeout(1500)
             page.screenshot(path=str(ARTIFACTS / f"ultrasound_{w}x{h}.png"))
             # Streamlit scrolls inside its main container (a full-page shot shows only the viewport)
-            for part, target in (("clinical", page.get_by_role("heading", name="What the clinical inputs change")),
-                                 ("annotation", page.get_by_text("annotations removed: what the models ran on"))):
+            for part, target in (
+                ("clinical", page.get_by_role("heading", name="What the clinical inputs change")),
+                ("annotation", page.get_by_text("annotations removed: what the models ran on")),
+            ):
                 target.scroll_into_view_if_needed()
                 page.wait_for_timeout(800)
                 page.screenshot(path=str(ARTIFACTS / f"ultrasound_{w}x{h}_{part}.png"))

@@ -1,5 +1,6 @@
 """Uploading a checkpoint in the app (issue 16 item 3): safetensors + card, size-limited, SHA-256
 checked, registry architecture only, never pickle; available to that session only."""
+
 from __future__ import annotations
 
 import json

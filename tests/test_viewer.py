@@ -6,6 +6,7 @@
 * orientation letters only where the file states the orientation: a DICOM without Image Orientation /
   Position (Patient), a 2D image file and a NIfTI without qform/sform get none, and say so.
 """
+
 from __future__ import annotations
 
 import io
@@ -129,7 +130,9 @@ def _plot_box(page) -> dict:
 
 
 def _inside(box: dict, w: int, h: int) -> bool:
-    return box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= w + 0.5 and box["y"] + box["height"] <= h + 0.5
+    return (
+        box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= w + 0.5 and box["y"] + box["height"] <= h + 0.5
+    )
 
 
 def _title(page) -> str:
@@ -161,8 +164,11 @@ def test_browser_viewer_fits_the_window_wheel_moves_the_slice_and_export(tmp_pat
             box = _plot_box(page)
             assert _inside(box, w, h), (w, h, box)
             assert box["height"] >= 360 and box["width"] >= 300, (w, h, box)
-            for control in (page.get_by_role("slider", name="Slice"), page.get_by_text("Plane", exact=True),
-                            page.get_by_text("Window", exact=True)):
+            for control in (
+                page.get_by_role("slider", name="Slice"),
+                page.get_by_text("Plane", exact=True),
+                page.get_by_text("Window", exact=True),
+            ):
                 c = control.bounding_box() if control.count() else None
                 assert c is None or c["y"] + c["height"] <= h, (w, h, c)  # (the slider input is visually hidden)
             slider = page.locator(".st-key-seg_slice [data-testid=stSlider]").bounding_box()
@@ -181,13 +187,20 @@ def test_browser_viewer_fits_the_window_wheel_moves_the_slice_and_export(tmp_pat
         page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         for k in range(1, 4):
             page.mouse.wheel(0, 100)
-            page.wait_for_function("(v) => { const t = [...document.querySelectorAll('.st-key-seg_image "
-                                   ".annotation-text')].map(e => e.textContent); return t.includes(v); }",
-                                   arg=f"Axial slice {start + k + 1} of 24", timeout=30_000)
+            page.wait_for_function(
+                "(v) => { const t = [...document.querySelectorAll('.st-key-seg_image "
+                ".annotation-text')].map(e => e.textContent); return t.includes(v); }",
+                arg=f"Axial slice {start + k + 1} of 24",
+                timeout=30_000,
+            )
             assert int(slider.input_value()) == start + k
         page.mouse.wheel(0, -100)
-        page.wait_for_function("(v) => [...document.querySelectorAll('.st-key-seg_image .annotation-text')]"
-                               ".some(e => e.textContent === v)", arg=f"Axial slice {start + 3} of 24", timeout=30_000)
+        page.wait_for_function(
+            "(v) => [...document.querySelectorAll('.st-key-seg_image .annotation-text')]"
+            ".some(e => e.textContent === v)",
+            arg=f"Axial slice {start + 3} of 24",
+            timeout=30_000,
+        )
         assert int(slider.input_value()) == start + 2
         assert _plot_box(page)["y"] == pytest.approx(box["y"], abs=1)  # the page did not scroll
         assert page.locator("[data-testid=stException]").count() == 0

@@ -1,6 +1,7 @@
 """Issue 18 item 3: the worklist (statuses from stored verdicts, filters, Open / Previous / Next, exports
 recorded in the audit trail), the gallery's verdict badge and filter, and a verdict that survives a server
 restart (Chromium)."""
+
 from __future__ import annotations
 
 import csv
@@ -38,8 +39,13 @@ def small_cohort(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("wl_pelvic")
     ensure_synthetic(root, {"kind": "pelvic", "n": 3, "seed": 7})
     out = tmp_path_factory.mktemp("wl_runs") / "pelvic_small"
-    C.run_cohort(D.ut_endomri_d2(root), ["ovary_unet"], {"orig": {"side_masking": "none"}}, out,
-                 dataset={"adapter": "ut_endomri_d2", "root": str(root)})
+    C.run_cohort(
+        D.ut_endomri_d2(root),
+        ["ovary_unet"],
+        {"orig": {"side_masking": "none"}},
+        out,
+        dataset={"adapter": "ut_endomri_d2", "root": str(root)},
+    )
     return out
 
 
@@ -59,9 +65,11 @@ def test_status_rows_latest_case_verdict_slice_counts_and_filters(fresh_db):
     s.add_verdict("other", "accept", "Dr C", None, signed_in=False, time=_t(12))  # not a case of this list
     rows = W.status_rows(["c1", "c2", "c3"], keys, s.verdicts_for(list(keys.values())))
     got = [(r["case"], r["status"], r["slice_verdicts"], r["verdicts"], r["reviewer"], r["model"]) for r in rows]
-    assert got == [("c1", "needs_correction", 1, 3, "Dr B", "m2"),
-                   ("c2", "not_reviewed", 1, 1, "Dr A", "m1"),  # a slice verdict alone is no case status
-                   ("c3", "not_reviewed", 0, 0, "", "")]
+    assert got == [
+        ("c1", "needs_correction", 1, 3, "Dr B", "m2"),
+        ("c2", "not_reviewed", 1, 1, "Dr A", "m1"),  # a slice verdict alone is no case status
+        ("c3", "not_reviewed", 0, 0, "", ""),
+    ]
     assert rows[0]["time_utc"] == _t(10) and rows[0]["note"] == "fix"
     assert [r["case"] for r in W.filter_rows(rows, statuses=["not_reviewed"])] == ["c2", "c3"]
     assert [r["case"] for r in W.filter_rows(rows, reviewers=["Dr A"])] == ["c1", "c2"]  # any verdict by Dr A
@@ -72,8 +80,12 @@ def test_status_rows_latest_case_verdict_slice_counts_and_filters(fresh_db):
     assert W.table(rows)[0]["status"] == "needs correction" and W.table(rows)[0]["time (UTC)"] == "2025-03-01 10:00"
     # the run's export: its cases' verdicts only, with the dataset's case id in front
     out = list(csv.DictReader(io.StringIO(W.export_bytes(W.case_verdicts(s, keys), "csv").decode())))
-    assert [(r["case"], r["verdict"]) for r in out] == [("c2", "reject"), ("c1", "needs_correction"),
-                                                        ("c1", "reject"), ("c1", "accept")]
+    assert [(r["case"], r["verdict"]) for r in out] == [
+        ("c2", "reject"),
+        ("c1", "needs_correction"),
+        ("c1", "reject"),
+        ("c1", "accept"),
+    ]
     assert list(out[0])[:3] == ["case", "id", "case_key"]
     js = json.loads(W.export_bytes(W.case_verdicts(s, keys), "json"))
     assert len(js) == 4 and js[0]["case"] == "c2" and js[0]["time_utc"].startswith("2025-03-01T11:00")
@@ -134,7 +146,12 @@ def test_apptest_worklist_open_verdict_next_filter_export(small_cohort, fresh_db
     at.radio(key="verdict_choice").set_value("accept")
     at.text_input(key="reviewer_name").set_value("Dr Worklist")
     [b for b in at.button if b.label == "Save verdict"][0].click().run()
-    assert fresh_db.status(key1) == "accept", (fresh_db.verdicts(), [e.value for e in at.error], at.exception, [s.value for s in at.success])
+    assert fresh_db.status(key1) == "accept", (
+        fresh_db.verdicts(),
+        [e.value for e in at.error],
+        at.exception,
+        [s.value for s in at.success],
+    )
     # Next: the second case of the list, on the same page
     at.button(key="wl_next").click().run()
     assert not at.exception, at.exception
@@ -179,10 +196,14 @@ def test_worklist_export_is_audited(fresh_db):
         "import streamlit as st\n"
         "from pages._access import exported\n"
         "st.session_state['reviewer_name'] = 'Dr Export'\n"
-        "exported('worklist verdicts CSV (run x)', with_case=False)()\n", default_timeout=30).run()
+        "exported('worklist verdicts CSV (run x)', with_case=False)()\n",
+        default_timeout=30,
+    ).run()
     assert not at.exception
     rows = fresh_db.audit_rows(action="export")
-    assert [(r["user"], r["detail"], r["case_key"]) for r in rows] == [("Dr Export", "worklist verdicts CSV (run x)", None)]
+    assert [(r["user"], r["detail"], r["case_key"]) for r in rows] == [
+        ("Dr Export", "worklist verdicts CSV (run x)", None)
+    ]
 
 
 def _wait(fn, timeout=30.0):
@@ -216,7 +237,9 @@ def test_browser_verdict_survives_server_restart(small_cohort, tmp_path):
         page.get_by_text("Accept", exact=True).click()
         page.get_by_role("textbox", name="Your name").fill("Dr Restart")
         page.get_by_role("button", name="Save verdict").click()
-        page.get_by_text("Saved: Accept by Dr Restart").wait_for(state="attached", timeout=60_000)  # the expander may fold
+        page.get_by_text("Saved: Accept by Dr Restart").wait_for(
+            state="attached", timeout=60_000
+        )  # the expander may fold
     assert _wait(lambda: Store(str(db)).verdicts())[0]["verdict"] == "accept"
     with app_server(env=env) as url, browser() as b:  # a new server process, the same database
         page = b.new_page(viewport={"width": 1500, "height": 1200})

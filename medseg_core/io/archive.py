@@ -1,5 +1,6 @@
 """Zip archives read entirely in memory with bounded inflation (nothing is written to disk, so a
 member named ``../../etc/passwd`` cannot escape anywhere)."""
+
 from __future__ import annotations
 
 import io
@@ -24,7 +25,9 @@ def read_zip(data: bytes, name: str, limits: Limits) -> tuple[list[tuple[str, by
         zf = zipfile.ZipFile(io.BytesIO(data))
         infos = zf.infolist()
     except (zipfile.BadZipFile, EOFError, ValueError, OSError):
-        raise InputError(f"'{name}' is a damaged or incomplete zip archive; create the archive again and re-upload it.") from None
+        raise InputError(
+            f"'{name}' is a damaged or incomplete zip archive; create the archive again and re-upload it."
+        ) from None
     if len(infos) > limits.max_zip_entries:
         raise InputError(
             f"'{name}' holds {len(infos):,} files, more than the {limits.max_zip_entries:,} this server accepts; "
@@ -53,9 +56,19 @@ def read_zip(data: bytes, name: str, limits: Limits) -> tuple[list[tuple[str, by
         try:
             with zf.open(info) as fh:
                 buf = fh.read(limits.max_decompressed_bytes - total + 1)
-        except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError, RuntimeError, ValueError, zlib.error,
-                lzma.LZMAError):
-            raise InputError(f"'{name}' is damaged: the member '{base}' cannot be extracted; create the archive again.") from None
+        except (
+            zipfile.BadZipFile,
+            EOFError,
+            OSError,
+            NotImplementedError,
+            RuntimeError,
+            ValueError,
+            zlib.error,
+            lzma.LZMAError,
+        ):
+            raise InputError(
+                f"'{name}' is damaged: the member '{base}' cannot be extracted; create the archive again."
+            ) from None
         total += len(buf)
         if total > limits.max_decompressed_bytes:
             raise InputError(
@@ -67,11 +80,15 @@ def read_zip(data: bytes, name: str, limits: Limits) -> tuple[list[tuple[str, by
             continue
         out.append((base or member, buf))
     if odd_names:
-        warnings.append(f"{odd_names} member name(s) pointed outside the archive folder; they were read in memory only.")
+        warnings.append(
+            f"{odd_names} member name(s) pointed outside the archive folder; they were read in memory only."
+        )
     if not out:
         nested = [w for w in warnings if "archive inside the archive" in w]
         if nested:
-            raise InputError(f"'{name}' holds only another archive, which is not opened; unpack it and upload "
-                             "the files (or the inner archive) instead.")
+            raise InputError(
+                f"'{name}' holds only another archive, which is not opened; unpack it and upload "
+                "the files (or the inner archive) instead."
+            )
         raise InputError(f"'{name}' is an empty archive; it holds no files to load.")
     return out, warnings

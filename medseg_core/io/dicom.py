@@ -9,6 +9,7 @@ the array into the project's canonical orientation by :func:`orientation.to_cano
 Nothing identifying is read into ``meta``: only the whitelisted acquisition facts in
 :data:`SAFE_META`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,22 +26,39 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: DICOM keywords copied into Volume.meta (acquisition facts only; no names, IDs, dates,
 #: institutions, free-text descriptions or UIDs).
 SAFE_META = (
-    "Modality", "Manufacturer", "ManufacturerModelName", "MagneticFieldStrength", "RepetitionTime",
-    "EchoTime", "FlipAngle", "SliceThickness", "SpacingBetweenSlices", "KVP", "ConvolutionKernel",
-    "BodyPartExamined", "PhotometricInterpretation", "BitsStored", "ScanningSequence",
+    "Modality",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "MagneticFieldStrength",
+    "RepetitionTime",
+    "EchoTime",
+    "FlipAngle",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "KVP",
+    "ConvolutionKernel",
+    "BodyPartExamined",
+    "PhotometricInterpretation",
+    "BitsStored",
+    "ScanningSequence",
 )
 
 _NON_IMAGE_HINTS = {
     "1.2.840.10008.5.1.4.1.1.481.3": "an RT structure set (contours, not an image)",
     "1.2.840.10008.5.1.4.1.1.66.4": "a segmentation object (upload it as a mask, or the image it belongs to)",
 }
-SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")  # Segmentation, Label Map Segmentation
+SEG_SOP_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.66.4",
+    "1.2.840.10008.5.1.4.1.1.66.7",
+)  # Segmentation, Label Map Segmentation
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 
 #: Warning for images without ImageOrientationPatient / ImagePositionPatient (any number of slices).
-ORIENTATION_ASSUMED = ("This DICOM does not say how the patient lay (no Image Orientation / Image Position "
-                       "(Patient)): it is shown as stored, so the patient's left and right cannot be known and the "
-                       "viewer shows no R/L/A/P letters.")
+ORIENTATION_ASSUMED = (
+    "This DICOM does not say how the patient lay (no Image Orientation / Image Position "
+    "(Patient)): it is shown as stored, so the patient's left and right cannot be known and the "
+    "viewer shows no R/L/A/P letters."
+)
 
 
 def is_segmentation(ds) -> bool:
@@ -54,8 +72,10 @@ def _n_segments(ds) -> str:
 
 
 def segmentation_as_image_error(ds) -> InputError:
-    return InputError(f"This file is a DICOM Segmentation ({_n_segments(ds)}); upload it as a mask (reference or "
-                      "prediction) for the image it belongs to.")
+    return InputError(
+        f"This file is a DICOM Segmentation ({_n_segments(ds)}); upload it as a mask (reference or "
+        "prediction) for the image it belongs to."
+    )
 
 
 @dataclass
@@ -146,13 +166,20 @@ def series_infos(groups: dict[str, list]) -> list[SeriesInfo]:
         ds0 = items[0][1]
         with_pix = [ds for _, ds in items if "PixelData" in ds and not is_segmentation(ds)]
         frames = sum(int(getattr(ds, "NumberOfFrames", 1) or 1) for ds in with_pix)
-        infos.append(SeriesInfo(
-            key=key, modality=_modality(ds0), n_images=len(items), n_frames=frames,
-            rows=int(getattr(with_pix[0] if with_pix else ds0, "Rows", 0) or 0),
-            cols=int(getattr(with_pix[0] if with_pix else ds0, "Columns", 0) or 0),
-            has_pixels=bool(with_pix), kind="image" if with_pix else (
-                f"a DICOM Segmentation ({_n_segments(ds0)})" if is_segmentation(ds0) else _sop_name(ds0)),
-        ))
+        infos.append(
+            SeriesInfo(
+                key=key,
+                modality=_modality(ds0),
+                n_images=len(items),
+                n_frames=frames,
+                rows=int(getattr(with_pix[0] if with_pix else ds0, "Rows", 0) or 0),
+                cols=int(getattr(with_pix[0] if with_pix else ds0, "Columns", 0) or 0),
+                has_pixels=bool(with_pix),
+                kind="image"
+                if with_pix
+                else (f"a DICOM Segmentation ({_n_segments(ds0)})" if is_segmentation(ds0) else _sop_name(ds0)),
+            )
+        )
     infos.sort(key=lambda s: (not s.has_pixels, -s.n_frames))
     return infos
 
@@ -230,7 +257,10 @@ def _pixel_spacing(ds) -> tuple[float, float, str | None]:
     if regions:
         r = regions[0]
         # Physical units code 3 = cm
-        if int(getattr(r, "PhysicalUnitsXDirection", 0) or 0) == 3 and int(getattr(r, "PhysicalUnitsYDirection", 0) or 0) == 3:
+        if (
+            int(getattr(r, "PhysicalUnitsXDirection", 0) or 0) == 3
+            and int(getattr(r, "PhysicalUnitsYDirection", 0) or 0) == 3
+        ):
             dx = abs(float(getattr(r, "PhysicalDeltaX", 0) or 0)) * 10.0
             dy = abs(float(getattr(r, "PhysicalDeltaY", 0) or 0)) * 10.0
             if dx > 0 and dy > 0:
@@ -293,7 +323,11 @@ def _safe_meta(ds) -> dict:
         if v is None or v == "":
             continue
         try:
-            meta[kw] = float(v) if isinstance(v, (int, float)) or type(v).__name__ in ("DSfloat", "IS", "DSdecimal") else str(v)
+            meta[kw] = (
+                float(v)
+                if isinstance(v, (int, float)) or type(v).__name__ in ("DSfloat", "IS", "DSdecimal")
+                else str(v)
+            )
         except Exception:
             continue
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -311,11 +345,10 @@ def assemble_series(items: list[tuple[str, object]], limits: Limits, label: str)
     if not images:
         sop = _sop_name(items[0][1])
         if "Image Storage" in sop:
-            raise InputError(f"{label} is {sop} without pixel data (only the header is there); upload the complete "
-                             "image files.")
-        raise InputError(
-            f"{label} holds no image: it is {sop}; upload the image series instead."
-        )
+            raise InputError(
+                f"{label} is {sop} without pixel data (only the header is there); upload the complete image files."
+            )
+        raise InputError(f"{label} holds no image: it is {sop}; upload the image series instead.")
     if len(images) < len(items):
         warnings.append(f"{len(items) - len(images)} file(s) of this series hold no pixel data and were skipped.")
     ds0 = images[0][1]
@@ -419,16 +452,22 @@ def assemble_series(items: list[tuple[str, object]], limits: Limits, label: str)
         affine = LPS_TO_RAS @ lps
     else:
         if len(slices) > 1:
+
             def inst(s):
                 try:
                     return int(getattr(s[1], "InstanceNumber", 0) or 0)
                 except Exception:
                     return 0
+
             if any(s[2] is None for s in slices):
                 slices.sort(key=inst)
             warnings.append(
                 "The images carry no patient position; they are stacked in acquisition order "
-                + ("(frames of a cine loop are shown as slices)." if any(s[2] is not None for s in slices) else "(by instance number).")
+                + (
+                    "(frames of a cine loop are shown as slices)."
+                    if any(s[2] is not None for s in slices)
+                    else "(by instance number)."
+                )
             )
         warnings.append(ORIENTATION_ASSUMED)
         # Display-ready orientation: rows run anterior->posterior, columns patient right->left.
@@ -452,7 +491,9 @@ def assemble_series(items: list[tuple[str, object]], limits: Limits, label: str)
     meta["n_slices"] = int(stack.shape[0])
     import nibabel as nib
 
-    meta["source_orientation"] = "".join(nib.aff2axcodes(affine)) if orientation_known else "not stated (display order assumed)"
+    meta["source_orientation"] = (
+        "".join(nib.aff2axcodes(affine)) if orientation_known else "not stated (display order assumed)"
+    )
     meta["orientation_known"] = bool(orientation_known)
     if sp_note and sp_note.startswith("no pixel size"):
         meta["spacing_source"] = "assumed"  # the export's scale bar is then labelled in pixels
@@ -483,6 +524,10 @@ def _seg_reference(slices, shape_xyz, affine, ds0) -> dict | None:
         if k.size != 1:
             return None  # the acquisition's slices are not the canonical axial slices
         per_z.append(uids[int(k[0])])
-    return {"study_uid": str(ds0.StudyInstanceUID), "series_uid": str(ds0.SeriesInstanceUID),
-            "frame_of_reference_uid": str(ds0.FrameOfReferenceUID), "sop_class_uid": str(ds0.SOPClassUID),
-            "instance_uids": per_z}
+    return {
+        "study_uid": str(ds0.StudyInstanceUID),
+        "series_uid": str(ds0.SeriesInstanceUID),
+        "frame_of_reference_uid": str(ds0.FrameOfReferenceUID),
+        "sop_class_uid": str(ds0.SOPClassUID),
+        "instance_uids": per_z,
+    }

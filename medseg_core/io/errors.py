@@ -1,4 +1,5 @@
 """The one exception every loader raises for bad input, and the limits it enforces."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """2D images (PNG, JPEG, TIFF, BMP): ultrasound frames, screenshots, 16-bit MRI slices."""
+
 from __future__ import annotations
 
 import io
@@ -63,8 +64,11 @@ def read_image(data: bytes, name: str, limits: Limits, pixel_spacing_mm: tuple[f
     affine = LPS_TO_RAS @ np.diag([cs, rs, 1.0, 1.0])
     arr_zyx, canon = to_canonical(data_xyz, affine)
     # An image file states no patient orientation: it is shown as the file looks, without R/L/A/P letters.
-    meta = {"format": f"image ({name.rsplit('.', 1)[-1].upper() if '.' in name else 'unknown'})",
-            "source_orientation": "not stated (shown as the file looks)", "orientation_known": False,
-            "image_mode": mode,
-            "spacing_source": "given" if pixel_spacing_mm else "assumed"}
+    meta = {
+        "format": f"image ({name.rsplit('.', 1)[-1].upper() if '.' in name else 'unknown'})",
+        "source_orientation": "not stated (shown as the file looks)",
+        "orientation_known": False,
+        "image_mode": mode,
+        "spacing_source": "given" if pixel_spacing_mm else "assumed",
+    }
     return arr_zyx, canon, warnings, meta

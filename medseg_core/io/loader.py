@@ -12,6 +12,7 @@ Supported inputs
 The format is recognised from the bytes, not the extension (a mismatch is reported as a warning).
 Every failure raises :class:`InputError` with a sentence for a clinician.
 """
+
 from __future__ import annotations
 
 import functools
@@ -52,18 +53,40 @@ def _guarded(func):
             if os.environ.get("MEDSEG_STRICT_LOADING"):
                 raise
             _log.warning("unexpected %s in %s", type(e).__name__, func.__name__)
-            raise InputError("The file could not be read: it is damaged or uses a variant of the format this server "
-                             "does not support.") from None
+            raise InputError(
+                "The file could not be read: it is damaged or uses a variant of the format this server "
+                "does not support."
+            ) from None
 
     return wrapper
 
+
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, Any]
 
-_FORMAT_NAMES = {"nifti1": "NIfTI", "nifti2": "NIfTI", "gzip": "gzip-compressed", "dicom": "DICOM",
-                 "png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "bmp": "BMP", "zip": "zip"}
-_EXT_KINDS = {".nii": {"nifti1", "nifti2"}, ".nii.gz": {"gzip"}, ".gz": {"gzip"}, ".dcm": {"dicom"},
-              ".png": {"png"}, ".jpg": {"jpeg"}, ".jpeg": {"jpeg"}, ".tif": {"tiff"}, ".tiff": {"tiff"},
-              ".bmp": {"bmp"}, ".zip": {"zip"}}
+_FORMAT_NAMES = {
+    "nifti1": "NIfTI",
+    "nifti2": "NIfTI",
+    "gzip": "gzip-compressed",
+    "dicom": "DICOM",
+    "png": "PNG",
+    "jpeg": "JPEG",
+    "tiff": "TIFF",
+    "bmp": "BMP",
+    "zip": "zip",
+}
+_EXT_KINDS = {
+    ".nii": {"nifti1", "nifti2"},
+    ".nii.gz": {"gzip"},
+    ".gz": {"gzip"},
+    ".dcm": {"dicom"},
+    ".png": {"png"},
+    ".jpg": {"jpeg"},
+    ".jpeg": {"jpeg"},
+    ".tif": {"tiff"},
+    ".tiff": {"tiff"},
+    ".bmp": {"bmp"},
+    ".zip": {"zip"},
+}
 
 
 # ---------------------------------------------------------------------------- gathering bytes
@@ -120,7 +143,9 @@ def _ext_warning(name: str, kind: str) -> list[str]:
     ext = ext_of(name)
     expected = _EXT_KINDS.get(ext)
     if expected and kind not in expected and not (ext == ".nii" and kind == "gzip"):
-        return [f"'{name}' is named {ext} but holds {_FORMAT_NAMES.get(kind, kind)} data; it was read as {_FORMAT_NAMES.get(kind, kind)}."]
+        return [
+            f"'{name}' is named {ext} but holds {_FORMAT_NAMES.get(kind, kind)} data; it was read as {_FORMAT_NAMES.get(kind, kind)}."
+        ]
     return []
 
 
@@ -131,7 +156,9 @@ def _finite(arr: np.ndarray, warnings: list[str], name: str) -> np.ndarray:
             raise InputError(f"'{name}' holds no valid voxel values (all are NaN or infinite); the file is damaged.")
         fill = float(np.min(arr[~bad]))
         arr = np.where(bad, fill, arr).astype(np.float32)
-        warnings.append(f"{int(bad.sum()):,} voxel(s) were not numbers (NaN or infinite) and were set to the image minimum.")
+        warnings.append(
+            f"{int(bad.sum()):,} voxel(s) were not numbers (NaN or infinite) and were set to the image minimum."
+        )
     if arr.size and float(arr.max()) == float(arr.min()):
         warnings.append(f"Every voxel of '{name}' has the same value ({float(arr.min()):g}): the image is blank.")
     return arr
@@ -203,9 +230,15 @@ def load_volume(source: Source, filename: str | None = None, **kwargs) -> Volume
         return _load_volume(source, filename, **kwargs)
 
 
-def _load_volume(source: Source, filename: str | None = None, *, series: str | None = None,
-                modality: str | None = None, pixel_spacing_mm: tuple[float, float] | None = None,
-                limits: Limits | None = None) -> Volume:
+def _load_volume(
+    source: Source,
+    filename: str | None = None,
+    *,
+    series: str | None = None,
+    modality: str | None = None,
+    pixel_spacing_mm: tuple[float, float] | None = None,
+    limits: Limits | None = None,
+) -> Volume:
     limits = limits or Limits.from_env()
     raw = _gather(source, filename, limits)
     files, warnings = _classify(raw, limits)
@@ -241,15 +274,20 @@ def _load_volume(source: Source, filename: str | None = None, *, series: str | N
             vol = Volume(arr, _spacing(aff), aff, modality="US", name=os.path.basename(n), meta=meta)
         else:
             if len(files) == 1:
-                raise _unrecognised(files[0][0]) if kinds[0] != "empty" else InputError(
-                    f"'{files[0][0]}' is empty (0 bytes); the upload did not complete, so try again.")
+                raise (
+                    _unrecognised(files[0][0])
+                    if kinds[0] != "empty"
+                    else InputError(f"'{files[0][0]}' is empty (0 bytes); the upload did not complete, so try again.")
+                )
             raise InputError(
                 f"None of the {len(files)} files is a recognised medical image; upload NIfTI, DICOM or an image file."
             )
     except InputError:
         raise
     except MemoryError:
-        raise InputError(f"'{display_name}' is too large to load on this server; crop or downsample it first.") from None
+        raise InputError(
+            f"'{display_name}' is too large to load on this server; crop or downsample it first."
+        ) from None
     except Exception as exc:  # last resort: never show a library traceback to a user
         raise InputError(
             f"'{display_name}' could not be read ({type(exc).__name__}); the file is damaged or in an unsupported variant."
@@ -320,8 +358,13 @@ def load_mask(source: Source, like: Volume, filename: str | None = None, limits:
     """
     limits = limits or Limits.from_env()
     try:
-        mvol = load_volume(source, filename, limits=limits, pixel_spacing_mm=_inplane(like) if like.is_2d else None,
-                           modality=like.modality)
+        mvol = load_volume(
+            source,
+            filename,
+            limits=limits,
+            pixel_spacing_mm=_inplane(like) if like.is_2d else None,
+            modality=like.modality,
+        )
     except InputError as e:
         raise InputError(f"The mask could not be loaded: {str(e)[0].lower()}{str(e)[1:]}") from None
     if mvol.shape != like.shape:

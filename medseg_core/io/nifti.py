@@ -1,4 +1,5 @@
 """NIfTI-1 / NIfTI-2 reading with the header checked before any voxel is decoded."""
+
 from __future__ import annotations
 
 import io
@@ -51,7 +52,7 @@ def read_nifti(data: bytes, name: str, limits: Limits) -> tuple[np.ndarray, np.n
     ndim = dims[0]
     if ndim < 1 or ndim > 7:
         raise InputError(f"'{name}' has an invalid NIfTI header (it declares {ndim} dimensions); the file is damaged.")
-    shape = [int(d) for d in dims[1:1 + ndim]]
+    shape = [int(d) for d in dims[1 : 1 + ndim]]
     if any(s <= 0 for s in shape):
         raise InputError(
             f"'{name}' declares an empty image (shape {' x '.join(map(str, shape))}); it holds no voxels to show."
@@ -59,7 +60,9 @@ def read_nifti(data: bytes, name: str, limits: Limits) -> tuple[np.ndarray, np.n
     spatial = (shape + [1, 1, 1])[:3]
     check_voxel_budget(spatial, limits, f"file '{name}'")
     if ndim > 3 and int(np.prod(shape[3:])) > 1:
-        check_voxel_budget(spatial + [int(np.prod(shape[3:]))], Limits(max_voxels=limits.max_voxels * 8), f"file '{name}'")
+        check_voxel_budget(
+            spatial + [int(np.prod(shape[3:]))], Limits(max_voxels=limits.max_voxels * 8), f"file '{name}'"
+        )
     if compressed:
         data = gunzip_bounded(data, limits, name)
     try:
@@ -68,9 +71,7 @@ def read_nifti(data: bytes, name: str, limits: Limits) -> tuple[np.ndarray, np.n
             img = cls.from_bytes(data)
         dataobj = img.dataobj
         if ndim > 3 and int(np.prod(shape[3:])) > 1:
-            warnings.append(
-                f"'{name}' is a 4D series ({' x '.join(map(str, shape))}); only its first volume is shown."
-            )
+            warnings.append(f"'{name}' is a 4D series ({' x '.join(map(str, shape))}); only its first volume is shown.")
             arr = np.asarray(dataobj[..., 0] if ndim == 4 else dataobj[(...,) + (0,) * (ndim - 3)])
         else:
             arr = np.asarray(dataobj)
@@ -83,7 +84,9 @@ def read_nifti(data: bytes, name: str, limits: Limits) -> tuple[np.ndarray, np.n
             f"'{name}' could not be read as NIfTI: the file is truncated or damaged; upload the complete file."
         ) from None
     if np.iscomplexobj(arr) or arr.dtype.names is not None:
-        raise InputError(f"'{name}' holds complex or RGB NIfTI data, which is not supported; convert it to a scalar image.")
+        raise InputError(
+            f"'{name}' holds complex or RGB NIfTI data, which is not supported; convert it to a scalar image."
+        )
     arr = arr.reshape(spatial).astype(np.float32, copy=False)
     hdr = img.header
     klass = nib.Nifti1Header if kind == "nifti1" else nib.Nifti2Header
@@ -96,11 +99,15 @@ def read_nifti(data: bytes, name: str, limits: Limits) -> tuple[np.ndarray, np.n
         warnings.append(f"'{name}' has no usable orientation in its header; 1 mm voxels in RAS order are assumed.")
         affine = np.eye(4)
     elif codes == (0, 0):
-        warnings.append(f"'{name}' stores no orientation (qform and sform codes are 0): its axes are taken "
-                        "in a default order, so left and right cannot be known from the file and the viewer shows no orientation letters.")
+        warnings.append(
+            f"'{name}' stores no orientation (qform and sform codes are 0): its axes are taken "
+            "in a default order, so left and right cannot be known from the file and the viewer shows no orientation letters."
+        )
     if codes == (0, 0) and not (np.all(np.isfinite(pix)) and np.all(pix > 0)):
-        warnings.append(f"'{name}' has invalid voxel sizes in its header ({', '.join(f'{p:g}' for p in pix)}); "
-                        "1 mm was used where a size was missing or invalid.")
+        warnings.append(
+            f"'{name}' has invalid voxel sizes in its header ({', '.join(f'{p:g}' for p in pix)}); "
+            "1 mm was used where a size was missing or invalid."
+        )
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     if zooms.max() / max(zooms.min(), 1e-9) > 20:
         warnings.append(

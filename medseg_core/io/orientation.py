@@ -10,6 +10,7 @@ Every 2D picture of a volume goes through :func:`display_slice`; nothing else in
 flips arrays for display. :func:`display_aspect` gives the physical (row, column) pixel size so
 that no picture is stretched.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -30,6 +30,7 @@ Formats
 
 Every failure raises :class:`~medseg_core.io.errors.InputError` with one sentence.
 """
+
 from __future__ import annotations
 
 import io
@@ -46,13 +47,20 @@ from .volume import Volume
 
 __all__ = ["load_label_masks", "union_mask", "unique_name", "file_stem"]
 
-_ANOTHER_GRID = ("The DICOM Segmentation lies on another grid than this image (size, voxel size, orientation or "
-                 "position differ); upload the segmentation made on this image.")
+_ANOTHER_GRID = (
+    "The DICOM Segmentation lies on another grid than this image (size, voxel size, orientation or "
+    "position differ); upload the segmentation made on this image."
+)
 
 
 @_guarded
-def load_label_masks(source: Source, like: Volume, filename: str | None = None,
-                     names: dict[int, str] | None = None, limits: Limits | None = None) -> dict[str, np.ndarray]:
+def load_label_masks(
+    source: Source,
+    like: Volume,
+    filename: str | None = None,
+    names: dict[int, str] | None = None,
+    limits: Limits | None = None,
+) -> dict[str, np.ndarray]:
     """One uint8 binary mask (0/1, ``like``'s (Z, Y, X) shape) per label of a mask file.
 
     Args:
@@ -85,8 +93,9 @@ def _load_label_masks(source, like, filename, names, limits) -> dict[str, np.nda
                 special.append((name, data, sop))
     if special:
         if len(files) > 1:
-            raise InputError("Upload a DICOM Segmentation or RT Structure Set on its own (one file, not together "
-                             "with other files).")
+            raise InputError(
+                "Upload a DICOM Segmentation or RT Structure Set on its own (one file, not together with other files)."
+            )
         name, data, sop = special[0]
         ds = _dicom._read(name, data)
         if ds is None:
@@ -106,8 +115,7 @@ def _sop_class(data: bytes) -> str:
     import pydicom
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True,
-                             specific_tags=["SOPClassUID"])
+        ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True, specific_tags=["SOPClassUID"])
         return str(getattr(ds, "SOPClassUID", "") or "")
     except Exception:
         return ""
@@ -128,8 +136,9 @@ def unique_name(name: str, taken) -> str:
 def file_stem(filename: str) -> str:
     """A file name without its folder and medical-image extensions: ``case_01.nii.gz`` -> ``case_01``."""
     base = re.split(r"[\\/]", str(filename or ""))[-1]
-    stem = re.sub(r"(\.nii\.gz|\.nii|\.dcm|\.dicom|\.ima|\.zip|\.png|\.jpe?g|\.tiff?|\.bmp|\.gz)$", "", base,
-                  flags=re.IGNORECASE)
+    stem = re.sub(
+        r"(\.nii\.gz|\.nii|\.dcm|\.dicom|\.ima|\.zip|\.png|\.jpe?g|\.tiff?|\.bmp|\.gz)$", "", base, flags=re.IGNORECASE
+    )
     return stem or base or "prediction"
 
 
@@ -158,8 +167,9 @@ def _seg_masks(ds, like: Volume, names: dict[int, str]) -> dict[str, np.ndarray]
     try:
         seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
     except Exception:
-        raise InputError("The DICOM Segmentation could not be read: it is damaged or uses a variant this server does "
-                         "not support.") from None
+        raise InputError(
+            "The DICOM Segmentation could not be read: it is damaged or uses a variant this server does not support."
+        ) from None
     numbers = [int(n) for n in seg.segment_numbers]
     if not numbers:
         raise InputError("The DICOM Segmentation holds no segment; upload a segmentation with at least one segment.")
@@ -181,27 +191,36 @@ def _seg_masks(ds, like: Volume, names: dict[int, str]) -> dict[str, np.ndarray]
     if vol_uids and source_uids & set(vol_uids):
         outside = source_uids - set(vol_uids)
         if outside:
-            raise InputError(f"The DICOM Segmentation refers to {len(outside)} image(s) that are not slices of this "
-                             "series; upload the whole series it was made on, or the segmentation made on this image.")
+            raise InputError(
+                f"The DICOM Segmentation refers to {len(outside)} image(s) that are not slices of this "
+                "series; upload the whole series it was made on, or the segmentation made on this image."
+            )
         try:
-            arr = seg.get_pixels_by_source_instance(vol_uids, segment_numbers=numbers,
-                                                    assert_missing_frames_are_empty=True, dtype=dtype)
+            arr = seg.get_pixels_by_source_instance(
+                vol_uids, segment_numbers=numbers, assert_missing_frames_are_empty=True, dtype=dtype
+            )
         except Exception:
             arr = None  # e.g. spatial locations not preserved: place the frames by position instead
         if arr is not None:
             placed = _place(arr, _uid_mapping(seg, like, arr.shape), like.shape, by_uid=True)
     if placed is None:
         if ref.get("frame_of_reference_uid") and seg_for and seg_for != ref["frame_of_reference_uid"]:
-            raise InputError("The DICOM Segmentation belongs to another image (it references other images and another "
-                             "frame of reference); upload the segmentation made on this image.")
+            raise InputError(
+                "The DICOM Segmentation belongs to another image (it references other images and another "
+                "frame of reference); upload the segmentation made on this image."
+            )
         if ref and source_uids and not seg_for:
-            raise InputError("The DICOM Segmentation references other images than this one; upload the segmentation "
-                             "made on this image.")
+            raise InputError(
+                "The DICOM Segmentation references other images than this one; upload the segmentation "
+                "made on this image."
+            )
         try:
             hv = seg.get_volume(segment_numbers=numbers, dtype=dtype)
         except Exception:
-            raise InputError("The DICOM Segmentation's frames do not form a regular grid of slices, so they cannot be "
-                             "placed on this image; upload a segmentation made on this image.") from None
+            raise InputError(
+                "The DICOM Segmentation's frames do not form a regular grid of slices, so they cannot be "
+                "placed on this image; upload a segmentation made on this image."
+            ) from None
         arr = np.asarray(hv.array)
         if arr.ndim == 3:
             arr = arr[..., None]
@@ -243,7 +262,11 @@ def _uid_mapping(seg, like: Volume, shape) -> np.ndarray:
     ax = ia[:3, 2] / np.linalg.norm(ia[:3, 2])  # array x direction, LPS
     rot = np.array([[np.dot(col_dir, ay), np.dot(row_dir, ay)], [np.dot(col_dir, ax), np.dot(row_dir, ax)]])
     r = np.round(rot)
-    if np.abs(rot - r).max() > 1e-2 or sorted(np.abs(r).sum(axis=0)) != [1, 1] or sorted(np.abs(r).sum(axis=1)) != [1, 1]:
+    if (
+        np.abs(rot - r).max() > 1e-2
+        or sorted(np.abs(r).sum(axis=0)) != [1, 1]
+        or sorted(np.abs(r).sum(axis=1)) != [1, 1]
+    ):
         raise InputError(_ANOTHER_GRID)
     ps = _seg_pixel_spacing(seg)
     if ps is not None:
@@ -268,8 +291,11 @@ def _place(arr: np.ndarray, mapping: np.ndarray, shape, by_uid: bool) -> np.ndar
         col = rot[:, 0]
         rot[:, 0] = col / max(np.abs(col).max(), 1e-9)
     r = np.round(rot)
-    perm_ok = (sorted(np.abs(r).sum(axis=0)) == [1, 1, 1] and sorted(np.abs(r).sum(axis=1)) == [1, 1, 1]
-               and np.abs(r).max() == 1)
+    perm_ok = (
+        sorted(np.abs(r).sum(axis=0)) == [1, 1, 1]
+        and sorted(np.abs(r).sum(axis=1)) == [1, 1, 1]
+        and np.abs(r).max() == 1
+    )
     if not perm_ok or np.abs(rot - r).max() * max(max(shape), 1) > 0.5:
         raise InputError(_ANOTHER_GRID)
     src_axis = [int(np.argmax(np.abs(r[i]))) for i in range(3)]
@@ -292,13 +318,15 @@ def _place(arr: np.ndarray, mapping: np.ndarray, shape, by_uid: bool) -> np.ndar
             raise InputError(_ANOTHER_GRID)
         lo, hi = max(o, 0), min(o + n, size)
         if hi <= lo:
-            raise InputError("The DICOM Segmentation's frames lie outside this image; upload the segmentation made on "
-                             "this image.")
+            raise InputError(
+                "The DICOM Segmentation's frames lie outside this image; upload the segmentation made on this image."
+            )
         region.append((lo, hi, lo - o, hi - o))
     inside = a[tuple(slice(s0, s1) for _, _, s0, s1 in region)]
     if np.count_nonzero(inside) != np.count_nonzero(a):
-        raise InputError("Part of the DICOM Segmentation lies outside this image; upload the segmentation made on "
-                         "this image.")
+        raise InputError(
+            "Part of the DICOM Segmentation lies outside this image; upload the segmentation made on this image."
+        )
     out[tuple(slice(lo, hi) for lo, hi, _, _ in region)] = inside
     return out
 
@@ -324,8 +352,10 @@ def _rtstruct_masks(ds, like: Volume, names: dict[int, str]) -> dict[str, np.nda
         raise InputError("The RT Structure Set holds no contours; upload a structure set with at least one ROI.")
     own_for = (like.dicom_ref or {}).get("frame_of_reference_uid")
     if own_for and frames and own_for not in frames:
-        raise InputError("The RT Structure Set was drawn on another image (another frame of reference); upload the "
-                         "structure set made on this image.")
+        raise InputError(
+            "The RT Structure Set was drawn on another image (another frame of reference); upload the "
+            "structure set made on this image."
+        )
     to_index = np.linalg.inv(_index_affine(like))
     shape = like.shape
     out: dict[str, np.ndarray] = {}
@@ -343,8 +373,9 @@ def _rtstruct_masks(ds, like: Volume, names: dict[int, str]) -> dict[str, np.nda
             try:
                 pts = np.asarray([float(v) for v in c.ContourData], float)
             except Exception:
-                raise InputError("An RT Structure Set contour holds values that are not numbers; the file is "
-                                 "damaged.") from None
+                raise InputError(
+                    "An RT Structure Set contour holds values that are not numbers; the file is damaged."
+                ) from None
             if pts.size < 9 or pts.size % 3 or not np.all(np.isfinite(pts)):
                 continue
             idx = (to_index @ np.c_[pts.reshape(-1, 3), np.ones(pts.size // 3)].T).T[:, :3]  # (z, y, x)
@@ -352,8 +383,10 @@ def _rtstruct_masks(ds, like: Volume, names: dict[int, str]) -> dict[str, np.nda
             axis = int(np.argmin(spans))
             k = float(np.mean(idx[:, axis]))
             if spans[axis] > 0.1 or abs(k - round(k)) > 0.25:
-                raise InputError("The RT Structure Set's contours do not lie on this image's slices; upload the "
-                                 "structure set drawn on this image.")
+                raise InputError(
+                    "The RT Structure Set's contours do not lie on this image's slices; upload the "
+                    "structure set drawn on this image."
+                )
             k = int(round(k))
             if not 0 <= k < shape[axis]:
                 n_out += 1
@@ -370,6 +403,7 @@ def _rtstruct_masks(ds, like: Volume, names: dict[int, str]) -> dict[str, np.nda
     if not out:
         raise InputError("The RT Structure Set holds no usable ROI; upload a structure set with at least one contour.")
     if n_out and not n_in:
-        raise InputError("The RT Structure Set's contours all lie outside this image; upload the structure set drawn "
-                         "on this image.")
+        raise InputError(
+            "The RT Structure Set's contours all lie outside this image; upload the structure set drawn on this image."
+        )
     return out

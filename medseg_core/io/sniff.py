@@ -1,4 +1,5 @@
 """Recognise a file's format from its bytes (the extension is only a hint) and inflate safely."""
+
 from __future__ import annotations
 
 import struct
@@ -60,7 +61,7 @@ def gunzip_bounded(data: bytes, limits: Limits, name: str) -> bytes:
     pos = 0
     try:
         while pos < len(data):
-            piece = data[pos:pos + chunk]
+            piece = data[pos : pos + chunk]
             pos += chunk
             buf = d.decompress(piece, limits.max_decompressed_bytes + 1 - len(out))
             out += buf

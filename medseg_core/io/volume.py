@@ -17,6 +17,7 @@ remember the reversal. ``spacing`` is ``(sz, sy, sx)`` in millimetres, the array
 Display is radiological (patient left on image right, anterior up), by
 :mod:`medseg_core.io.orientation`; never show ``array[z]`` directly.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -97,8 +98,16 @@ class Volume:
         """A copy on the same grid with another array (shape must match)."""
         if np.shape(array) != self.array.shape:
             raise ValueError(f"shape {np.shape(array)} does not match volume shape {self.array.shape}")
-        kw = dict(array=array, spacing=self.spacing, affine=self.affine.copy(), modality=self.modality,
-                  name=self.name, meta=dict(self.meta), warnings=list(self.warnings), dicom_ref=self.dicom_ref)
+        kw = dict(
+            array=array,
+            spacing=self.spacing,
+            affine=self.affine.copy(),
+            modality=self.modality,
+            name=self.name,
+            meta=dict(self.meta),
+            warnings=list(self.warnings),
+            dicom_ref=self.dicom_ref,
+        )
         kw.update(changes)
         return Volume(**kw)
 

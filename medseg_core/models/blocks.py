@@ -1,4 +1,5 @@
 """Building blocks shared by the 2D model families (written once, reused everywhere)."""
+
 from __future__ import annotations
 
 import torch
@@ -12,8 +13,12 @@ class DoubleConv(nn.Sequential):
     def __init__(self, cin: int, cout: int, mid: int | None = None):
         mid = mid or cout
         super().__init__(
-            nn.Conv2d(cin, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cin, mid, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
         )
 
 
@@ -57,8 +62,9 @@ class UpBlock(nn.Module):
     it sits only in the decoder, so the encoder can be computed once per input).
     """
 
-    def __init__(self, cin: int, skip: int, cout: int, attention: bool = False, dropout: float = 0.0,
-                 up_out: int | None = None):
+    def __init__(
+        self, cin: int, skip: int, cout: int, attention: bool = False, dropout: float = 0.0, up_out: int | None = None
+    ):
         super().__init__()
         up_out = up_out or cin // 2
         self.up = nn.ConvTranspose2d(cin, up_out, 2, stride=2)
@@ -86,12 +92,22 @@ class ClinicalFusionHead(nn.Module):
         super().__init__()
         self.n_clinical = n_clinical
         if n_clinical:
-            self.clinical = nn.Sequential(nn.Linear(n_clinical, 64), nn.ReLU(inplace=True), nn.Linear(64, 128), nn.ReLU(inplace=True))
-            self.head = nn.Sequential(nn.Linear(features + 128, 256), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                                      nn.Linear(256, 64), nn.ReLU(inplace=True), nn.Linear(64, n_classes))
+            self.clinical = nn.Sequential(
+                nn.Linear(n_clinical, 64), nn.ReLU(inplace=True), nn.Linear(64, 128), nn.ReLU(inplace=True)
+            )
+            self.head = nn.Sequential(
+                nn.Linear(features + 128, 256),
+                nn.ReLU(inplace=True),
+                nn.Dropout(dropout),
+                nn.Linear(256, 64),
+                nn.ReLU(inplace=True),
+                nn.Linear(64, n_classes),
+            )
         else:
             self.clinical = None
-            self.head = nn.Sequential(nn.Linear(features, 256), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(256, n_classes))
+            self.head = nn.Sequential(
+                nn.Linear(features, 256), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(256, n_classes)
+            )
 
     def forward(self, pooled: torch.Tensor, clinical: torch.Tensor | None) -> torch.Tensor:
         if self.clinical is not None:

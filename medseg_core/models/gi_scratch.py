@@ -49,6 +49,7 @@ three kernels summed). Other sizes than 224 x 224 work (at least about 112 pixel
 encoder keeps one pixel after its last pooling): where a decoder stage's size differs from
 the encoder feature it is added to, it is resized (bilinear) to it, and the output to the input.
 """
+
 from __future__ import annotations
 
 import torch
@@ -59,16 +60,21 @@ VERSIONS = ("simple", "bn_dropout", "residual", "final")
 
 
 def _conv_unit(cin: int, cout: int, stride: int, dropout: float) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True), nn.Dropout2d(dropout)]
+    return [
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Dropout2d(dropout),
+    ]
 
 
 class EncoderBlock(nn.Module):
     """``n_convs`` x [Conv 3 x 3 (first one with ``stride``), BatchNorm, ReLU, Dropout2d]; plus the
     input when ``residual`` and the shapes agree."""
 
-    def __init__(self, cin: int, cout: int, stride: int = 1, n_convs: int = 2, dropout: float = 0.1,
-                 residual: bool = False):
+    def __init__(
+        self, cin: int, cout: int, stride: int = 1, n_convs: int = 2, dropout: float = 0.1, residual: bool = False
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         for i in range(n_convs):
@@ -89,7 +95,9 @@ class DecoderBlock(nn.Module):
         super().__init__()
         k, s, p = up
         self.convs = nn.ModuleList([nn.ConvTranspose2d(cin, cout, k, stride=s, padding=p, bias=False)])
-        self.convs.extend(nn.ConvTranspose2d(cout, cout, 3, stride=1, padding=1, bias=False) for _ in range(n_convs - 1))
+        self.convs.extend(
+            nn.ConvTranspose2d(cout, cout, 3, stride=1, padding=1, bias=False) for _ in range(n_convs - 1)
+        )
         self.norms = nn.ModuleList(nn.BatchNorm2d(cout) for _ in range(n_convs))
 
     def forward(self, x):
@@ -111,8 +119,9 @@ class GIScratchCNN(nn.Module):
     (large bowel, small bowel, stomach); ``dropout`` the Dropout2d probability.
     """
 
-    def __init__(self, version: str = "final", in_channels: int = 1, classes: int = 3, base: int = 64,
-                 dropout: float = 0.1):
+    def __init__(
+        self, version: str = "final", in_channels: int = 1, classes: int = 3, base: int = 64, dropout: float = 0.1
+    ):
         super().__init__()
         if version not in VERSIONS:
             raise ValueError(f"version must be one of {', '.join(VERSIONS)}")
@@ -145,15 +154,32 @@ class GIScratchCNN(nn.Module):
             self.decoder = nn.Sequential(*dec)
             return
         n = 2 if version == "final" else 1
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c1, 7, padding=3, bias=False), nn.BatchNorm2d(c1),
-                                  nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 7, padding=3, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True)
+        )
         # (cin, cout, stride, max-pool after)
-        plan = [(c1, c1, 1, True), (c1, c1, 1, False), (c1, c2, 2, True), (c2, c2, 1, False),
-                (c2, c3, 2, True), (c3, c3, 1, False), (c3, c4, 2, True), (c4, c4, 1, False)]
+        plan = [
+            (c1, c1, 1, True),
+            (c1, c1, 1, False),
+            (c1, c2, 2, True),
+            (c2, c2, 1, False),
+            (c2, c3, 2, True),
+            (c3, c3, 1, False),
+            (c3, c4, 2, True),
+            (c4, c4, 1, False),
+        ]
         self.enc = nn.ModuleList(EncoderBlock(a, b, s, n, dropout, residual=True) for a, b, s, _ in plan)
         self.pool_after = [pool for *_, pool in plan]
-        ups = [(c4, c4, (3, 1, 1)), (c4, c4, (3, 1, 1)), (c4, c3, (3, 4, 0)), (c3, c3, (3, 1, 1)),
-               (c3, c2, (6, 4, 1)), (c2, c2, (3, 1, 1)), (c2, c1, (6, 4, 1)), (c1, c1, (3, 1, 1))]
+        ups = [
+            (c4, c4, (3, 1, 1)),
+            (c4, c4, (3, 1, 1)),
+            (c4, c3, (3, 4, 0)),
+            (c3, c3, (3, 1, 1)),
+            (c3, c2, (6, 4, 1)),
+            (c2, c2, (3, 1, 1)),
+            (c2, c1, (6, 4, 1)),
+            (c1, c1, (3, 1, 1)),
+        ]
         self.dec = nn.ModuleList(DecoderBlock(a, b, up, n) for a, b, up in ups)
         self.head = nn.ConvTranspose2d(c1, classes, 8, stride=2, padding=3, bias=False)
         self.head_norm = nn.BatchNorm2d(classes)

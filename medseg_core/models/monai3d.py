@@ -8,6 +8,7 @@ RAS-oriented arrays saw the same voxels with the axes reversed, ``(B, C, X, Y, Z
 (forward hooks: the module, its class and its state dict stay MONAI's); ``"zyx"`` (the default,
 how medseg trains) leaves both untouched.
 """
+
 from __future__ import annotations
 
 AXIS_ORDERS = ("zyx", "xyz")
@@ -37,23 +38,55 @@ def _with_axis_order(net, axis_order: str):
     return net
 
 
-def unet3d(channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, dropout=0.0, out_channels=2,
-           in_channels=1, kernel_size=3, up_kernel_size=3, act="PRELU", norm="batch", bias=True, adn_ordering="NDA",
-           axis_order="zyx"):
+def unet3d(
+    channels=(16, 32, 64, 128, 256),
+    strides=(2, 2, 2, 2),
+    num_res_units=2,
+    dropout=0.0,
+    out_channels=2,
+    in_channels=1,
+    kernel_size=3,
+    up_kernel_size=3,
+    act="PRELU",
+    norm="batch",
+    bias=True,
+    adn_ordering="NDA",
+    axis_order="zyx",
+):
     from monai.networks.nets import UNet
 
-    net = UNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, channels=tuple(channels),
-               strides=tuple(strides), kernel_size=_plain_arg(kernel_size), up_kernel_size=_plain_arg(up_kernel_size),
-               num_res_units=num_res_units, act=_plain_arg(act), norm=_plain_arg(norm), dropout=dropout, bias=bias,
-               adn_ordering=adn_ordering)
+    net = UNet(
+        spatial_dims=3,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        channels=tuple(channels),
+        strides=tuple(strides),
+        kernel_size=_plain_arg(kernel_size),
+        up_kernel_size=_plain_arg(up_kernel_size),
+        num_res_units=num_res_units,
+        act=_plain_arg(act),
+        norm=_plain_arg(norm),
+        dropout=dropout,
+        bias=bias,
+        adn_ordering=adn_ordering,
+    )
     return _with_axis_order(net, axis_order)
 
 
 _VNET_ACT = ("elu", {"inplace": True})
 
 
-def vnet3d(dropout_prob_down=0.5, dropout_prob_up=(0.5, 0.5), out_channels=2, width=16, in_channels=1, act=_VNET_ACT,
-           dropout_dim=3, bias=False, axis_order="zyx"):
+def vnet3d(
+    dropout_prob_down=0.5,
+    dropout_prob_up=(0.5, 0.5),
+    out_channels=2,
+    width=16,
+    in_channels=1,
+    act=_VNET_ACT,
+    dropout_dim=3,
+    bias=False,
+    axis_order="zyx",
+):
     """MONAI VNet. ``width`` is the number of channels of the first stage (MONAI fixes it at 16:
     45.6 M parameters); every stage keeps VNet's doubling, 5^3 residual convolutions, PReLU/ELU and
     convolution counts, built from MONAI's own VNet blocks, so ``width=16`` is MONAI's VNet exactly
@@ -66,18 +99,31 @@ def vnet3d(dropout_prob_down=0.5, dropout_prob_up=(0.5, 0.5), out_channels=2, wi
     from monai.networks.nets import VNet
 
     if width == 16:
-        net = VNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, act=_plain_arg(act),
-                   dropout_prob_down=dropout_prob_down, dropout_prob_up=tuple(dropout_prob_up),
-                   dropout_dim=dropout_dim, bias=bias)
+        net = VNet(
+            spatial_dims=3,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            act=_plain_arg(act),
+            dropout_prob_down=dropout_prob_down,
+            dropout_prob_up=tuple(dropout_prob_up),
+            dropout_dim=dropout_dim,
+            bias=bias,
+        )
         return _with_axis_order(net, axis_order)
     if (in_channels, _plain_arg(act), dropout_dim, bias) != (1, _VNET_ACT, 3, False):
         raise ValueError("in_channels, act, dropout_dim and bias can be changed only at MONAI's width 16")
-    return _with_axis_order(vnet_from_blocks(int(width), dropout_prob_down, tuple(dropout_prob_up), out_channels),
-                            axis_order)
+    return _with_axis_order(
+        vnet_from_blocks(int(width), dropout_prob_down, tuple(dropout_prob_up), out_channels), axis_order
+    )
 
 
-def vnet_from_blocks(width: int, dropout_prob_down=0.5, dropout_prob_up=(0.5, 0.5), out_channels=2,
-                     shallow_skip_dropout: float | None = None):
+def vnet_from_blocks(
+    width: int,
+    dropout_prob_down=0.5,
+    dropout_prob_up=(0.5, 0.5),
+    out_channels=2,
+    shallow_skip_dropout: float | None = None,
+):
     """MONAI's VNet (its class, forward and blocks) with the first stage ``width`` channels wide.
     ``shallow_skip_dropout`` defaults to ``dropout_prob_up[1]``; MONAI's own VNet uses 0.5."""
     import torch.nn as nn
@@ -101,14 +147,41 @@ def vnet_from_blocks(width: int, dropout_prob_down=0.5, dropout_prob_up=(0.5, 0.
     return net
 
 
-def unetr3d(img_size=(96, 96, 96), feature_size=16, hidden_size=768, mlp_dim=3072, num_heads=12, dropout_rate=0.0,
-            out_channels=2, in_channels=1, proj_type="conv", norm_name="instance", conv_block=True, res_block=True,
-            qkv_bias=False, save_attn=False, axis_order="zyx"):
+def unetr3d(
+    img_size=(96, 96, 96),
+    feature_size=16,
+    hidden_size=768,
+    mlp_dim=3072,
+    num_heads=12,
+    dropout_rate=0.0,
+    out_channels=2,
+    in_channels=1,
+    proj_type="conv",
+    norm_name="instance",
+    conv_block=True,
+    res_block=True,
+    qkv_bias=False,
+    save_attn=False,
+    axis_order="zyx",
+):
     """MONAI UNETR (``proj_type`` is what MONAI before 1.3 called ``pos_embed``)."""
     from monai.networks.nets import UNETR
 
-    net = UNETR(in_channels=in_channels, out_channels=out_channels, img_size=tuple(img_size), feature_size=feature_size,
-                hidden_size=hidden_size, mlp_dim=mlp_dim, num_heads=num_heads, proj_type=proj_type,
-                norm_name=_plain_arg(norm_name), conv_block=conv_block, res_block=res_block,
-                dropout_rate=dropout_rate, spatial_dims=3, qkv_bias=qkv_bias, save_attn=save_attn)
+    net = UNETR(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        img_size=tuple(img_size),
+        feature_size=feature_size,
+        hidden_size=hidden_size,
+        mlp_dim=mlp_dim,
+        num_heads=num_heads,
+        proj_type=proj_type,
+        norm_name=_plain_arg(norm_name),
+        conv_block=conv_block,
+        res_block=res_block,
+        dropout_rate=dropout_rate,
+        spatial_dims=3,
+        qkv_bias=qkv_bias,
+        save_attn=save_attn,
+    )
     return _with_axis_order(net, axis_order)

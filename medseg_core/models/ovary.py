@@ -11,6 +11,7 @@
 All segmenters split into ``encode`` (deterministic) and ``decode`` (holds the optional dropout),
 so MC-dropout sampling computes the encoder once.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,13 +34,16 @@ class UNet2D(nn.Module):
         dropout: Dropout2d probability in each decoder stage (0 = the report's models).
     """
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, base: int = 64, attention: bool = False,
-                 dropout: float = 0.0):
+    def __init__(
+        self, in_channels: int = 1, out_channels: int = 1, base: int = 64, attention: bool = False, dropout: float = 0.0
+    ):
         super().__init__()
-        c = [base * 2 ** i for i in range(5)]
+        c = [base * 2**i for i in range(5)]
         self.inc = DoubleConv(in_channels, c[0])
         self.downs = nn.ModuleList([DoubleConv(c[i], c[i + 1]) for i in range(4)])
-        self.ups = nn.ModuleList([UpBlock(c[i + 1], c[i], c[i], attention=attention, dropout=dropout) for i in reversed(range(4))])
+        self.ups = nn.ModuleList(
+            [UpBlock(c[i + 1], c[i], c[i], attention=attention, dropout=dropout) for i in reversed(range(4))]
+        )
         self.outc = nn.Conv2d(c[0], out_channels, 1)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -83,21 +87,30 @@ class TL5(nn.Module):
     ``encoder`` may name another smp ResNet ("resnet18": same stage widths, half the blocks, 14.3 M
     instead of 24.4 M parameters in the demo configuration) as a ``--override`` for a smaller model."""
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, decoder_base: int = 32, dropout: float = 0.0,
-                 encoder_weights_path: str | None = None, encoder: str = "resnet34"):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        decoder_base: int = 32,
+        dropout: float = 0.0,
+        encoder_weights_path: str | None = None,
+        encoder: str = "resnet34",
+    ):
         super().__init__()
         import segmentation_models_pytorch as smp
 
         self.encoder = smp.encoders.get_encoder(encoder, in_channels=in_channels, depth=5, weights=None)
         self.encoder_weights_note = load_local_encoder_weights(self.encoder, encoder_weights_path)
         ch = self.encoder.out_channels  # (in, 64, 64, 128, 256, 512)
-        d = [decoder_base * 2 ** i for i in range(4)]  # decoder widths at /16, /8, /4, /2
-        self.ups = nn.ModuleList([
-            UpBlock(ch[5], ch[4], d[3] * 2, attention=True, dropout=dropout, up_out=ch[4]),
-            UpBlock(d[3] * 2, ch[3], d[3], attention=True, dropout=dropout, up_out=d[3]),
-            UpBlock(d[3], ch[2], d[2], attention=True, dropout=dropout, up_out=d[2]),
-            UpBlock(d[2], ch[1], d[1], attention=True, dropout=dropout, up_out=d[1]),
-        ])
+        d = [decoder_base * 2**i for i in range(4)]  # decoder widths at /16, /8, /4, /2
+        self.ups = nn.ModuleList(
+            [
+                UpBlock(ch[5], ch[4], d[3] * 2, attention=True, dropout=dropout, up_out=ch[4]),
+                UpBlock(d[3] * 2, ch[3], d[3], attention=True, dropout=dropout, up_out=d[3]),
+                UpBlock(d[3], ch[2], d[2], attention=True, dropout=dropout, up_out=d[2]),
+                UpBlock(d[2], ch[1], d[1], attention=True, dropout=dropout, up_out=d[1]),
+            ]
+        )
         self.final_up = nn.ConvTranspose2d(d[1], d[0], 2, stride=2)
         self.final = nn.Sequential(DoubleConv(d[0], d[0]), nn.Conv2d(d[0], out_channels, 1))
 
@@ -121,8 +134,11 @@ class _ResBlock(nn.Module):
         self.b1 = nn.BatchNorm2d(cout)
         self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.b2 = nn.BatchNorm2d(cout)
-        self.short = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                      if (cin != cout or stride != 1) else nn.Identity())
+        self.short = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if (cin != cout or stride != 1)
+            else nn.Identity()
+        )
 
     def forward(self, x):
         y = F.relu(self.b1(self.c1(x)))
@@ -134,8 +150,12 @@ class SliceClassifier(nn.Module):
 
     def __init__(self, in_channels: int = 1, dropout: float = 0.2):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 8, 7, 2, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
-                                  nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 8, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
         self.blocks = nn.Sequential(_ResBlock(8, 8), _ResBlock(8, 16, stride=2))
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(16, 1)

@@ -29,6 +29,7 @@ Built from library blocks: timm's ``ResNetV2`` (the same BiT R50 hybrid backbone
 mode with ``deep_supervision=True``, the tuple ``(full, out_28, out_56, out_112)`` -- the main output
 first, the auxiliary ones from coarse to fine as MicroSegNet's ``VisionTransformer.forward`` orders them.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -42,8 +43,16 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Module:
     from monai.networks.blocks import Convolution
 
     # TransUNet's Conv2dReLU: 3x3 conv without bias (BatchNorm follows), BN, ReLU
-    return Convolution(spatial_dims=2, in_channels=cin, out_channels=cout, kernel_size=3, act="RELU",
-                       norm="BATCH", bias=False, adn_ordering="NA")
+    return Convolution(
+        spatial_dims=2,
+        in_channels=cin,
+        out_channels=cout,
+        kernel_size=3,
+        act="RELU",
+        norm="BATCH",
+        bias=False,
+        adn_ordering="NA",
+    )
 
 
 class _DecoderBlock(nn.Module):
@@ -73,12 +82,27 @@ class TransUNet(nn.Module):
     ``deep_supervision`` True, ``gn_groups`` 32 (BiT's GroupNorm; the narrow demo needs fewer).
     """
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, resnet_layers=(3, 4, 9),
-                 resnet_channels=(256, 512, 1024), stem_channels: int = 64, hidden_size: int = 768,
-                 depth: int = 12, num_heads: int = 12, mlp_dim: int = 3072, dropout: float = 0.1,
-                 attention_dropout: float = 0.0, head_channels: int = 512, decoder_channels=(256, 128, 64, 16),
-                 n_skip: int = 3, in_chans: int = 3, out_channels: int = 1, deep_supervision: bool = True,
-                 gn_groups: int = 32):
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        resnet_layers=(3, 4, 9),
+        resnet_channels=(256, 512, 1024),
+        stem_channels: int = 64,
+        hidden_size: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_dim: int = 3072,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.0,
+        head_channels: int = 512,
+        decoder_channels=(256, 128, 64, 16),
+        n_skip: int = 3,
+        in_chans: int = 3,
+        out_channels: int = 1,
+        deep_supervision: bool = True,
+        gn_groups: int = 32,
+    ):
         super().__init__()
         from timm.layers import GroupNormAct, StdConv2dSame
         from timm.models.resnetv2 import ResNetV2
@@ -92,19 +116,37 @@ class TransUNet(nn.Module):
             raise ValueError("decoder_channels needs four entries (one per upsampling block)")
         self.img_size, self.patch_size, self.in_chans = int(img_size), int(patch_size), int(in_chans)
         self.deep_supervision = bool(deep_supervision)
-        self.backbone = ResNetV2(layers=tuple(resnet_layers), channels=tuple(resnet_channels), num_classes=0,
-                                 global_pool="", in_chans=in_chans, preact=False, stem_type="same",
-                                 stem_chs=stem_channels, conv_layer=StdConv2dSame,
-                                 norm_layer=partial(GroupNormAct, num_groups=gn_groups))
+        self.backbone = ResNetV2(
+            layers=tuple(resnet_layers),
+            channels=tuple(resnet_channels),
+            num_classes=0,
+            global_pool="",
+            in_chans=in_chans,
+            preact=False,
+            stem_type="same",
+            stem_chs=stem_channels,
+            conv_layer=StdConv2dSame,
+            norm_layer=partial(GroupNormAct, num_groups=gn_groups),
+        )
         grid = self.img_size // self.patch_size
         self.patch_embed = nn.Conv2d(resnet_channels[-1], hidden_size, kernel_size=1)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, hidden_size))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.embed_drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList([
-            Block(hidden_size, num_heads, mlp_ratio=mlp_dim / hidden_size, qkv_bias=True, proj_drop=dropout,
-                  attn_drop=attention_dropout, norm_layer=partial(nn.LayerNorm, eps=1e-6))
-            for _ in range(depth)])
+        self.blocks = nn.ModuleList(
+            [
+                Block(
+                    hidden_size,
+                    num_heads,
+                    mlp_ratio=mlp_dim / hidden_size,
+                    qkv_bias=True,
+                    proj_drop=dropout,
+                    attn_drop=attention_dropout,
+                    norm_layer=partial(nn.LayerNorm, eps=1e-6),
+                )
+                for _ in range(depth)
+            ]
+        )
         self.encoder_norm = nn.LayerNorm(hidden_size, eps=1e-6)
         self.conv_more = _conv_bn_relu(hidden_size, head_channels)
         # skips from deep to shallow: stage 2 (1/8), stage 1 (1/4), stem (1/2); n_skip of them are used

@@ -22,6 +22,7 @@ and the same head without the other branch (section 3.3.1). ``n_classes`` 8 give
 
 Multitask models return ``{"seg": (N,1,H,W) logits, "cls": (N,2) logits}``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,8 +43,16 @@ def _check_task(task: str) -> str:
 
 
 class EffB0MultiTask(nn.Module):
-    def __init__(self, in_channels: int = 1, n_classes: int = 2, n_clinical: int = 2, head_dropout: float = 0.25,
-                 decoder_dropout: float = 0.0, width_mult: float = 1.0, task: str = "mtl"):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        n_classes: int = 2,
+        n_clinical: int = 2,
+        head_dropout: float = 0.25,
+        decoder_dropout: float = 0.0,
+        width_mult: float = 1.0,
+        task: str = "mtl",
+    ):
         super().__init__()
         import torchvision
 
@@ -53,12 +62,14 @@ class EffB0MultiTask(nn.Module):
         net.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, 3, 2, 1, bias=False)
         self.features = net.features  # 0:32@/2 1:16@/2 2:24@/4 3:40@/8 4:80@/16 5:112 6:192@/32 7:320 8:1280
         if task != "cls":
-            self.ups = nn.ModuleList([
-                UpBlock(1280, 80, 80, dropout=decoder_dropout, up_out=80),
-                UpBlock(80, 40, 40, dropout=decoder_dropout, up_out=40),
-                UpBlock(40, 24, 24, dropout=decoder_dropout, up_out=24),
-                UpBlock(24, 32, 16, dropout=decoder_dropout, up_out=24),
-            ])
+            self.ups = nn.ModuleList(
+                [
+                    UpBlock(1280, 80, 80, dropout=decoder_dropout, up_out=80),
+                    UpBlock(80, 40, 40, dropout=decoder_dropout, up_out=40),
+                    UpBlock(40, 24, 24, dropout=decoder_dropout, up_out=24),
+                    UpBlock(24, 32, 16, dropout=decoder_dropout, up_out=24),
+                ]
+            )
             self.seg_out = nn.Conv2d(16, 1, 1)
         if task != "seg":
             self.cls_head = ClinicalFusionHead(1280, n_clinical=n_clinical, n_classes=n_classes, dropout=head_dropout)
@@ -100,25 +111,37 @@ class UNetMultiTask(nn.Module):
     bottleneck alone (16 ``base`` features; the shipped ``us_mtl_unet`` demo checkpoint).
     """
 
-    def __init__(self, in_channels: int = 1, n_classes: int = 2, n_clinical: int = 2, base: int = 64,
-                 head_dropout: float = 0.25, decoder_dropout: float = 0.0, cls_pool: str = "bottleneck",
-                 task: str = "mtl"):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        n_classes: int = 2,
+        n_clinical: int = 2,
+        base: int = 64,
+        head_dropout: float = 0.25,
+        decoder_dropout: float = 0.0,
+        cls_pool: str = "bottleneck",
+        task: str = "mtl",
+    ):
         super().__init__()
         if cls_pool not in ("bottleneck", "last_two"):
             raise ValueError(f"cls_pool must be 'bottleneck' or 'last_two', not {cls_pool!r}")
         self.task, self.cls_pool = _check_task(task), cls_pool
-        c = [base * 2 ** i for i in range(5)]
+        c = [base * 2**i for i in range(5)]
         self.inc = DoubleConv(in_channels, c[0])
         self.downs = nn.ModuleList([DoubleConv(c[i], c[i + 1]) for i in range(4)])
         if task != "cls":
-            self.ups = nn.ModuleList([UpBlock(c[i + 1], c[i], c[i], dropout=decoder_dropout) for i in reversed(range(4))])
+            self.ups = nn.ModuleList(
+                [UpBlock(c[i + 1], c[i], c[i], dropout=decoder_dropout) for i in reversed(range(4))]
+            )
             self.seg_out = nn.Conv2d(c[0], 1, 1)
         if task != "seg":
             features = c[4]
             if cls_pool == "last_two":
                 self.pool_proj = nn.ModuleList([nn.Conv2d(c[4], c[3], 1), nn.Conv2d(c[3], c[2], 1)])
                 features = c[3] + c[2]
-            self.cls_head = ClinicalFusionHead(features, n_clinical=n_clinical, n_classes=n_classes, dropout=head_dropout)
+            self.cls_head = ClinicalFusionHead(
+                features, n_clinical=n_clinical, n_classes=n_classes, dropout=head_dropout
+            )
 
     def encode(self, x):
         feats = [self.inc(x)]
@@ -208,8 +231,14 @@ class Cascade(nn.Module):
     no segmented lesion is classified on the whole (square-padded) image.
     """
 
-    def __init__(self, seg_base: int = 16, crop_size: int = 164, n_clinical: int = 2, threshold: float = 0.5,
-                 segmenter: str = "unet"):
+    def __init__(
+        self,
+        seg_base: int = 16,
+        crop_size: int = 164,
+        n_clinical: int = 2,
+        threshold: float = 0.5,
+        segmenter: str = "unet",
+    ):
         super().__init__()
         if segmenter == "effb0":
             # report 001 section 5.3: the segmentation-only EfficientNet-B0 (best on MMOTU segmentation)
@@ -244,5 +273,12 @@ def denoiser(channels=(16, 32, 64, 128), dropout: float = 0.0) -> nn.Module:
     """Annotation-removal U-Net: annotated grey image in, clean image out (MONAI UNet, 2D)."""
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=2, in_channels=1, out_channels=1, channels=channels, strides=(2,) * (len(channels) - 1),
-                num_res_units=2, dropout=dropout)
+    return UNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=1,
+        channels=channels,
+        strides=(2,) * (len(channels) - 1),
+        num_res_units=2,
+        dropout=dropout,
+    )
