@@ -79,8 +79,9 @@ def main():
         {"check": "tta_cuda", "entropy_max": float(t.uncertainty["entropy"].max()), "ok": t.uncertainty_method == "tta"}
     )
     # training on the GPU through the CLI
-    from medseg_core import train as T
     import yaml
+
+    from medseg_core import train as T
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = {

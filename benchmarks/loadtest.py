@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -232,9 +231,8 @@ def summarise(log: dict) -> dict:
 
 
 async def _main_async(url, ct, a, log):
-    from playwright.async_api import async_playwright
-
     from browser import CHROMIUM, CHROMIUM_ARGS
+    from playwright.async_api import async_playwright
 
     running: set = set()
     async with async_playwright() as p:

@@ -206,15 +206,13 @@ def mc_rows(quick: bool) -> list[dict]:
 
 # ----------------------------------------------------------------------------- 5. rendering
 def render_row(quick: bool) -> dict:
-    from medseg_core.io import Volume, display_slice
-    from medseg_core.io.orientation import display_aspect
-    from medseg_core.render import apply_window, aspect_correct, compare_layers, overlay, slice_figure
-    from medseg_core.samples import get_sample
-
     import torch.nn.functional as F
 
     from medseg_core.data.synthetic import abdominal_ct
-    from medseg_core.render import CT_PRESETS
+    from medseg_core.io import Volume, display_slice
+    from medseg_core.io.orientation import display_aspect
+    from medseg_core.render import CT_PRESETS, apply_window, aspect_correct, compare_layers, overlay, slice_figure
+    from medseg_core.samples import get_sample
 
     # a 512 x 512 CT slice: the abdominal phantom upsampled to 512 x 512 (0.75 mm pixels) with
     # pixel-level quantum noise of 12 HU added back, its spleen mask as reference and a shifted copy as
@@ -296,8 +294,9 @@ def niivue_row(quick: bool) -> dict:
     (b) in the Axial view, page JS in the iframe sends one wheel event to the canvas and waits, frame by frame
     (requestAnimationFrame), for the canvas pixels to differ (tests/niivue_steps.py REPAINT_JS)."""
     from browser import app_server, browser
-    from medseg_core.render import LABEL_COLOURS
     from niivue_steps import NIIVUE_IFRAME, PRESERVE_BUFFER_JS, REPAINT_JS, open_ct_and_run, wait_for_colour
+
+    from medseg_core.render import LABEL_COLOURS
 
     moves = 10 if quick else 40
     with app_server(timeout=120) as url, browser(webgl=True) as b:

@@ -24,8 +24,8 @@ Rules (where the issue is silent, what a careful hospital web application does):
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 #: the one sentence a signed-in user outside the allow-list sees
 REFUSED = "Your account does not have access to this medseg server; ask its administrator to add you."

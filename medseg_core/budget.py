@@ -42,8 +42,8 @@ import operator
 import os
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import numpy as np
 

@@ -77,7 +77,7 @@ class Accumulator:
         self.sum_p = np.zeros(self.n_bins, np.float64)
         self.sum_y = np.zeros(self.n_bins, np.float64)
 
-    def add(self, probs, truth) -> "Accumulator":
+    def add(self, probs, truth) -> Accumulator:
         p = np.clip(np.asarray(probs, np.float64).ravel(), 0.0, 1.0)
         y = (np.asarray(truth).ravel() > 0).astype(np.float64)
         if p.shape != y.shape:

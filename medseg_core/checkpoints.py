@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from .io.errors import InputError
 from . import cards
+from .io.errors import InputError
 from .models import ModelSpec, build_from_spec, count_parameters
 
 CHECKPOINT_DIR = Path(os.environ.get("MEDSEG_CHECKPOINTS", Path(__file__).resolve().parents[1] / "checkpoints"))
@@ -245,7 +245,7 @@ def save_checkpoint(
     return path
 
 
-def read_card(ref: "str | Path | CheckpointRef", directory: str | Path | None = None) -> dict | None:
+def read_card(ref: str | Path | CheckpointRef, directory: str | Path | None = None) -> dict | None:
     """The card of a checkpoint in the current schema (old cards migrated), or None if there is none."""
     try:
         c = find_checkpoint(ref, directory)
@@ -287,7 +287,7 @@ def model_spec(ref: str | Path | CheckpointRef, directory: str | Path | None = N
     return _spec_cached(str(c.card_path.resolve()), c.card_path.stat().st_mtime_ns)
 
 
-def checkpoint_status(ref: "str | Path | CheckpointRef", directory: str | Path | None = None) -> str:
+def checkpoint_status(ref: str | Path | CheckpointRef, directory: str | Path | None = None) -> str:
     """ "ok", "missing" or a sentence saying what is wrong (hash memoised by file size and time)."""
     try:
         _verified(find_checkpoint(ref, directory), cached=True)

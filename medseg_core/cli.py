@@ -9,7 +9,7 @@ for each); every subcommand is also ``python -m medseg_core.<module>``.
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from .io.errors import InputError
 

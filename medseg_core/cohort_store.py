@@ -251,11 +251,11 @@ class RowTable:
 
     # construction
     @classmethod
-    def from_arrow(cls, t: pa.Table) -> "RowTable":
+    def from_arrow(cls, t: pa.Table) -> RowTable:
         return cls(_frame(t))
 
     @classmethod
-    def from_records(cls, rows: list[dict]) -> "RowTable":
+    def from_records(cls, rows: list[dict]) -> RowTable:
         return cls.from_arrow(arrow_table(list(rows)))
 
     # the tags as a boolean matrix (rows x tag names), built from the few distinct tag strings
@@ -281,7 +281,7 @@ class RowTable:
     def _num(self, name: str) -> np.ndarray:
         return self.frame[name].to_numpy(dtype=float, na_value=np.nan)
 
-    def take(self, index) -> "RowTable":
+    def take(self, index) -> RowTable:
         """The rows at ``index`` (positions or a boolean mask), tag matrix carried along."""
         index = np.asarray(index)
         m, names = self._tags
@@ -322,7 +322,7 @@ class RowTable:
                 keep &= ~np.isfinite(u) | ((u >= uncertainty_range[0]) & (u <= uncertainty_range[1]))
         return keep
 
-    def filter(self, *args, **kw) -> "RowTable":
+    def filter(self, *args, **kw) -> RowTable:
         return self.take(np.flatnonzero(self.mask(*args, **kw)))
 
     def order(self, how: str) -> np.ndarray:
@@ -347,7 +347,7 @@ class RowTable:
             return np.lexsort((df["slice"].to_numpy(), rank[codes]))
         raise KeyError(how)
 
-    def sort(self, how: str) -> "RowTable":
+    def sort(self, how: str) -> RowTable:
         return self.take(self.order(how))
 
     def tag_counts(self) -> dict[str, int]:

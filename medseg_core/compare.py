@@ -15,7 +15,7 @@ Arrays follow the library's (z, y, x) orientation; spacing is (z, y, x) in mm.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -16,7 +16,7 @@ no antialiasing samples the same source positions as cv2's INTER_LINEAR). ``mode
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

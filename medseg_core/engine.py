@@ -21,9 +21,9 @@ A *source* is a :class:`~medseg_core.checkpoints.LoadedModel` or a :class:`Predi
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 

@@ -30,17 +30,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from .checkpoints import load_model
 from .cli import guarded
 from .data import datasets as D
-from dataclasses import replace
-
 from .engine import PredictionFolder, evaluate_cases, summarise
-from .protocols import PROTOCOLS, aggregate, get_protocol, per_case as protocol_per_case, scorer as protocol_scorer
 from .io.errors import InputError
 from .options import parse_value, predict_options
+from .protocols import PROTOCOLS, aggregate, get_protocol
+from .protocols import per_case as protocol_per_case
+from .protocols import scorer as protocol_scorer
 from .tables import write_csv
 
 

@@ -20,7 +20,7 @@ both directions (MONAI ``compute_average_surface_distance(symmetric=True)``).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage

@@ -13,8 +13,9 @@ unknown field with a sentence.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import fields
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 

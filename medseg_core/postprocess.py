@@ -4,7 +4,7 @@ voxels: :func:`raovseg_postprocess` reports those as ``added``)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage

@@ -29,8 +29,8 @@ patient's left is world x < midline in RAS+, whatever the file's storage order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from scipy import ndimage

@@ -28,8 +28,9 @@ decides what is scored and how it is averaged. Facts and section references are 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

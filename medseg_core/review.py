@@ -12,7 +12,7 @@ import numpy as np
 
 from . import metrics as M
 from .checkpoints import checkpoint_status, list_checkpoints, model_spec, read_card
-from .inference import PredictOptions, Prediction
+from .inference import Prediction, PredictOptions
 from .io import Volume
 from .io.errors import InputError
 from .tables import csv_text

@@ -36,9 +36,10 @@ import json
 import os
 import re
 import threading
-from datetime import datetime, timezone
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -206,14 +207,14 @@ def _migrate_audit_actions(eng: Engine) -> None:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _utc(dt: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes: every stored time is UTC, so say so."""
     if dt is None:
         return None
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def _check_key(key: str | None, what: str = "case key") -> str | None:

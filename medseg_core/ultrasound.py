@@ -18,12 +18,12 @@ keyed by the checkpoint's SHA-256 so they disappear when the checkpoint is repla
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from .inference import PredictOptions, Prediction, predict
+from .inference import Prediction, PredictOptions, predict
 from .io import Volume
 from .io.orientation import display_slice
 from .review import PredictionCache, case_key

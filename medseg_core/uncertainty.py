@@ -14,8 +14,8 @@ Entropies are in nats; for a binary map the maximum is ln 2 = 0.693.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import numpy as np
 import torch

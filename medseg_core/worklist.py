@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 #: Worklist statuses, in the order the filter offers them.
 STATUSES = ("not_reviewed", "accept", "needs_correction", "reject")

@@ -66,7 +66,7 @@ def exported(what: str, model: str | None = None, with_case: bool = True):
     )
 
 
-def gate(pages: list) -> "st.navigation":
+def gate(pages: list) -> st.navigation:
     """Decide access for this run; return the navigation when the user may proceed, else draw the sign-in
     prompt or the refusal (one sentence) and stop. Pages are registered hidden for everybody else, so
     not even their names show."""

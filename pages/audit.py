@@ -2,7 +2,7 @@
 JSON export of the audit trail and of all verdicts. Listed in the navigation only for users on the
 admin list (``MEDSEG_ADMINS`` or ``[medseg] admins``); the page checks again itself."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import streamlit as st
 
@@ -27,7 +27,7 @@ c1, c2, c3 = st.columns(3)
 action = c1.selectbox("Action", ["all", *ACTIONS], key="audit_action")
 who = c2.text_input("User (name or e-mail)", key="audit_user")
 days = c3.number_input("Last days (0 = all)", min_value=0, value=0, step=1, key="audit_days")
-since = datetime.now(timezone.utc) - timedelta(days=int(days)) if days else None
+since = datetime.now(UTC) - timedelta(days=int(days)) if days else None
 rows = store().audit_rows(action=None if action == "all" else action, user=who.strip() or None, since=since)
 st.caption(f"{len(rows)} rows.")
 st.dataframe(
@@ -37,7 +37,7 @@ st.dataframe(
     column_order=AUDIT_COLUMNS,
 )
 e1, e2, e3, e4 = st.columns(4)
-stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 e1.download_button(
     "Export audit (CSV)",
     to_csv(rows, AUDIT_COLUMNS),

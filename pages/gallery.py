@@ -1,13 +1,14 @@
 """Failure gallery: browse a cohort run's slices by failure tag, open one in the review page, export a story."""
 
+import time
+from pathlib import Path
+
 import streamlit as st
 
 from medseg_core import analysis as A
 from medseg_core import cohort as C
-import time
-from pathlib import Path
-
 from medseg_core import jobs
+from medseg_core import worklist as W
 from medseg_core.data import datasets as D
 from medseg_core.data.datasets import ADAPTERS
 from medseg_core.io.errors import InputError
@@ -16,7 +17,6 @@ from medseg_core.review import cohort_option_sets, segmentation_checkpoints
 from pages._access import exported
 from pages._shared import cohort_case, follow_goto, keep_state, open_in_review, remember, require_frame
 from pages._worklist_glue import badge, run_statuses
-from medseg_core import worklist as W
 
 require_frame()
 follow_goto()

@@ -10,11 +10,9 @@ from medseg_core.inference import prediction_from_masks
 from medseg_core.io import InputError, list_series, load_label_masks, load_volume, union_mask
 from medseg_core.io.segmentation import file_stem, unique_name
 from medseg_core.render import slice_picture
-from medseg_core.review import initial_slice
+from medseg_core.review import initial_slice, state_anatomy, ultrasound_kinds
 from medseg_core.samples import list_samples
-from medseg_core.review import state_anatomy, ultrasound_kinds
-from pages._shared import loading_slot, open_sample, set_case
-from pages._shared import require_frame
+from pages._shared import loading_slot, open_sample, require_frame, set_case
 
 require_frame()
 

@@ -24,9 +24,9 @@ from medseg_core.render import (
     OTHER_OVARY_COLOUR,
     compare_layers,
     hex_to_rgb,
-    slice_picture,
     rgb_to_hex,
     slice_figure,
+    slice_picture,
     view_png,
 )
 from medseg_core.review import (

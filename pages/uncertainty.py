@@ -2,20 +2,18 @@
 
 import streamlit as st
 
+from medseg_core.calibration import card_calibration, reliability, reliability_figure
 from medseg_core.inference import PredictOptions
 from medseg_core.io import n_slices
 from medseg_core.io.errors import InputError
 from medseg_core.io.orientation import orientation_known
-from pages._shared import get_model, get_spec
 from medseg_core.labels import display_name, name_and_unit, slice_words
 from medseg_core.render import slice_figure, slice_picture
-from medseg_core.tables import csv_text, with_slice_numbers
 from medseg_core.review import initial_slice
-from medseg_core.calibration import card_calibration, reliability, reliability_figure
+from medseg_core.tables import csv_text, with_slice_numbers
 from medseg_core.uncertainty import LN2
-from pages._shared import cached_prediction, run
 from pages._access import exported
-from pages._shared import require_frame
+from pages._shared import cached_prediction, get_model, get_spec, require_frame, run
 
 require_frame()
 

@@ -4,7 +4,7 @@ review, and the export of the verdicts (this list's or all of them) for every re
 recorded in the audit trail. Verdicts are matched to cases by their content key
 (:mod:`medseg_core.worklist`)."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import streamlit as st
 
@@ -113,7 +113,7 @@ if shown_ids:
         help="Previous / Next on Segment & review then move through this filtered list.",
     )
 
-stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 name = (src.get("path") or src.get("root")).rstrip("/").rsplit("/", 1)[-1]
 st.markdown("**Export verdicts**")
 e1, e2, e3, e4 = st.columns(4)

@@ -8,7 +8,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from browser import ARTIFACTS, app_server, browser
 
 ROOT = Path(__file__).resolve().parents[1]

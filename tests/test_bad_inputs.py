@@ -15,12 +15,12 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from conftest import assert_readable
+from dicom_factory import axial_series, dicom_slice, zip_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import assert_readable
-from dicom_factory import axial_series, dicom_slice, zip_bytes
 from medseg_core.io import InputError, Limits, load_mask, load_volume
 
 PYDICOM = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -212,7 +212,7 @@ CORPUS = {
     "unsupported_compression": (_unsupported_compression, "mpeg.dcm", {}, "error", "cannot decode"),
     # --- series geometry
     "several_series_in_zip": (
-        lambda: zip_bytes(_named((_series(4, series_uid="1.2.3") + _series(6, series_uid="1.2.4")))),
+        lambda: zip_bytes(_named(_series(4, series_uid="1.2.3") + _series(6, series_uid="1.2.4"))),
         "study.zip",
         {},
         "warn",
@@ -344,7 +344,7 @@ SEEDS = {
     "a.nii.gz": _nii(_anat((6, 5, 4))),
     "a.nii": _nii(_anat((6, 5, 4)), gz=False),
     "us.png": _png(_RGB[:12, :12]),
-    "s.zip": zip_bytes(_named((_series(3)))),
+    "s.zip": zip_bytes(_named(_series(3))),
 }
 FUZZ_SETTINGS = settings(
     max_examples=FUZZ_N,

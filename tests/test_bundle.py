@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_readable
+
 from medseg_core.bundle import import_bundle, network_from_config
 from medseg_core.checkpoints import CheckpointError, load_model
 from medseg_core.data.synthetic import abdominal_ct

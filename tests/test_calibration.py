@@ -106,9 +106,8 @@ def test_calibrate_a_checkpoint_writes_the_card_and_the_app_option_rescales_prob
 
 @pytest.mark.slow
 def test_uncertainty_page_shows_the_cases_reliability_diagram_and_ece():
-    from streamlit.testing.v1 import AppTest
-
     from conftest import ROOT
+    from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240).run()
     at.switch_page("pages/uncertainty.py").run()

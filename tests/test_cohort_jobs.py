@@ -109,9 +109,8 @@ def test_background_run_on_a_generic_folder(pelvic3, tmp_path):
 def test_gallery_starts_a_background_run_on_a_folder(pelvic3, tmp_path, monkeypatch):
     """The gallery page starts a cohort on the user's own folder (a published layout, detected); the
     run goes on in the server and appears in the gallery when done."""
-    from streamlit.testing.v1 import AppTest
-
     from conftest import ROOT
+    from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("MEDSEG_RUNS", str(tmp_path / "runs"))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()

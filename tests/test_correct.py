@@ -396,8 +396,8 @@ def test_browser_paint_a_stroke_save_and_the_dice_changes(tmp_path):
     Dice equals the Dice of the mask read back from the corrections folder, differs from the model's by
     exactly that amount's difference, and the exported NIfTI is the saved mask."""
     import nibabel as nib
-
     from browser import ARTIFACTS, app_server, browser
+
     from medseg_core import metrics as M
     from medseg_core.samples import get_sample
 

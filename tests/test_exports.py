@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-
 from dicom_factory import PATIENT_ID, PATIENT_NAME, axial_series, zip_bytes
+
 from medseg_core.export import dicom_seg_available, dicom_seg_bytes
 from medseg_core.io import load_volume, mask_nifti_bytes
 from medseg_core.io.dicom import LPS_TO_RAS
@@ -102,10 +102,10 @@ def test_nifti_png_csv_exports_carry_no_phi(dicom_case):
 def test_app_shows_no_phi_and_offers_dicom_seg(dicom_case):
     """Upload the DICOM series as a zip through the app, run a model, and scan every element on
     every page for the patient's identifiers."""
+    from dicom_factory import dicom_slice
     from streamlit.testing.v1 import AppTest
 
     from medseg_core.data.synthetic import abdominal_ct
-    from dicom_factory import dicom_slice
 
     c = abdominal_ct(3)
     arr = c.volume.array  # (Z, Y, X) HU, canonical RAS

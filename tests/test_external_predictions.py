@@ -14,17 +14,17 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from browser import ARTIFACTS, app_server, browser
+from conftest import assert_readable
+from dicom_factory import axial_series
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from browser import ARTIFACTS, app_server, browser
-from conftest import assert_readable
-from dicom_factory import axial_series
 from medseg_core.export import dicom_seg_bytes
 from medseg_core.inference import prediction_from_masks
 from medseg_core.io import InputError, list_series, load_label_masks, load_volume, mask_nifti_bytes
-from medseg_core.io.segmentation import file_stem, unique_name, union_mask
+from medseg_core.io.segmentation import file_stem, union_mask, unique_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SEG_SENTENCE = (

@@ -11,10 +11,10 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import ROOT, assert_readable
 from dicom_factory import PATIENT_ID, PATIENT_NAME, axial_series, dicom_slice, zip_bytes
+from PIL import Image
+
 from medseg_core.io import (
     InputError,
     Limits,

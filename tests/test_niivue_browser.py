@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from browser import ARTIFACTS, app_server, browser
-from medseg_core.render import LABEL_COLOURS
 from niivue_steps import NIIVUE_IFRAME, canvas_rgb, colour_pixels, open_ct_and_run, wait_for_colour
+
+from medseg_core.render import LABEL_COLOURS
 
 SPLEEN = LABEL_COLOURS[0]  # the first label's colour in the PNG viewer
 OPACITY = 0.6  # the 3D viewer's default overlay opacity

@@ -9,8 +9,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from medseg_core import cohort as C
 from medseg_core import evaluate as E
 from medseg_core import train as T

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-
 from conftest import ROOT, open_case
+
 from medseg_core.io import load_volume
 
 
@@ -65,9 +65,8 @@ def test_slice_classifier_shows_its_curve():
 def test_browser_no_model_fits_and_2d_image(tmp_path):
     """In Chromium: a single CT slice opens, the page says no model fits and shows the image; a 2D
     ultrasound PNG has one plane and no anatomical letters it cannot know."""
-    from PIL import Image
-
     from browser import ARTIFACTS, app_server, browser
+    from PIL import Image
 
     ARTIFACTS.mkdir(exist_ok=True)
     png = tmp_path / "probe.png"

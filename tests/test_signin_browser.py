@@ -18,8 +18,8 @@ import secrets
 import time
 
 import pytest
-
 from browser import ARTIFACTS, app_server, browser
+
 from medseg_core.auth import REFUSED, SIGN_IN
 from medseg_core.store import Store
 

@@ -13,7 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -51,7 +51,7 @@ def test_db_url_from_path_url_and_default(tmp_path, monkeypatch):
 
 
 def test_verdicts_round_trip_status_and_validation(db):
-    t0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    t0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     i1 = db.add_verdict(
         "ef3581c0ab0996f2f9449bd3",
         "needs_correction",
@@ -141,11 +141,11 @@ def test_audit_is_append_only(db):
     # filters
     assert [r["detail"] for r in db.audit_rows(action="export")] == ["row 3"]
     assert len(db.audit_rows(user="alice@hospital.example")) == 5 and len(db.audit_rows(user="Alice R")) == 5
-    assert len(db.audit_rows(since=datetime.now(timezone.utc) + timedelta(hours=1))) == 0
+    assert len(db.audit_rows(since=datetime.now(UTC) + timedelta(hours=1))) == 0
 
 
 def test_exports_csv_and_json(db):
-    t = datetime(2026, 5, 6, 7, 8, 9, 123000, tzinfo=timezone.utc)
+    t = datetime(2026, 5, 6, 7, 8, 9, 123000, tzinfo=UTC)
     db.add_verdict(
         "abc",
         "accept",
@@ -293,7 +293,7 @@ def test_postgresql_store(postgres_url, monkeypatch):
     monkeypatch.setenv("MEDSEG_DB", postgres_url)
     db = S.Store()
     assert db.engine.dialect.name == "postgresql"
-    t = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+    t = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
     db.add_verdict(
         "abc",
         "needs_correction",

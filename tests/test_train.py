@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT
+
 from medseg_core import evaluate as E
 from medseg_core import train as T
 from medseg_core.checkpoints import sha256_file

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from browser import ARTIFACTS, app_server, browser
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from medseg_core.cards import recipe_from_spec, new_card
+from medseg_core.cards import new_card, recipe_from_spec
 from medseg_core.checkpoints import CheckpointError, load_model_bytes, save_checkpoint
 from medseg_core.models import build_model, get_spec
 

@@ -17,9 +17,9 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-
 from conftest import ROOT, open_case
 from dicom_factory import axial_series, dicom_slice
+
 from medseg_core.io import load_volume
 from medseg_core.io.dicom import ORIENTATION_ASSUMED
 from medseg_core.io.orientation import orientation_known
@@ -141,9 +141,8 @@ def _title(page) -> str:
 
 @pytest.mark.browser
 def test_browser_viewer_fits_the_window_wheel_moves_the_slice_and_export(tmp_path):
-    from PIL import Image
-
     from browser import ARTIFACTS, app_server, browser
+    from PIL import Image
 
     ARTIFACTS.mkdir(exist_ok=True)
     with app_server() as url, browser() as b:

@@ -8,11 +8,10 @@ import csv
 import io
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-
 from browser import ARTIFACTS, app_server, browser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +49,7 @@ def small_cohort(tmp_path_factory) -> Path:
 
 
 def _t(h: int) -> datetime:
-    return datetime(2025, 3, 1, h, 0, tzinfo=timezone.utc)
+    return datetime(2025, 3, 1, h, 0, tzinfo=UTC)
 
 
 def test_status_rows_latest_case_verdict_slice_counts_and_filters(fresh_db):

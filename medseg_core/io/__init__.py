@@ -4,8 +4,8 @@
 from .dicom import SeriesInfo
 from .errors import InputError, Limits
 from .loader import list_series, load_mask, load_volume, mask_nifti_bytes, save_mask_nifti
-from .segmentation import load_label_masks, union_mask
 from .orientation import EDGE_LABELS, PLANES, display_aspect, display_slice, display_to_index, n_slices
+from .segmentation import load_label_masks, union_mask
 from .volume import Volume
 
 __all__ = [

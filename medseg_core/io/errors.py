@@ -39,7 +39,7 @@ class Limits:
     max_image_pixels: int = 100_000_000
 
     @classmethod
-    def from_env(cls) -> "Limits":
+    def from_env(cls) -> Limits:
         return cls(
             max_voxels=_env_int("MEDSEG_MAX_VOXELS", cls.max_voxels),
             max_decompressed_bytes=_env_int("MEDSEG_MAX_DECOMPRESSED_BYTES", cls.max_decompressed_bytes),

@@ -94,7 +94,7 @@ class Volume:
         """World RAS+ position in mm of array index ``(z, y, x)``."""
         return (self.affine @ np.array([x, y, z, 1.0]))[:3]
 
-    def with_array(self, array: np.ndarray, **changes: Any) -> "Volume":
+    def with_array(self, array: np.ndarray, **changes: Any) -> Volume:
         """A copy on the same grid with another array (shape must match)."""
         if np.shape(array) != self.array.shape:
             raise ValueError(f"shape {np.shape(array)} does not match volume shape {self.array.shape}")

@@ -12,8 +12,9 @@ checkpoints use it and their cards say so). Keyword ``overrides`` change either.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 

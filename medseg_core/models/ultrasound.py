@@ -32,7 +32,6 @@ from torch import nn
 
 from .blocks import ClinicalFusionHead, DoubleConv, UpBlock
 
-
 TASKS = ("mtl", "seg", "cls")
 
 
