@@ -159,7 +159,7 @@ def predict_vs_monai(quick: bool) -> dict:
     # the bare call a user would write: same preprocessing and resampling done once beforehand, then
     # only the sliding window with the same weights, roi, overlap and blending
     x = torch.from_numpy(preprocess(spec.preprocessing, vol.array))[None, None]
-    new_shape = tuple(max(1, int(round(n * s / ts))) for n, s, ts in zip(vol.shape, vol.spacing, spec.target_spacing))
+    new_shape = tuple(max(1, int(round(n * s / ts))) for n, s, ts in zip(vol.shape, vol.spacing, spec.target_spacing, strict=True))
     x = F.interpolate(x, size=new_shape, mode="trilinear", align_corners=False)
 
     def bare():

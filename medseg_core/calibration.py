@@ -108,7 +108,7 @@ def near_region(pred, ref, margin: int = 8) -> tuple[slice, ...]:
     if not u.any():
         return tuple(slice(0, s) for s in u.shape)
     idx = np.nonzero(u)
-    return tuple(slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, s)) for i, s in zip(idx, u.shape))
+    return tuple(slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, s)) for i, s in zip(idx, u.shape, strict=True))
 
 
 def reliability(probs, truth, n_bins: int = 15, region: str = "all", pred=None, margin: int = 8) -> Reliability:

@@ -304,7 +304,7 @@ def data_envelope(
         sp.append(vol.spacing)
         px.append(vol.shape)
         known = known and vol.meta.get("spacing_source") != "assumed"
-        fov.append([a * b for a, b in zip(vol.shape, vol.spacing)])
+        fov.append([a * b for a, b in zip(vol.shape, vol.spacing, strict=True)])
         x = preprocess(preprocessing, vol.array, **(params or {}))
         step = max(1, x.size // 2_000_000)  # percentiles of at most ~2 M voxels per case
         pct.append(np.percentile(x.ravel()[::step], [1, 50, 99]))
@@ -323,7 +323,7 @@ def data_envelope(
         "spacing_mm": rng(sp),
         "fov_mm": rng(fov),
         "size_px": [[int(a), int(b)] for a, b in rng(px)],
-        "intensity": {"after": preprocessing, **{p: v for p, v in zip(("p1", "p50", "p99"), rng(pct))}},
+        "intensity": {"after": preprocessing, **{p: v for p, v in zip(("p1", "p50", "p99"), rng(pct), strict=True)}},
     }
 
 
@@ -402,7 +402,7 @@ def envelope_findings(spec: ModelSpec, envelope: dict, volume, stated_anatomy: s
         spread = max(float(inten["p99"][1] - inten["p1"][0]), 1e-6)
         bad = [
             f"{p} {g:.3g} (trained on {_fmt_range(inten[p], '').strip()})"
-            for p, g in zip(("p1", "p50", "p99"), got)
+            for p, g in zip(("p1", "p50", "p99"), got, strict=True)
             if not (inten[p][0] - 0.25 * spread <= g <= inten[p][1] + 0.25 * spread)
         ]
         if bad:

@@ -142,7 +142,7 @@ def arrow_table(rows: list[dict], schema: pa.Schema | None = None) -> pa.Table:
         if k == "slice_number":
             vals = [
                 v if v not in (None, "") else (None if r.get("slice") in (None, "") else int(r["slice"]) + 1)
-                for v, r in zip(vals, rows)
+                for v, r in zip(vals, rows, strict=True)
             ]
         if k == "tags":
             vals = [_tags_list(v) for v in vals]

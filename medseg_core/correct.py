@@ -42,6 +42,7 @@ audit row ``correction``. :func:`latest_correction` / :func:`load_correction` re
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -151,7 +152,7 @@ def stroke_footprint(points_mm, width_mm: float, geom: SliceGeometry) -> np.ndar
     if len(pts) == 0 or width_mm <= 0:
         return out
     rad = width_mm / 2.0
-    segs = [(pts[0], pts[0])] if len(pts) == 1 else list(zip(pts[:-1], pts[1:]))
+    segs = [(pts[0], pts[0])] if len(pts) == 1 else list(itertools.pairwise(pts))
     for a, b in segs:
         lo = np.minimum(a, b) - rad
         hi = np.maximum(a, b) + rad

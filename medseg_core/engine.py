@@ -288,7 +288,7 @@ def evaluate_cases(
                     hd95_mm=[s["hd95_mm"] for s in ps],
                 )
                 u = unc.get("per_slice") if lab == first else None
-                for s, tg in zip(ps, tags):
+                for s, tg in zip(ps, tags, strict=True):
                     z = s["slice"]
                     res.slices.append(
                         SliceRecord(
@@ -352,7 +352,7 @@ def summarise(results: list[CaseResult], threshold: float = 0.5) -> dict:
         out[lab] = s
     cls = [(r.malignant, r.p_malignant) for r in results if r.malignant is not None and r.p_malignant is not None]
     if cls:
-        y, p = zip(*cls)
+        y, p = zip(*cls, strict=True)
         out["classification"] = M.classification_metrics(list(y), list(p), threshold)
     multi = [(r.class_truth, r.class_pred) for r in results if r.class_truth is not None and r.class_pred is not None]
     if multi:

@@ -475,7 +475,7 @@ def _two_pass(loaded, x, volume, options, prog, timings, pred):
 # ----------------------------------------------------------------------------- 3D
 def _n_windows(shape, roi, overlap) -> int:
     n = 1
-    for s, r in zip(shape, roi):
+    for s, r in zip(shape, roi, strict=True):
         if s <= r:
             continue
         step = max(int(r * (1 - overlap)), 1)
@@ -488,7 +488,7 @@ def _run_3d(loaded: LoadedModel, x: np.ndarray, volume: Volume, options: Predict
 
     spec, m, device = loaded.spec, loaded.module, loaded.device
     target = np.asarray(spec.target_spacing, float)
-    new_shape = tuple(max(1, int(round(n * s / ts))) for n, s, ts in zip(volume.shape, volume.spacing, target))
+    new_shape = tuple(max(1, int(round(n * s / ts))) for n, s, ts in zip(volume.shape, volume.spacing, target, strict=True))
     t = time.perf_counter()
     xt = torch.from_numpy(x)[None, None].to(device)
     if new_shape != volume.shape:

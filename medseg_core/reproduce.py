@@ -186,7 +186,7 @@ def _same(expected, actual) -> bool:
         return (
             isinstance(actual, (list, tuple))
             and len(expected) == len(actual)
-            and all(_same(a, b) for a, b in zip(expected, actual))
+            and all(_same(a, b) for a, b in zip(expected, actual, strict=True))
         )
     if isinstance(expected, bool) or isinstance(actual, bool):
         return expected is actual or expected == actual and type(expected) is type(actual)

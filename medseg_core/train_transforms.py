@@ -116,11 +116,11 @@ def augment_2d(x: torch.Tensor, ys: list[torch.Tensor], a: dict, gen: torch.Gene
     t.set_random_state(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
     xs, outs = [], [[] for _ in ys]
     for i in range(x.shape[0]):
-        d = t({"image": x[i], **{k: y[i] for k, y in zip(keys, ys)}})
+        d = t({"image": x[i], **{k: y[i] for k, y in zip(keys, ys, strict=True)}})
         xs.append(_plain(d["image"]))
-        for o, k in zip(outs, keys):
+        for o, k in zip(outs, keys, strict=True):
             o.append(_plain(d[k]))
-    return torch.stack(xs).to(x.dtype), [torch.stack(o).to(y.dtype) for o, y in zip(outs, ys)]
+    return torch.stack(xs).to(x.dtype), [torch.stack(o).to(y.dtype) for o, y in zip(outs, ys, strict=True)]
 
 
 # ----------------------------------------------------------------------------- 3D

@@ -159,7 +159,7 @@ pics = [
     ),
 ]
 pc = st.columns(3)
-for col, (title, pic) in zip(pc, pics):
+for col, (title, pic) in zip(pc, pics, strict=True):
     col.plotly_chart(
         slice_figure(pic.rgb, plane, title=f"{title}", height=420, letters=letters),
         width="stretch",

@@ -28,7 +28,7 @@ def show(s: dict, source: str) -> None:
         if s["notes"]:
             st.caption(s["notes"])
         cols = st.columns(max(1, len(v["metrics"])))
-        for c, (k, val) in zip(cols, v["metrics"].items()):
+        for c, (k, val) in zip(cols, v["metrics"].items(), strict=False):
             c.metric(k, val)
         st.markdown(v["training"])
         st.caption(f"Training data envelope: {s['envelope']}.")

@@ -60,7 +60,7 @@ def test_old_csv_only_run_opens_typed_and_gets_its_parquet(small_run, tmp_path):
     new = C.load_run(small_run)
     assert len(run.slices) == len(new.slices) == 2 * 3 * 30 * 12
     a, b = run.slices[:50], new.slices[:50]
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert x.keys() == y.keys() and x["case"] == y["case"] and isinstance(x["case"], str)
         assert all(x[k] == y[k] or (isinstance(x[k], float) and math.isnan(x[k]) and math.isnan(y[k])) for k in x)
     schema = pq.read_schema(old / "slices.parquet")

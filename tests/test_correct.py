@@ -1,5 +1,6 @@
 """Correcting a mask (issue 18 item 2, corrections of item 3): medseg_core.correct, with hand-computed numbers."""
 
+import itertools
 import math
 import re
 import sqlite3
@@ -70,7 +71,7 @@ def test_canvas_clicks_land_on_the_marked_voxel_in_every_plane(plane):
     assert pic.shape == (g.pic_h, g.pic_w)
     rows, cols = np.nonzero(pic)
     assert len(rows) >= 1
-    for r, cc in zip(rows, cols):
+    for r, cc in zip(rows, cols, strict=True):
         assert K.picture_to_index(plane, index, int(r), int(cc), SHAPE, SPACING) == target
     r_off = (rows.max() + 1) % g.pic_h  # the pixel below shows another voxel
     assert K.picture_to_index(plane, index, int(r_off), int(cols[0]), SHAPE, SPACING) != target
@@ -82,7 +83,7 @@ def test_canvas_clicks_land_on_the_marked_voxel_in_every_plane(plane):
     sl[rr - 1 : rr + 2, rc - 1 : rc + 2] = 1
     sl[rr, rc] = 0
     assert ring[target] == 0 and ring.sum() == 8
-    for r, cc in zip(rows, cols):
+    for r, cc in zip(rows, cols, strict=True):
         c = K.Correction("m", {"ovary": ring}, SPACING)
         click = K.CanvasMark("click", np.array([[(cc + 0.5) / g.pic_w * cw, (r + 0.5) / g.pic_h * ch]]))
         edits = c.apply_marks("ovary", plane, index, [click], (cw, ch), "fill", width_mm=1.0)
@@ -149,7 +150,7 @@ def test_undo_redo_restore_exactly_and_history_is_bounded():
         pts = rng.random((5, 2)) * [g.h * g.row_mm, g.w * g.col_mm]
         c.stroke("ovary", plane, 3 + k, pts, 3.0, erase=bool(k % 2))
         states.append(c.masks["ovary"].copy())
-    assert all(not np.array_equal(a, b) for a, b in zip(states, states[1:]))
+    assert all(not np.array_equal(a, b) for a, b in itertools.pairwise(states))
     # only the changed voxels are kept: far less than one copy of the volume per step
     assert c.history.nbytes < 4 * base.nbytes
     for k in range(4):  # bounded: four undos, then nothing

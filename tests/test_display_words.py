@@ -156,7 +156,7 @@ def test_uncertainty_colour_bar_is_one_sequential_map_with_units():
     grey = np.zeros((1, len(stops)), np.uint8)
     vals = np.array([[max(pos, 1e-3) * 0.69 for pos, _ in stops]])
     px = R.heat_overlay(grey, vals, 0.0, 0.69, alpha=1.0, floor=0.0)[0]
-    for (pos, col), got in zip(stops, px):
+    for (pos, col), got in zip(stops, px, strict=True):
         assert np.abs(np.array(col) - got).max() <= 2, (pos, col, got)
     Ls = R.lightness([c for _, c in stops])
     assert np.all(np.diff(Ls) > 0)

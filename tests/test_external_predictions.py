@@ -307,7 +307,7 @@ def test_rtstruct_square_contours_rasterise_to_the_expected_voxels(dvol):
     # source row r -> canonical y = 23 - r (rows run posterior), column c -> x = 19 - c (columns run left)
     assert (y.min(), y.max(), x.min(), x.max()) == (23 - 12, 23 - 6, 19 - 10, 19 - 4)
     # each voxel centre lies inside the square in patient coordinates
-    lps = np.array([dvol.index_to_world(*v) * [-1, -1, 1] for v in zip(z, y, x)])
+    lps = np.array([dvol.index_to_world(*v) * [-1, -1, 1] for v in zip(z, y, x, strict=True)])
     assert lps[:, 0].min() == pytest.approx(-100 + 0.7 * 4) and lps[:, 1].max() == pytest.approx(-120 + 0.8 * 12)
     # a contour inside another on the same slice is a hole: 49 - 9 = 40 voxels
     holed = load_label_masks(_rtstruct([_square(4), _square(4, rows=(8, 10), cols=(6, 8))]), like=dvol)["GTV"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import pickle
 from dataclasses import replace
 
@@ -74,7 +75,7 @@ def test_predict_every_model_on_input_grid(name):
     calls = []
     p = predict(tiny(name), v, CLIN, progress=lambda f, m: calls.append(f))
     spec = get_spec(name)
-    assert calls[-1] == 1.0 and all(b >= a for a, b in zip(calls, calls[1:]))
+    assert calls[-1] == 1.0 and all(b >= a for a, b in itertools.pairwise(calls))
     assert p.shape == v.shape and np.array_equal(p.affine, v.affine)
     for label, prob in p.probabilities.items():
         assert prob.shape == v.shape and prob.dtype == np.float32 and 0 <= prob.min() and prob.max() <= 1

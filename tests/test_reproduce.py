@@ -172,7 +172,7 @@ def test_smoke_run_of_report_002_trains_every_config_and_prints_the_table(tmp_pa
     table = R.run("002", execute=True, smoke=True, out=tmp_path)
     rows = R.rows_of("002")
     assert len(table) == len(rows) == 5
-    for t, r in zip(table, rows):
+    for t, r in zip(table, rows, strict=True):
         assert t["report"] == r.value and 0.0 <= t["reproduced"] <= 1.0, t
     md = (tmp_path / "table.md").read_text()
     assert "**Smoke run**" in md and md.count("| report002 |") == 5

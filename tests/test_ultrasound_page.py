@@ -130,7 +130,7 @@ def test_cascade_agrees_after_bn_repair(malignant, analysed):
         # flip both clinical inputs: the classifier does receive them (its output moves)
         p_flip = float(torch.softmax(casc.classifier(inf_crop, 1 - clin), 1)[0, 1])
     ref_box = (23, 104, 60, 179)
-    assert all(abs(int(a) - b) <= 2 for a, b in zip(boxes[0], ref_box))  # segmenter's box ~ reference box
+    assert all(abs(int(a) - b) <= 2 for a, b in zip(boxes[0], ref_box, strict=True))  # segmenter's box ~ reference box
     assert abs(p_ref - p_inf) < 1e-2 and p_ref > 0.99  # the training-style crop says the same as inference
     assert p_flip != p_inf
     # the benign sample: benign, far below the malignant one

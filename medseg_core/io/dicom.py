@@ -410,8 +410,8 @@ def assemble_series(items: list[tuple[str, object]], limits: Limits, label: str)
                     "points?); only the first image at each position is shown."
                 )
                 keep = ~dup
-                slices = [s for s, k in zip(slices, keep) if k]
-                geoms = [g for g, k in zip(geoms, keep) if k]
+                slices = [s for s, k in zip(slices, keep, strict=True) if k]
+                geoms = [g for g, k in zip(geoms, keep, strict=True) if k]
                 pos = pos[keep]
         if len(pos) > 1:
             d = np.diff(pos)

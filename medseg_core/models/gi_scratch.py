@@ -101,7 +101,7 @@ class DecoderBlock(nn.Module):
         self.norms = nn.ModuleList(nn.BatchNorm2d(cout) for _ in range(n_convs))
 
     def forward(self, x):
-        for conv, bn in zip(self.convs, self.norms):
+        for conv, bn in zip(self.convs, self.norms, strict=True):
             x = F.relu(bn(conv(x)))
         return x
 
@@ -192,7 +192,7 @@ class GIScratchCNN(nn.Module):
             return _match(self.decoder(self.encoder(x)), x)
         h = self.stem(x)
         feats = []
-        for block, pool in zip(self.enc, self.pool_after):
+        for block, pool in zip(self.enc, self.pool_after, strict=True):
             h = block(h)
             feats.append(h)
             if pool:

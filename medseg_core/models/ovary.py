@@ -54,7 +54,7 @@ class UNet2D(nn.Module):
 
     def decode(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = feats[-1]
-        for up, skip in zip(self.ups, reversed(feats[:-1])):
+        for up, skip in zip(self.ups, reversed(feats[:-1]), strict=True):
             x = up(x, skip)
         return self.outc(x)
 
@@ -119,7 +119,7 @@ class TL5(nn.Module):
 
     def decode(self, feats):
         x = feats[5]
-        for up, skip in zip(self.ups, (feats[4], feats[3], feats[2], feats[1])):
+        for up, skip in zip(self.ups, (feats[4], feats[3], feats[2], feats[1]), strict=True):
             x = up(x, skip)
         return self.final(self.final_up(x))
 

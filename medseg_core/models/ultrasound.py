@@ -86,7 +86,7 @@ class EffB0MultiTask(nn.Module):
         bott = x
         out = {}
         if self.task != "cls":
-            for up, k in zip(self.ups, (4, 3, 2, 0)):
+            for up, k in zip(self.ups, (4, 3, 2, 0), strict=True):
                 x = up(x, skips[k])
             seg = self.seg_out(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
             if size is not None and seg.shape[-2:] != tuple(size):
@@ -153,13 +153,13 @@ class UNetMultiTask(nn.Module):
         if self.cls_pool == "bottleneck":
             return F.adaptive_avg_pool2d(feats[-1], 1).flatten(1)
         blocks = (feats[-1], feats[-2])  # bottleneck (16 base), the encoder block before it (8 base)
-        return torch.cat([F.adaptive_avg_pool2d(conv(f), 1).flatten(1) for conv, f in zip(self.pool_proj, blocks)], 1)
+        return torch.cat([F.adaptive_avg_pool2d(conv(f), 1).flatten(1) for conv, f in zip(self.pool_proj, blocks, strict=True)], 1)
 
     def decode(self, feats, clinical=None, size=None):
         out = {}
         if self.task != "cls":
             x = feats[-1]
-            for up, skip in zip(self.ups, reversed(feats[:-1])):
+            for up, skip in zip(self.ups, reversed(feats[:-1]), strict=True):
                 x = up(x, skip)
             out["seg"] = self.seg_out(x)
         if self.task != "seg":
