@@ -108,7 +108,10 @@ def near_region(pred, ref, margin: int = 8) -> tuple[slice, ...]:
     if not u.any():
         return tuple(slice(0, s) for s in u.shape)
     idx = np.nonzero(u)
-    return tuple(slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, s)) for i, s in zip(idx, u.shape, strict=True))
+    return tuple(
+        slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, s))
+        for i, s in zip(idx, u.shape, strict=True)
+    )
 
 
 def reliability(probs, truth, n_bins: int = 15, region: str = "all", pred=None, margin: int = 8) -> Reliability:
@@ -204,7 +207,7 @@ def reliability_figure(rel: Reliability, title: str = "", height: int = 360):
     )
     where = "all voxels" if rel.region == "all" else "voxels near the structure"
     fig.update_layout(
-        title=(title + " " if title else "") + f"ECE {rel.ece:.3f} ({where}, n = {rel.n:,})",
+        title=(title + ": " if title else "") + f"ECE {rel.ece:.3f}<br><sup>{where}, n = {rel.n:,}</sup>",
         xaxis_title="Mean predicted probability",
         yaxis_title="Observed frequency",
         xaxis=dict(range=[0, 1]),

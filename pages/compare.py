@@ -138,15 +138,15 @@ width, level = ss["auto_window"]
 letters = orientation_known(vol.meta)
 pics = [
     (
-        f"A: {name_a}",
+        "A",
         slice_picture(vol.array, vol.spacing, plane, idx, (width, level), layers=[(a, LABEL_COLOURS[0])], alpha=0.35),
     ),
     (
-        f"B: {name_b}",
+        "B",
         slice_picture(vol.array, vol.spacing, plane, idx, (width, level), layers=[(b, LABEL_COLOURS[1])], alpha=0.35),
     ),
     (
-        "Disagreement",
+        "A vs B",
         slice_picture(
             vol.array,
             vol.spacing,
@@ -161,7 +161,7 @@ pics = [
 pc = st.columns(3)
 for col, (title, pic) in zip(pc, pics, strict=True):
     col.plotly_chart(
-        slice_figure(pic.rgb, plane, title=f"{title}", height=420, letters=letters),
+        slice_figure(pic.rgb, plane, title=f"{title} · slice {idx + 1}", height=420, letters=letters),
         width="stretch",
         config={"displaylogo": False, "displayModeBar": False},
     )
