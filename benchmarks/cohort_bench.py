@@ -63,7 +63,7 @@ def cohort_bench(quick: bool = False) -> dict:
         parts = {k: round(_median(f, repeats)[0] * 1000, 1) for k, f in steps.items()}
         per_sort = {}
         for how in C.SORT_KEYS:
-            s, (counts, n, first) = _median(lambda: refresh(how), repeats)
+            s, (counts, n, first) = _median(lambda how=how: refresh(how), repeats)
             per_sort[how] = round(s * 1000, 1)
         return {
             "rows": len(slices),

@@ -11,6 +11,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,6 +30,20 @@ SIZES = {
 }
 
 
+def _forwards(model, clin, size) -> tuple[Callable, Callable | None]:
+    """The full forward and the decoder-only head (None without clinical inputs) as sigmoid probabilities."""
+    if clin is None:
+        return (lambda t: torch.sigmoid(model(t))), None
+
+    def full(t):
+        return torch.sigmoid(model(t, clin)["seg"])
+
+    def head(s):
+        return torch.sigmoid(model.decode(s, clin, size=size)["seg"])
+
+    return full, head
+
+
 def main(n: int = 10, repeats: int = 3) -> list[dict]:
     torch.set_num_threads(torch.get_num_threads())
     rows = []
@@ -39,12 +54,7 @@ def main(n: int = 10, repeats: int = 3) -> list[dict]:
         b, h, w = SIZES[name]
         x = torch.randn(b, 1, h, w)
         clin = torch.tensor([[1.0, 0.0]] * b)
-        if spec.clinical_inputs:
-            full = lambda t: torch.sigmoid(model(t, clin)["seg"])  # noqa: E731
-            head = lambda s: torch.sigmoid(model.decode(s, clin, size=(h, w))["seg"])  # noqa: E731
-        else:
-            full = lambda t: torch.sigmoid(model(t))  # noqa: E731
-            head = None
+        full, head = _forwards(model, clin if spec.clinical_inputs else None, (h, w))
         t_naive, t_prefix = [], []
         for _ in range(repeats):
             t0 = time.perf_counter()

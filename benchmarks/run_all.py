@@ -124,7 +124,7 @@ def model_rows(peak: float, quick: bool) -> list[dict]:
                 _forward(lm, x, opts)
             flops = fc.get_total_flops()
             reps = 2 if quick else (3 if spec.dims == "3d" else 7)
-            lat = median_time(lambda: _forward(lm, x, opts), reps)
+            lat = median_time(lambda lm=lm, x=x, opts=opts: _forward(lm, x, opts), reps)
         gf = flops / lat / 1e9
         rows.append(
             {
@@ -159,7 +159,9 @@ def predict_vs_monai(quick: bool) -> dict:
     # the bare call a user would write: same preprocessing and resampling done once beforehand, then
     # only the sliding window with the same weights, roi, overlap and blending
     x = torch.from_numpy(preprocess(spec.preprocessing, vol.array))[None, None]
-    new_shape = tuple(max(1, int(round(n * s / ts))) for n, s, ts in zip(vol.shape, vol.spacing, spec.target_spacing, strict=True))
+    new_shape = tuple(
+        max(1, int(round(n * s / ts))) for n, s, ts in zip(vol.shape, vol.spacing, spec.target_spacing, strict=True)
+    )
     x = F.interpolate(x, size=new_shape, mode="trilinear", align_corners=False)
 
     def bare():
@@ -527,7 +529,8 @@ def write_markdown(r: dict) -> str:
         ]
         for x in r["mc"]:
             lines.append(
-                f"| `{x['model']}` | {x['input']} | {x['naive_s']} | {x['cached_encoder_s']} | {x['ratio']} | {x['equal']} |"
+                f"| `{x['model']}` | {x['input']} | {x['naive_s']} |"
+                f" {x['cached_encoder_s']} | {x['ratio']} | {x['equal']} |"
             )
         lines += [
             "",
@@ -544,7 +547,8 @@ def write_markdown(r: dict) -> str:
             "",
             "## Memory of `predict` (unet3d, fresh process per size)",
             "",
-            "| CT volume (Z x Y x X) | voxels (M) | input float32 (MB) | RSS before predict (MB) | peak RSS (MB) | seconds "
+            "| CT volume (Z x Y x X) | voxels (M) | input float32 (MB) |"
+            " RSS before predict (MB) | peak RSS (MB) | seconds "
             "| prediction (MB) | kept compactly (MB) |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
@@ -566,7 +570,8 @@ def write_markdown(r: dict) -> str:
             "",
             f"Server start {ap['server_start_s']} s; opening the URL, pressing Run model on the default "
             f"pelvic sample and waiting for the overlay: {ap['url_to_first_overlay_s']} s; slider moves (ArrowRight "
-            f"on the Slice slider until the image changes): median {ap['slider_median_ms']} ms, max {ap['slider_max_ms']} ms.",
+            f"on the Slice slider until the image changes): median {ap['slider_median_ms']} ms,"
+            f" max {ap['slider_max_ms']} ms.",
         ]
     if rr:
         lines += [
@@ -590,7 +595,8 @@ def write_markdown(r: dict) -> str:
             f"Slice change: one wheel event sent to the canvas by page JS in the iframe, then the first "
             f"requestAnimationFrame whose canvas pixels differ (WebGL buffer preserved for the read-back): median "
             f"{nv['repaint_median_ms']} ms, 90th percentile {nv['repaint_p90_ms']} ms, max {nv['repaint_max_ms']} ms "
-            f"({nv['repainted']} of {nv['moves']} events repainted); of which NiiVue's wheel handler (draw + gl.finish, on "
+            f"({nv['repainted']} of {nv['moves']} events repainted);"
+            f" of which NiiVue's wheel handler (draw + gl.finish, on "
             f"the CPU rasteriser) {nv.get('handler_median_ms')} ms median. No server round trip is involved. "
             f"Load average during the run: {nv.get('load_average_1min')} on {nv.get('cpus')} CPUs (other jobs "
             "shared the machine); a GPU-backed browser draws a slice in a few ms.",

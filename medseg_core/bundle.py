@@ -641,7 +641,8 @@ def import_bundle(
             "in_channels": 1,
             "modalities": [modality],
             "intensity": (
-                f"{unit} windowed {window['lo_hu']:g}..{window['hi_hu']:g} to {window['out_lo']:g}..{window['out_hi']:g}"
+                f"{unit} windowed {window['lo_hu']:g}..{window['hi_hu']:g}"
+                f" to {window['out_lo']:g}..{window['out_hi']:g}"
                 if window
                 else "raw intensities (the bundle scales none)"
             ),

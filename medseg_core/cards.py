@@ -312,7 +312,10 @@ def data_envelope(
     if not n:
         return None  # type: ignore[return-value]
     sp, fov, pct, px = np.asarray(sp), np.asarray(fov), np.asarray(pct), np.asarray(px)
-    rng = lambda a: [[round(float(a[:, i].min()), 4), round(float(a[:, i].max()), 4)] for i in range(a.shape[1])]
+
+    def rng(a):
+        return [[round(float(a[:, i].min()), 4), round(float(a[:, i].max()), 4)] for i in range(a.shape[1])]
+
     return {
         "modalities": sorted(mods),
         "body_region": body_region,
@@ -426,7 +429,8 @@ def envelope_summary(envelope: dict | None) -> str:
     sp = " x ".join(_fmt_range(r, "").strip() for r in envelope["spacing_mm"])
     fov = " x ".join(_fmt_range(r, "").strip() for r in envelope["fov_mm"])
     return (
-        f"{envelope['n_cases']} {'/'.join(envelope['modalities'])} cases of {envelope.get('anatomy') or 'unknown anatomy'}; "
+        f"{envelope['n_cases']} {'/'.join(envelope['modalities'])}"
+        f" cases of {envelope.get('anatomy') or 'unknown anatomy'}; "
         f"spacing {sp} mm, field of view {fov} mm (Z/Y/X)"
     )
 

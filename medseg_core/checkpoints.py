@@ -416,14 +416,16 @@ def main(argv=None) -> int:
         return 2
     except Exception as e:  # noqa: BLE001 - a command line answers in one sentence, never a traceback
         sys.stderr.write(
-            f"The bundle could not be imported ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'no detail'}).\n"
+            f"The bundle could not be imported ({type(e).__name__}:"
+            f" {str(e).splitlines()[0][:200] if str(e) else 'no detail'}).\n"
         )
         return 2
     card = _read_card_file(path.with_suffix(".json"))
     r = card["recipe"]
     print(
         f"{path} ({card['title']}): {r['architecture']['builder']}, labels {', '.join(r['labels'])}, "
-        f"roi {' x '.join(map(str, r['input_size']))} at {' x '.join(f'{s:g}' for s in r['target_spacing'])} mm (z, y, x), "
+        f"roi {' x '.join(map(str, r['input_size']))}"
+        f" at {' x '.join(f'{s:g}' for s in r['target_spacing'])} mm (z, y, x), "
         f"preprocessing {r['preprocessing']['name']} {r['preprocessing']['params']}"
     )
     listed = any(c.weights.resolve() == path.resolve() for c in list_checkpoints())

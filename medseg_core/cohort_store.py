@@ -482,10 +482,10 @@ def synthetic_run(
         tags_bool["postprocessing_helped"], 0.15, np.where(tags_bool["postprocessing_hurt"], -0.15, 0.0)
     )
     tags_type = pa.list_(pa.string())
-    dict_arr = lambda values, idx: pa.DictionaryArray.from_arrays(
-        pa.array(idx.astype(np.int32)),  # noqa: E731
-        pa.array(values),
-    ).cast(pa.string())
+
+    def dict_arr(values, idx):
+        return pa.DictionaryArray.from_arrays(pa.array(idx.astype(np.int32)), pa.array(values)).cast(pa.string())
+
     cols = {
         "model": dict_arr(models, mi),
         "set": dict_arr(sets, si),

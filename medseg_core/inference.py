@@ -488,7 +488,9 @@ def _run_3d(loaded: LoadedModel, x: np.ndarray, volume: Volume, options: Predict
 
     spec, m, device = loaded.spec, loaded.module, loaded.device
     target = np.asarray(spec.target_spacing, float)
-    new_shape = tuple(max(1, int(round(n * s / ts))) for n, s, ts in zip(volume.shape, volume.spacing, target, strict=True))
+    new_shape = tuple(
+        max(1, int(round(n * s / ts))) for n, s, ts in zip(volume.shape, volume.spacing, target, strict=True)
+    )
     t = time.perf_counter()
     xt = torch.from_numpy(x)[None, None].to(device)
     if new_shape != volume.shape:

@@ -402,7 +402,8 @@ def card_view(s: dict) -> dict:
     post = ", ".join(display_name(p, "post") for p in r.get("postprocessing") or []) or "none"
     summary = (
         f"**Report** {s['report']} · **Task** {s['task']} · **Architecture** {s['builder']}  \n"
-        f"**Input** {s['contract']}  \n**Preprocessing** {display_name(pre.get('name'), 'pre')}{f' ({params})' if params else ''} · "
+        f"**Input** {s['contract']}  \n**Preprocessing** "
+        f"{display_name(pre.get('name'), 'pre')}{f' ({params})' if params else ''} · "
         f"**Post-processing** {post} · **Threshold** {r.get('threshold')} · "
         f"**Labels** {', '.join(r.get('labels') or [])}  \n**Dropout** {s['dropout']}"
     )

@@ -220,7 +220,7 @@ def panel(
             height=ch,
             drawing_mode="point" if tool == "fill" else "freedraw",
             stroke_width=max(1, int(round(brush_mm * px_per_mm))) if tool != "fill" else 2,
-            stroke_color=ERASER_COLOUR if tool == "eraser" else "rgba(%d, %d, %d, 0.6)" % tuple(colour),
+            stroke_color=ERASER_COLOUR if tool == "eraser" else "rgba({}, {}, {}, 0.6)".format(*colour),
             point_display_radius=3,
             key=key,
             update_streamlit=True,

@@ -46,7 +46,7 @@ with tabs[0]:
             show(model_card_summary(c.ref), "shipped" if c.shipped else f"your model ({c.weights.parent})")
         except InputError as e:
             st.error(f"{c.weights.name}: {e}")
-    for key, lm in (ss.get("session_models") or {}).items():
+    for lm in (ss.get("session_models") or {}).values():
         show(loaded_model_summary(lm), "uploaded in this session")
 with tabs[1]:
     st.caption(

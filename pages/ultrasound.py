@@ -112,7 +112,7 @@ if msg:
     cols[2].warning(msg)
 elif res.second is not None:
     cols[2].caption(f"Both models call this lesion {Call(res.p, thr).label} at threshold {thr:.2f}.")
-for model, note in res.notes.items():
+for note in res.notes.values():
     st.caption(note)
 
 a, b = st.columns([3, 2])

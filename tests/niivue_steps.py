@@ -18,7 +18,9 @@ PRESERVE_BUFFER_JS = """
 (() => {
   const orig = HTMLCanvasElement.prototype.getContext;
   HTMLCanvasElement.prototype.getContext = function (kind, attrs) {
-    if (kind === 'webgl2' || kind === 'webgl') { attrs = Object.assign({}, attrs || {}, {preserveDrawingBuffer: true}); }
+    if (kind === 'webgl2' || kind === 'webgl') {
+      attrs = Object.assign({}, attrs || {}, {preserveDrawingBuffer: true});
+    }
     return orig.call(this, kind, attrs);
   };
 })();

@@ -239,7 +239,7 @@ def test_d1_multi_rater(tmp_path):
 def test_mmotu_layout(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "annotations").mkdir()
-    for i, cls in ((1, 0), (2, 7)):
+    for i in (1, 2):  # classes 0 and 7, written to the split files below
         Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(tmp_path / "images" / f"{i}.JPG")
         ann = np.zeros((8, 8, 3), np.uint8)
         ann[2:5, 2:5] = (128, 0, 64)  # colour masks, binarised with > 0

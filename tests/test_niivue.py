@@ -67,7 +67,8 @@ def test_overlay_voxel_in_its_label_colour_at_the_same_world_point(tmp_path):
     i, j, k = np.argwhere(data["R"] == 86)[-1]  # the later layer is on top (as render.overlay)
     assert np.allclose(img.affine @ [i, j, k, 1], src_affine @ [3, 25, 7, 1])
     assert tuple(int(data[c][i, j, k]) for c in "RGBA") == (86, 180, 233, 255)
-    # the (0, 0, 0) voxel of the canonical grid is the file's (19, 29, 0): world (-1.5 * 19 + 40, -0.8 * 29 + 25, -60) = (11.5, 1.8, -60)
+    # the (0, 0, 0) voxel of the canonical grid is the file's (19, 29, 0):
+    # world (-1.5 * 19 + 40, -0.8 * 29 + 25, -60) = (11.5, 1.8, -60)
     i0, j0, k0 = [p for p in hit.tolist() if p != [i, j, k]][0]
     assert np.allclose(img.affine @ [i0, j0, k0, 1], [11.5, 1.8, -60.0, 1])
 

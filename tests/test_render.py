@@ -15,8 +15,8 @@ def test_window_level_maps_ends_to_black_and_white():
 
 def test_auto_window_spans_percentiles():
     a = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
-    w, l = R.auto_window(a)
-    assert l == pytest.approx(499.5, abs=1) and w == pytest.approx(980, abs=2)
+    w, level = R.auto_window(a)
+    assert level == pytest.approx(499.5, abs=1) and w == pytest.approx(980, abs=2)
 
 
 def test_aspect_correct_makes_square_pixels():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from medseg_core import store as S
 
@@ -36,7 +36,7 @@ def test_db_url_from_path_url_and_default(tmp_path, monkeypatch):
     assert (tmp_path / "a").is_dir()
     # a URL is taken as it is (and checked)
     assert S.db_url("postgresql+psycopg://u@h:5/x") == "postgresql+psycopg://u@h:5/x"
-    with pytest.raises(Exception):
+    with pytest.raises(ArgumentError):
         S.db_url("not a url://")
     # MEDSEG_DB unset: XDG_DATA_HOME/medseg/medseg.db, outside the repository
     monkeypatch.delenv("MEDSEG_DB", raising=False)

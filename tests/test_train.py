@@ -200,7 +200,7 @@ def test_reproduce_configs_cover_every_report_row():
         "002_unetpp_effb3",
     } <= set(cfgs)
     assert sum(k.startswith("001_") for k in cfgs) >= 5
-    for name, c in cfgs.items():
+    for c in cfgs.values():
         assert c["model"] in list_models() and c["variant"] == "paper"
         assert c["loss"]["name"] in set(LOSSES) | {"dice_softmax"}
     assert cfgs["000_m7"]["side_masking_train"] == "oracle" and cfgs["000_m4"]["train"]["epochs"] == 50

@@ -421,7 +421,8 @@ def assemble_series(items: list[tuple[str, object]], limits: Limits, label: str)
             if np.any(gaps >= 1) and np.all(np.abs(ratio - np.round(ratio)) < 0.1):
                 missing = int(gaps[gaps >= 1].sum())
                 warnings.append(
-                    f"{missing} slice(s) appear to be missing from the series (gaps of {step * (gaps.max() + 1):.2f} mm "
+                    f"{missing} slice(s) appear to be missing from the series"
+                    f" (gaps of {step * (gaps.max() + 1):.2f} mm "
                     f"where the spacing is {step:.2f} mm); the volume is shown with the gaps closed, so "
                     "distances across them are wrong."
                 )

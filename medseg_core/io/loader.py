@@ -20,7 +20,7 @@ import logging
 import os
 import warnings as _warnings
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -61,7 +61,7 @@ def _guarded(func):
     return wrapper
 
 
-Source = Union[str, os.PathLike, bytes, bytearray, memoryview, Any]
+Source = str | os.PathLike | bytes | bytearray | memoryview | Any
 
 _FORMAT_NAMES = {
     "nifti1": "NIfTI",
@@ -96,7 +96,7 @@ def _gather(source: Source, filename: str | None, limits: Limits) -> list[tuple[
         if not source:
             raise InputError("No files were given; choose one or more files to upload.")
         out = []
-        for i, item in enumerate(source):
+        for item in source:
             out.extend(_gather(item, None, limits))
         return out
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -144,7 +144,8 @@ def _ext_warning(name: str, kind: str) -> list[str]:
     expected = _EXT_KINDS.get(ext)
     if expected and kind not in expected and not (ext == ".nii" and kind == "gzip"):
         return [
-            f"'{name}' is named {ext} but holds {_FORMAT_NAMES.get(kind, kind)} data; it was read as {_FORMAT_NAMES.get(kind, kind)}."
+            f"'{name}' is named {ext} but holds {_FORMAT_NAMES.get(kind, kind)} data;"
+            f" it was read as {_FORMAT_NAMES.get(kind, kind)}."
         ]
     return []
 
@@ -290,7 +291,8 @@ def _load_volume(
         ) from None
     except Exception as exc:  # last resort: never show a library traceback to a user
         raise InputError(
-            f"'{display_name}' could not be read ({type(exc).__name__}); the file is damaged or in an unsupported variant."
+            f"'{display_name}' could not be read ({type(exc).__name__});"
+            " the file is damaged or in an unsupported variant."
         ) from None
     if modality:
         if modality not in ("CT", "MR", "US", "OT"):

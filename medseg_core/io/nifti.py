@@ -101,7 +101,8 @@ def read_nifti(data: bytes, name: str, limits: Limits) -> tuple[np.ndarray, np.n
     elif codes == (0, 0):
         warnings.append(
             f"'{name}' stores no orientation (qform and sform codes are 0): its axes are taken "
-            "in a default order, so left and right cannot be known from the file and the viewer shows no orientation letters."
+            "in a default order, so left and right cannot be known from the file"
+            " and the viewer shows no orientation letters."
         )
     if codes == (0, 0) and not (np.all(np.isfinite(pix)) and np.all(pix > 0)):
         warnings.append(

@@ -120,6 +120,8 @@ class Volume:
             "orientation": self.orientation,
             "source orientation": self.meta.get("source_orientation", "unknown"),
             "modality": self.modality,
-            "field of view (mm, Z/Y/X)": " x ".join(f"{n * s:.1f}" for n, s in zip(self.shape, self.spacing, strict=True)),
+            "field of view (mm, Z/Y/X)": " x ".join(
+                f"{n * s:.1f}" for n, s in zip(self.shape, self.spacing, strict=True)
+            ),
             "intensity range": f"{float(self.array.min()):.4g} .. {float(self.array.max()):.4g}",
         }

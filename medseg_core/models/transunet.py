@@ -154,7 +154,9 @@ class TransUNet(nn.Module):
         skips = [s if i < n_skip else 0 for i, s in enumerate(skips)]
         self.n_skip = int(n_skip)
         ins = [head_channels, *decoder_channels[:-1]]
-        self.decoder = nn.ModuleList([_DecoderBlock(i, o, s) for i, o, s in zip(ins, decoder_channels, skips, strict=True)])
+        self.decoder = nn.ModuleList(
+            [_DecoderBlock(i, o, s) for i, o, s in zip(ins, decoder_channels, skips, strict=True)]
+        )
         self.aux_heads = nn.ModuleList([nn.Conv2d(c, out_channels, 3, padding=1) for c in decoder_channels[:3]])
         self.head = nn.Conv2d(decoder_channels[-1], out_channels, 3, padding=1)
 

@@ -153,7 +153,9 @@ class UNetMultiTask(nn.Module):
         if self.cls_pool == "bottleneck":
             return F.adaptive_avg_pool2d(feats[-1], 1).flatten(1)
         blocks = (feats[-1], feats[-2])  # bottleneck (16 base), the encoder block before it (8 base)
-        return torch.cat([F.adaptive_avg_pool2d(conv(f), 1).flatten(1) for conv, f in zip(self.pool_proj, blocks, strict=True)], 1)
+        return torch.cat(
+            [F.adaptive_avg_pool2d(conv(f), 1).flatten(1) for conv, f in zip(self.pool_proj, blocks, strict=True)], 1
+        )
 
     def decode(self, feats, clinical=None, size=None):
         out = {}
