@@ -1,4 +1,5 @@
 """Geometry helpers for the phantoms: shapes in millimetres on a canonical (Z, Y, X) RAS+ grid."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -65,6 +66,12 @@ def smooth_field(shape, rng, strength: float, scale_vox: float = 0.0) -> np.ndar
     """A smooth multiplicative field exp(low-order polynomial), mean about 1 (an MRI bias field)."""
     zz, yy, xx = [np.linspace(-1, 1, n, dtype=np.float32) for n in shape]
     c = rng.normal(0, strength, size=6)
-    f = (c[0] * xx[None, None, :] + c[1] * yy[None, :, None] + c[2] * zz[:, None, None]
-         + c[3] * xx[None, None, :] * yy[None, :, None] + c[4] * xx[None, None, :] ** 2 + c[5] * yy[None, :, None] ** 2)
+    f = (
+        c[0] * xx[None, None, :]
+        + c[1] * yy[None, :, None]
+        + c[2] * zz[:, None, None]
+        + c[3] * xx[None, None, :] * yy[None, :, None]
+        + c[4] * xx[None, None, :] ** 2
+        + c[5] * yy[None, :, None] ** 2
+    )
     return np.exp(f).astype(np.float32)

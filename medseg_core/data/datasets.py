@@ -15,6 +15,7 @@ Each adapter returns a list of :class:`Case` records (paths and labels, nothing 
 * :func:`microsegnet` -- micro-US volumes with expert and non-expert annotations.
 * :func:`generic_folder` -- ``images/`` + ``masks/`` with matching file stems.
 """
+
 from __future__ import annotations
 
 import csv
@@ -28,8 +29,16 @@ import numpy as np
 
 from ..io import Volume, load_mask, load_volume
 
-MMOTU_CLASSES = ("chocolate cyst", "serous cystadenoma", "teratoma", "theca cell tumor", "simple cyst",
-                 "normal ovary", "mucinous cystadenoma", "high-grade serous")
+MMOTU_CLASSES = (
+    "chocolate cyst",
+    "serous cystadenoma",
+    "teratoma",
+    "theca cell tumor",
+    "simple cyst",
+    "normal ovary",
+    "mucinous cystadenoma",
+    "high-grade serous",
+)
 #: MMOTU classes counted as malignant for a benign/malignant task (assumption: only high-grade
 #: serous carcinoma is malignant among the 8 classes; the others are benign lesions or normal).
 MMOTU_MALIGNANT = frozenset({7})
@@ -153,7 +162,10 @@ def mmotu(root: str | Path, split: str | None = None, clinical_csv: str | Path |
     if cpath.exists():
         with open(cpath, newline="") as fh:
             for row in csv.DictReader(fh):
-                clinical[row["image"]] = {"menopausal": int(row["menopausal"]), "oncology_center": int(row["oncology_center"])}
+                clinical[row["image"]] = {
+                    "menopausal": int(row["menopausal"]),
+                    "oncology_center": int(row["oncology_center"]),
+                }
     out = []
     for fname in files:
         p = root / fname
@@ -169,8 +181,12 @@ def mmotu(root: str | Path, split: str | None = None, clinical_csv: str | Path |
             ann = root / "annotations" / f"{stem}.PNG"
             if not ann.exists():
                 ann = root / "annotations" / f"{stem}.png"
-            extra = {"class_id": cls, "class_name": MMOTU_CLASSES[cls], "malignant": int(cls in MMOTU_MALIGNANT),
-                     "split": fname.split("_")[0]}
+            extra = {
+                "class_id": cls,
+                "class_name": MMOTU_CLASSES[cls],
+                "malignant": int(cls in MMOTU_MALIGNANT),
+                "split": fname.split("_")[0],
+            }
             extra.update(clinical.get(name, {}))
             out.append(Case(stem, stem, img, {"lesion": ann}, extra=extra, modality="US"))
     return out
@@ -193,10 +209,14 @@ def us_primary(root: str | Path) -> list[Case]:
             ann = root / "annotations" / f"{stem}.PNG"
             if not ann.exists():
                 ann = root / "annotations" / f"{stem}.png"
-            extra = {"malignant": int(row["malignant"]), "menopausal": int(row["menopausal"]),
-                     "oncology_center": int(row["oncology_center"])}
-            out.append(Case(stem, str(row["patient_id"]), root / "images" / name, {"lesion": ann}, extra=extra,
-                            modality="US"))
+            extra = {
+                "malignant": int(row["malignant"]),
+                "menopausal": int(row["menopausal"]),
+                "oncology_center": int(row["oncology_center"]),
+            }
+            out.append(
+                Case(stem, str(row["patient_id"]), root / "images" / name, {"lesion": ann}, extra=extra, modality="US")
+            )
     return out
 
 
@@ -212,7 +232,7 @@ def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
         nums = np.asarray(rle.split(), dtype=np.int64)
         starts, lengths = nums[0::2] - 1, nums[1::2]
         for s, n in zip(starts, lengths):
-            flat[s:s + n] = 1
+            flat[s : s + n] = 1
     return flat.reshape(h, w)
 
 
@@ -254,8 +274,17 @@ def uw_madison_gi(root: str | Path) -> list[Case]:
         masks = {c: _gi_mask(segs.get(c, ""), (h, w)) for c in GI_CLASSES}
         # report 002 section 2.2's "organ" column (which organs the slice has), read from the RLE
         combo = "_".join(c for c in GI_CLASSES if (segs.get(c) or "").strip())
-        out.append(Case(sid, sid.split("_")[0], p, masks, extra={"organ_combination": combo}, modality="MR",
-                        pixel_spacing_mm=(ph, pw)))
+        out.append(
+            Case(
+                sid,
+                sid.split("_")[0],
+                p,
+                masks,
+                extra={"organ_combination": combo},
+                modality="MR",
+                pixel_spacing_mm=(ph, pw),
+            )
+        )
     return out
 
 
@@ -263,6 +292,7 @@ def _gi_mask(rle: str, shape) -> Callable[[Volume], np.ndarray]:
     def make(vol: Volume) -> np.ndarray:
         pic = rle_decode(rle, shape)  # as the PNG looks on screen
         return np.ascontiguousarray(pic[::-1, ::-1][None])  # -> canonical (1, Y, X), see io.image
+
     return make
 
 
@@ -282,7 +312,11 @@ def microsegnet(root: str | Path, split: str = "train") -> list[Case]:
         exp = list((base / "expert_annotations").glob(f"*_{nn}.nii*"))
         if exp:
             masks["expert"] = exp[0]
-        nonexp = list((base / "non_expert_annotations").glob(f"*_{nn}.nii*")) if (base / "non_expert_annotations").is_dir() else []
+        nonexp = (
+            list((base / "non_expert_annotations").glob(f"*_{nn}.nii*"))
+            if (base / "non_expert_annotations").is_dir()
+            else []
+        )
         if nonexp:
             masks["non_expert"] = nonexp[0]
         out.append(Case(f"microUS_{split}_{nn}", nn, img, masks, modality="US"))
@@ -326,7 +360,11 @@ def patient_split(cases: list[Case], fractions=(0.7, 0.15, 0.15), seed: int = 0)
     if n >= 3:
         n_train = min(max(n_train, 1), n - 2)
         n_val = min(max(n_val, 1), n - n_train - (1 if fractions[2] > 0 else 0))
-    parts = {"train": set(order[:n_train]), "val": set(order[n_train:n_train + n_val]), "test": set(order[n_train + n_val:])}
+    parts = {
+        "train": set(order[:n_train]),
+        "val": set(order[n_train : n_train + n_val]),
+        "test": set(order[n_train + n_val :]),
+    }
     return {k: [c for c in cases if c.patient_id in v] for k, v in parts.items()}
 
 
@@ -364,8 +402,9 @@ def _largest_remainder(sizes: np.ndarray, total: int) -> np.ndarray:
     return base
 
 
-def stratified_split(cases: list[Case], fractions=(0.8, 0.1, 0.1), seed: int = 0,
-                     by: str = "organ_combination") -> dict[str, list[Case]]:
+def stratified_split(
+    cases: list[Case], fractions=(0.8, 0.1, 0.1), seed: int = 0, by: str = "organ_combination"
+) -> dict[str, list[Case]]:
     """Seeded split of **cases** (not patients) keeping each stratum's share in every part (report
     002 section 2.2: "split into training, test, and validation with a proportion of 80%-10%-10%,
     maintaining the class imbalance across the three splits", the class being the organ combination).
@@ -397,14 +436,21 @@ def stratified_split(cases: list[Case], fractions=(0.8, 0.1, 0.1), seed: int = 0
     for k, a, b in zip(strata, tr, va):
         m = members[k]
         parts["train"] += m[:a]
-        parts["val"] += m[a:a + b]
-        parts["test"] += m[a + b:]
+        parts["val"] += m[a : a + b]
+        parts["test"] += m[a + b :]
     return {k: [cases[i] for i in sorted(v)] for k, v in parts.items()}
 
 
-ADAPTERS = {"msd_spleen": msd_spleen, "ut_endomri_d2": ut_endomri_d2, "ut_endomri_d1": ut_endomri_d1,
-            "mmotu": mmotu, "uw_madison_gi": uw_madison_gi, "microsegnet": microsegnet, "generic": generic_folder,
-            "us_primary": us_primary}
+ADAPTERS = {
+    "msd_spleen": msd_spleen,
+    "ut_endomri_d2": ut_endomri_d2,
+    "ut_endomri_d1": ut_endomri_d1,
+    "mmotu": mmotu,
+    "uw_madison_gi": uw_madison_gi,
+    "microsegnet": microsegnet,
+    "generic": generic_folder,
+    "us_primary": us_primary,
+}
 
 
 def detect_adapter(root: str | Path) -> str:
@@ -421,5 +467,7 @@ def detect_adapter(root: str | Path) -> str:
                 return name
         except Exception:  # noqa: BLE001 - a layout that does not match is the expected case
             continue
-    raise InputError(f"No supported dataset layout was found in '{root.name}': use a published layout (MSD, "
-                     "UT-EndoMRI, MMOTU, UW-Madison GI, MicroSegNet) or images/ + masks/ with matching file names.")
+    raise InputError(
+        f"No supported dataset layout was found in '{root.name}': use a published layout (MSD, "
+        "UT-EndoMRI, MMOTU, UW-Madison GI, MicroSegNet) or images/ + masks/ with matching file names."
+    )

@@ -20,6 +20,7 @@ gi         UW-Madison: ``train.csv`` (RLE) and ``train/caseN/caseN_day0/scans/sl
 Synthetic cases are seeded by ``seed * 100000 + index`` so datasets made with different seeds
 never share a case.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,9 +75,20 @@ def write_ct(out: Path, n: int, seed: int = 0) -> None:
         _save_nii(out / "imagesTr" / name, c.volume.array, c.volume.affine, np.int16)
         _save_nii(out / "labelsTr" / name, c.masks["spleen"], c.volume.affine, np.uint8)
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    (out / "dataset.json").write_text(json.dumps({
-        "name": "Spleen (synthetic)", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "spleen"},
-        "numTraining": n, "numTest": 0, "training": training, "test": []}, indent=1))
+    (out / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "Spleen (synthetic)",
+                "modality": {"0": "CT"},
+                "labels": {"0": "background", "1": "spleen"},
+                "numTraining": n,
+                "numTest": 0,
+                "training": training,
+                "test": [],
+            },
+            indent=1,
+        )
+    )
 
 
 def write_us(out: Path, n: int, seed: int = 0, annotate: bool = False, val_fraction: float = 0.2) -> None:
@@ -93,13 +105,21 @@ def write_us(out: Path, n: int, seed: int = 0, annotate: bool = False, val_fract
             (out / "clean").mkdir(exist_ok=True)
             Image.fromarray(_screen(c.meta["clean"]).astype(np.uint8)).save(out / "clean" / f"{i + 1}.PNG")
         else:
-            Image.fromarray(_screen(c.volume.array).astype(np.uint8)).convert("RGB").save(out / "images" / name, quality=95)
+            Image.fromarray(_screen(c.volume.array).astype(np.uint8)).convert("RGB").save(
+                out / "images" / name, quality=95
+            )
         Image.fromarray(_screen(c.masks["lesion"]) * 255).save(out / "annotations" / f"{i + 1}.PNG")
         cls = 7 if c.meta["malignant"] else int(rng.choice(BENIGN_MMOTU))
         lines["val" if rng.random() < val_fraction else "train"].append(f"{name} {cls}")
         clinical.append({"image": name, **c.meta["clinical"]})
-        primary.append({"image": name, "patient_id": f"P{i // 2:04d}", "malignant": int(bool(c.meta["malignant"])),
-                        **c.meta["clinical"]})
+        primary.append(
+            {
+                "image": name,
+                "patient_id": f"P{i // 2:04d}",
+                "malignant": int(bool(c.meta["malignant"])),
+                **c.meta["clinical"],
+            }
+        )
     for k, v in lines.items():
         (out / f"{k}_cls.txt").write_text("\n".join(v) + ("\n" if v else ""))
     with open(out / "clinical.csv", "w", newline="") as fh:
@@ -183,7 +203,9 @@ def ensure_synthetic(root, syn: dict) -> Path:
     if marker.exists() and json.loads(marker.read_text() or "{}") == dict(syn):
         return root
     if marker.exists():
-        raise FileExistsError(f"{root} holds a different synthetic dataset ({marker.read_text()}); choose another folder")
+        raise FileExistsError(
+            f"{root} holds a different synthetic dataset ({marker.read_text()}); choose another folder"
+        )
     root.mkdir(parents=True, exist_ok=True)
     if syn["kind"] == "us":
         write_us(root, int(syn["n"]), int(syn.get("seed", 0)), annotate=bool(syn.get("annotate", False)))

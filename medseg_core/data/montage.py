@@ -3,6 +3,7 @@
 Each row is one phantom (three seeds), drawn through the same display path as the app
 (radiological orientation, aspect-correct), with the labels outlined.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,11 @@ from .synthetic import GENERATORS
 def _tile(case, size=256):
     v = case.volume
     key = case.meta["primary_label"]
-    z = int(np.argmax(case.masks[key].reshape(v.shape[0], -1).sum(1))) if case.masks[key].any() else n_slices(v.shape, "axial") // 2
+    z = (
+        int(np.argmax(case.masks[key].reshape(v.shape[0], -1).sum(1)))
+        if case.masks[key].any()
+        else n_slices(v.shape, "axial") // 2
+    )
     w, l = CT_PRESETS["Abdomen (liver/spleen)"] if v.modality == "CT" else auto_window(v.array)
     masks = [(m, LABEL_COLOURS[i % len(LABEL_COLOURS)]) for i, m in enumerate(case.masks.values())]
     rgb = slice_picture(v.array, v.spacing, "axial", z, (w, l), layers=masks, alpha=0.0, mode="outline").rgb
@@ -40,7 +45,9 @@ def montage(seeds=(0, 1, 2), size=256) -> Image.Image:
             tile, z = _tile(case, size)
             sheet.paste(tile, (120 + c * size, r * size))
             labels = ", ".join(f"{k}" for k in case.masks)
-            extra = case.meta.get("labelled_side") or ("malignant" if case.meta.get("malignant") else ("benign" if "malignant" in case.meta else ""))
+            extra = case.meta.get("labelled_side") or (
+                "malignant" if case.meta.get("malignant") else ("benign" if "malignant" in case.meta else "")
+            )
             dr.text((124 + c * size, r * size + 4), f"seed {seed} z{z} {extra}", fill=(255, 255, 255))
             dr.text((124 + c * size, r * size + size - 14), labels[:40], fill=(200, 200, 200))
     return sheet

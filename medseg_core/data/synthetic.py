@@ -18,6 +18,7 @@ second on one CPU core.
 * :func:`gi_mri` -- abdominal MRI slice with stomach, small and large bowel as three overlapping
   binary labels (report 002, UW-Madison).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ class SyntheticCase:
 def _rician(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     n1 = rng.normal(0, sigma, img.shape).astype(np.float32)
     n2 = rng.normal(0, sigma, img.shape).astype(np.float32)
-    return np.sqrt((img + n1) ** 2 + n2 ** 2)
+    return np.sqrt((img + n1) ** 2 + n2**2)
 
 
 # ============================================================================ pelvic T2FS MRI
@@ -78,7 +79,11 @@ def pelvic_mri(seed: int = 0, shape=(24, 256, 256), spacing=(6.0, 0.7, 0.7)) -> 
     masks = {k: np.zeros(shape, np.uint8) for k in ("ovary", "ovary_other", "uterus", "bladder")}
     # bladder: anterior, inferior, very bright fluid
     bz = rng.uniform(-45, -20)
-    bb, m = g.ellipsoid((bz, fov_y * 0.38, rng.uniform(-5, 5)), (rng.uniform(30, 45), rng.uniform(20, 28), rng.uniform(30, 42)), soft=1.0)
+    bb, m = g.ellipsoid(
+        (bz, fov_y * 0.38, rng.uniform(-5, 5)),
+        (rng.uniform(30, 45), rng.uniform(20, 28), rng.uniform(30, 42)),
+        soft=1.0,
+    )
     paint(img, bb, m, 0.98)
     stamp(masks["bladder"], bb, m)
     # uterus: central, tilted, intermediate myometrium with bright endometrium
@@ -133,10 +138,22 @@ def pelvic_mri(seed: int = 0, shape=(24, 256, 256), spacing=(6.0, 0.7, 0.7)) -> 
     paint(img, bb, m, 0.95)
     img *= smooth_field(shape, rng, 0.18)
     img = _rician(img, 0.035, rng) * 1000.0
-    vol = Volume(img.astype(np.float32), spacing, g.affine, modality="MR", name=f"synthetic pelvic T2FS #{seed}",
-                 meta={"synthetic": True, "phantom": "pelvic_mri"})
-    meta = {"seed": seed, "kind": "pelvic", "labelled_side": labelled, "ovary_centers_mm": centers,
-            "primary_label": "ovary", "cyst_side": "right" if cs > 0 else "left"}
+    vol = Volume(
+        img.astype(np.float32),
+        spacing,
+        g.affine,
+        modality="MR",
+        name=f"synthetic pelvic T2FS #{seed}",
+        meta={"synthetic": True, "phantom": "pelvic_mri"},
+    )
+    meta = {
+        "seed": seed,
+        "kind": "pelvic",
+        "labelled_side": labelled,
+        "ovary_centers_mm": centers,
+        "primary_label": "ovary",
+        "cyst_side": "right" if cs > 0 else "left",
+    }
     return SyntheticCase(vol, masks, meta)
 
 
@@ -176,7 +193,9 @@ def abdominal_ct(seed: int = 0, shape=(64, 128, 128), spacing=(2.5, 1.5, 1.5)) -
     paint(img, bb, m, 120.0)
     # liver: patient right (+x), large
     lz = rng.uniform(0.1, 0.35) * zext
-    bb, m = g.ellipsoid((lz, rng.uniform(-5, 8), bx * 0.45), (zext * 0.6, by * 0.62, bx * 0.5), angle_deg=rng.uniform(-15, 15), soft=1.5)
+    bb, m = g.ellipsoid(
+        (lz, rng.uniform(-5, 8), bx * 0.45), (zext * 0.6, by * 0.62, bx * 0.5), angle_deg=rng.uniform(-15, 15), soft=1.5
+    )
     paint(img, bb, m, rng.uniform(95, 115))
     stamp(masks["liver"], bb, m)
     # kidneys: posterior, both sides, cortex brighter than medulla
@@ -204,10 +223,20 @@ def abdominal_ct(seed: int = 0, shape=(64, 128, 128), spacing=(2.5, 1.5, 1.5)) -
     masks["liver"][masks["spleen"] > 0] = 0
     img += rng.normal(0, 12.0, shape).astype(np.float32)
     img = np.clip(np.rint(img), -1024, 3071).astype(np.float32)
-    vol = Volume(img, spacing, g.affine, modality="CT", name=f"synthetic abdominal CT #{seed}",
-                 meta={"synthetic": True, "phantom": "abdominal_ct", "units": "HU"})
-    meta = {"seed": seed, "kind": "ct", "spleen_volume_ml": float(masks["spleen"].sum() * np.prod(spacing) / 1000),
-            "primary_label": "spleen"}
+    vol = Volume(
+        img,
+        spacing,
+        g.affine,
+        modality="CT",
+        name=f"synthetic abdominal CT #{seed}",
+        meta={"synthetic": True, "phantom": "abdominal_ct", "units": "HU"},
+    )
+    meta = {
+        "seed": seed,
+        "kind": "ct",
+        "spleen_volume_ml": float(masks["spleen"].sum() * np.prod(spacing) / 1000),
+        "primary_label": "spleen",
+    }
     return SyntheticCase(vol, masks, meta)
 
 
@@ -231,13 +260,14 @@ def _fan(h, w, apex_y=-0.12, half_angle=np.deg2rad(55), r0=0.05, r1=1.02):
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     y = yy / h - apex_y
     x = (xx - w / 2) / h
-    r = np.sqrt(x ** 2 + y ** 2)
+    r = np.sqrt(x**2 + y**2)
     th = np.arctan2(x, y)
     return (np.abs(th) <= half_angle) & (r >= r0 + 0.12) & (r <= r1), r, th
 
 
-def ultrasound(seed: int = 0, shape=(256, 336), malignant: bool | None = None, annotate: bool = False,
-               clinical: dict | None = None) -> SyntheticCase:
+def ultrasound(
+    seed: int = 0, shape=(256, 336), malignant: bool | None = None, annotate: bool = False, clinical: dict | None = None
+) -> SyntheticCase:
     """Transvaginal B-mode phantom (grey 0..255, 2D, 1 x H x W) with one ovarian lesion.
 
     Benign: unilocular, smooth, anechoic. Malignant: irregular thick wall, echogenic solid part,
@@ -291,7 +321,7 @@ def ultrasound(seed: int = 0, shape=(256, 336), malignant: bool | None = None, a
             pa = rng.uniform(0, 2 * np.pi)
             py, px = cy + 0.85 * ry * np.sin(pa), cx + 0.85 * rx * np.cos(pa)
             pr = rng.uniform(0.08, 0.16) * min(ry, rx)
-            papilla = (yy - py) ** 2 + (xx - px) ** 2 <= pr ** 2
+            papilla = (yy - py) ** 2 + (xx - px) ** 2 <= pr**2
             echo[papilla & inside] = 0.75
         for _ in range(rng.integers(1, 3)):
             sang = rng.uniform(0, np.pi)
@@ -313,9 +343,16 @@ def ultrasound(seed: int = 0, shape=(256, 336), malignant: bool | None = None, a
     grey = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
     vol = _image_volume(grey.astype(np.float32), (0.2, 0.2), "US", f"synthetic ultrasound #{seed}")
     vol.meta.update({"synthetic": True, "phantom": "ultrasound"})
-    meta = {"seed": seed, "kind": "us", "malignant": int(malignant), "clinical": dict(clinical),
-            "primary_label": "lesion", "clean": _image_to_canonical(clean.astype(np.float32)),
-            "annotated_rgb": rgb if annotate else None, "annotations": annotations}
+    meta = {
+        "seed": seed,
+        "kind": "us",
+        "malignant": int(malignant),
+        "clinical": dict(clinical),
+        "primary_label": "lesion",
+        "clean": _image_to_canonical(clean.astype(np.float32)),
+        "annotated_rgb": rgb if annotate else None,
+        "annotations": annotations,
+    }
     return SyntheticCase(vol, {"lesion": _image_to_canonical(mask)}, meta)
 
 
@@ -341,15 +378,21 @@ def _annotate(rgb: np.ndarray, mask: np.ndarray, fan: np.ndarray, rng):
         i, j = rng.integers(len(ys), size=2)
         p0 = (int(xs.min()), int(ys[i]))
         p1 = (int(xs.max()), int(ys[j]))
-        for (px, py) in (p0, p1):
+        for px, py in (p0, p1):
             dr.line([(px - 4, py), (px + 4, py)], fill=colour, width=1)
             dr.line([(px, py - 4), (px, py + 4)], fill=colour, width=1)
         n = 12
         for k in range(1, n, 2):
             a = k / n
             b = (k + 0.5) / n
-            dr.line([(p0[0] + a * (p1[0] - p0[0]), p0[1] + a * (p1[1] - p0[1])),
-                     (p0[0] + b * (p1[0] - p0[0]), p0[1] + b * (p1[1] - p0[1]))], fill=colour, width=1)
+            dr.line(
+                [
+                    (p0[0] + a * (p1[0] - p0[0]), p0[1] + a * (p1[1] - p0[1])),
+                    (p0[0] + b * (p1[0] - p0[0]), p0[1] + b * (p1[1] - p0[1])),
+                ],
+                fill=colour,
+                width=1,
+            )
     out = np.asarray(im)
     return out, {"text": text, "colour": list(colour)}
 
@@ -393,7 +436,7 @@ def microus_prostate(seed: int = 0, shape=(224, 224)) -> SyntheticCase:
     bd = np.sqrt(((yy - by_) / (0.16 * h)) ** 2 + ((xx - cx) / (0.3 * w)) ** 2)
     echo[bd <= 1] = 0.05
     # non-expert disagreement near the bladder border at the midline
-    bump = np.exp(-((xx - cx) / (0.12 * w)) ** 2) * np.exp(-((yy - (cy - ry)) / (0.06 * h)) ** 2)
+    bump = np.exp(-(((xx - cx) / (0.12 * w)) ** 2)) * np.exp(-(((yy - (cy - ry)) / (0.06 * h)) ** 2))
     direction = 1 if rng.random() < 0.5 else -1
     non_expert = (d - direction * 0.35 * bump <= 1).astype(np.uint8)
     speckle = rng.rayleigh(scale=1.0 / np.sqrt(np.pi / 2), size=(h, w)).astype(np.float32)
@@ -401,8 +444,12 @@ def microus_prostate(seed: int = 0, shape=(224, 224)) -> SyntheticCase:
     vol = _image_volume(img.astype(np.float32), (0.033586, 0.033586), "US", f"synthetic micro-US prostate #{seed}")
     vol.meta.update({"synthetic": True, "phantom": "microus_prostate"})
     masks = {"expert": _image_to_canonical(expert), "non_expert": _image_to_canonical(non_expert)}
-    meta = {"seed": seed, "kind": "microus", "primary_label": "expert",
-            "disagreement_pixels": int((expert != non_expert).sum())}
+    meta = {
+        "seed": seed,
+        "kind": "microus",
+        "primary_label": "expert",
+        "disagreement_pixels": int((expert != non_expert).sum()),
+    }
     return SyntheticCase(vol, masks, meta)
 
 
@@ -439,17 +486,35 @@ def gi_mri(seed: int = 0, shape=(266, 266)) -> SyntheticCase:
 
     present = {"stomach": rng.random() < 0.7, "small_bowel": rng.random() < 0.85, "large_bowel": rng.random() < 0.9}
     if present["large_bowel"]:
-        for (cy, cx, ry, rx) in ((0.55 * h, 0.2 * w, 0.1 * h, 0.06 * w), (0.55 * h, 0.8 * w, 0.1 * h, 0.06 * w),
-                                 (0.28 * h, 0.5 * w, 0.05 * h, 0.22 * w)):
+        for cy, cx, ry, rx in (
+            (0.55 * h, 0.2 * w, 0.1 * h, 0.06 * w),
+            (0.55 * h, 0.8 * w, 0.1 * h, 0.06 * w),
+            (0.28 * h, 0.5 * w, 0.05 * h, 0.22 * w),
+        ):
             if rng.random() < 0.85:
                 blob(cy + rng.uniform(-5, 5), cx + rng.uniform(-5, 5), ry, rx, rng.uniform(0.15, 0.3), "large_bowel")
     if present["stomach"]:
-        blob(0.32 * h + rng.uniform(-8, 8), 0.7 * w + rng.uniform(-8, 8), rng.uniform(0.08, 0.13) * h,
-             rng.uniform(0.1, 0.15) * w, rng.uniform(0.75, 0.95), "stomach", ang=rng.uniform(-0.5, 0.5))
+        blob(
+            0.32 * h + rng.uniform(-8, 8),
+            0.7 * w + rng.uniform(-8, 8),
+            rng.uniform(0.08, 0.13) * h,
+            rng.uniform(0.1, 0.15) * w,
+            rng.uniform(0.75, 0.95),
+            "stomach",
+            ang=rng.uniform(-0.5, 0.5),
+        )
     if present["small_bowel"]:
         for _ in range(rng.integers(4, 9)):
             cy, cx = rng.uniform(0.4, 0.7) * h, rng.uniform(0.3, 0.7) * w
-            blob(cy, cx, rng.uniform(6, 12), rng.uniform(6, 12), rng.uniform(0.55, 0.8), "small_bowel", ang=rng.uniform(0, 3))
+            blob(
+                cy,
+                cx,
+                rng.uniform(6, 12),
+                rng.uniform(6, 12),
+                rng.uniform(0.55, 0.8),
+                "small_bowel",
+                ang=rng.uniform(0, 3),
+            )
         if present["large_bowel"] and labs["large_bowel"].any():
             # deliberate overlap: a loop touching the colon is annotated as both
             ys, xs = np.nonzero(labs["large_bowel"])
@@ -461,8 +526,13 @@ def gi_mri(seed: int = 0, shape=(266, 266)) -> SyntheticCase:
     vol = _image_volume(img.astype(np.float32), (1.5, 1.5), "MR", f"synthetic GI MRI #{seed}")
     vol.meta.update({"synthetic": True, "phantom": "gi_mri"})
     masks = {k: _image_to_canonical(v) for k, v in labs.items()}
-    meta = {"seed": seed, "kind": "gi", "primary_label": "stomach", "labels": list(GI_LABELS),
-            "overlap_pixels": int((labs["small_bowel"] & labs["large_bowel"]).sum())}
+    meta = {
+        "seed": seed,
+        "kind": "gi",
+        "primary_label": "stomach",
+        "labels": list(GI_LABELS),
+        "overlap_pixels": int((labs["small_bowel"] & labs["large_bowel"]).sum()),
+    }
     return SyntheticCase(vol, masks, meta)
 
 
