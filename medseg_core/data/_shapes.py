@@ -11,7 +11,9 @@ class Grid:
     def __init__(self, shape, spacing):
         self.shape = tuple(int(s) for s in shape)
         self.spacing = tuple(float(s) for s in spacing)
-        self.axes = [(np.arange(n, dtype=np.float32) - (n - 1) / 2.0) * s for n, s in zip(self.shape, self.spacing)]
+        self.axes = [
+            (np.arange(n, dtype=np.float32) - (n - 1) / 2.0) * s for n, s in zip(self.shape, self.spacing, strict=True)
+        ]
 
     @property
     def affine(self) -> np.ndarray:
@@ -24,7 +26,7 @@ class Grid:
     def bbox(self, center, radius):
         """Index slices covering ``center`` +- ``radius`` (mm) along (z, y, x)."""
         out = []
-        for ax, c, r, s in zip(self.axes, center, radius, self.spacing):
+        for ax, c, r, s in zip(self.axes, center, radius, self.spacing, strict=True):
             lo = int(np.searchsorted(ax, c - r - s))
             hi = int(np.searchsorted(ax, c + r + s))
             out.append(slice(max(lo, 0), min(hi, len(ax))))

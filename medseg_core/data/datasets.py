@@ -21,9 +21,9 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -231,7 +231,7 @@ def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
     if isinstance(rle, str) and rle.strip():
         nums = np.asarray(rle.split(), dtype=np.int64)
         starts, lengths = nums[0::2] - 1, nums[1::2]
-        for s, n in zip(starts, lengths):
+        for s, n in zip(starts, lengths, strict=False):  # a malformed odd-length RLE drops its last start
             flat[s : s + n] = 1
     return flat.reshape(h, w)
 
@@ -242,7 +242,7 @@ def rle_encode(mask: np.ndarray) -> str:
     padded = np.concatenate([[0], flat, [0]])
     changes = np.nonzero(padded[1:] != padded[:-1])[0] + 1
     starts, ends = changes[0::2], changes[1::2]
-    return " ".join(f"{s} {e - s}" for s, e in zip(starts, ends))
+    return " ".join(f"{s} {e - s}" for s, e in zip(starts, ends, strict=True))
 
 
 _GI_SLICE = re.compile(r"slice_(\d+)_(\d+)_(\d+)_([\d.]+)_([\d.]+)\.png$")
@@ -433,7 +433,7 @@ def stratified_split(
     tr = _largest_remainder(sizes, n_train)
     va = _largest_remainder(sizes - tr, n_val)
     parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
-    for k, a, b in zip(strata, tr, va):
+    for k, a, b in zip(strata, tr, va, strict=True):
         m = members[k]
         parts["train"] += m[:a]
         parts["val"] += m[a : a + b]

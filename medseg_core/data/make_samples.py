@@ -129,7 +129,8 @@ def make_samples(out: Path = SAMPLE_DIR) -> list[dict]:
             "pixel_spacing_mm": [1.5, 1.5],
             "modality": "MR",
             "extra": {},
-            "description": "16-bit abdominal MRI slice with stomach, small and large bowel as three overlapping labels.",
+            "description": "16-bit abdominal MRI slice with stomach, small and large bowel"
+            " as three overlapping labels.",
         }
     )
     (out / "index.json").write_text(json.dumps(index, indent=1))

@@ -24,9 +24,9 @@ def _tile(case, size=256):
         if case.masks[key].any()
         else n_slices(v.shape, "axial") // 2
     )
-    w, l = CT_PRESETS["Abdomen (liver/spleen)"] if v.modality == "CT" else auto_window(v.array)
+    w, level = CT_PRESETS["Abdomen (liver/spleen)"] if v.modality == "CT" else auto_window(v.array)
     masks = [(m, LABEL_COLOURS[i % len(LABEL_COLOURS)]) for i, m in enumerate(case.masks.values())]
-    rgb = slice_picture(v.array, v.spacing, "axial", z, (w, l), layers=masks, alpha=0.0, mode="outline").rgb
+    rgb = slice_picture(v.array, v.spacing, "axial", z, (w, level), layers=masks, alpha=0.0, mode="outline").rgb
     im = Image.fromarray(rgb)
     im.thumbnail((size, size))
     canvas = Image.new("RGB", (size, size), (0, 0, 0))

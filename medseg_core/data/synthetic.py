@@ -256,7 +256,10 @@ def malignancy_probability(menopausal: int, oncology_center: int) -> float:
     return 0.40 if menopausal else 0.08
 
 
-def _fan(h, w, apex_y=-0.12, half_angle=np.deg2rad(55), r0=0.05, r1=1.02):
+_FAN_HALF_ANGLE = np.deg2rad(55)  # the fan half-opening of a transvaginal probe
+
+
+def _fan(h, w, apex_y=-0.12, half_angle=_FAN_HALF_ANGLE, r0=0.05, r1=1.02):
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     y = yy / h - apex_y
     x = (xx - w / 2) / h
