@@ -55,7 +55,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -65,15 +65,15 @@ import yaml
 
 from . import losses as L
 from . import metrics as M
-from .tables import write_csv
-from .checkpoints import LoadedModel, RESEARCH_NOTICE, save_checkpoint
 from . import train_features as TF
 from . import train_transforms as TT
+from .checkpoints import RESEARCH_NOTICE, LoadedModel, save_checkpoint
 from .data import datasets as D
 from .io.errors import InputError
 from .models import build_model, count_parameters, get_spec, list_models, model_kwargs
 from .options import parse_pairs, set_dotted
 from .preprocessing import SliceResize, apply_side_masking, plan_geometry, preprocess
+from .tables import write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,7 +103,7 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     raw = yaml.safe_load(Path(path).read_text()) or {}
     cfg = _merge(DEFAULTS, raw)
     for k, v in parse_pairs(overrides).items():
@@ -236,7 +236,8 @@ def prepare_2d(cases, spec, cfg, size, training: bool) -> dict[str, np.ndarray]:
         if geometry and kind in ("seg2d", "cls2d"):  # report 000: 0.35 mm in-plane + pelvis crop, as predict() does
             geo = plan_geometry(vol, **geometry)
             vol = geo.volume(vol)
-            masks = {k: (geo.forward(np.asarray(m, np.float32), order=0) > 0.5).astype(np.uint8) for k, m in masks.items()}
+            masks = {k: (geo.forward(np.asarray(m, np.float32), order=0) > 0.5).astype(np.uint8)
+                     for k, m in masks.items()}
         x = preprocess(pre, vol.array, **params)
         if kind == "restore":
             clean_path = Path(case.image).parent.parent / "clean" / f"{case.case_id}.PNG"
@@ -262,13 +263,13 @@ def prepare_2d(cases, spec, cfg, size, training: bool) -> dict[str, np.ndarray]:
         extra = None
         if "non_expert" in masks:
             extra = (rs.forward(masks["non_expert"].astype(np.float32), order=0) > 0.5).astype(np.uint8)[:, None]
-        keep = np.ones(x.shape[0], bool)
+        keep: np.ndarray = np.ones(x.shape[0], bool)
         if dcfg.get("positive_slices_only") and kind in ("seg2d",):
             pos = yr.reshape(yr.shape[0], -1).any(1)
             neg = ~pos & (rng.random(x.shape[0]) < float(dcfg.get("negative_fraction", 0.0)))
-            keep = pos | neg
+            keep = np.asarray(pos | neg)
         if dcfg.get("drop_unlabelled") and kind in ("seg2d",):  # report 002: slices with no organ mask
-            keep = yr.reshape(yr.shape[0], -1).any(1)
+            keep = np.asarray(yr.reshape(yr.shape[0], -1).any(1))
         X.append(xr[keep])
         Y.append(yr[keep])
         if extra is not None:
@@ -278,7 +279,8 @@ def prepare_2d(cases, spec, cfg, size, training: bool) -> dict[str, np.ndarray]:
                 raise InputError(f"Case '{case.case_id}' has no '{label_key}' (data.label_key); the "
                                  f"{cfg['data']['adapter']} adapter gives {sorted(case.extra)}.")
             LAB += [int(case.extra[label_key])] * int(keep.sum())
-            CLIN += [[float(case.extra.get("menopausal", 0)), float(case.extra.get("oncology_center", 0))]] * int(keep.sum())
+            clin = [float(case.extra.get("menopausal", 0)), float(case.extra.get("oncology_center", 0))]
+            CLIN += [clin] * int(keep.sum())
         PID += [case.patient_id] * int(keep.sum())
         CASE += [case.case_id] * int(keep.sum())
     out = {"x": np.concatenate(X)[:, None].astype(np.float32), "y": np.concatenate(Y).astype(np.float32),
@@ -300,8 +302,10 @@ def prepare_3d(cases, spec, cfg) -> list[tuple[np.ndarray, np.ndarray]]:
     for case in cases:
         vol, masks = case.load()
         x = torch.from_numpy(preprocess(pre, vol.array, **params))[None, None]
-        y = torch.from_numpy(_label_masks(spec, masks, cfg["data"].get("label_map", {}))[0].astype(np.float32))[None, None]
-        shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(vol.shape, vol.spacing, spec.target_spacing))
+        lab = _label_masks(spec, masks, cfg["data"].get("label_map", {}))[0]
+        y = torch.from_numpy(lab.astype(np.float32))[None, None]
+        shape = tuple(max(1, int(round(n * s / t)))
+                      for n, s, t in zip(vol.shape, vol.spacing, spec.target_spacing, strict=True))
         x = F.interpolate(x, size=shape, mode="trilinear", align_corners=False)
         y = F.interpolate(y, size=shape, mode="nearest")
         out.append((x[0].numpy(), y[0].numpy()))
@@ -381,7 +385,8 @@ def _optimizer(cfg, params):
 
 SCHEDULERS = {
     "step": "StepLR", "multistep": "MultiStepLR", "cosine": "CosineAnnealingLR",
-    "cosine_warm_restarts": "CosineAnnealingWarmRestarts", "plateau": "ReduceLROnPlateau", "exponential": "ExponentialLR",
+    "cosine_warm_restarts": "CosineAnnealingWarmRestarts", "plateau": "ReduceLROnPlateau",
+    "exponential": "ExponentialLR",
     # MicroSegNet (report 004): lr = base (1 - t / T)^0.9; torch's PolynomialLR, stepped per epoch here
     "poly": "PolynomialLR",
 }
@@ -506,8 +511,8 @@ def load_init_weights(model: torch.nn.Module, ref: str) -> dict:
     found = _matching_state(model, lm.module.state_dict())
     model.load_state_dict(found, strict=False)
     n_own = len(model.state_dict())
-    return {"checkpoint": lm.card.get("name") or str(ref), "sha256": lm.card.get("sha256"), "tensors_loaded": len(found),
-            "model_tensors": n_own}
+    return {"checkpoint": lm.card.get("name") or str(ref), "sha256": lm.card.get("sha256"),
+            "tensors_loaded": len(found), "model_tensors": n_own}
 
 
 def pretrained_entry(model: torch.nn.Module, cfg: dict) -> dict:
@@ -806,17 +811,21 @@ def build_stage(run: RunSetup, data: TrainingData, tm: TrainingModel, plan: Stag
     """The network part a stage trains, its loss and samples (the cascade classifier: reference-mask
     crops), frozen parts, optimiser and scheduler (a phase's own), selection metric."""
     cfg, model, d = run.cfg, tm.model, run.d
-    net, loss_fn, tr, va = model, tm.loss_fn, data.train, data.val
+    net: torch.nn.Module = model
+    loss_fn, tr, va = tm.loss_fn, data.train, data.val
+    if plan.kind in ("cascade_seg", "cascade_cls"):
+        assert data.train is not None and data.val is not None  # 2D arrays (prepare_data)
     if plan.kind == "cascade_seg":
-        net, loss_fn = model.segmenter, cascade_seg_loss(cfg)
-        tr, va = dict(data.train), dict(data.val)
+        net, loss_fn = cast(torch.nn.Module, model.segmenter), cascade_seg_loss(cfg)
+        tr, va = dict(data.train or {}), dict(data.val or {})
     elif plan.kind == "cascade_cls":
-        net = model.classifier
+        net = cast(torch.nn.Module, model.classifier)
         loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0], device=d.device))
-        tr, va = _cascade_crops(data.train, model), _cascade_crops(data.val, model)
+        tr, va = _cascade_crops(data.train or {}, model), _cascade_crops(data.val or {}, model)
     ddp_net = net
     if d.world > 1:
-        ddp_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[d.local_rank] if "cuda" in d.device else None)
+        ddp_net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[d.local_rank] if "cuda" in d.device else None)
     phase = plan.phase
     if phase:  # its epochs, optimiser, scheduler and frozen parts (train_features.apply_freeze)
         TF.apply_freeze(net, phase)
@@ -857,7 +866,8 @@ def resume_stage(run: RunSetup, stage: Stage, path: Path, history: list[dict]) -
     if stage.sched is not None and not isinstance(stage.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
         for _ in range(start_epoch):
             stage.sched.step()
-    _log(run.d, f"[{run.name}] resumed at epoch {start_epoch} (weights of the last epoch; best so far {best_score:.4f})")
+    _log(run.d, f"[{run.name}] resumed at epoch {start_epoch} (weights of the last epoch; "
+                f"best so far {best_score:.4f})")
     return StageState(start_epoch, best, int(run.cfg["train"]["patience"]))
 
 
@@ -865,7 +875,9 @@ def epoch_samples(run: RunSetup, data: TrainingData, stage: Stage, epoch: int) -
     """The samples of one epoch: the stage's arrays, or (3D) fresh foreground/background crops of the
     training volumes (:func:`medseg_core.train_transforms.sample_crops`), seeded by (seed, rank, epoch)."""
     if stage.plan.kind != "seg3d":
+        assert stage.train is not None
         return stage.train
+    assert data.volumes is not None  # 3D crop sources (prepare_data)
     xs, ys = TT.sample_crops(data.volumes, int(run.cfg["samples_per_volume"]),
                              TT.seed_of(run.seed, run.d.rank, epoch, TT.SALT_CROP), crop_config(run.cfg))
     return {"x": xs.astype(np.float32), "y": ys.astype(np.float32)}
@@ -1010,6 +1022,7 @@ def run_stage(run: RunSetup, data: TrainingData, stage: Stage, state: StageState
         if int(stop):
             _log(run.d, f"[{run.name}] early stop after epoch {epoch + 1}")
             break
+    assert best.state is not None  # a fresh stage starts from its initial weights
     stage.net.load_state_dict(best.state)
     return best
 
@@ -1032,7 +1045,8 @@ def write_card(run: RunSetup, data: TrainingData, tm: TrainingModel, plans: list
         if run.kind in ("mtl", "cascade") and int(
                 model_kwargs(run.spec.name, cfg["variant"], **run.over).get("n_clinical", 2)) == 0:
             card["recipe"]["clinical_inputs"] = []
-        test_metrics = evaluate_split(model, card, cfg, data.split["test"], d.device) if cfg.get("evaluate_test") else {}
+        test_metrics = (evaluate_split(model, card, cfg, data.split["test"], d.device)
+                        if cfg.get("evaluate_test") else {})
         counted = {p.name for p in plans if p.phase} | {plans[-1].name}  # every phase, or the last stage
         card.update({
             "epochs_run": len([h for h in history if h["stage"] in counted]),
@@ -1161,7 +1175,8 @@ def recalibrate_bn(ref: str | Path, config: str | Path, reason: str = "", out: s
     ``config`` name, prepared with the card's recipe exactly as training prepared them
     (:func:`prepare_2d`; the cascade's classifier gets the reference-mask crops of
     :func:`_cascade_crops`, the part whose statistics are re-estimated; 3D models get seeded
-    foreground/background ROI crops, :func:`medseg_core.train_transforms.sample_crops`). Every batch-norm layer is reset and, with momentum None (a cumulative
+    foreground/background ROI crops, :func:`medseg_core.train_transforms.sample_crops`). Every
+    batch-norm layer is reset and, with momentum None (a cumulative
     average over the batches), updated by one seeded pass of forward passes in train mode (as
     training and ``torch.optim.swa_utils.update_bn`` do), under ``torch.no_grad``. The card's ``test``
     metrics are measured again on the card's test split through the evaluation engine; the old
@@ -1219,7 +1234,7 @@ def recalibrate_bn(ref: str | Path, config: str | Path, reason: str = "", out: s
         what = f"{len(arrays['x'])} training slices at {' x '.join(map(str, size))}"
         val_kind = kind
         if kind == "cascade":
-            net, part, val_kind = model.classifier, "classifier", "cascade_cls"
+            net, part, val_kind = cast(torch.nn.Module, model.classifier), "classifier", "cascade_cls"
             arrays = _cascade_crops(arrays, model)
             va = _cascade_crops(va, model) if va is not None else None
             what = (f"{len(arrays['x'])} reference-mask lesion crops of the training split "
@@ -1252,7 +1267,7 @@ def recalibrate_bn(ref: str | Path, config: str | Path, reason: str = "", out: s
     with torch.no_grad():
         for b in _batches(arrays, np.arange(n), bs, device):
             forward(b)
-    for m, mom in zip(bns, momenta):
+    for m, mom in zip(bns, momenta, strict=True):
         m.momentum = mom
     model.eval()
     changed = [k for k, v in net.named_parameters() if not torch.equal(v, params[k])]

@@ -239,7 +239,8 @@ def augment_one(img: np.ndarray, masks: np.ndarray, a: dict, seed: int) -> tuple
     dist = a.get("distort") or {}
     if dist and rng.random() < float(dist.get("p", 0.0)):
         el, gr = dist.get("elastic") or {}, dist.get("grid") or {}
-        if _one_of(rng, [float(el.get("weight", 0.5)) if el else 0.0, float(gr.get("weight", 0.5)) if gr else 0.0]) == 0:
+        weights = [float(el.get("weight", 0.5)) if el else 0.0, float(gr.get("weight", 0.5)) if gr else 0.0]
+        if _one_of(rng, weights) == 0:
             img, masks = _elastic(img, masks, rng, float(el.get("alpha", 1.0)), float(el.get("sigma", 50.0)),
                                   float(el.get("alpha_affine", 10.0)))
         else:
@@ -281,7 +282,7 @@ def augment_report002(x: torch.Tensor, ys: list[torch.Tensor], a: dict, gen: tor
     xo = torch.from_numpy(np.stack(xs)).to(x.dtype)
     mo = torch.from_numpy(np.stack(yss))
     out, k = [], 0
-    for n, y in zip(sizes, ys):
+    for n, y in zip(sizes, ys, strict=True):
         out.append(mo[:, k:k + n].to(y.dtype))
         k += n
     return xo, out

@@ -114,7 +114,8 @@ def augment_2d(x: torch.Tensor, ys: list[torch.Tensor], a: dict, gen: torch.Gene
     if t is None:
         return x, ys
     t.set_random_state(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-    xs, outs = [], [[] for _ in ys]
+    xs: list[torch.Tensor] = []
+    outs: list[list[torch.Tensor]] = [[] for _ in ys]
     for i in range(x.shape[0]):
         d = t({"image": x[i], **{k: y[i] for k, y in zip(keys, ys, strict=True)}})
         xs.append(_plain(d["image"]))
@@ -128,7 +129,8 @@ def compose_3d(a: dict):
     """The 3D augmentation of ``augment`` over keys ``image``, ``label`` (None when it does nothing)."""
     from monai.transforms import Compose, RandFlipd, RandRotate90d, RandRotated
 
-    keys, ts = ["image", "label"], []
+    keys = ["image", "label"]
+    ts: list[Any] = []
     if a.get("flip"):
         for name in a.get("flip_axes") or ("z", "y", "x"):
             ts.append(RandFlipd(keys, prob=0.5, spatial_axis=_AXES_3D[str(name)]))
@@ -149,7 +151,8 @@ def compose_3d(a: dict):
         )
     r90 = a.get("rotate90")
     if r90:
-        axes = tuple(_AXES_3D[str(n)] for n in (a.get("rotate90_axes") or ("y", "x")))
+        ax0, ax1 = (_AXES_3D[str(n)] for n in (a.get("rotate90_axes") or ("y", "x")))
+        axes = (ax0, ax1)
         ts.append(RandRotate90d(keys, prob=0.5 if r90 is True else float(r90), max_k=3, spatial_axes=axes))
     return Compose(ts) if ts else None
 
