@@ -45,6 +45,7 @@ tag is not ``good`` (used for the uncertainty-vs-failure AUROC).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -159,7 +160,7 @@ def tag_masks(
     spacing = tuple(float(s) for s in spacing)
     pa, ra = int(p.sum()), int(r.sum())
     tp = int(np.count_nonzero(p & r))
-    out = {
+    out: dict[str, Any] = {
         "dice": M.dice(p, r),
         "iou": M.iou(p, r),
         "hd95_mm": M.NAN,

@@ -103,7 +103,7 @@ class _Compact(np.lib.mixins.NDArrayOperatorsMixin):
             idx = (idx,)
         if any(i is Ellipsis or i is None for i in idx) or len(idx) > self.ndim:
             return None
-        out = []
+        out: list[int | slice] = []
         for i in idx:
             if isinstance(i, slice):
                 out.append(i)

@@ -465,9 +465,9 @@ def import_bundle(
             "not ending in '_last'."
         )
     out = Path(out_dir).expanduser()
-    target = out / f"{name}.safetensors"
-    if not overwrite and (target.exists() or target.with_suffix(".json").exists()):
-        raise BundleError(f"'{target}' exists already; give another name (--name) or replace it (--force).")
+    dest = out / f"{name}.safetensors"
+    if not overwrite and (dest.exists() or dest.with_suffix(".json").exists()):
+        raise BundleError(f"'{dest}' exists already; give another name (--name) or replace it (--force).")
 
     # --- network
     cls_name, builder, kw = network_from_config(config)

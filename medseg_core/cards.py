@@ -311,9 +311,9 @@ def data_envelope(
         h.update(f"{ids[k] if ids else k}|{vol.shape}|{tuple(round(s, 4) for s in vol.spacing)}".encode())
     if not n:
         return None  # type: ignore[return-value]
-    sp, fov, pct, px = np.asarray(sp), np.asarray(fov), np.asarray(pct), np.asarray(px)
 
-    def rng(a):
+    def rng(rows):
+        a = np.asarray(rows)
         return [[round(float(a[:, i].min()), 4), round(float(a[:, i].max()), 4)] for i in range(a.shape[1])]
 
     return {

@@ -85,7 +85,9 @@ def main(argv=None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    module = importlib.import_module(SUBCOMMANDS[sub][0])
+    name = SUBCOMMANDS[sub][0]
+    assert name is not None  # app and bench (no module) returned above
+    module = importlib.import_module(name)
     if sub == "import-bundle":
         return int(module.main(["import-bundle", *rest]) or 0)
     guarded(module.main, rest)

@@ -38,6 +38,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -46,6 +47,9 @@ from . import cohort_store as S
 from . import metrics as M
 from .render import OTHER_OVARY_COLOUR
 from .tables import csv_text, write_csv
+
+if TYPE_CHECKING:
+    from .inference import PredictOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = ROOT / "runs" / "cohorts"
@@ -172,7 +176,8 @@ def run_cohort(
         lm = m if isinstance(m, LoadedModel) else load_model(m, directory=directory)
         loaded[lm.name] = (lm, m if isinstance(m, str) else (lm.ref or lm.name))
     folders = {n: PredictionFolder(d, n) for n, d in (predictions or {}).items()}
-    runs = []  # (name, set name, source, options, exact options for review)
+    # (name, set name, source, options)
+    runs: list[tuple[str, str, LoadedModel | PredictionFolder, PredictOptions | None]] = []
     for name, (lm, _) in loaded.items():
         n_mc = mc_samples if mc_samples and U.has_dropout(lm.module) else 0
         for set_name, kw in option_sets.items():
@@ -208,6 +213,7 @@ def run_cohort(
                 todo.append(case)
         for res in evaluate_cases(source, todo, opts, rules=rules):
             pred = res.prediction
+            assert pred is not None  # evaluate_cases yields each case's prediction
             first = next(iter(pred.masks), None)
             s_rows, c_rows = [], []
             if first is not None:
@@ -341,7 +347,7 @@ def read_meta(path: str | Path) -> dict:
 
 def read_masks(path: str | Path, model: str, set_name: str, case_id: str) -> tuple[np.ndarray, np.ndarray]:
     """A run's stored (mask, mask before post-processing) without reading its tables."""
-    z = np.load(mask_file(path, model, set_name, case_id))
+    z = np.load(mask_file(Path(path), model, set_name, case_id))
     shape = tuple(int(s) for s in z["shape"])
     return _unpack(z["mask"], shape), _unpack(z["before"], shape)
 
@@ -592,6 +598,8 @@ def story_png(items: list[tuple[np.ndarray, str]], title: str = "", columns: int
 
     from PIL import Image, ImageDraw, ImageFont
 
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont
+    tfont: ImageFont.FreeTypeFont | ImageFont.ImageFont
     try:
         font = ImageFont.truetype("DejaVuSans.ttf", 13)
         tfont = ImageFont.truetype("DejaVuSans-Bold.ttf", 16)
@@ -721,7 +729,7 @@ def main(argv=None) -> Path:
     if not Path(a.data).is_dir():
         raise InputError(f"The dataset folder '{a.data}' does not exist.")
     sets = dict(parse_set(s) for s in a.set) if a.set else dict(SIDE_SETS)
-    predictions = {k: str(v) for k, v in parse_pairs(a.predictions).items()}
+    predictions: dict[str, str | Path] = {k: str(v) for k, v in parse_pairs(a.predictions).items()}
     cases = D.ADAPTERS[a.adapter](a.data)[: a.max_cases]
     out = Path(a.out) if a.out else runs_dir() / time.strftime("cohort_%Y%m%d_%H%M%S")
     run = run_cohort(

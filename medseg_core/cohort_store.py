@@ -247,7 +247,7 @@ class RowTable:
     def __init__(self, df: pd.DataFrame, tag_matrix: np.ndarray | None = None, tag_names: list | None = None):
         self.frame = df.reset_index(drop=True)
         if tag_matrix is not None:
-            self.__dict__["_tags"] = (tag_matrix, list(tag_names))
+            self.__dict__["_tags"] = (tag_matrix, list(tag_names or []))
 
     # construction
     @classmethod

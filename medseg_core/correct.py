@@ -88,7 +88,8 @@ def slice_geometry(
     """The geometry of ``plane``'s slices of a (Z, Y, X) volume of ``spacing`` (mm), as displayed."""
     z, y, x = (int(s) for s in shape)
     h, w = {"axial": (y, x), "coronal": (z, x), "sagittal": (z, y)}[plane]
-    row_mm, col_mm = display_aspect(tuple(float(s) for s in spacing), plane)
+    sz, sy, sx = (float(s) for s in spacing)
+    row_mm, col_mm = display_aspect((sz, sy, sx), plane)
     ph, pw, _ = display_size((h, w), row_mm, col_mm, max_side)
     return SliceGeometry(plane, h, w, float(row_mm), float(col_mm), ph, pw)
 
@@ -131,7 +132,8 @@ def picture_to_index(
     slice ``index`` of ``plane`` (orientation flips and the aspect-correction resize undone)."""
     geom = slice_geometry(shape, spacing, plane, max_side)
     r, c = picture_to_slice(row_d, col_d, geom)
-    return display_to_index(plane, int(index), int(r), int(c), tuple(int(s) for s in shape))
+    nz, ny, nx = (int(s) for s in shape)
+    return display_to_index(plane, int(index), int(r), int(c), (nz, ny, nx))
 
 
 def _segment_distance_sq(py, px, a, b) -> np.ndarray:

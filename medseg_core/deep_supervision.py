@@ -61,7 +61,7 @@ def deep_supervision_loss(
     if len(w) != n:
         raise ValueError(f"{len(w)} deep-supervision weights for {n} outputs")
     k = k[-n:] if len(k) >= n else [k[0]] * (n - len(k)) + k
-    total = 0.0
+    total: torch.Tensor | None = None
     for rank, i in enumerate(order):
         out = outputs[i]
         yt = resize_target(y, out.shape[-2:], mode)
@@ -70,5 +70,8 @@ def deep_supervision_loss(
             term = loss_fn(out, yt, ne, ks=int(k[rank]))
         else:
             term = loss_fn(out, yt)
-        total = total + float(w[rank]) * term
+        weighted = float(w[rank]) * term
+        total = weighted if total is None else total + weighted
+    if total is None:
+        raise ValueError("deep supervision needs at least one output")
     return total

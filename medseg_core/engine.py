@@ -24,12 +24,16 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import analysis as A
 from . import metrics as M
 from .io.errors import InputError
+
+if TYPE_CHECKING:
+    from .inference import Prediction
 
 METRIC_KEYS = (
     "dice",
@@ -107,7 +111,7 @@ class SliceRecord:
 class CaseResult:
     case: str
     patient: str
-    prediction: object  # medseg_core.inference.Prediction
+    prediction: Prediction | None  # None once evaluate has sent the records to rank 0
     records: list[CaseRecord] = field(default_factory=list)
     slices: list[SliceRecord] = field(default_factory=list)
     p_malignant: float | None = None
@@ -219,7 +223,7 @@ def evaluate_cases(
     for i, case in enumerate(cases):
         vol, masks = case.load()
         t = time.perf_counter()
-        if is_model:
+        if spec is not None:  # a model (a PredictionFolder has no spec)
             opts = options
             if spec.clinical_inputs:
                 opts = replace(
@@ -364,9 +368,9 @@ def summarise(results: list[CaseResult], threshold: float = 0.5) -> dict:
         }
     scored = [r for r in results if r.slice_scores is not None]
     if scored:
-        y = np.concatenate([r.slice_truth for r in scored])
-        p = np.concatenate([r.slice_scores for r in scored])
-        out["slice_classification"] = {"auc": M.roc_auc(list(y), list(p)), "n_slices": int(len(y))}
+        truth = np.concatenate([r.slice_truth for r in scored])
+        scores = np.concatenate([r.slice_scores for r in scored])
+        out["slice_classification"] = {"auc": M.roc_auc(list(truth), list(scores)), "n_slices": int(len(truth))}
     return out
 
 

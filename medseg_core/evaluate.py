@@ -33,10 +33,10 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from .checkpoints import load_model
+from .checkpoints import LoadedModel, load_model
 from .cli import guarded
 from .data import datasets as D
-from .engine import PredictionFolder, evaluate_cases, summarise
+from .engine import CaseResult, PredictionFolder, evaluate_cases, summarise
 from .io.errors import InputError
 from .options import parse_value, predict_options
 from .protocols import PROTOCOLS, aggregate, get_protocol
@@ -186,6 +186,7 @@ def main(argv=None) -> dict | None:
     options = predict_options([f"{k}={v}" for k, v in protocol.options.items() if not isinstance(v, tuple)] + a.option)
     if protocol.options.get("postprocessing") == () and not any(o.startswith("postprocessing=") for o in a.option):
         options = replace(options, postprocessing=())
+    source: LoadedModel | PredictionFolder
     if a.model:
         source = load_model(a.model, directory=a.checkpoints)
         name = source.name
@@ -207,9 +208,9 @@ def main(argv=None) -> dict | None:
     if world > 1:
         for res in results:
             res.prediction = None  # predictions stay on their rank; the records travel
-        gathered = [None] * world if rank == 0 else None
+        gathered: list[list[CaseResult]] | None = [[] for _ in range(world)] if rank == 0 else None
         dist.gather_object(results, gathered, dst=0)
-        if rank == 0:
+        if gathered is not None:  # rank 0
             results = [r for part in gathered for r in part]
         dist.barrier()
         dist.destroy_process_group()

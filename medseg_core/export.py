@@ -51,10 +51,12 @@ def dicom_seg_available(volume: Volume) -> str | None:
 
 def _pseudo_sources(volume: Volume) -> list:
     """Minimal datasets standing in for the source images: UIDs and geometry only, no patient data."""
-    from pydicom.dataset import Dataset
+    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
     ref = volume.dicom_ref
+    if ref is None:
+        raise ValueError("the volume was not read from DICOM: no source UIDs to reference")
     aff = LPS_TO_RAS @ np.asarray(volume.affine, float)  # voxel (x, y, z) -> LPS mm
     sz, sy, sx = volume.spacing
     row_dir = aff[:3, 0] / np.linalg.norm(aff[:3, 0])  # along a row: increasing column (array x)
@@ -62,7 +64,7 @@ def _pseudo_sources(volume: Volume) -> list:
     out = []
     for z, uid in enumerate(ref["instance_uids"]):
         ds = Dataset()
-        ds.file_meta = Dataset()
+        ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.SOPClassUID = ref["sop_class_uid"]
         ds.SOPInstanceUID = uid

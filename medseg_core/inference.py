@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ class PredictOptions:
     menopausal: int | None = None
     oncology_center: int | None = None
     class_threshold: float | None = None
-    gate: str | None = None
+    gate: str | LoadedModel | None = None
     gate_threshold: float | None = None
     calibrated: bool = False
 
@@ -288,6 +289,8 @@ def _gate_model(ref: str) -> LoadedModel:
 def _apply_gate(pred: Prediction, volume: Volume, options: PredictOptions, prog) -> None:
     """Report 000's two-stage RAovSeg: blank the slices the classifier calls free of the structure.
     What it blanks is added to ``removed`` (shown as removed by post-processing)."""
+    if options.gate is None:
+        return
     gate = options.gate if isinstance(options.gate, LoadedModel) else _gate_model(options.gate)
     prog(0.95, "slice classifier gate")
     g = predict(gate, volume, PredictOptions(batch_size=options.batch_size))
@@ -340,9 +343,10 @@ def _forward(loaded: LoadedModel, xb: torch.Tensor, options: PredictOptions):
 
 def _decode(loaded: LoadedModel, state, options, n, size):
     spec, m = loaded.spec, loaded.module
+    decode = cast(Callable[..., Any], m.decode)  # the registry models' own method (unknown to nn.Module)
     if spec.clinical_inputs:
-        return m.decode(state, _clinical(options, n, next(m.parameters()).device), size=size)
-    return m.decode(state)
+        return decode(state, _clinical(options, n, next(m.parameters()).device), size=size)
+    return decode(state)
 
 
 def _batch_probs(loaded: LoadedModel, xb: torch.Tensor, options: PredictOptions):
@@ -352,7 +356,7 @@ def _batch_probs(loaded: LoadedModel, xb: torch.Tensor, options: PredictOptions)
     if n:
         if spec.mc_prefix:
             with torch.inference_mode(), unc.mc_dropout_mode(m):
-                state = m.encode(xb)
+                state = cast(Callable[[torch.Tensor], Any], m.encode)(xb)
                 samples = []
                 for i in range(n):
                     unc._seed(options.seed, i)
@@ -392,7 +396,7 @@ def _stack_samples(samples: list[dict]):
 def _run_2d(loaded: LoadedModel, x: np.ndarray, volume: Volume, options: PredictOptions, prog, timings, f0, f1):
     device = loaded.device
     z, h, w = x.shape
-    size = tuple(loaded.size)
+    size = (int(loaded.size[0]), int(loaded.size[1]))
     rs = SliceResize((h, w), size)
     t = time.perf_counter()
     xin = rs.forward(x)  # (Z, H', W')
@@ -537,6 +541,7 @@ def _run_3d(loaded: LoadedModel, x: np.ndarray, volume: Volume, options: Predict
         )
     timings["model_s"] = time.perf_counter() - t
     t = time.perf_counter()
+    assert isinstance(out, torch.Tensor)  # the predictor returns one tensor, so the stitched output is one
     if tuple(out.shape[2:]) != volume.shape:
         out = F.interpolate(out, size=volume.shape, mode="trilinear", align_corners=False)
     arr = out[0].float().cpu().numpy()  # (n, Z, Y, X)

@@ -36,7 +36,8 @@ def start_cohort(
     ``out``. Failures end up in ``progress.json`` as one sentence (state ``failed``)."""
     from . import cohort as C
 
-    Path(out).mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     key = str(Path(out).resolve())
     with _LOCK:
         if is_running(out):

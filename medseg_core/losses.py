@@ -357,6 +357,8 @@ class MultiTaskLoss(nn.Module):
     ``class_weights`` None means unweighted (the [1, 2] default is for the 2 primary-data classes).
     """
 
+    class_weights: torch.Tensor | None  # a registered buffer (moves with .to())
+
     def __init__(
         self,
         seg_weight: float = 0.3,

@@ -38,7 +38,9 @@ def parse_value(text: str) -> Any:
 
 def split_pairs(text: str) -> list[str]:
     """``a=1,b=[x, y],c={k: v}`` -> ``["a=1", "b=[x, y]", "c={k: v}"]`` (commas inside brackets stay)."""
-    out, depth, cur = [], 0, []
+    out: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in text:
         if ch in "[{(":
             depth += 1
@@ -82,9 +84,8 @@ def predict_options(kw: dict[str, Any] | Iterable[str] | str | None = None, **mo
     """:class:`~medseg_core.inference.PredictOptions` from parsed pairs (or raw ``k=v`` strings)."""
     from .inference import PredictOptions
 
-    if kw is None or isinstance(kw, (str, list, tuple)):
-        kw = parse_pairs(kw)
-    kw = {**kw, **more}
+    pairs = kw if isinstance(kw, dict) else parse_pairs(kw)
+    kw = {**pairs, **more}
     names = {f.name for f in fields(PredictOptions)}
     unknown = sorted(set(kw) - names)
     if unknown:

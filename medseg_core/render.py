@@ -252,7 +252,7 @@ def slice_picture(
         if heat_2d is not None:
             heat_2d = resize(np.asarray(heat_2d, np.float32), Image.Resampling.NEAREST)
     rgb = grey
-    if heat_2d is not None:
+    if heat is not None and heat_2d is not None:
         rgb = heat_overlay(
             grey,
             heat_2d,
@@ -341,9 +341,9 @@ def heat_overlay(
 def _rgb(s: str) -> tuple[float, float, float]:
     s = s.strip()
     if s.startswith("#"):
-        return tuple(int(s[i : i + 2], 16) for i in (1, 3, 5))
-    inner = s[s.index("(") + 1 : s.index(")")]
-    return tuple(float(x) for x in inner.split(",")[:3])
+        return int(s[1:3], 16), int(s[3:5], 16), int(s[5:7], 16)
+    r, g, b = (float(x) for x in s[s.index("(") + 1 : s.index(")")].split(",")[:3])
+    return r, g, b
 
 
 #: Colour of the orientation letters (viewer and PNG export).
@@ -532,7 +532,9 @@ def export_view(
     label_w = probe.textlength(bar_label, font=f_text)
     right_w = int(max(bar_px, label_w)) + 2 * pad
     sw = base  # swatch size
-    lines, line, x = [], [], pad
+    lines: list[list[tuple[float, str, tuple[int, int, int]]]] = []
+    line: list[tuple[float, str, tuple[int, int, int]]] = []
+    x: float = pad
     for text, colour in legend:
         item_w = sw + pad // 2 + probe.textlength(text, font=f_text) + 2 * pad
         if line and x + item_w > canvas_w - right_w:

@@ -403,7 +403,7 @@ def card_view(s: dict) -> dict:
     summary = (
         f"**Report** {s['report']} · **Task** {s['task']} · **Architecture** {s['builder']}  \n"
         f"**Input** {s['contract']}  \n**Preprocessing** "
-        f"{display_name(pre.get('name'), 'pre')}{f' ({params})' if params else ''} · "
+        f"{display_name(str(pre.get('name')), 'pre')}{f' ({params})' if params else ''} · "
         f"**Post-processing** {post} · **Threshold** {r.get('threshold')} · "
         f"**Labels** {', '.join(r.get('labels') or [])}  \n**Dropout** {s['dropout']}"
     )

@@ -131,6 +131,14 @@ def default_path() -> Path:
     return Path(base) / "medseg" / "medseg.db"
 
 
+def _inserted_id(result: Any) -> int:
+    """The primary key of the row an INSERT made."""
+    key = result.inserted_primary_key
+    if key is None:
+        raise RuntimeError("the database returned no id for the new row")
+    return int(key[0])
+
+
 def db_url(value: str | None = None) -> str:
     """The SQLAlchemy URL of ``value`` (else ``MEDSEG_DB``, else :func:`default_path`).
 
@@ -277,7 +285,7 @@ class Store:
             corrected_mask=corrected_mask,
         )
         with self.engine.begin() as conn:
-            return int(conn.execute(insert(verdicts).values(**row)).inserted_primary_key[0])
+            return _inserted_id(conn.execute(insert(verdicts).values(**row)))
 
     def verdicts(self, case_key: str | None = None, limit: int | None = None) -> list[dict]:
         """Verdict rows, newest first (all cases, or one)."""
@@ -334,7 +342,7 @@ class Store:
             detail=detail,
         )
         with self.engine.begin() as conn:
-            return int(conn.execute(insert(audit).values(**row)).inserted_primary_key[0])
+            return _inserted_id(conn.execute(insert(audit).values(**row)))
 
     def audit_rows(
         self,

@@ -153,9 +153,10 @@ class UltrasoundResult:
 
     def disagreement(self, threshold: float) -> str | None:
         """A plain sentence when the two models' calls differ at ``threshold``; None when they agree."""
-        if self.second is None:
+        p_second = self.p_second
+        if self.second is None or p_second is None:
             return None
-        return disagreement(self.primary.model, self.p, self.second.model, self.p_second, threshold)
+        return disagreement(self.primary.model, self.p, self.second.model, p_second, threshold)
 
     def cascade(self) -> Prediction | None:
         for pr in (self.primary, self.second):
@@ -171,6 +172,8 @@ def model_label(model: str) -> str:
 
 
 def malignant_probability(pred: Prediction) -> float:
+    if pred.class_probabilities is None:
+        raise ValueError(f"{pred.model} gives no class probabilities")
     return float(pred.class_probabilities[1])
 
 
@@ -204,6 +207,11 @@ def _load(ref: str, load: Loader | None):
     from .checkpoints import load_model
 
     return load_model(ref)
+
+
+def _prefixed(progress: Progress, prefix: str) -> Progress:
+    """``progress`` with ``prefix`` before every message."""
+    return lambda f, msg: progress(f, prefix + msg)
 
 
 def cached_predict(
@@ -282,7 +290,7 @@ def analyse(
     preds: dict[tuple[str, tuple[int, int]], Prediction] = {}
     for m, c in jobs:
         opts = PredictOptions(menopausal=c[0], oncology_center=c[1])
-        preds[(m, c)] = cached_predict(m, run_vol, opts, cache, get, lambda f, msg, m=m: sub(f, f"{m}: {msg}"))
+        preds[(m, c)] = cached_predict(m, run_vol, opts, cache, get, _prefixed(sub, f"{m}: "))
         step[0] += 1
     res = UltrasoundResult(
         original=volume,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
+from typing import cast
 
 import numpy as np
 import torch
@@ -83,9 +84,11 @@ def mc_samples_prefix(
 
     ``head(state) -> probabilities`` defaults to ``sigmoid(model.decode(state))``.
     """
-    head = head or (lambda s: torch.sigmoid(model.decode(s)))
+    # encode / decode are the registry models' own methods (nn.Module's typing does not know them)
+    encode = cast(Callable[[torch.Tensor], object], model.encode)
+    head = head or (lambda s: torch.sigmoid(cast(Callable[[object], torch.Tensor], model.decode)(s)))
     with torch.inference_mode(), mc_dropout_mode(model):
-        state = model.encode(x)
+        state = encode(x)
         out = []
         for i in range(n):
             _seed(seed, i)

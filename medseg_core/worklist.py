@@ -122,7 +122,7 @@ def status_rows(case_ids: list[str], keys: dict[str, str], verdicts: list[dict])
     rows = []
     for pos, cid in enumerate(case_ids, 1):
         key = keys.get(cid)
-        vs = sorted(by_key.get(key, []), key=lambda v: v["id"], reverse=True)
+        vs = sorted(by_key.get(key, []) if key is not None else [], key=lambda v: v["id"], reverse=True)
         case_level = [v for v in vs if v.get("slice") is None]
         latest = vs[0] if vs else None
         rows.append(
@@ -138,7 +138,7 @@ def status_rows(case_ids: list[str], keys: dict[str, str], verdicts: list[dict])
                 "time_utc": latest["time_utc"] if latest else None,
                 "model": (latest.get("model") or "") if latest else "",
                 "note": (latest.get("note") or "") if latest else "",
-                "models_seen": sorted({v.get("model") for v in vs if v.get("model")}),
+                "models_seen": sorted({str(v["model"]) for v in vs if v.get("model")}),
                 "reviewers_seen": sorted(
                     {x for v in vs for x in (v.get("reviewer_name"), v.get("reviewer_email")) if x}
                 ),
@@ -192,7 +192,7 @@ def table(rows: list[dict]) -> list[dict]:
 
 def case_verdicts(store, keys: dict[str, str]) -> list[dict]:
     """The store's verdicts of these cases (newest first), each with the dataset's case id as ``case``."""
-    by_key = {}
+    by_key: dict[str, str] = {}
     for cid, k in keys.items():
         by_key.setdefault(k, cid)
     rows = store.verdicts_for(list(by_key))

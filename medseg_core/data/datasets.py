@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +45,10 @@ MMOTU_MALIGNANT = frozenset({7})
 GI_CLASSES = ("large_bowel", "small_bowel", "stomach")
 
 
+#: a mask file, or a callable ``(volume) -> array`` for masks that are not files (RLE strings)
+MaskSource = Path | Callable[[Volume], np.ndarray]
+
+
 @dataclass
 class Case:
     """One case of a dataset: where its files are and what is known about it.
@@ -56,7 +60,7 @@ class Case:
     case_id: str
     patient_id: str
     image: Path
-    masks: dict[str, object] = field(default_factory=dict)
+    masks: Mapping[str, MaskSource] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     modality: str | None = None
     pixel_spacing_mm: tuple[float, float] | None = None
@@ -116,7 +120,7 @@ def ut_endomri_d2(root: str | Path, apply_raovseg_rule: bool = True, sequence: s
             continue
         if apply_raovseg_rule and (_nii(sub, f"{sid}_cy") or _nii(sub, f"{sid}_em")):
             continue
-        masks: dict[str, object] = {"ovary": ov}
+        masks: dict[str, MaskSource] = {"ovary": ov}
         ut = _nii(sub, f"{sid}_ut")
         if ut:
             masks["uterus"] = ut
@@ -308,7 +312,7 @@ def microsegnet(root: str | Path, split: str = "train") -> list[Case]:
         if not m:
             continue
         nn = m.group(1)
-        masks: dict[str, object] = {}
+        masks: dict[str, MaskSource] = {}
         exp = list((base / "expert_annotations").glob(f"*_{nn}.nii*"))
         if exp:
             masks["expert"] = exp[0]

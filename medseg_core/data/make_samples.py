@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -23,7 +24,7 @@ def _png(path: Path, pic: np.ndarray, bits16: bool = False) -> None:
 
 def make_samples(out: Path = SAMPLE_DIR) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
-    index = []
+    index: list[dict[str, Any]] = []
 
     c = pelvic_mri(0)
     a = c.volume.affine

@@ -95,7 +95,7 @@ def write_us(out: Path, n: int, seed: int = 0, annotate: bool = False, val_fract
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    lines = {"train": [], "val": []}
+    lines: dict[str, list[str]] = {"train": [], "val": []}
     clinical, primary = [], []  # primary.csv: report 001's hospital layout (us_primary), two images per patient
     for i in range(n):
         c = ultrasound(_case_seed(seed, i), annotate=annotate)

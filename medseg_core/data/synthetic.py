@@ -21,6 +21,7 @@ second on one CPU core.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -539,4 +540,10 @@ def gi_mri(seed: int = 0, shape=(266, 266)) -> SyntheticCase:
     return SyntheticCase(vol, masks, meta)
 
 
-GENERATORS = {"pelvic": pelvic_mri, "ct": abdominal_ct, "us": ultrasound, "microus": microus_prostate, "gi": gi_mri}
+GENERATORS: dict[str, Callable[..., SyntheticCase]] = {
+    "pelvic": pelvic_mri,
+    "ct": abdominal_ct,
+    "us": ultrasound,
+    "microus": microus_prostate,
+    "gi": gi_mri,
+}

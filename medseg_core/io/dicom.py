@@ -15,11 +15,15 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import InputError, Limits, check_voxel_budget
 from .orientation import to_canonical
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -115,9 +119,9 @@ def _is_dicom_dataset(ds) -> bool:
     return "PixelData" in ds or (("SOPClassUID" in ds or "Modality" in ds) and len(ds) > 2)
 
 
-def parse_files(files: list[tuple[str, bytes]]) -> tuple[list[tuple[str, object]], int]:
+def parse_files(files: list[tuple[str, bytes]]) -> tuple[list[tuple[str, Dataset]], int]:
     """Parse DICOM files; returns ([(name, dataset)], number of non-DICOM files skipped)."""
-    out = []
+    out: list[tuple[str, Dataset]] = []
     skipped = 0
     for name, data in files:
         ds = _read(name, data)
@@ -153,8 +157,8 @@ def _sop_name(ds) -> str:
         return "an object without pixel data"
 
 
-def group_series(datasets: list[tuple[str, object]]) -> dict[str, list[tuple[str, object]]]:
-    groups: dict[str, list] = {}
+def group_series(datasets: list[tuple[str, Dataset]]) -> dict[str, list[tuple[str, Dataset]]]:
+    groups: dict[str, list[tuple[str, Dataset]]] = {}
     for name, ds in datasets:
         groups.setdefault(_series_key(ds), []).append((name, ds))
     return groups
@@ -336,7 +340,7 @@ def _safe_meta(ds) -> dict:
     return meta
 
 
-def assemble_series(items: list[tuple[str, object]], limits: Limits, label: str):
+def assemble_series(items: list[tuple[str, Dataset]], limits: Limits, label: str):
     """Build (array_zyx, affine, spacing-free warnings, meta, modality) from one series."""
     warnings: list[str] = []
     if is_segmentation(items[0][1]):
@@ -359,7 +363,7 @@ def assemble_series(items: list[tuple[str, object]], limits: Limits, label: str)
     check_voxel_budget((n_frames_total, rows, cols), limits, label)
 
     # Expand to a list of 2D slices: (name, ds, frame_index or None, pixels-later)
-    slices = []
+    slices: list[tuple[str, Dataset, int | None]] = []
     for n, ds in images:
         nf = int(getattr(ds, "NumberOfFrames", 1) or 1)
         if int(getattr(ds, "Rows", 0) or 0) != rows or int(getattr(ds, "Columns", 0) or 0) != cols:
@@ -384,7 +388,7 @@ def assemble_series(items: list[tuple[str, object]], limits: Limits, label: str)
         for k in keys:
             counts[k] = counts.get(k, 0) + 1
         if len(counts) > 1:
-            best = max(counts, key=counts.get)
+            best = max(counts, key=counts.__getitem__)
             warnings.append(
                 f"The series mixes {len(counts)} slice orientations; only the {counts[best]} slices sharing "
                 "the most common orientation are shown."
@@ -409,10 +413,10 @@ def assemble_series(items: list[tuple[str, object]], limits: Limits, label: str)
                     f"{int(dup.sum())} slice(s) repeat a position already present (several echoes or time "
                     "points?); only the first image at each position is shown."
                 )
-                keep = ~dup
-                slices = [s for s, k in zip(slices, keep, strict=True) if k]
-                geoms = [g for g, k in zip(geoms, keep, strict=True) if k]
-                pos = pos[keep]
+                first_at = ~dup
+                slices = [s for s, k in zip(slices, first_at, strict=True) if k]
+                geoms = [g for g, k in zip(geoms, first_at, strict=True) if k]
+                pos = pos[first_at]
         if len(pos) > 1:
             d = np.diff(pos)
             step = float(np.median(d))
@@ -432,7 +436,7 @@ def assemble_series(items: list[tuple[str, object]], limits: Limits, label: str)
                 )
             first, last = geoms[0][1], geoms[-1][1]
             stepvec = (last - first) / (len(pos) - 1)
-            cosang = abs(float(np.dot(stepvec, normal))) / max(np.linalg.norm(stepvec), 1e-9)
+            cosang = abs(float(np.dot(stepvec, normal))) / max(float(np.linalg.norm(stepvec)), 1e-9)
             tilt = float(np.degrees(np.arccos(np.clip(cosang, -1, 1))))
             if tilt > 0.5:
                 warnings.append(
@@ -477,11 +481,11 @@ def assemble_series(items: list[tuple[str, object]], limits: Limits, label: str)
     # decode pixels (each multi-frame dataset once)
     cache: dict[int, np.ndarray] = {}
     planes = []
-    for n, ds, f in slices:
+    for n, ds, frame in slices:
         if id(ds) not in cache:
             cache[id(ds)] = _rescale(_pixels(ds, n), ds)
         px = cache[id(ds)]
-        planes.append(px[f] if f is not None else px)
+        planes.append(px[frame] if frame is not None else px)
     try:
         stack = np.stack(planes, axis=0).astype(np.float32)  # (k, rows, cols)
     except ValueError:

@@ -32,8 +32,9 @@ def read_image(data: bytes, name: str, limits: Limits, pixel_spacing_mm: tuple[f
                 raise InputError(
                     f"'{name}' is {w} x {h} pixels, larger than this server accepts; resize it before uploading."
                 )
-            if getattr(im, "n_frames", 1) > 1:
-                warnings.append(f"'{name}' holds {im.n_frames} pages or frames; only the first is shown.")
+            n_frames = int(getattr(im, "n_frames", 1))
+            if n_frames > 1:
+                warnings.append(f"'{name}' holds {n_frames} pages or frames; only the first is shown.")
             im.seek(0)
             mode = im.mode
             if mode in ("I;16", "I;16B", "I;16L", "I", "F"):

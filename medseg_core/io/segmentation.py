@@ -144,12 +144,12 @@ def file_stem(filename: str) -> str:
 
 def union_mask(masks: dict[str, np.ndarray]) -> np.ndarray:
     """One binary uint8 mask: the voxels of any label."""
-    masks = list(masks.values())
-    if not masks:
+    arrays = [np.asarray(m) for m in masks.values()]
+    if not arrays:
         raise InputError("The mask holds no label; upload a mask with at least one label.")
-    out = np.zeros(np.shape(masks[0]), bool)
-    for m in masks:
-        out |= np.asarray(m) > 0
+    out = np.zeros(arrays[0].shape, bool)
+    for m in arrays:
+        out |= m > 0
     return out.astype(np.uint8)
 
 
@@ -396,7 +396,7 @@ def _rtstruct_masks(ds, like: Volume, names: dict[int, str]) -> dict[str, np.nda
             rr, cc = polygon(idx[:, a0], idx[:, a1], shape=(shape[a0], shape[a1]))
             plane = np.zeros((shape[a0], shape[a1]), bool)
             plane[rr, cc] = True
-            sel = [slice(None)] * 3
+            sel: list[slice | int] = [slice(None)] * 3
             sel[axis] = k
             mask[tuple(sel)] ^= plane
         out[name] = mask.astype(np.uint8)

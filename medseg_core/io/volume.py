@@ -98,7 +98,7 @@ class Volume:
         """A copy on the same grid with another array (shape must match)."""
         if np.shape(array) != self.array.shape:
             raise ValueError(f"shape {np.shape(array)} does not match volume shape {self.array.shape}")
-        kw = dict(
+        kw: dict[str, Any] = dict(
             array=array,
             spacing=self.spacing,
             affine=self.affine.copy(),

@@ -177,7 +177,7 @@ def _m3d(fn):
     return build
 
 
-_SPLEEN = dict(
+_SPLEEN: dict[str, Any] = dict(
     family="spleen",
     report="003",
     task="segmentation",
@@ -193,7 +193,7 @@ _SPLEEN = dict(
     target_spacing=(2.0, 1.5, 1.5),
     mc_prefix=False,
 )
-_OVARY = dict(
+_OVARY: dict[str, Any] = dict(
     family="ovary",
     report="000",
     dims="2d",
@@ -206,7 +206,7 @@ _OVARY = dict(
     mc_prefix=True,
     side_masking=True,
 )
-_US = dict(
+_US: dict[str, Any] = dict(
     family="ultrasound",
     report="001",
     dims="2d",

@@ -91,6 +91,7 @@ class ClinicalFusionHead(nn.Module):
     def __init__(self, features: int, n_clinical: int = 2, n_classes: int = 2, dropout: float = 0.25):
         super().__init__()
         self.n_clinical = n_clinical
+        self.clinical: nn.Sequential | None
         if n_clinical:
             self.clinical = nn.Sequential(
                 nn.Linear(n_clinical, 64), nn.ReLU(inplace=True), nn.Linear(64, 128), nn.ReLU(inplace=True)

@@ -132,7 +132,7 @@ class GIScratchCNN(nn.Module):
             p = dropout if norm else 0.0
 
             def unit(cin, cout, k, pad):
-                layers = [nn.Conv2d(cin, cout, k, padding=pad, bias=not norm)]
+                layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, padding=pad, bias=not norm)]
                 if norm:
                     layers.append(nn.BatchNorm2d(cout))
                 layers.append(nn.ReLU(inplace=True))

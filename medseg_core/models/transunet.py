@@ -33,6 +33,7 @@ first, the auxiliary ones from coarse to fine as MicroSegNet's ``VisionTransform
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -117,7 +118,7 @@ class TransUNet(nn.Module):
         self.img_size, self.patch_size, self.in_chans = int(img_size), int(patch_size), int(in_chans)
         self.deep_supervision = bool(deep_supervision)
         self.backbone = ResNetV2(
-            layers=tuple(resnet_layers),
+            layers=list(resnet_layers),
             channels=tuple(resnet_channels),
             num_classes=0,
             global_pool="",
@@ -142,7 +143,7 @@ class TransUNet(nn.Module):
                     qkv_bias=True,
                     proj_drop=dropout,
                     attn_drop=attention_dropout,
-                    norm_layer=partial(nn.LayerNorm, eps=1e-6),
+                    norm_layer=partial(nn.LayerNorm, eps=1e-6),  # type: ignore[arg-type]  # timm calls it; its hint says a class
                 )
                 for _ in range(depth)
             ]
@@ -173,7 +174,7 @@ class TransUNet(nn.Module):
         """(tokens after the final LayerNorm as a B x hidden x h x w map, skip features deep -> shallow)."""
         if x.shape[1] == 1 and self.in_chans == 3:
             x = x.repeat(1, 3, 1, 1)
-        stem = self.backbone.stem
+        stem: Any = self.backbone.stem  # timm's stem: named conv / norm / pool children
         s0 = stem.norm(stem.conv(x))  # 64 @ 1/2, before the max pool (TransUNet's root feature)
         h = stem.pool(s0)
         s1 = self.backbone.stages[0](h)  # 256 @ 1/4

@@ -241,6 +241,7 @@ class Cascade(nn.Module):
         segmenter: str = "unet",
     ):
         super().__init__()
+        self.segmenter: nn.Module
         if segmenter == "effb0":
             # report 001 section 5.3: the segmentation-only EfficientNet-B0 (best on MMOTU segmentation)
             self.segmenter = SegLogits(EffB0MultiTask(1, n_clinical=0, task="seg"))
