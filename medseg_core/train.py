@@ -44,6 +44,7 @@ gradient and no weight change; the checkpoint and its card are written again thr
 ``save_checkpoint`` (same storage) with a ``repairs`` entry (what, on how many inputs, why, the old
 SHA-256, held-out metrics before and after, re-measured through the evaluation engine).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,20 +79,53 @@ from .tables import write_csv
 ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULTS: dict[str, Any] = {
-    "name": None, "model": None, "variant": "demo", "overrides": {}, "input_size": None, "report": "",
-    "data": {"adapter": None, "root": None, "synthetic": None, "split": {"fractions": [0.7, 0.15, 0.15], "seed": 0},
-             "positive_slices_only": False, "negative_fraction": 0.0, "label_map": {}, "max_cases": None},
-    "preprocessing": None, "preprocessing_params": None, "postprocessing": None, "threshold": None, "title": None,
-    "body_region": None, "anatomy": None, "side_masking_train": "none", "geometry": None,
+    "name": None,
+    "model": None,
+    "variant": "demo",
+    "overrides": {},
+    "input_size": None,
+    "report": "",
+    "data": {
+        "adapter": None,
+        "root": None,
+        "synthetic": None,
+        "split": {"fractions": [0.7, 0.15, 0.15], "seed": 0},
+        "positive_slices_only": False,
+        "negative_fraction": 0.0,
+        "label_map": {},
+        "max_cases": None,
+    },
+    "preprocessing": None,
+    "preprocessing_params": None,
+    "postprocessing": None,
+    "threshold": None,
+    "title": None,
+    "body_region": None,
+    "anatomy": None,
+    "side_masking_train": "none",
+    "geometry": None,
     "loss": {"name": "bce", "params": {}},
     "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9, "scheduler": None},
-    "encoder_weights": None, "init_from": None,
-    "train": {"epochs": 20, "batch_size": 8, "patience": 10, "select_by": "val_dice", "seed": 0,
-              "max_steps_per_epoch": None, "val_every": 1, "select_on": "original"},
+    "encoder_weights": None,
+    "init_from": None,
+    "train": {
+        "epochs": 20,
+        "batch_size": 8,
+        "patience": 10,
+        "select_by": "val_dice",
+        "seed": 0,
+        "max_steps_per_epoch": None,
+        "val_every": 1,
+        "select_on": "original",
+    },
     "augment": {"flip": True, "vflip": False, "rotate_deg": 10.0, "translate": 0.05, "intensity": 0.1},
-    "roi": None, "samples_per_volume": 4, "crop": dict(TT.DEFAULT_CROP),
+    "roi": None,
+    "samples_per_volume": 4,
+    "crop": dict(TT.DEFAULT_CROP),
     "log": {"tensorboard": False},
-    "evaluate_test": True, "out": "checkpoints", "fp16": False,
+    "evaluate_test": True,
+    "out": "checkpoints",
+    "fp16": False,
 }
 
 
@@ -111,8 +145,10 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not cfg.get("model"):
         raise InputError(f"The config '{path}' names no model; add 'model: <registry architecture>'.")
     if cfg["model"] not in list_models():
-        raise InputError(f"The config '{path}' asks for model '{cfg['model']}', which is not a registry architecture "
-                         f"({', '.join(list_models())}).")
+        raise InputError(
+            f"The config '{path}' asks for model '{cfg['model']}', which is not a registry architecture "
+            f"({', '.join(list_models())})."
+        )
     cfg["name"] = cfg.get("name") or cfg["model"]
     return cfg
 
@@ -236,8 +272,9 @@ def prepare_2d(cases, spec, cfg, size, training: bool) -> dict[str, np.ndarray]:
         if geometry and kind in ("seg2d", "cls2d"):  # report 000: 0.35 mm in-plane + pelvis crop, as predict() does
             geo = plan_geometry(vol, **geometry)
             vol = geo.volume(vol)
-            masks = {k: (geo.forward(np.asarray(m, np.float32), order=0) > 0.5).astype(np.uint8)
-                     for k, m in masks.items()}
+            masks = {
+                k: (geo.forward(np.asarray(m, np.float32), order=0) > 0.5).astype(np.uint8) for k, m in masks.items()
+            }
         x = preprocess(pre, vol.array, **params)
         if kind == "restore":
             clean_path = Path(case.image).parent.parent / "clean" / f"{case.case_id}.PNG"
@@ -250,12 +287,16 @@ def prepare_2d(cases, spec, cfg, size, training: bool) -> dict[str, np.ndarray]:
             PID += [case.patient_id] * x.shape[0]
             CASE += [case.case_id] * x.shape[0]
             continue
-        ys = _label_masks(spec, masks, dcfg.get("label_map", {})) if kind != "cls2d" else [
-            (next(iter(masks.values())) > 0).astype(np.uint8)]
+        ys = (
+            _label_masks(spec, masks, dcfg.get("label_map", {}))
+            if kind != "cls2d"
+            else [(next(iter(masks.values())) > 0).astype(np.uint8)]
+        )
         # Model 7 (report 000 section 3.5): masked training images; the validation images that pick
         # the checkpoint are the original ones unless train.select_on says masked
         if cfg.get("side_masking_train", "none") == "oracle" and (
-                training or cfg["train"].get("select_on", "original") == "masked"):
+            training or cfg["train"].get("select_on", "original") == "masked"
+        ):
             x, _ = apply_side_masking(x, vol, "oracle", ys[0])
         rs = SliceResize(x.shape[-2:], size)
         xr = rs.forward(x)
@@ -276,15 +317,21 @@ def prepare_2d(cases, spec, cfg, size, training: bool) -> dict[str, np.ndarray]:
             EXTRA.append(extra[keep])
         if kind in ("mtl", "cascade"):
             if label_key not in case.extra:
-                raise InputError(f"Case '{case.case_id}' has no '{label_key}' (data.label_key); the "
-                                 f"{cfg['data']['adapter']} adapter gives {sorted(case.extra)}.")
+                raise InputError(
+                    f"Case '{case.case_id}' has no '{label_key}' (data.label_key); the "
+                    f"{cfg['data']['adapter']} adapter gives {sorted(case.extra)}."
+                )
             LAB += [int(case.extra[label_key])] * int(keep.sum())
             clin = [float(case.extra.get("menopausal", 0)), float(case.extra.get("oncology_center", 0))]
             CLIN += [clin] * int(keep.sum())
         PID += [case.patient_id] * int(keep.sum())
         CASE += [case.case_id] * int(keep.sum())
-    out = {"x": np.concatenate(X)[:, None].astype(np.float32), "y": np.concatenate(Y).astype(np.float32),
-           "pid": np.array(PID), "case": np.array(CASE)}
+    out = {
+        "x": np.concatenate(X)[:, None].astype(np.float32),
+        "y": np.concatenate(Y).astype(np.float32),
+        "pid": np.array(PID),
+        "case": np.array(CASE),
+    }
     if EXTRA:
         out["non_expert"] = np.concatenate(EXTRA).astype(np.float32)
     if LAB:
@@ -304,8 +351,9 @@ def prepare_3d(cases, spec, cfg) -> list[tuple[np.ndarray, np.ndarray]]:
         x = torch.from_numpy(preprocess(pre, vol.array, **params))[None, None]
         lab = _label_masks(spec, masks, cfg["data"].get("label_map", {}))[0]
         y = torch.from_numpy(lab.astype(np.float32))[None, None]
-        shape = tuple(max(1, int(round(n * s / t)))
-                      for n, s, t in zip(vol.shape, vol.spacing, spec.target_spacing, strict=True))
+        shape = tuple(
+            max(1, int(round(n * s / t))) for n, s, t in zip(vol.shape, vol.spacing, spec.target_spacing, strict=True)
+        )
         x = F.interpolate(x, size=shape, mode="trilinear", align_corners=False)
         y = F.interpolate(y, size=shape, mode="nearest")
         out.append((x[0].numpy(), y[0].numpy()))
@@ -376,16 +424,23 @@ def _optimizer(cfg, params):
     if o["name"] == "adamw":
         return torch.optim.AdamW(params, lr=float(o["lr"]), weight_decay=float(o.get("weight_decay", 0.01)))
     if o["name"] == "sgd":
-        return torch.optim.SGD(params, lr=float(o["lr"]), momentum=float(o.get("momentum", 0.9)),
-                               weight_decay=float(o.get("weight_decay", 0)))
+        return torch.optim.SGD(
+            params,
+            lr=float(o["lr"]),
+            momentum=float(o.get("momentum", 0.9)),
+            weight_decay=float(o.get("weight_decay", 0)),
+        )
     if o["name"] == "rmsprop":
         return torch.optim.RMSprop(params, lr=float(o["lr"]), momentum=float(o.get("momentum", 0.9)))
     raise InputError(f"The config asks for optimiser '{o['name']}'; medseg trains with adam, adamw, sgd or rmsprop.")
 
 
 SCHEDULERS = {
-    "step": "StepLR", "multistep": "MultiStepLR", "cosine": "CosineAnnealingLR",
-    "cosine_warm_restarts": "CosineAnnealingWarmRestarts", "plateau": "ReduceLROnPlateau",
+    "step": "StepLR",
+    "multistep": "MultiStepLR",
+    "cosine": "CosineAnnealingLR",
+    "cosine_warm_restarts": "CosineAnnealingWarmRestarts",
+    "plateau": "ReduceLROnPlateau",
     "exponential": "ExponentialLR",
     # MicroSegNet (report 004): lr = base (1 - t / T)^0.9; torch's PolynomialLR, stepped per epoch here
     "poly": "PolynomialLR",
@@ -441,8 +496,10 @@ def split_cases(cases: list, cfg: dict) -> dict[str, list]:
         elif n < sum(counts):
             fractions = tuple(c / sum(counts) for c in counts)
         else:
-            raise InputError(f"data.split.counts asks for {sum(counts)} patients but the dataset has {n}; "
-                             "give counts that sum to the number of patients, or fractions.")
+            raise InputError(
+                f"data.split.counts asks for {sum(counts)} patients but the dataset has {n}; "
+                "give counts that sum to the number of patients, or fractions."
+            )
     if sp.get("stratify"):  # report 002 section 2.2: a case-level split keeping each stratum's share
         return D.stratified_split(cases, fractions, int(sp.get("seed", 0)), by=str(sp["stratify"]))
     return D.patient_split(cases, fractions, int(sp.get("seed", 0)))
@@ -454,7 +511,7 @@ def _matching_state(target: torch.nn.Module, state: dict, prefixes=("", "encoder
     out = {}
     for k, v in state.items():
         for p in prefixes:
-            kk = k[len(p):] if p and k.startswith(p) else (k if not p else None)
+            kk = k[len(p) :] if p and k.startswith(p) else (k if not p else None)
             if kk is not None and kk in own and tuple(own[kk].shape) == tuple(v.shape):
                 out[kk] = v
                 break
@@ -483,8 +540,10 @@ def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> dict:
     if not p.is_absolute() and not p.exists():
         p = ROOT / p
     if not p.is_file():
-        raise InputError(f"The encoder weights file '{path}' does not exist; give a local .safetensors file, or "
-                         "encoder_weights: null to train from random initialisation.")
+        raise InputError(
+            f"The encoder weights file '{path}' does not exist; give a local .safetensors file, or "
+            "encoder_weights: null to train from random initialisation."
+        )
     target = encoder_of(model)
     try:
         state = load_file(str(p))
@@ -494,11 +553,17 @@ def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> dict:
     n_own = len([k for k in target.state_dict() if not k.endswith("num_batches_tracked")])
     n_found = len([k for k in found if not k.endswith("num_batches_tracked")])
     if n_own and n_found < 0.9 * n_own:
-        raise InputError(f"'{p.name}' fits {n_found} of the encoder's {n_own} tensors by name and shape; it is not "
-                         "a weights file for this encoder.")
+        raise InputError(
+            f"'{p.name}' fits {n_found} of the encoder's {n_own} tensors by name and shape; it is not "
+            "a weights file for this encoder."
+        )
     target.load_state_dict(found, strict=False)
-    return {"encoder": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "tensors_loaded": n_found,
-            "encoder_tensors": n_own}
+    return {
+        "encoder": p.name,
+        "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+        "tensors_loaded": n_found,
+        "encoder_tensors": n_own,
+    }
 
 
 def load_init_weights(model: torch.nn.Module, ref: str) -> dict:
@@ -511,8 +576,12 @@ def load_init_weights(model: torch.nn.Module, ref: str) -> dict:
     found = _matching_state(model, lm.module.state_dict())
     model.load_state_dict(found, strict=False)
     n_own = len(model.state_dict())
-    return {"checkpoint": lm.card.get("name") or str(ref), "sha256": lm.card.get("sha256"),
-            "tensors_loaded": len(found), "model_tensors": n_own}
+    return {
+        "checkpoint": lm.card.get("name") or str(ref),
+        "sha256": lm.card.get("sha256"),
+        "tensors_loaded": len(found),
+        "model_tensors": n_own,
+    }
 
 
 def pretrained_entry(model: torch.nn.Module, cfg: dict) -> dict:
@@ -570,7 +639,7 @@ def _forward_loss(kind, model, loss_fn, batch, spec):
 
 def _batches(arrays: dict, idx: np.ndarray, bs: int, device):
     for i in range(0, len(idx), bs):
-        sel = idx[i:i + bs]
+        sel = idx[i : i + bs]
         yield {k: torch.from_numpy(v[sel]).to(device) for k, v in arrays.items() if k not in ("pid", "case")}
 
 
@@ -664,6 +733,7 @@ def _better(score: float, loss: float, best_score: float, best_loss: float) -> b
 class RunSetup:
     """One run's resolved contract, shared by every step: config, process, registry spec, data kind,
     model grid, architecture overrides, output folder, seed."""
+
     cfg: dict
     d: Dist
     spec: Any
@@ -682,6 +752,7 @@ class TrainingData:
     """The cases, their patient-level split, and the training samples: 2D arrays of
     :func:`prepare_2d` (``train``, ``val``) or 3D crop sources (``volumes``, :func:`prepare_3d`
     through :func:`medseg_core.train_transforms.crop_sources`) with the crop size ``roi``."""
+
     cases: list
     split: dict[str, list]
     train: dict | None = None
@@ -693,6 +764,7 @@ class TrainingData:
 @dataclass
 class TrainingModel:
     """The network (on the run's device), the run's loss and the card's ``pretrained`` entry."""
+
     model: torch.nn.Module
     loss_fn: Any
     pretrained: dict
@@ -702,6 +774,7 @@ class TrainingModel:
 class StagePlan:
     """One stage of the run: ``main``; the cascade's ``segmenter`` then ``classifier``; or one phase
     of ``train.phases`` (report 002)."""
+
     name: str
     kind: str
     phase: dict | None = None
@@ -711,6 +784,7 @@ class StagePlan:
 class Stage:
     """A stage ready to train: the network part it trains (and its DDP wrapper), loss, samples,
     epochs, optimiser, scheduler and selection metric."""
+
     plan: StagePlan
     net: torch.nn.Module
     ddp_net: torch.nn.Module
@@ -727,6 +801,7 @@ class Stage:
 class Best:
     """The best epoch so far (:func:`select_best`): selection score, validation loss (the tie
     breaker of :func:`_better`), its validation metrics and weights."""
+
     score: float = -math.inf
     loss: float = math.inf
     metrics: dict = field(default_factory=dict)
@@ -737,6 +812,7 @@ class Best:
 class StageState:
     """Where a stage starts: first epoch, best so far, early-stopping patience left. A resumed stage
     (:func:`resume_stage`) starts after the saved epoch with the best of its log."""
+
     start_epoch: int
     best: Best
     patience_left: int
@@ -763,8 +839,11 @@ def split_data(run: RunSetup) -> TrainingData:
     """The dataset's cases (generated first when synthetic) and their patient-level split."""
     cases = load_cases(run.cfg)
     split = split_cases(cases, run.cfg)
-    _log(run.d, f"[{run.name}] {len(cases)} cases: {len(split['train'])} train / {len(split['val'])} val / "
-                f"{len(split['test'])} test; kind={run.kind}; world={run.d.world}")
+    _log(
+        run.d,
+        f"[{run.name}] {len(cases)} cases: {len(split['train'])} train / {len(split['val'])} val / "
+        f"{len(split['test'])} test; kind={run.kind}; world={run.d.world}",
+    )
     return TrainingData(cases, split)
 
 
@@ -825,7 +904,8 @@ def build_stage(run: RunSetup, data: TrainingData, tm: TrainingModel, plan: Stag
     ddp_net = net
     if d.world > 1:
         ddp_net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[d.local_rank] if "cuda" in d.device else None)
+            net, device_ids=[d.local_rank] if "cuda" in d.device else None
+        )
     phase = plan.phase
     if phase:  # its epochs, optimiser, scheduler and frozen parts (train_features.apply_freeze)
         TF.apply_freeze(net, phase)
@@ -836,8 +916,11 @@ def build_stage(run: RunSetup, data: TrainingData, tm: TrainingModel, plan: Stag
         optim = _optimizer(cfg, net.parameters())
     sched = _scheduler(phase["optim"] if phase else cfg["optim"], optim, epochs)
     # the cascade's classifier: cascade.cls_select_by (report 001: val_loss, Appendix B; the shipped demo: val_auc)
-    select = cfg["train"]["select_by"] if plan.kind != "cascade_cls" else \
-        (cfg.get("cascade") or {}).get("cls_select_by", "val_auc")
+    select = (
+        cfg["train"]["select_by"]
+        if plan.kind != "cascade_cls"
+        else (cfg.get("cascade") or {}).get("cls_select_by", "val_auc")
+    )
     return Stage(plan, net, ddp_net, loss_fn, tr, va, epochs, optim, sched, select)
 
 
@@ -866,8 +949,9 @@ def resume_stage(run: RunSetup, stage: Stage, path: Path, history: list[dict]) -
     if stage.sched is not None and not isinstance(stage.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
         for _ in range(start_epoch):
             stage.sched.step()
-    _log(run.d, f"[{run.name}] resumed at epoch {start_epoch} (weights of the last epoch; "
-                f"best so far {best_score:.4f})")
+    _log(
+        run.d, f"[{run.name}] resumed at epoch {start_epoch} (weights of the last epoch; best so far {best_score:.4f})"
+    )
     return StageState(start_epoch, best, int(run.cfg["train"]["patience"]))
 
 
@@ -878,8 +962,12 @@ def epoch_samples(run: RunSetup, data: TrainingData, stage: Stage, epoch: int) -
         assert stage.train is not None
         return stage.train
     assert data.volumes is not None  # 3D crop sources (prepare_data)
-    xs, ys = TT.sample_crops(data.volumes, int(run.cfg["samples_per_volume"]),
-                             TT.seed_of(run.seed, run.d.rank, epoch, TT.SALT_CROP), crop_config(run.cfg))
+    xs, ys = TT.sample_crops(
+        data.volumes,
+        int(run.cfg["samples_per_volume"]),
+        TT.seed_of(run.seed, run.d.rank, epoch, TT.SALT_CROP),
+        crop_config(run.cfg),
+    )
     return {"x": xs.astype(np.float32), "y": ys.astype(np.float32)}
 
 
@@ -891,7 +979,7 @@ def epoch_order(run: RunSetup, stage: Stage, arrays: dict, epoch: int) -> np.nda
     weighted = TF.epoch_order(run.cfg, arrays, run.seed, epoch) if stage.plan.kind == "seg2d" else None
     if weighted is not None:  # train.sampler (report 002: WeightedRandomSampler by organ combination)
         order = weighted
-    return order[run.d.rank::run.d.world]
+    return order[run.d.rank :: run.d.world]
 
 
 def augment_batch(run: RunSetup, stage: Stage, b: dict, gen: torch.Generator) -> dict:
@@ -927,10 +1015,14 @@ def run_epoch(run: RunSetup, data: TrainingData, stage: Stage, epoch: int) -> fl
     gen = torch.Generator().manual_seed(TT.seed_of(run.seed, d.rank, epoch, TT.SALT_AUGMENT))
     torch.manual_seed(TT.seed_of(run.seed, d.rank, epoch, TT.SALT_TORCH))
     total = 0.0
-    bar = tqdm(range(steps), desc=f"{run.name} {stage.plan.name} ep{epoch + 1}/{stage.epochs}", leave=False,
-               disable=not d.main or not sys.stderr.isatty())
+    bar = tqdm(
+        range(steps),
+        desc=f"{run.name} {stage.plan.name} ep{epoch + 1}/{stage.epochs}",
+        leave=False,
+        disable=not d.main or not sys.stderr.isatty(),
+    )
     for step in bar:
-        sel = order[step * bs:(step + 1) * bs]
+        sel = order[step * bs : (step + 1) * bs]
         b = {k: torch.from_numpy(v[sel]).to(d.device) for k, v in arrays.items() if k not in ("pid", "case")}
         loss = _forward_loss(stage.plan.kind, stage.ddp_net, stage.loss_fn, augment_batch(run, stage, b, gen), run.spec)
         stage.optim.zero_grad(set_to_none=True)
@@ -958,8 +1050,14 @@ def validate_epoch(run: RunSetup, data: TrainingData, stage: Stage, epoch: int) 
         return {}
     if stage.plan.kind == "seg3d":
         pre, params = _preprocessing(run.spec, run.cfg)
-        return validate_3d(stage.net, replace(run.spec, preprocessing=pre, preprocessing_params=params), run.cfg,
-                           data.split["val"], run.size, run.d.device)
+        return validate_3d(
+            stage.net,
+            replace(run.spec, preprocessing=pre, preprocessing_params=params),
+            run.cfg,
+            data.split["val"],
+            run.size,
+            run.d.device,
+        )
     return validate_2d(stage.plan.kind, stage.net, stage.loss_fn, stage.val, run.d.device)
 
 
@@ -991,10 +1089,14 @@ def record_epoch(run: RunSetup, stage: Stage, row: dict, history: list[dict], be
         for k, v in row.items():
             if isinstance(v, (int, float)) and k != "epoch":
                 writer.add_scalar(f"{stage.plan.name}/{k}", v, row["epoch"])
-    save_training_state(run.out_dir / f"{run.name}_last.safetensors", stage.net, stage.optim, row["epoch"], best.score,
-                        history)
-    print(f"[{run.name}] {stage.plan.name} epoch {row['epoch']}: " + ", ".join(
-        f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float)), flush=True)
+    save_training_state(
+        run.out_dir / f"{run.name}_last.safetensors", stage.net, stage.optim, row["epoch"], best.score, history
+    )
+    print(
+        f"[{run.name}] {stage.plan.name} epoch {row['epoch']}: "
+        + ", ".join(f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float)),
+        flush=True,
+    )
 
 
 def run_stage(run: RunSetup, data: TrainingData, stage: Stage, state: StageState, history: list[dict]) -> Best:
@@ -1007,8 +1109,14 @@ def run_stage(run: RunSetup, data: TrainingData, stage: Stage, state: StageState
         t0 = time.time()
         train_loss = run_epoch(run, data, stage, epoch)
         val = validate_epoch(run, data, stage, epoch)
-        row = {"stage": stage.plan.name, "epoch": epoch + 1, "train_loss": train_loss, **val,
-               "lr": stage.optim.param_groups[0]["lr"], "seconds": time.time() - t0}
+        row = {
+            "stage": stage.plan.name,
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            **val,
+            "lr": stage.optim.param_groups[0]["lr"],
+            "seconds": time.time() - t0,
+        }
         _scheduler_step(stage.sched, val, train_loss)
         history.append(row)
         if select_best(best, val, stage.select, epoch, stage.net, run.d):
@@ -1027,8 +1135,14 @@ def run_stage(run: RunSetup, data: TrainingData, stage: Stage, state: StageState
     return best
 
 
-def write_card(run: RunSetup, data: TrainingData, tm: TrainingModel, plans: list[StagePlan], history: list[dict],
-               best_overall: dict) -> dict:
+def write_card(
+    run: RunSetup,
+    data: TrainingData,
+    tm: TrainingModel,
+    plans: list[StagePlan],
+    history: list[dict],
+    best_overall: dict,
+) -> dict:
     """Rank 0: the model card (recipe, envelope, split, provenance, ``pretrained``, validation of every
     stage's best epoch, test metrics through the evaluation engine) and the checkpoint; every rank
     under DDP writes its weights' hash and leaves the process group. Returns train()'s result."""
@@ -1042,20 +1156,32 @@ def write_card(run: RunSetup, data: TrainingData, tm: TrainingModel, plans: list
             card["split_cases"] = {k: [c.case_id for c in v] for k, v in data.split.items()}
         if cfg.get("denoiser") and run.kind != "restore":  # inference applies it too (medseg_core.denoise)
             card["denoiser"] = str(cfg["denoiser"])
-        if run.kind in ("mtl", "cascade") and int(
-                model_kwargs(run.spec.name, cfg["variant"], **run.over).get("n_clinical", 2)) == 0:
+        if (
+            run.kind in ("mtl", "cascade")
+            and int(model_kwargs(run.spec.name, cfg["variant"], **run.over).get("n_clinical", 2)) == 0
+        ):
             card["recipe"]["clinical_inputs"] = []
-        test_metrics = (evaluate_split(model, card, cfg, data.split["test"], d.device)
-                        if cfg.get("evaluate_test") else {})
+        test_metrics = (
+            evaluate_split(model, card, cfg, data.split["test"], d.device) if cfg.get("evaluate_test") else {}
+        )
         counted = {p.name for p in plans if p.phase} | {plans[-1].name}  # every phase, or the last stage
-        card.update({
-            "epochs_run": len([h for h in history if h["stage"] in counted]),
-            "validation": best_overall, "test": test_metrics, "parameters": count_parameters(model),
-            "training_seconds": round(time.time() - run.t_start, 1), "device": d.device, "world_size": d.world})
+        card.update(
+            {
+                "epochs_run": len([h for h in history if h["stage"] in counted]),
+                "validation": best_overall,
+                "test": test_metrics,
+                "parameters": count_parameters(model),
+                "training_seconds": round(time.time() - run.t_start, 1),
+                "device": d.device,
+                "world_size": d.world,
+            }
+        )
         save_checkpoint(model, name, card, run.out_dir, fp16=bool(cfg.get("fp16")))
         result["test"] = test_metrics
-        print(f"[{name}] saved {run.out_dir / (name + '.safetensors')}; val={best_overall}; test={test_metrics}",
-              flush=True)
+        print(
+            f"[{name}] saved {run.out_dir / (name + '.safetensors')}; val={best_overall}; test={test_metrics}",
+            flush=True,
+        )
     if d.world > 1:
         (run.out_dir / f"{name}_rank{d.rank}.sha256").write_text(_state_hash(model))
         dist.barrier()
@@ -1094,26 +1220,54 @@ def training_card(cfg: dict, spec, name: str, over: dict, size, split: dict, cas
     from . import cards
 
     pre, params = _preprocessing(spec, cfg)
-    recipe = cards.recipe_from_spec(spec, cfg["variant"], over, input_size=size, preprocessing=pre,
-                                    preprocessing_params=params, postprocessing=cfg.get("postprocessing"),
-                                    threshold=cfg.get("threshold"), geometry=_geometry(spec, cfg))
+    recipe = cards.recipe_from_spec(
+        spec,
+        cfg["variant"],
+        over,
+        input_size=size,
+        preprocessing=pre,
+        preprocessing_params=params,
+        postprocessing=cfg.get("postprocessing"),
+        threshold=cfg.get("threshold"),
+        geometry=_geometry(spec, cfg),
+    )
     region, anatomy = cards.region_defaults(spec.family)
     train_cases = split["train"] or cases
-    envelope = cards.data_envelope((c.load()[0] for c in train_cases), pre, params,
-                                   body_region=cfg.get("body_region") or region, anatomy=cfg.get("anatomy") or anatomy,
-                                   case_ids=[c.case_id for c in train_cases])
+    envelope = cards.data_envelope(
+        (c.load()[0] for c in train_cases),
+        pre,
+        params,
+        body_region=cfg.get("body_region") or region,
+        anatomy=cfg.get("anatomy") or anatomy,
+        case_ids=[c.case_id for c in train_cases],
+    )
     title = cfg.get("title") or (spec.title if name == spec.name else f"{name} ({spec.title})")
     return cards.new_card(
-        name, recipe, envelope, title=title, report=cfg.get("report") or spec.report,
-        training_data={"adapter": cfg["data"]["adapter"], "root": str(cfg["data"]["root"]),
-                       "synthetic": cfg["data"].get("synthetic"), "n_cases": len(cases)},
+        name,
+        recipe,
+        envelope,
+        title=title,
+        report=cfg.get("report") or spec.report,
+        training_data={
+            "adapter": cfg["data"]["adapter"],
+            "root": str(cfg["data"]["root"]),
+            "synthetic": cfg["data"].get("synthetic"),
+            "n_cases": len(cases),
+        },
         split={k: sorted({c.patient_id for c in v}) for k, v in split.items()},
-        loss=cfg["loss"], optimiser=cfg["optim"], augmentation=cfg["augment"],
+        loss=cfg["loss"],
+        optimiser=cfg["optim"],
+        augmentation=cfg["augment"],
         command="python -m medseg_core.train " + " ".join(shlex.quote(a) for a in (argv or [])),
         seed=int(cfg["train"]["seed"]),
-        notes=(f"Demo configuration ({cfg['variant']}), narrower than the paper where CPU training demands it; "
-               "trained and evaluated on synthetic phantoms only.") if cfg["variant"] == "demo" else "",
-        notice=RESEARCH_NOTICE)
+        notes=(
+            f"Demo configuration ({cfg['variant']}), narrower than the paper where CPU training demands it; "
+            "trained and evaluated on synthetic phantoms only."
+        )
+        if cfg["variant"] == "demo"
+        else "",
+        notice=RESEARCH_NOTICE,
+    )
 
 
 def _state_hash(model) -> str:
@@ -1134,8 +1288,12 @@ def _cascade_crops(arrays: dict, model) -> dict:
     for i in range(len(arrays["x"])):
         box = lesion_crop_box(arrays["y"][i, 0]) or (0, arrays["x"].shape[-2], 0, arrays["x"].shape[-1])
         xs.append(square_crop(torch.from_numpy(arrays["x"][i]), box, model.crop_size).numpy())
-    return {"x": np.stack(xs).astype(np.float32), "label": arrays["label"], "clinical": arrays["clinical"],
-            "y": np.zeros((len(xs), 1), np.float32)}
+    return {
+        "x": np.stack(xs).astype(np.float32),
+        "label": arrays["label"],
+        "clinical": arrays["clinical"],
+        "y": np.zeros((len(xs), 1), np.float32),
+    }
 
 
 def evaluate_split(model, card: dict, cfg, cases, device) -> dict:
@@ -1166,8 +1324,14 @@ def _test_metrics(lm: LoadedModel, cases, label_map: dict) -> dict:
     return out
 
 
-def recalibrate_bn(ref: str | Path, config: str | Path, reason: str = "", out: str | Path | None = None,
-                   device: str = "cpu", argv: list[str] | None = None) -> dict:
+def recalibrate_bn(
+    ref: str | Path,
+    config: str | Path,
+    reason: str = "",
+    out: str | Path | None = None,
+    device: str = "cpu",
+    argv: list[str] | None = None,
+) -> dict:
     """Re-estimate the batch-norm running statistics of a trained checkpoint on its own training
     split and write it again (weights, card with a ``repairs`` entry); no weight changes.
 
@@ -1194,8 +1358,10 @@ def recalibrate_bn(ref: str | Path, config: str | Path, reason: str = "", out: s
     builder = card["recipe"]["architecture"]["builder"]
     cfg = load_config(config)
     if cfg["model"] != builder:
-        raise InputError(f"The config '{config}' trains '{cfg['model']}' but the checkpoint '{ckpt.name}' is a "
-                         f"'{builder}'; give the config it was trained with.")
+        raise InputError(
+            f"The config '{config}' trains '{cfg['model']}' but the checkpoint '{ckpt.name}' is a "
+            f"'{builder}'; give the config it was trained with."
+        )
     td = card.get("training_data") or {}
     for k in ("adapter", "root", "synthetic"):  # the card records the data the checkpoint saw
         if td.get(k) is not None:
@@ -1211,8 +1377,10 @@ def recalibrate_bn(ref: str | Path, config: str | Path, reason: str = "", out: s
     split = {k: [c for c in cases if c.patient_id in set(v)] for k, v in split_ids.items()}
     found = {c.patient_id for c in split["train"]}
     if found != set(split_ids["train"]):
-        raise InputError(f"{len(set(split_ids['train']) - found)} training patient(s) of '{ckpt.name}' are not in "
-                         f"{cfg['data']['root']}; re-estimate on the data it was trained on.")
+        raise InputError(
+            f"{len(set(split_ids['train']) - found)} training patient(s) of '{ckpt.name}' are not in "
+            f"{cfg['data']['root']}; re-estimate on the data it was trained on."
+        )
     label_map = cfg["data"].get("label_map", {})
     model = lm.module
     test_before = _test_metrics(lm, split.get("test") or [], label_map) if split.get("test") else {}
@@ -1223,11 +1391,17 @@ def recalibrate_bn(ref: str | Path, config: str | Path, reason: str = "", out: s
     if kind == "seg3d":
         roi = tuple(cfg["roi"] or size)
         crop = crop_config(cfg)
-        xs, _ = TT.sample_crops(TT.crop_sources(prepare_3d(split["train"], spec, cfg), roi, crop),
-                                int(cfg["samples_per_volume"]), TT.seed_of(seed, 0, 0, TT.SALT_CROP), crop)
+        xs, _ = TT.sample_crops(
+            TT.crop_sources(prepare_3d(split["train"], spec, cfg), roi, crop),
+            int(cfg["samples_per_volume"]),
+            TT.seed_of(seed, 0, 0, TT.SALT_CROP),
+            crop,
+        )
         arrays = {"x": xs.astype(np.float32)}
-        what = (f"{len(xs)} random {' x '.join(map(str, roi))} crops ({cfg['samples_per_volume']} per training volume, "
-                f"foreground:background {crop['pos']:g}:{crop['neg']:g}, MONAI RandCropByPosNegLabeld)")
+        what = (
+            f"{len(xs)} random {' x '.join(map(str, roi))} crops ({cfg['samples_per_volume']} per training volume, "
+            f"foreground:background {crop['pos']:g}:{crop['neg']:g}, MONAI RandCropByPosNegLabeld)"
+        )
     else:
         arrays = prepare_2d(split["train"], spec, cfg, size, True)
         va = prepare_2d(split["val"], spec, cfg, size, False) if split.get("val") else None
@@ -1237,8 +1411,10 @@ def recalibrate_bn(ref: str | Path, config: str | Path, reason: str = "", out: s
             net, part, val_kind = cast(torch.nn.Module, model.classifier), "classifier", "cascade_cls"
             arrays = _cascade_crops(arrays, model)
             va = _cascade_crops(va, model) if va is not None else None
-            what = (f"{len(arrays['x'])} reference-mask lesion crops of the training split "
-                    f"({model.crop_size} x {model.crop_size}, as train._cascade_crops makes them)")
+            what = (
+                f"{len(arrays['x'])} reference-mask lesion crops of the training split "
+                f"({model.crop_size} x {model.crop_size}, as train._cascade_crops makes them)"
+            )
     bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
         raise InputError(f"'{ckpt.name}' ({part}) has no batch-norm layer; there are no statistics to re-estimate.")
@@ -1278,14 +1454,19 @@ def recalibrate_bn(ref: str | Path, config: str | Path, reason: str = "", out: s
     old_sha = card["sha256"]
     entry = {
         "date": datetime.date.today().isoformat(),
-        "what": (f"batch-norm running statistics of the {part} ({len(bns)} layers) re-estimated: reset, then a "
-                 "cumulative average (momentum None) over one pass of forward passes in batches of "
-                 f"{bs} in train mode (torch seed {seed}), no gradient; no weight changed"),
-        "inputs": what, "n_inputs": int(n), "why": reason or "the stored running statistics did not match the weights",
+        "what": (
+            f"batch-norm running statistics of the {part} ({len(bns)} layers) re-estimated: reset, then a "
+            "cumulative average (momentum None) over one pass of forward passes in batches of "
+            f"{bs} in train mode (torch seed {seed}), no gradient; no weight changed"
+        ),
+        "inputs": what,
+        "n_inputs": int(n),
+        "why": reason or "the stored running statistics did not match the weights",
         "old_sha256": old_sha,
-        "command": "python -m medseg_core.train " + " ".join(shlex.quote(a) for a in (argv or [
-            "--recalibrate-bn", str(ref), "--config", str(config)])),
-        "test_before": test_before, "test_after": test_after,
+        "command": "python -m medseg_core.train "
+        + " ".join(shlex.quote(a) for a in (argv or ["--recalibrate-bn", str(ref), "--config", str(config)])),
+        "test_before": test_before,
+        "test_after": test_after,
     }
     if val_before:
         entry["validation_before"], entry["validation_after"] = val_before, val_after
@@ -1302,7 +1483,8 @@ def recalibrate_bn(ref: str | Path, config: str | Path, reason: str = "", out: s
         buffers = {prefix + k for k, _ in net.named_buffers()}
         before, after = load_file(str(ckpt.weights)), load_file(str(staged))
         differ = sorted(set(after) ^ set(before)) or [
-            k for k in after if k not in buffers and not torch.equal(after[k], before[k])]
+            k for k in after if k not in buffers and not torch.equal(after[k], before[k])
+        ]
         if differ:
             raise RuntimeError(f"the rewritten checkpoint differs outside the batch-norm statistics: {differ[:5]}")
         path = directory / staged.name
@@ -1314,8 +1496,11 @@ def recalibrate_bn(ref: str | Path, config: str | Path, reason: str = "", out: s
         import shutil
 
         shutil.rmtree(staging, ignore_errors=True)
-    print(f"[{card['name']}] re-estimated {len(bns)} batch-norm layers of the {part} on {what}; "
-          f"test before {test_before}, after {test_after}; wrote {path} (was sha256 {old_sha[:12]})", flush=True)
+    print(
+        f"[{card['name']}] re-estimated {len(bns)} batch-norm layers of the {part} on {what}; "
+        f"test before {test_before}, after {test_after}; wrote {path} (was sha256 {old_sha[:12]})",
+        flush=True,
+    )
     return entry
 
 
@@ -1335,9 +1520,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Train a registry model (see the module docstring).")
     ap.add_argument("--config", required=True)
     ap.add_argument("--resume", default=None, help="a <name>_last.safetensors written by an earlier run")
-    ap.add_argument("--recalibrate-bn", default=None, metavar="CHECKPOINT",
-                    help="instead of training: re-estimate this checkpoint's batch-norm running statistics on its "
-                         "card's training split (no weight changes) and write it again (see recalibrate_bn)")
+    ap.add_argument(
+        "--recalibrate-bn",
+        default=None,
+        metavar="CHECKPOINT",
+        help="instead of training: re-estimate this checkpoint's batch-norm running statistics on its "
+        "card's training split (no weight changes) and write it again (see recalibrate_bn)",
+    )
     ap.add_argument("--reason", default="", help="with --recalibrate-bn: why, recorded in the card's repairs entry")
     ap.add_argument("--out", default=None, help="with --recalibrate-bn: folder to write to (default: in place)")
     ap.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.epochs=5 optim.lr=1e-4")

@@ -16,6 +16,7 @@ The data-side features (``data.drop_unlabelled``, ``data.split.stratify``) live 
 :mod:`medseg_core.data.datasets` (:func:`~medseg_core.data.datasets.drop_unlabelled`,
 :func:`~medseg_core.data.datasets.stratified_split`).
 """
+
 from __future__ import annotations
 
 import math
@@ -82,8 +83,16 @@ def phases_of(cfg: dict) -> list[dict]:
             raise InputError(f"train.phases[{i}] gives no 'epochs'.")
         optim = {**(cfg.get("optim") or {}), "scheduler": None, **(ph.get("optim") or {})}
         epochs = int(ph["epochs"]) if cap is None else min(int(ph["epochs"]), int(cap))
-        out.append({"name": ph.get("name") or f"phase{i + 1}", "epochs": epochs, "optim": optim,
-                    "freeze": ph.get("freeze"), "unfreeze": ph.get("unfreeze"), "index": i})
+        out.append(
+            {
+                "name": ph.get("name") or f"phase{i + 1}",
+                "epochs": epochs,
+                "optim": optim,
+                "freeze": ph.get("freeze"),
+                "unfreeze": ph.get("unfreeze"),
+                "index": i,
+            }
+        )
     return out
 
 
@@ -139,7 +148,7 @@ def apply_freeze(model: nn.Module, phase: dict) -> list[str]:
 
     for key, flag in (("freeze", False), ("unfreeze", True)):
         what = phase.get(key)
-        for item in ([what] if isinstance(what, str) else list(what or [])):
+        for item in [what] if isinstance(what, str) else list(what or []):
             if key == "unfreeze" and item == "encoder_last":
                 mod = encoder_last_conv(model)[1]
             else:
@@ -154,16 +163,27 @@ def apply_freeze(model: nn.Module, phase: dict) -> list[str]:
 REPORT002_AUGMENT: dict[str, Any] = {
     "name": "report002",
     "shift_scale_rotate": {"shift": 0.03, "scale": 0.1, "rotate_deg": 20.0, "p": 0.85},
-    "distort": {"p": 0.2, "elastic": {"alpha": 1.0, "sigma": 50.0, "alpha_affine": 10.0, "weight": 0.5},
-                "grid": {"num_steps": 5, "distort_limit": 0.1, "weight": 0.5}},
-    "noise_blur": {"p": 0.5, "noise_var": [0.0001, 0.004], "noise_scale": 255.0, "noise_weight": 0.7,
-                   "blur_limit": 3, "blur_weight": 0.3},
-    "flip_mode": "any", "flip_p": 0.5,
+    "distort": {
+        "p": 0.2,
+        "elastic": {"alpha": 1.0, "sigma": 50.0, "alpha_affine": 10.0, "weight": 0.5},
+        "grid": {"num_steps": 5, "distort_limit": 0.1, "weight": 0.5},
+    },
+    "noise_blur": {
+        "p": 0.5,
+        "noise_var": [0.0001, 0.004],
+        "noise_scale": 255.0,
+        "noise_weight": 0.7,
+        "blur_limit": 3,
+        "blur_weight": 0.3,
+    },
+    "flip_mode": "any",
+    "flip_p": 0.5,
 }
 
 
-def _elastic(img: np.ndarray, masks: np.ndarray, rng: np.random.Generator, alpha: float, sigma: float,
-             alpha_affine: float) -> tuple[np.ndarray, np.ndarray]:
+def _elastic(
+    img: np.ndarray, masks: np.ndarray, rng: np.random.Generator, alpha: float, sigma: float, alpha_affine: float
+) -> tuple[np.ndarray, np.ndarray]:
     """albumentations 1.x ``ElasticTransform(alpha, sigma, alpha_affine)`` on ``(1, H, W)`` /
     ``(C, H, W)``: a random affine moving three points (centre +- a third of the shorter side) by
     up to ``alpha_affine`` pixels (scikit-image ``AffineTransform`` estimated from them), then a
@@ -229,11 +249,16 @@ def augment_one(img: np.ndarray, masks: np.ndarray, a: dict, seed: int) -> tuple
     h, w = img.shape[-2:]
     ssr = a.get("shift_scale_rotate") or {}
     if ssr and rng.random() < float(ssr.get("p", 0.0)):
-        t = RandAffined(keys=["image", "label"], prob=1.0, rotate_range=math.radians(float(ssr.get("rotate_deg", 0))),
-                        translate_range=(float(ssr.get("shift", 0)) * h, float(ssr.get("shift", 0)) * w),
-                        scale_range=(float(ssr.get("scale", 0)),) * 2, mode=("bilinear", "nearest"),
-                        padding_mode="zeros")
-        t.set_random_state(int(rng.integers(2 ** 31)))
+        t = RandAffined(
+            keys=["image", "label"],
+            prob=1.0,
+            rotate_range=math.radians(float(ssr.get("rotate_deg", 0))),
+            translate_range=(float(ssr.get("shift", 0)) * h, float(ssr.get("shift", 0)) * w),
+            scale_range=(float(ssr.get("scale", 0)),) * 2,
+            mode=("bilinear", "nearest"),
+            padding_mode="zeros",
+        )
+        t.set_random_state(int(rng.integers(2**31)))
         d = t({"image": torch.from_numpy(img), "label": torch.from_numpy(masks)})
         img, masks = np.asarray(d["image"]), np.asarray(d["label"])
     dist = a.get("distort") or {}
@@ -241,13 +266,25 @@ def augment_one(img: np.ndarray, masks: np.ndarray, a: dict, seed: int) -> tuple
         el, gr = dist.get("elastic") or {}, dist.get("grid") or {}
         weights = [float(el.get("weight", 0.5)) if el else 0.0, float(gr.get("weight", 0.5)) if gr else 0.0]
         if _one_of(rng, weights) == 0:
-            img, masks = _elastic(img, masks, rng, float(el.get("alpha", 1.0)), float(el.get("sigma", 50.0)),
-                                  float(el.get("alpha_affine", 10.0)))
+            img, masks = _elastic(
+                img,
+                masks,
+                rng,
+                float(el.get("alpha", 1.0)),
+                float(el.get("sigma", 50.0)),
+                float(el.get("alpha_affine", 10.0)),
+            )
         else:
             lim = float(gr.get("distort_limit", 0.1))
-            t = RandGridDistortiond(keys=["image", "label"], num_cells=int(gr.get("num_steps", 5)), prob=1.0,
-                                    distort_limit=(-lim, lim), mode=("bilinear", "nearest"), padding_mode="zeros")
-            t.set_random_state(int(rng.integers(2 ** 31)))
+            t = RandGridDistortiond(
+                keys=["image", "label"],
+                num_cells=int(gr.get("num_steps", 5)),
+                prob=1.0,
+                distort_limit=(-lim, lim),
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            )
+            t.set_random_state(int(rng.integers(2**31)))
             d = t({"image": torch.from_numpy(img), "label": torch.from_numpy(masks)})
             img, masks = np.asarray(d["image"]), np.asarray(d["label"])
     nb = a.get("noise_blur") or {}
@@ -271,7 +308,7 @@ def augment_report002(x: torch.Tensor, ys: list[torch.Tensor], a: dict, gen: tor
     """:func:`augment_one` over a batch ``x`` ``(N, 1, H, W)`` and its mask tensors ``ys`` (each
     ``(N, C, H, W)``; all moved together), one seed per slice drawn from ``gen``. The signature of
     :func:`medseg_core.train.augment_2d`."""
-    seeds = torch.randint(0, 2 ** 31 - 1, (x.shape[0],), generator=gen).tolist()
+    seeds = torch.randint(0, 2**31 - 1, (x.shape[0],), generator=gen).tolist()
     sizes = [y.shape[1] for y in ys]
     xs, yss = [], []
     for i, s in enumerate(seeds):
@@ -283,7 +320,7 @@ def augment_report002(x: torch.Tensor, ys: list[torch.Tensor], a: dict, gen: tor
     mo = torch.from_numpy(np.stack(yss))
     out, k = [], 0
     for n, y in zip(sizes, ys, strict=True):
-        out.append(mo[:, k:k + n].to(y.dtype))
+        out.append(mo[:, k : k + n].to(y.dtype))
         k += n
     return xo, out
 
