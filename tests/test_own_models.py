@@ -19,7 +19,7 @@ from medseg_core.checkpoints import CheckpointError, find_checkpoint, list_check
 from medseg_core.data import datasets as D
 from medseg_core.inference import PredictOptions, predict
 from medseg_core.models import get_spec
-from medseg_core.preprocessing import SliceResize, preprocess
+from medseg_core.preprocessing import SliceResize, plan_geometry, preprocess
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +50,12 @@ def test_trained_card_is_the_recipe(m3_run):
     assert card["schema"] == SCHEMA and card["name"] == "000_m3"
     r = card["recipe"]
     assert r["architecture"]["builder"] == "ovary_attention_unet" and r["architecture"]["kwargs"]["attention"] is True
-    assert r["preprocessing"]["name"] == "raovseg" != get_spec("ovary_attention_unet").preprocessing
+    # report 000: RAovSeg with local contrast enhancement, clipped slice-wise, after the 0.35 mm geometry step
+    assert r["preprocessing"]["name"] == "raovseg_sharp" != get_spec("ovary_attention_unet").preprocessing
+    assert r["preprocessing"]["params"]["clip_scope"] == "slice"
+    assert r["geometry"] == {"inplane_mm": 0.35, "crop": "body", "margin_mm": 10.0}
     assert r["input_size"] == [32, 32] and r["side_masking"] is True
-    assert card["envelope"]["spacing_mm"][0] == [6.0, 6.0] and card["envelope"]["intensity"]["after"] == "raovseg"
+    assert card["envelope"]["spacing_mm"][0] == [6.0, 6.0] and card["envelope"]["intensity"]["after"] == "raovseg_sharp"
 
 
 def test_load_by_path_folder_and_name(m3_run, monkeypatch):
@@ -62,7 +65,7 @@ def test_load_by_path_folder_and_name(m3_run, monkeypatch):
     by_folder = load_model(run)
     by_card = load_model(str(run / "000_m3.json"))
     assert by_path.name == by_folder.name == by_card.name == "000_m3"
-    assert by_path.spec.preprocessing == "raovseg" and by_path.size == (32, 32)
+    assert by_path.spec.preprocessing == "raovseg_sharp" and by_path.size == (32, 32)
     monkeypatch.setenv("MEDSEG_MODELS", str(tmp / "runs"))
     assert [c.name for c in list_checkpoints()] == ["000_m3"]
     assert load_model("000_m3").spec.builder_name == "ovary_attention_unet"
@@ -71,7 +74,8 @@ def test_load_by_path_folder_and_name(m3_run, monkeypatch):
 
 
 def test_prediction_uses_raovseg_preprocessing(m3_run):
-    """Probe what the network is fed: RAovSeg-remapped slices on the model grid, not z-scores."""
+    """Probe what the network is fed: the card's recipe computed independently (0.35 mm geometry step,
+    slice-wise clipped and sharpened RAovSeg, resized to the model grid), not z-scores."""
     tmp, data = m3_run
     lm = load_model(tmp / "runs" / "000_m3" / "000_m3.safetensors")
     vol, _ = D.ut_endomri_d2(data)[0].load()
@@ -82,9 +86,13 @@ def test_prediction_uses_raovseg_preprocessing(m3_run):
     finally:
         h.remove()
     fed = np.concatenate(seen)[:, 0]
-    expected = SliceResize(vol.shape[1:], (32, 32)).forward(preprocess("raovseg", vol.array))
+    work = plan_geometry(vol, **lm.spec.geometry).volume(vol)
+    assert work.spacing[1] == pytest.approx(0.35) and work.shape != vol.shape
+    expected = SliceResize(work.shape[1:], (32, 32)).forward(
+        preprocess("raovseg_sharp", work.array, **lm.spec.preprocessing_params)
+    )
     np.testing.assert_allclose(fed, expected, atol=1e-5)
-    zscore = SliceResize(vol.shape[1:], (32, 32)).forward(preprocess("plain", vol.array))
+    zscore = SliceResize(work.shape[1:], (32, 32)).forward(preprocess("plain", work.array))
     assert np.abs(fed - zscore).max() > 0.5 and fed.min() >= 0.0 and fed.max() <= 1.0
 
 
@@ -138,7 +146,7 @@ def test_opened_in_the_app_by_path(m3_run, monkeypatch):
     at.button[0].click().run()  # Run model
     assert not at.exception
     pred = at.session_state["predictions"].get(at.session_state["current"])
-    assert pred.model == "000_m3" and pred.options.preprocessing == "raovseg"
+    assert pred.model == "000_m3" and pred.options.preprocessing == "raovseg_sharp"
 
 
 def test_old_cards_migrate_and_unknown_schemas_are_refused():
