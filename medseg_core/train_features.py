@@ -53,7 +53,7 @@ def sampler_order(weights, seed: int, num_samples: int | None = None) -> np.ndar
 
     w = torch.as_tensor(np.asarray(weights, np.float64))
     n = int(num_samples or len(w))
-    s = WeightedRandomSampler(w, n, replacement=True, generator=torch.Generator().manual_seed(int(seed)))
+    s = WeightedRandomSampler(w.tolist(), n, replacement=True, generator=torch.Generator().manual_seed(int(seed)))
     return np.fromiter(iter(s), dtype=np.int64, count=n)
 
 
@@ -111,7 +111,7 @@ def encoder_last_conv(model: nn.Module) -> tuple[str, nn.Module]:
     enc = getattr(model, "encoder", None)
     if enc is None:
         raise InputError("unfreeze: encoder_last needs a model with an 'encoder' (an smp model).")
-    names = {m: n for n, m in enc.named_modules() if isinstance(m, nn.Conv2d)}
+    names: dict[nn.Conv2d, str] = {m: n for n, m in enc.named_modules() if isinstance(m, nn.Conv2d)}
     if not names:
         raise InputError("The model's encoder has no Conv2d.")
     called: list[nn.Module] = []
@@ -127,7 +127,7 @@ def encoder_last_conv(model: nn.Module) -> tuple[str, nn.Module]:
             h.remove()
         enc.train(was)
     last = called[-1]
-    return f"encoder.{names[last]}", last
+    return f"encoder.{next(n for m, n in names.items() if m is last)}", last
 
 
 def apply_freeze(model: nn.Module, phase: dict) -> list[str]:
@@ -276,17 +276,17 @@ def augment_one(img: np.ndarray, masks: np.ndarray, a: dict, seed: int) -> tuple
             )
         else:
             lim = float(gr.get("distort_limit", 0.1))
-            t = RandGridDistortiond(
+            grid = RandGridDistortiond(
                 keys=["image", "label"],
                 num_cells=int(gr.get("num_steps", 5)),
                 prob=1.0,
                 distort_limit=(-lim, lim),
-                mode=("bilinear", "nearest"),
+                mode=("bilinear", "nearest"),  # type: ignore[arg-type]  # one per key (MONAI's ensure_tuple_rep)
                 padding_mode="zeros",
             )
-            t.set_random_state(int(rng.integers(2**31)))
-            d = t({"image": torch.from_numpy(img), "label": torch.from_numpy(masks)})
-            img, masks = np.asarray(d["image"]), np.asarray(d["label"])
+            grid.set_random_state(int(rng.integers(2**31)))
+            dg = grid({"image": torch.from_numpy(img), "label": torch.from_numpy(masks)})
+            img, masks = np.asarray(dg["image"]), np.asarray(dg["label"])
     nb = a.get("noise_blur") or {}
     if nb and rng.random() < float(nb.get("p", 0.0)):
         if _one_of(rng, [float(nb.get("noise_weight", 0.7)), float(nb.get("blur_weight", 0.3))]) == 0:
@@ -298,7 +298,12 @@ def augment_one(img: np.ndarray, masks: np.ndarray, a: dict, seed: int) -> tuple
             img = np.stack([ndimage.uniform_filter(ch, size=k, mode="mirror") for ch in img])
     mode = a.get("flip_mode", "none")
     if mode != "none" and rng.random() < float(a.get("flip_p", 0.5)):
-        axes = {"horizontal": [(-1,)], "vertical": [(-2,)], "any": [(-1,), (-2,), (-2, -1)]}[mode]
+        by_mode: dict[str, list[tuple[int, ...]]] = {
+            "horizontal": [(-1,)],
+            "vertical": [(-2,)],
+            "any": [(-1,), (-2,), (-2, -1)],
+        }
+        axes = by_mode[mode]
         ax = axes[int(rng.integers(len(axes)))]
         img, masks = np.flip(img, ax), np.flip(masks, ax)
     return np.ascontiguousarray(img, np.float32), (np.ascontiguousarray(masks) > 0.5).astype(np.float32)
