@@ -24,7 +24,7 @@ Rules (where the issue is silent, what a careful hospital web application does):
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 #: the one sentence a signed-in user outside the allow-list sees
@@ -39,7 +39,7 @@ _KEYS = {
 }
 
 
-def _norm_email(value) -> str | None:
+def _norm_email(value: object) -> str | None:
     """Lower-cased e-mail with exactly one ``@`` and something on both sides, else None."""
     if not isinstance(value, str):
         return None
@@ -50,7 +50,7 @@ def _norm_email(value) -> str | None:
     return e
 
 
-def _items(value) -> list[str]:
+def _items(value: str | Iterable[object] | None) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
@@ -120,7 +120,7 @@ class Access:
         return self.identity is not None and self.identity.admin
 
 
-def _false(v) -> bool:
+def _false(v: object) -> bool:
     return v is False or (isinstance(v, str) and v.strip().lower() == "false")
 
 

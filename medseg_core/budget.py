@@ -119,7 +119,7 @@ class PackedMask(_Compact):
     """A 0/1 uint8 volume stored as bits along the last axis (``np.packbits``), 8 voxels a byte.
     An all-zero mask stores nothing. ``nbytes`` is the stored size."""
 
-    def __init__(self, mask: np.ndarray):
+    def __init__(self, mask: np.ndarray) -> None:
         m = np.asarray(mask)
         self.shape = tuple(m.shape)
         self.dtype = np.dtype(np.uint8)
@@ -169,7 +169,7 @@ class QuantisedMap(_Compact):
     The largest error is ``top / 510``. ``top`` defaults to 1 (probabilities); ``top=None`` takes
     the map's own maximum (uncertainty maps), which ``max()`` then returns exactly."""
 
-    def __init__(self, values: np.ndarray, top: float | None = 1.0):
+    def __init__(self, values: np.ndarray, top: float | None = 1.0) -> None:
         v = np.asarray(values, np.float32)
         self.shape = tuple(v.shape)
         self.dtype = np.dtype(np.float32)
@@ -224,7 +224,7 @@ def prediction_bytes(pred) -> int:
     fields (e.g. one empty mask) is counted once."""
     seen: dict[int, int] = {}
 
-    def add(a):
+    def add(a) -> None:
         if a is not None and id(a) not in seen:
             seen[id(a)] = array_bytes(a)
 
@@ -328,7 +328,7 @@ class MemoryBudget:
         idle_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         gone_grace_s: float = 120.0,
-    ):
+    ) -> None:
         self.limit = int(limit_bytes if limit_bytes is not None else default_limit())
         self.idle_seconds = float(idle_seconds if idle_seconds is not None else default_idle_seconds())
         self.clock = clock

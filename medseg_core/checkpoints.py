@@ -21,7 +21,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Never
 
 import torch
 
@@ -383,7 +383,7 @@ def resolve_device(device: str = "auto") -> str:
 
 
 # ----------------------------------------------------------------------------- command line
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """``python -m medseg_core.checkpoints import-bundle DIR [--out DIR] [--name NAME] [--force]``:
     convert a MONAI Model Zoo bundle (UNet, UNETR or VNet) into a safetensors checkpoint with its
     model card (see :mod:`medseg_core.bundle`). Errors are one sentence on stderr, exit status 2."""
@@ -391,7 +391,7 @@ def main(argv=None) -> int:
     import sys
 
     class _Parser(argparse.ArgumentParser):
-        def error(self, message):  # one line instead of argparse's usage block
+        def error(self, message: str) -> Never:  # one line instead of argparse's usage block
             sys.stderr.write(f"Usage: {message}; see --help.\n")
             raise SystemExit(2)
 

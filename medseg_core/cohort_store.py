@@ -244,7 +244,7 @@ def _frame(t: pa.Table) -> pd.DataFrame:
 class RowTable:
     """A cohort table in columns, with the gallery's filter, sort and counts (module docstring)."""
 
-    def __init__(self, df: pd.DataFrame, tag_matrix: np.ndarray | None = None, tag_names: list | None = None):
+    def __init__(self, df: pd.DataFrame, tag_matrix: np.ndarray | None = None, tag_names: list | None = None) -> None:
         self.frame = df.reset_index(drop=True)
         if tag_matrix is not None:
             self.__dict__["_tags"] = (tag_matrix, list(tag_names or []))

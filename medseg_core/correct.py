@@ -335,7 +335,7 @@ class Edit:
 class History:
     """Bounded undo / redo over :class:`Edit` records (only the changed voxels are kept)."""
 
-    def __init__(self, max_steps: int = 50):
+    def __init__(self, max_steps: int = 50) -> None:
         self.max_steps = int(max_steps)
         self._undo: deque[Edit] = deque(maxlen=self.max_steps)
         self._redo: list[Edit] = []
@@ -454,7 +454,9 @@ def compare_masks(model: np.ndarray, corrected: np.ndarray, voxel_ml: float) -> 
 class Correction:
     """A mask being corrected: the model's masks (kept), working copies, the history."""
 
-    def __init__(self, base_name: str, masks: dict[str, np.ndarray], spacing: Sequence[float], max_steps: int = 50):
+    def __init__(
+        self, base_name: str, masks: dict[str, np.ndarray], spacing: Sequence[float], max_steps: int = 50
+    ) -> None:
         self.base_name = str(base_name)
         self.spacing = tuple(float(s) for s in spacing)
         self.base = {k: np.asarray(v) for k, v in masks.items()}
@@ -681,7 +683,7 @@ def load_correction(path: str | Path, like) -> dict[str, np.ndarray]:
 class _CorrectedCase:
     """A dataset case whose reference is replaced by a saved correction (delegates everything else)."""
 
-    def __init__(self, case, path: Path, label: str | None):
+    def __init__(self, case, path: Path, label: str | None) -> None:
         self._case, self.correction_path, self._label = case, Path(path), label
 
     def __getattr__(self, name):

@@ -16,7 +16,7 @@ no antialiasing samples the same source positions as cv2's INTER_LINEAR). ``mode
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,10 +39,10 @@ def resize_target(y: torch.Tensor, size: Sequence[int], mode: str = "bilinear_fl
 
 
 def deep_supervision_loss(
-    loss_fn,
+    loss_fn: Callable[..., torch.Tensor],
     outputs: Sequence[torch.Tensor],
     y: torch.Tensor,
-    non_expert=None,
+    non_expert: torch.Tensor | None = None,
     weights: Sequence[float] | None = None,
     ks: Sequence[int] | None = None,
     mode: str = "bilinear_floor",

@@ -15,12 +15,18 @@ annotation removal (:func:`medseg_core.ultrasound.remove_annotations`) does.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .checkpoints import LoadedModel
+
+
 import numpy as np
 
 from .io import Volume
 
 
-def load_denoiser(ref: str):
+def load_denoiser(ref: str) -> LoadedModel:
     """The denoiser checkpoint ``ref`` loaded once per process (a restoration model, or InputError)."""
     from .checkpoints import load_auxiliary
 
@@ -32,7 +38,7 @@ def load_denoiser(ref: str):
     )
 
 
-def apply_denoiser(volume: Volume, ref) -> Volume:
+def apply_denoiser(volume: Volume, ref: str | LoadedModel) -> Volume:
     """``volume`` with its annotations removed by the denoiser ``ref`` (a checkpoint reference or a
     loaded restoration model): same grid and geometry, the restored intensities, and
     ``meta["annotation_removed"]`` naming the denoiser."""

@@ -156,7 +156,7 @@ class PredictionFolder:
         name: str | None = None,
         labels: dict[int, str] | None = None,
         family: str | None = None,
-    ):
+    ) -> None:
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise InputError(f"The predictions folder '{directory}' does not exist.")

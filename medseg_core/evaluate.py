@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,7 +46,7 @@ from .protocols import scorer as protocol_scorer
 from .tables import write_csv
 
 
-def case_rows(results) -> tuple[list[dict], list[dict]]:
+def case_rows(results: Iterable[CaseResult]) -> tuple[list[dict], list[dict]]:
     """per_case.csv and per_slice.csv rows of engine results."""
     rows, slices = [], []
     for res in results:
@@ -139,7 +140,7 @@ def split_part(cases: list, checkpoint: str | None, part: str) -> list:
     return chosen
 
 
-def main(argv=None) -> dict | None:
+def main(argv: list[str] | None = None) -> dict | None:
     ap = argparse.ArgumentParser(
         description="Evaluate a checkpoint or a folder of predictions on a dataset (see the module docstring)."
     )

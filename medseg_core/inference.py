@@ -553,7 +553,7 @@ def _run_3d(loaded: LoadedModel, x: np.ndarray, volume: Volume, options: Predict
 
 
 # ----------------------------------------------------------------------------- finishing
-def _finish(pred: Prediction, loaded: LoadedModel, volume: Volume, options: PredictOptions, out: dict, timings):
+def _finish(pred: Prediction, loaded: LoadedModel, volume: Volume, options: PredictOptions, out: dict, timings) -> None:
     spec = loaded.spec
     thr = options.threshold if options.threshold is not None else spec.threshold
     t = time.perf_counter()

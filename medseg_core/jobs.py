@@ -43,7 +43,7 @@ def start_cohort(
         if is_running(out):
             return False
 
-        def work():
+        def work() -> None:
             try:
                 from .data import datasets as D
 

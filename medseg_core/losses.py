@@ -43,7 +43,7 @@ class SoftDiceLoss(nn.Module):
     Equals MONAI ``DiceLoss(sigmoid=True, smooth_nr=smooth, smooth_dr=smooth)``.
     """
 
-    def __init__(self, smooth: float = 1e-5):
+    def __init__(self, smooth: float = 1e-5) -> None:
         super().__init__()
         self.smooth = smooth
 
@@ -69,7 +69,7 @@ class SmpMultilabelDiceLoss(nn.Module):
     included): on the same tensors the two differ (tests/test_report002.py).
     """
 
-    def __init__(self, smooth: float = 0.0, eps: float = 1e-7):
+    def __init__(self, smooth: float = 0.0, eps: float = 1e-7) -> None:
         super().__init__()
         from segmentation_models_pytorch.losses import DiceLoss
 
@@ -97,7 +97,7 @@ class CompoundLoss(nn.Module):
     smoothing, no ignored label present).
     """
 
-    def __init__(self, dice_weight: float = 0.4, bce_weight: float = 0.6, dice: str = "per_sample"):
+    def __init__(self, dice_weight: float = 0.4, bce_weight: float = 0.6, dice: str = "per_sample") -> None:
         super().__init__()
         if dice not in COMPOUND_DICE:
             raise ValueError(f"dice must be one of {', '.join(COMPOUND_DICE)}")
@@ -124,7 +124,7 @@ class FocalTverskyLoss(nn.Module):
         gamma: float = 4.0 / 3.0,
         exponent: str = "gamma",
         smooth: float = 1e-5,
-    ):
+    ) -> None:
         super().__init__()
         if exponent not in ("gamma", "inverse"):
             raise ValueError("exponent must be 'gamma' or 'inverse'")
@@ -153,7 +153,7 @@ class FocalLoss(nn.Module):
     which equals MONAI ``FocalLoss(alpha=alpha, use_softmax=False)``.
     """
 
-    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, balanced: bool = False):
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, balanced: bool = False) -> None:
         super().__init__()
         self.alpha, self.gamma, self.balanced = alpha, gamma, balanced
 
@@ -191,7 +191,7 @@ class AGBCELoss(nn.Module):
     ``forward(logits, expert, non_expert)``.
     """
 
-    def __init__(self, w: float = 4.0, ks: int = 5, beta: float = 1.0):
+    def __init__(self, w: float = 4.0, ks: int = 5, beta: float = 1.0) -> None:
         super().__init__()
         self.w, self.ks, self.beta = w, ks, beta
 
@@ -271,7 +271,7 @@ class AdaptiveFocalLoss(nn.Module):
         variability: str | None = None,
         n_pixels: str | None = None,
         gamma_min: float = 1e-3,
-    ):
+    ) -> None:
         super().__init__()
         if reading not in self.READINGS:
             raise ValueError(f"reading must be one of {', '.join(self.READINGS)}")
@@ -331,7 +331,7 @@ class MultiClassFocalLoss(nn.Module):
     ``alpha`` weights multiply each sample's term. Report 001 uses focal loss for the 8 MMOTU classes
     (Appendix B) and names no gamma; 2 is Lin et al.'s default. ``forward(logits (N, C), label (N,))``."""
 
-    def __init__(self, gamma: float = 2.0, alpha=None):
+    def __init__(self, gamma: float = 2.0, alpha=None) -> None:
         super().__init__()
         self.gamma = float(gamma)
         self.alpha = None if alpha is None else torch.tensor(alpha, dtype=torch.float32)
@@ -366,7 +366,7 @@ class MultiTaskLoss(nn.Module):
         class_weights=(1.0, 2.0),
         cls_loss: str = "ce",
         focal_gamma: float = 2.0,
-    ):
+    ) -> None:
         super().__init__()
         if cls_loss not in ("ce", "focal"):
             raise ValueError("cls_loss must be 'ce' or 'focal'")
@@ -400,7 +400,7 @@ class WeightedMSELoss(nn.Module):
     loss = sum w (clean - pred)^2 / sum w (report 001: alpha 300, beta 1; public code alpha 150).
     ``forward(pred, clean, annotated)``."""
 
-    def __init__(self, alpha: float = 300.0, beta: float = 1.0, tol: float = 1e-6):
+    def __init__(self, alpha: float = 300.0, beta: float = 1.0, tol: float = 1e-6) -> None:
         super().__init__()
         self.alpha, self.beta, self.tol = alpha, beta, tol
 

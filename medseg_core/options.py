@@ -13,6 +13,12 @@ unknown field with a sentence.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .inference import PredictOptions
+
+
 from collections.abc import Iterable
 from dataclasses import fields
 from typing import Any
@@ -80,7 +86,7 @@ def set_dotted(cfg: dict, key: str, value: Any) -> None:
     d[parts[-1]] = value
 
 
-def predict_options(kw: dict[str, Any] | Iterable[str] | str | None = None, **more):
+def predict_options(kw: dict[str, Any] | Iterable[str] | str | None = None, **more: Any) -> PredictOptions:
     """:class:`~medseg_core.inference.PredictOptions` from parsed pairs (or raw ``k=v`` strings)."""
     from .inference import PredictOptions
 

@@ -27,6 +27,15 @@ decides what is scored and how it is averaged. Facts and section references are 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .data.datasets import Case
+    from .inference import Prediction
+    from .io import Volume
+
+
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -178,10 +187,10 @@ def score_case(
     return units
 
 
-def scorer(p: Protocol):
+def scorer(p: Protocol) -> Callable[..., list[dict]]:
     """The engine's ``scorer`` hook for this protocol."""
 
-    def score(case, prediction, refs, volume) -> list[dict]:
+    def score(case: Case, prediction: Prediction, refs: dict[str, np.ndarray], volume: Volume) -> list[dict]:
         return score_case(p, prediction.masks, refs, volume.spacing)
 
     return score

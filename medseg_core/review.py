@@ -227,7 +227,7 @@ class PredictionCache:
     :meth:`was_evicted` says so (the page recomputes it and says why).
     """
 
-    def __init__(self, max_items: int = 4, budget=None, session: str | None = None):
+    def __init__(self, max_items: int = 4, budget=None, session: str | None = None) -> None:
         import threading
 
         self.max_items = max_items

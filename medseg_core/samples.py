@@ -3,6 +3,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .io import Volume
+
+
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +31,7 @@ class Sample:
     pixel_spacing_mm: tuple[float, float] | None = None
     modality: str | None = None
 
-    def load(self):
+    def load(self) -> tuple[Volume, np.ndarray | None, dict[str, np.ndarray]]:
         """(Volume, primary mask or None, {name: extra mask}) through the public loaders."""
         from .io import load_mask, load_volume
 

@@ -242,7 +242,7 @@ def _row(mapping) -> dict:
 class Store:
     """Verdicts and audit rows in the database named by ``url`` (default: ``MEDSEG_DB``)."""
 
-    def __init__(self, url: str | None = None):
+    def __init__(self, url: str | None = None) -> None:
         self.url = db_url(url)
         self.engine = engine_for(self.url)
 

@@ -179,7 +179,7 @@ def setup_distributed() -> Dist:
     return Dist(rank, world, local, device)
 
 
-def _log(d: Dist, *a):
+def _log(d: Dist, *a) -> None:
     if d.main:
         print(*a, flush=True)
 

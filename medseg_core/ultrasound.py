@@ -280,7 +280,7 @@ def analyse(
     n = len(jobs) + (1 if denoise else 0)
     step = [0]
 
-    def sub(f, msg):
+    def sub(f, msg) -> None:
         prog(min((step[0] + f) / n, 1.0), msg)
 
     run_vol, dpred = volume, None

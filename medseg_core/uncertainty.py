@@ -14,7 +14,7 @@ Entropies are in nats; for a binary map the maximum is ln 2 = 0.693.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import cast
 
@@ -46,7 +46,7 @@ def require_dropout(model: nn.Module, name: str = "this model") -> None:
 
 
 @contextmanager
-def mc_dropout_mode(model: nn.Module):
+def mc_dropout_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Dropout layers in train mode, everything else (batch-norm above all) in eval mode."""
     was = model.training
     model.eval()

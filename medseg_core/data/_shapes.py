@@ -8,7 +8,7 @@ import numpy as np
 class Grid:
     """World coordinates (mm, RAS+) of a (Z, Y, X) grid centred on the origin."""
 
-    def __init__(self, shape, spacing):
+    def __init__(self, shape, spacing) -> None:
         self.shape = tuple(int(s) for s in shape)
         self.spacing = tuple(float(s) for s in spacing)
         self.axes = [

@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -292,7 +292,7 @@ def uw_madison_gi(root: str | Path) -> list[Case]:
     return out
 
 
-def _gi_mask(rle: str, shape) -> Callable[[Volume], np.ndarray]:
+def _gi_mask(rle: str, shape: tuple[int, int]) -> Callable[[Volume], np.ndarray]:
     def make(vol: Volume) -> np.ndarray:
         pic = rle_decode(rle, shape)  # as the PNG looks on screen
         return np.ascontiguousarray(pic[::-1, ::-1][None])  # -> canonical (1, Y, X), see io.image
@@ -351,7 +351,9 @@ def generic_folder(root: str | Path, label: str = "mask", modality: str | None =
 
 
 # ----------------------------------------------------------------------------- splits
-def patient_split(cases: list[Case], fractions=(0.7, 0.15, 0.15), seed: int = 0) -> dict[str, list[Case]]:
+def patient_split(
+    cases: list[Case], fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0
+) -> dict[str, list[Case]]:
     """Seeded split by patient: no patient appears in two parts. Returns train/val/test lists."""
     if abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError("fractions must sum to 1")
@@ -407,7 +409,7 @@ def _largest_remainder(sizes: np.ndarray, total: int) -> np.ndarray:
 
 
 def stratified_split(
-    cases: list[Case], fractions=(0.8, 0.1, 0.1), seed: int = 0, by: str = "organ_combination"
+    cases: list[Case], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, by: str = "organ_combination"
 ) -> dict[str, list[Case]]:
     """Seeded split of **cases** (not patients) keeping each stratum's share in every part (report
     002 section 2.2: "split into training, test, and validation with a proportion of 80%-10%-10%,

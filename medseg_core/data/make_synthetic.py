@@ -29,6 +29,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import DTypeLike
 from PIL import Image
 
 from ..io.nifti import nifti_bytes
@@ -39,7 +40,7 @@ from .synthetic import abdominal_ct, gi_mri, microus_prostate, pelvic_mri, ultra
 BENIGN_MMOTU = (0, 1, 2, 3, 4, 6)
 
 
-def _save_nii(path: Path, arr_zyx: np.ndarray, affine: np.ndarray, dtype) -> None:
+def _save_nii(path: Path, arr_zyx: np.ndarray, affine: np.ndarray, dtype: DTypeLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(nifti_bytes(from_canonical_xyz(arr_zyx), affine, compress=True, dtype=dtype))
 
@@ -168,7 +169,7 @@ def write_gi(out: Path, n: int, seed: int = 0, slices_per_case: int = 4) -> None
 WRITERS = {"pelvic": write_pelvic, "ct": write_ct, "us": write_us, "microus": write_microus, "gi": write_gi}
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Write a synthetic dataset in a real dataset's layout.")
     ap.add_argument("--kind", required=True, choices=sorted(WRITERS))
     ap.add_argument("--n", type=int, default=20, help="number of cases (slices for gi)")
@@ -195,7 +196,7 @@ def parse_synthetic(text: str) -> dict:
     return {"kind": kind, "n": int(n), "seed": int(seed)}
 
 
-def ensure_synthetic(root, syn: dict) -> Path:
+def ensure_synthetic(root: str | Path, syn: dict) -> Path:
     """Generate the synthetic dataset ``syn`` (kind, n, seed[, annotate]) at ``root`` unless a
     complete one with the same settings is already there (marker file ``.complete``)."""
     root = Path(root)

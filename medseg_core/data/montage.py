@@ -7,16 +7,17 @@ Each row is one phantom (three seeds), drawn through the same display path as th
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ..io.orientation import n_slices
 from ..render import CT_PRESETS, LABEL_COLOURS, auto_window, slice_picture
-from .synthetic import GENERATORS
+from .synthetic import GENERATORS, SyntheticCase
 
 
-def _tile(case, size=256):
+def _tile(case: SyntheticCase, size: int = 256) -> tuple[Image.Image, int]:
     v = case.volume
     key = case.meta["primary_label"]
     z = (
@@ -34,7 +35,7 @@ def _tile(case, size=256):
     return canvas, z
 
 
-def montage(seeds=(0, 1, 2), size=256) -> Image.Image:
+def montage(seeds: Sequence[int] = (0, 1, 2), size: int = 256) -> Image.Image:
     rows = list(GENERATORS.items())
     sheet = Image.new("RGB", (size * len(seeds) + 120, size * len(rows)), (20, 20, 20))
     dr = ImageDraw.Draw(sheet)
@@ -53,7 +54,7 @@ def montage(seeds=(0, 1, 2), size=256) -> Image.Image:
     return sheet
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="phantoms.png")
     args = ap.parse_args(argv)

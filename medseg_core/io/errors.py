@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -48,7 +49,7 @@ class Limits:
         )
 
 
-def check_voxel_budget(shape, limits: Limits, what: str) -> None:
+def check_voxel_budget(shape: Sequence[int], limits: Limits, what: str) -> None:
     n = 1
     for s in shape:
         n *= int(s)

@@ -12,7 +12,9 @@ from .orientation import to_canonical
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def read_image(data: bytes, name: str, limits: Limits, pixel_spacing_mm: tuple[float, float] | None = None):
+def read_image(
+    data: bytes, name: str, limits: Limits, pixel_spacing_mm: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
     """Decode an image to a canonical (1, Y, X) array; colour becomes grey (BT.601 luminance).
 
     The picture is stored as an axial slice in radiological display (rows anterior to posterior,

@@ -6,6 +6,7 @@ import io
 import struct
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .errors import InputError, Limits, check_voxel_budget
 from .orientation import to_canonical
@@ -127,7 +128,7 @@ def read_nifti(data: bytes, name: str, limits: Limits) -> tuple[np.ndarray, np.n
     return arr_zyx, canon_affine, warnings, meta
 
 
-def nifti_bytes(array_xyz: np.ndarray, affine: np.ndarray, compress: bool = True, dtype=np.uint8) -> bytes:
+def nifti_bytes(array_xyz: np.ndarray, affine: np.ndarray, compress: bool = True, dtype: DTypeLike = np.uint8) -> bytes:
     """Encode an (x, y, z) array as NIfTI-1 bytes (gzip when ``compress``), spatial units mm."""
     import gzip
 

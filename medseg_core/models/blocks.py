@@ -10,7 +10,7 @@ from torch import nn
 class DoubleConv(nn.Sequential):
     """(3x3 conv -> BatchNorm -> ReLU) x 2, as in the original U-Net."""
 
-    def __init__(self, cin: int, cout: int, mid: int | None = None):
+    def __init__(self, cin: int, cout: int, mid: int | None = None) -> None:
         mid = mid or cout
         super().__init__(
             nn.Conv2d(cin, mid, 3, padding=1, bias=False),
@@ -30,7 +30,7 @@ class AttentionGate(nn.Module):
     in [0, 1] scales ``x``. ``g`` is resized to ``x``'s grid when they differ.
     """
 
-    def __init__(self, g_ch: int, x_ch: int, inter: int | None = None):
+    def __init__(self, g_ch: int, x_ch: int, inter: int | None = None) -> None:
         super().__init__()
         inter = inter or max(x_ch // 2, 1)
         self.wg = nn.Sequential(nn.Conv2d(g_ch, inter, 1, bias=False), nn.BatchNorm2d(inter))
@@ -64,7 +64,7 @@ class UpBlock(nn.Module):
 
     def __init__(
         self, cin: int, skip: int, cout: int, attention: bool = False, dropout: float = 0.0, up_out: int | None = None
-    ):
+    ) -> None:
         super().__init__()
         up_out = up_out or cin // 2
         self.up = nn.ConvTranspose2d(cin, up_out, 2, stride=2)
@@ -88,7 +88,7 @@ class ClinicalFusionHead(nn.Module):
     Linear(F, 256) -> ReLU -> Dropout -> Linear(256, n_classes).
     """
 
-    def __init__(self, features: int, n_clinical: int = 2, n_classes: int = 2, dropout: float = 0.25):
+    def __init__(self, features: int, n_clinical: int = 2, n_classes: int = 2, dropout: float = 0.25) -> None:
         super().__init__()
         self.n_clinical = n_clinical
         self.clinical: nn.Sequential | None

@@ -74,7 +74,7 @@ class EncoderBlock(nn.Module):
 
     def __init__(
         self, cin: int, cout: int, stride: int = 1, n_convs: int = 2, dropout: float = 0.1, residual: bool = False
-    ):
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         for i in range(n_convs):
@@ -91,7 +91,7 @@ class DecoderBlock(nn.Module):
     """[ConvTranspose2d ``up`` (kernel, stride, padding), BatchNorm, ReLU] then ``n_convs - 1`` x
     [ConvTranspose2d 3 x 3, BatchNorm, ReLU] (ReLU functional, see the module docstring)."""
 
-    def __init__(self, cin: int, cout: int, up: tuple[int, int, int] = (3, 1, 1), n_convs: int = 2):
+    def __init__(self, cin: int, cout: int, up: tuple[int, int, int] = (3, 1, 1), n_convs: int = 2) -> None:
         super().__init__()
         k, s, p = up
         self.convs = nn.ModuleList([nn.ConvTranspose2d(cin, cout, k, stride=s, padding=p, bias=False)])
@@ -121,7 +121,7 @@ class GIScratchCNN(nn.Module):
 
     def __init__(
         self, version: str = "final", in_channels: int = 1, classes: int = 3, base: int = 64, dropout: float = 0.1
-    ):
+    ) -> None:
         super().__init__()
         if version not in VERSIONS:
             raise ValueError(f"version must be one of {', '.join(VERSIONS)}")

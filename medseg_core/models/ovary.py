@@ -36,7 +36,7 @@ class UNet2D(nn.Module):
 
     def __init__(
         self, in_channels: int = 1, out_channels: int = 1, base: int = 64, attention: bool = False, dropout: float = 0.0
-    ):
+    ) -> None:
         super().__init__()
         c = [base * 2**i for i in range(5)]
         self.inc = DoubleConv(in_channels, c[0])
@@ -95,7 +95,7 @@ class TL5(nn.Module):
         dropout: float = 0.0,
         encoder_weights_path: str | None = None,
         encoder: str = "resnet34",
-    ):
+    ) -> None:
         super().__init__()
         import segmentation_models_pytorch as smp
 
@@ -128,7 +128,7 @@ class TL5(nn.Module):
 
 
 class _ResBlock(nn.Module):
-    def __init__(self, cin, cout, stride=1):
+    def __init__(self, cin, cout, stride=1) -> None:
         super().__init__()
         self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.b1 = nn.BatchNorm2d(cout)
@@ -148,7 +148,7 @@ class _ResBlock(nn.Module):
 class SliceClassifier(nn.Module):
     """RAovSeg's slice classifier: one logit, "this slice shows an ovary"."""
 
-    def __init__(self, in_channels: int = 1, dropout: float = 0.2):
+    def __init__(self, in_channels: int = 1, dropout: float = 0.2) -> None:
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, 8, 7, 2, 3, bias=False),

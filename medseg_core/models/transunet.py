@@ -59,7 +59,7 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Module:
 class _DecoderBlock(nn.Module):
     """Bilinear x2 (align_corners=True, as ``nn.UpsamplingBilinear2d``), concat skip, two conv-BN-ReLU."""
 
-    def __init__(self, cin: int, cout: int, skip: int = 0):
+    def __init__(self, cin: int, cout: int, skip: int = 0) -> None:
         super().__init__()
         self.conv1 = _conv_bn_relu(cin + skip, cout)
         self.conv2 = _conv_bn_relu(cout, cout)
@@ -103,7 +103,7 @@ class TransUNet(nn.Module):
         out_channels: int = 1,
         deep_supervision: bool = True,
         gn_groups: int = 32,
-    ):
+    ) -> None:
         super().__init__()
         from timm.layers import GroupNormAct, StdConv2dSame
         from timm.models.resnetv2 import ResNetV2

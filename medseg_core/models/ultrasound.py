@@ -51,7 +51,7 @@ class EffB0MultiTask(nn.Module):
         decoder_dropout: float = 0.0,
         width_mult: float = 1.0,
         task: str = "mtl",
-    ):
+    ) -> None:
         super().__init__()
         import torchvision
 
@@ -120,7 +120,7 @@ class UNetMultiTask(nn.Module):
         decoder_dropout: float = 0.0,
         cls_pool: str = "bottleneck",
         task: str = "mtl",
-    ):
+    ) -> None:
         super().__init__()
         if cls_pool not in ("bottleneck", "last_two"):
             raise ValueError(f"cls_pool must be 'bottleneck' or 'last_two', not {cls_pool!r}")
@@ -175,7 +175,7 @@ class UNetMultiTask(nn.Module):
 class CropClassifier(nn.Module):
     """EfficientNet-B0 classifier of the 164 x 164 lesion crop with the clinical head."""
 
-    def __init__(self, in_channels=1, n_classes=2, n_clinical=2, dropout=0.25):
+    def __init__(self, in_channels=1, n_classes=2, n_clinical=2, dropout=0.25) -> None:
         super().__init__()
         import torchvision
 
@@ -217,7 +217,7 @@ class SegLogits(nn.Module):
     """A segmentation-only multitask network seen as a plain segmenter: ``forward(x)`` returns the
     (N, 1, H, W) lesion logits (what the cascade's training stage and crop step expect)."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
@@ -239,7 +239,7 @@ class Cascade(nn.Module):
         n_clinical: int = 2,
         threshold: float = 0.5,
         segmenter: str = "unet",
-    ):
+    ) -> None:
         super().__init__()
         self.segmenter: nn.Module
         if segmenter == "effb0":
