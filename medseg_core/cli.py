@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
 from .io.errors import InputError
 
+T = TypeVar("T")
 
-def guarded(main: Callable, argv=None):
+
+def guarded(main: Callable[[list[str] | None], T], argv: list[str] | None = None) -> T:
     """Run ``main(argv)``; an InputError (bad file, unknown model or option, damaged checkpoint)
     becomes one line on stderr and exit status 2."""
     try:
@@ -42,9 +46,7 @@ SUBCOMMANDS = {
 }
 
 
-def _repo_file(*parts: str):
-    from pathlib import Path
-
+def _repo_file(*parts: str) -> Path:
     p = Path(__file__).resolve().parents[1].joinpath(*parts)
     if not p.exists():
         raise InputError(
@@ -54,7 +56,7 @@ def _repo_file(*parts: str):
     return p
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """``medseg SUBCOMMAND [ARGS]``."""
     import importlib
     import subprocess

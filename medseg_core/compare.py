@@ -24,7 +24,7 @@ from . import metrics as M
 AGREE_BACKGROUND, ONLY_A, ONLY_B, AGREE_FOREGROUND = 0, 1, 2, 3
 
 
-def disagreement_map(a, b) -> np.ndarray:
+def disagreement_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """uint8 map: 0 both background, 1 only A, 2 only B, 3 both foreground."""
     a, b = np.asarray(a) > 0, np.asarray(b) > 0
     if a.shape != b.shape:
@@ -32,7 +32,7 @@ def disagreement_map(a, b) -> np.ndarray:
     return (a.astype(np.uint8) * ONLY_A + b.astype(np.uint8) * ONLY_B).astype(np.uint8)  # 1 + 2 = 3 where both
 
 
-def per_slice_disagreement(a, b, spacing: Sequence[float]) -> dict[str, np.ndarray]:
+def per_slice_disagreement(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]) -> dict[str, np.ndarray]:
     """Per axial slice: ``disagree_mm2``, ``only_a_mm2``, ``only_b_mm2`` and ``dice`` (A vs B)."""
     a, b = np.asarray(a) > 0, np.asarray(b) > 0
     px = float(spacing[1]) * float(spacing[2])
@@ -45,14 +45,21 @@ def per_slice_disagreement(a, b, spacing: Sequence[float]) -> dict[str, np.ndarr
     return {"disagree_mm2": only_a + only_b, "only_a_mm2": only_a, "only_b_mm2": only_b, "dice": dice}
 
 
-def most_disagreeing(a, b, spacing: Sequence[float], k: int = 5) -> list[int]:
+def most_disagreeing(a: np.ndarray, b: np.ndarray, spacing: Sequence[float], k: int = 5) -> list[int]:
     """0-based indices of the (at most) ``k`` slices with the largest disagreeing area."""
     d = per_slice_disagreement(a, b, spacing)["disagree_mm2"]
     order = sorted(np.flatnonzero(d > 0).tolist(), key=lambda z: (-d[z], z))
     return order[:k]
 
 
-def comparison_table(a, b, spacing: Sequence[float], ref=None, name_a: str = "A", name_b: str = "B") -> list[dict]:
+def comparison_table(
+    a: np.ndarray,
+    b: np.ndarray,
+    spacing: Sequence[float],
+    ref: np.ndarray | None = None,
+    name_a: str = "A",
+    name_b: str = "B",
+) -> list[dict]:
     """Rows for people: each result against the reference (when there is one) and A against B."""
     pairs = []
     if ref is not None:

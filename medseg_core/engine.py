@@ -21,7 +21,7 @@ A *source* is a :class:`~medseg_core.checkpoints.LoadedModel` or a :class:`Predi
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +33,10 @@ from . import metrics as M
 from .io.errors import InputError
 
 if TYPE_CHECKING:
-    from .inference import Prediction
+    from .checkpoints import LoadedModel
+    from .data.datasets import Case
+    from .inference import Prediction, PredictOptions
+    from .io import Volume
 
 METRIC_KEYS = (
     "dice",
@@ -125,7 +128,7 @@ class CaseResult:
 
 
 # ----------------------------------------------------------------------------- sources
-def reference_masks(labels, masks: dict, label_map: dict | None = None) -> dict[str, np.ndarray]:
+def reference_masks(labels: Sequence[str], masks: dict, label_map: dict | None = None) -> dict[str, np.ndarray]:
     """The dataset mask that each output label is scored against: ``label_map[label]``, the mask of
     the same name, the expert's mask, or the only mask."""
     label_map = label_map or {}
@@ -173,7 +176,7 @@ class PredictionFolder:
         near = [p for p in self._files if pat.match(p.name)]
         return near[0] if len(near) == 1 else None
 
-    def predict(self, case, volume, ref_labels) -> object:
+    def predict(self, case: Case, volume: Volume, ref_labels: Sequence[str]) -> Prediction:
         from .inference import prediction_from_masks
         from .io import load_label_masks
 
@@ -196,9 +199,9 @@ def _stem(name: str) -> str:
 
 # ----------------------------------------------------------------------------- the engine
 def evaluate_cases(
-    source,
-    cases,
-    options=None,
+    source: LoadedModel | PredictionFolder,
+    cases: Sequence[Case],
+    options: PredictOptions | None = None,
     label_map: dict | None = None,
     rules: A.TagRules = A.TagRules(),
     per_slice: bool = True,
@@ -217,9 +220,8 @@ def evaluate_cases(
     from .inference import PredictOptions, predict
 
     options = options or PredictOptions()
-    is_model = not isinstance(source, PredictionFolder)
-    spec = source.spec if is_model else None
-    family = spec.family if spec else (source.family or "")
+    spec = None if isinstance(source, PredictionFolder) else source.spec
+    family = (source.family or "") if isinstance(source, PredictionFolder) else source.spec.family
     for i, case in enumerate(cases):
         vol, masks = case.load()
         t = time.perf_counter()
@@ -235,6 +237,7 @@ def evaluate_cases(
             ref0 = next(iter(refs.values()), None)
             pred = predict(source, vol, opts, reference=ref0 if opts.side_masking == "oracle" else None)
         else:
+            assert isinstance(source, PredictionFolder)  # spec is None only for a folder of predictions
             ref_names = [k for k in masks if k != "ovary_other"]
             pred = source.predict(case, vol, ref_names)
             refs = reference_masks(list(pred.masks), masks, label_map)

@@ -13,6 +13,7 @@ every page shows ``slice_number`` (see :func:`slice_words`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 #: machine name -> (words, unit or ""). A key may be namespaced ("map:mean") where one name means
 #: different things in different places; :func:`display_name` tries the namespaced key first.
@@ -164,7 +165,7 @@ def name_and_unit(key: str, kind: str | None = None) -> tuple[str, str]:
     return _lookup(key, kind)
 
 
-def format_value(value, fmt: str = ".3g") -> str:
+def format_value(value: object, fmt: str = ".3g") -> str:
     """A number for people: "n/a" for missing or NaN, booleans as yes/no."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -175,7 +176,7 @@ def format_value(value, fmt: str = ".3g") -> str:
     return str(value)
 
 
-def describe(key: str, value, fmt: str = ".3g", kind: str | None = None) -> str:
+def describe(key: str, value: object, fmt: str = ".3g", kind: str | None = None) -> str:
     """A name, its value and its unit: ``describe("hd95_mm", 3.21)`` -> "HD95 3.21 mm"."""
     words, unit = _lookup(key, kind)
     v = format_value(value, fmt)
@@ -207,7 +208,7 @@ def set_name(name: str, options: dict | None = None) -> str:
 _CELL_KINDS = {"set": "set", "a": "set", "b": "set", "primary": None, "tags": None, "metric": None}
 
 
-def display_rows(rows: list[dict], drop=(), fmt: str | None = None) -> list[dict]:
+def display_rows(rows: list[dict], drop: Iterable[str] = (), fmt: str | None = None) -> list[dict]:
     """Rows for ``st.dataframe``: columns renamed with :func:`display_name`, option-set names, tags
     and metric names in words, booleans as yes/no. A 0-based ``slice`` column is shown as the
     1-based "Slice" (``slice_number``). Columns in ``drop`` are left out. ``fmt`` formats floats as

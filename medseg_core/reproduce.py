@@ -167,7 +167,7 @@ def settings_of(cfg: dict) -> dict[str, Any]:
     }
 
 
-def _dotted(cfg: dict, key: str):
+def _dotted(cfg: dict, key: str) -> Any:
     cur: Any = cfg
     for part in key.split("."):
         if not isinstance(cur, dict) or part not in cur:
@@ -179,7 +179,7 @@ def _dotted(cfg: dict, key: str):
 _MISSING = object()
 
 
-def _same(expected, actual) -> bool:
+def _same(expected: object, actual: object) -> bool:
     if isinstance(expected, dict):
         return isinstance(actual, dict) and all(k in actual and _same(v, actual[k]) for k, v in expected.items())
     if isinstance(expected, (list, tuple)):
@@ -457,7 +457,7 @@ def table_markdown(report: str, table: list[dict], smoke: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="List, run and tabulate every result row of a report (module docstring).")
     ap.add_argument("report", nargs="?", help="000 | 001 | 002 | 003 | 004")
     ap.add_argument("--run", action="store_true", help="train every config and evaluate every row")

@@ -36,7 +36,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -154,7 +154,7 @@ def db_url(value: str | None = None) -> str:
     return f"sqlite:///{path}"
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: object) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # concurrent readers + one writer, no reader blocks
     cur.execute("PRAGMA busy_timeout=30000")  # a second writer waits up to 30 s instead of failing
@@ -233,7 +233,7 @@ def _check_key(key: str | None, what: str = "case key") -> str | None:
     return key
 
 
-def _row(mapping) -> dict:
+def _row(mapping: Mapping[Any, Any]) -> dict:
     d = dict(mapping)
     d["time_utc"] = _utc(d["time_utc"])
     return d
@@ -400,7 +400,7 @@ def export_verdicts(store: Store, fmt: str = "csv", case_key: str | None = None)
     return to_csv(rows, VERDICT_COLUMNS) if fmt == "csv" else to_json(rows)
 
 
-def export_audit(store: Store, fmt: str = "csv", **filters) -> bytes:
+def export_audit(store: Store, fmt: str = "csv", **filters: Any) -> bytes:
     rows = store.audit_rows(**filters)
     return to_csv(rows, AUDIT_COLUMNS) if fmt == "csv" else to_json(rows)
 

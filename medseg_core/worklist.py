@@ -25,9 +25,15 @@ either filter is set.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .store import Store
+
+
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 #: Worklist statuses, in the order the filter offers them.
@@ -45,8 +51,10 @@ KEYS_FILE = "case_keys.json"
 EXPORT_EXTRA = ("case",)
 
 
-def _stamp(path) -> list | None:
+def _stamp(path: str | Path | None) -> list | None:
     """(size, mtime_ns) of a case's image file or folder: a cached key is trusted while this holds."""
+    if path is None:
+        return None
     try:
         st = os.stat(path)
     except (OSError, TypeError):
@@ -69,7 +77,7 @@ def case_keys(
     ids: Iterable[str] | None = None,
     cache_file: str | Path | None = None,
     cache: dict | None = None,
-    load=None,
+    load: Callable[[str], tuple] | None = None,
 ) -> dict[str, str]:
     """case id -> :func:`medseg_core.review.case_key` of the volume that opening the case loads.
 
@@ -190,7 +198,7 @@ def table(rows: list[dict]) -> list[dict]:
     ]
 
 
-def case_verdicts(store, keys: dict[str, str]) -> list[dict]:
+def case_verdicts(store: Store, keys: dict[str, str]) -> list[dict]:
     """The store's verdicts of these cases (newest first), each with the dataset's case id as ``case``."""
     by_key: dict[str, str] = {}
     for cid, k in keys.items():
