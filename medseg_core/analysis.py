@@ -44,6 +44,13 @@ tag is not ``good`` (used for the uncertainty-vs-failure AUROC).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .io import Volume
+
+
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -110,7 +117,7 @@ class TagRules:
         return asdict(self)
 
 
-def dice_star(pred, ref) -> float:
+def dice_star(pred: np.ndarray, ref: np.ndarray) -> float:
     """Dice with both-empty = 1 (a correct negative) and one-sided emptiness = 0."""
     p, r = np.asarray(pred) > 0, np.asarray(ref) > 0
     if not p.any() and not r.any():
@@ -118,7 +125,7 @@ def dice_star(pred, ref) -> float:
     return float(M.dice(p, r))
 
 
-def n_components(mask, spacing, rules: TagRules = TagRules()) -> int:
+def n_components(mask: np.ndarray, spacing: Sequence[float], rules: TagRules = TagRules()) -> int:
     """Connected components (full connectivity) at least the minimum size (mm^2 in 2D, mL in 3D)."""
     m = np.asarray(mask) > 0
     if not m.any():
@@ -139,12 +146,12 @@ def _grow(mask: np.ndarray, px: int) -> np.ndarray:
 
 
 def tag_masks(
-    pred,
-    ref,
-    spacing,
-    other=None,
-    contralateral=None,
-    before=None,
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: Sequence[float],
+    other: np.ndarray | None = None,
+    contralateral: np.ndarray | None = None,
+    before: np.ndarray | None = None,
     rules: TagRules = TagRules(),
     hd95_mm: float | None = None,
 ) -> dict:
@@ -228,7 +235,7 @@ def tag_masks(
     return out
 
 
-def contralateral_mask(volume, ref, side: str | None = None) -> np.ndarray | None:
+def contralateral_mask(volume: Volume, ref: np.ndarray, side: str | None = None) -> np.ndarray | None:
     """The half of ``volume`` opposite the labelled side (given, or from ``ref``'s centroid)."""
     from .preprocessing import side_mask, side_of_mask
 
@@ -239,15 +246,15 @@ def contralateral_mask(volume, ref, side: str | None = None) -> np.ndarray | Non
 
 
 def tag_slices(
-    pred,
-    ref,
-    volume,
-    other=None,
+    pred: np.ndarray,
+    ref: np.ndarray,
+    volume: Volume,
+    other: np.ndarray | None = None,
     side: str | None = None,
-    before=None,
+    before: np.ndarray | None = None,
     rules: TagRules = TagRules(),
     mirrored: bool = True,
-    hd95_mm=None,
+    hd95_mm: Sequence[float] | None = None,
 ) -> list[dict]:
     """:func:`tag_masks` for every axial slice of a (Z, Y, X) case; rows carry ``slice``.
 
@@ -273,12 +280,12 @@ def tag_slices(
 
 
 def tag_case(
-    pred,
-    ref,
-    volume,
-    other=None,
+    pred: np.ndarray,
+    ref: np.ndarray,
+    volume: Volume,
+    other: np.ndarray | None = None,
     side: str | None = None,
-    before=None,
+    before: np.ndarray | None = None,
     rules: TagRules = TagRules(),
     mirrored: bool = True,
     hd95_mm: float | None = None,
@@ -294,7 +301,7 @@ def failed(row: dict) -> bool:
     return row["primary"] != "good"
 
 
-def tag_counts(rows) -> dict[str, int]:
+def tag_counts(rows: Iterable[dict]) -> dict[str, int]:
     """How many rows carry each tag (a row may count under several)."""
     counts = {t: 0 for t in TAGS}
     for r in rows:
@@ -305,7 +312,7 @@ def tag_counts(rows) -> dict[str, int]:
     return counts
 
 
-def uncertainty_auroc(rows, score_key: str = "uncertainty", only_informative: bool = True) -> dict:
+def uncertainty_auroc(rows: Iterable[dict], score_key: str = "uncertainty", only_informative: bool = True) -> dict:
     """AUROC of an uncertainty score for detecting failed slices (primary tag not ``good``).
 
     With ``only_informative`` slices where neither reference nor prediction has anything are left

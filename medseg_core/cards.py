@@ -35,9 +35,15 @@ a card with an unknown schema is refused with a sentence.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .io import Volume
+
+
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -103,10 +109,10 @@ def recipe_from_spec(
     spec: ModelSpec,
     variant: str = "demo",
     overrides: dict | None = None,
-    input_size=None,
+    input_size: Sequence[int] | None = None,
     preprocessing: str | None = None,
     preprocessing_params: dict | None = None,
-    postprocessing=None,
+    postprocessing: Sequence[str] | None = None,
     threshold: float | None = None,
     architecture_kwargs: dict | None = None,
     geometry: dict | None = None,
@@ -157,7 +163,9 @@ def recipe_from_spec(
     }
 
 
-def new_card(name: str, recipe: dict, envelope: dict | None = None, title: str | None = None, **provenance) -> dict:
+def new_card(
+    name: str, recipe: dict, envelope: dict | None = None, title: str | None = None, **provenance: Any
+) -> dict:
     """A card in the current schema (``save_checkpoint`` adds file, SHA-256 and parameters)."""
     builder = recipe["architecture"]["builder"]
     return {
@@ -170,7 +178,7 @@ def new_card(name: str, recipe: dict, envelope: dict | None = None, title: str |
     }
 
 
-def _plain(v):
+def _plain(v: object) -> Any:
     """JSON-ready: tuples to lists, numpy scalars to Python."""
     return json.loads(json.dumps(v, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
@@ -312,7 +320,7 @@ def data_envelope(
     if not n:
         return None  # type: ignore[return-value]
 
-    def rng(rows):
+    def rng(rows: list) -> list[list[float]]:
         a = np.asarray(rows)
         return [[round(float(a[:, i].min()), 4), round(float(a[:, i].max()), 4)] for i in range(a.shape[1])]
 
@@ -334,12 +342,14 @@ def region_defaults(family: str) -> tuple[str | None, str | None]:
     return REGIONS.get(family, (None, None))
 
 
-def _fmt_range(r, unit="mm") -> str:
+def _fmt_range(r: Sequence[float], unit: str = "mm") -> str:
     lo, hi = r
     return f"{lo:.3g} {unit}" if abs(hi - lo) < 1e-9 else f"{lo:.3g}-{hi:.3g} {unit}"
 
 
-def check_envelope(spec: ModelSpec, envelope: dict | None, volume, stated_anatomy: str | None = None) -> list[str]:
+def check_envelope(
+    spec: ModelSpec, envelope: dict | None, volume: Volume, stated_anatomy: str | None = None
+) -> list[str]:
     """Plain sentences for every way ``volume`` lies outside the data the model was trained on:
     one warning listing :func:`envelope_findings`, or one saying that no envelope is recorded;
     empty when the case lies inside."""
@@ -357,7 +367,7 @@ def check_envelope(spec: ModelSpec, envelope: dict | None, volume, stated_anatom
     ]
 
 
-def envelope_findings(spec: ModelSpec, envelope: dict, volume, stated_anatomy: str | None = None) -> list[str]:
+def envelope_findings(spec: ModelSpec, envelope: dict, volume: Volume, stated_anatomy: str | None = None) -> list[str]:
     """Each way ``volume`` lies outside the envelope, as a short phrase ("slice thickness 1 mm
     (trained on 6 mm)"); empty when it lies inside. A single 2D image is compared
     in-plane only; spacing and field of view in mm when both the case and the training data state a
@@ -470,7 +480,7 @@ def envelope_from_training_data(card: dict, root: str | None = None) -> dict | N
     )
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """``python -m medseg_core.cards migrate DIR``: rewrite every card in DIR in the current schema,
     with the envelope of its recorded training split; weights (and their SHA-256) are untouched."""
     import argparse

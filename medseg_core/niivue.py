@@ -27,6 +27,13 @@ guarantees, and the tests check:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .io import Volume
+
+
 import base64
 import gzip
 import io
@@ -55,7 +62,7 @@ class Grid:
         return any(s > 1 for s in self.stride)
 
 
-def sent_grid(shape, affine: np.ndarray, max_voxels: int = MAX_VOXELS) -> Grid:
+def sent_grid(shape: Sequence[int], affine: np.ndarray, max_voxels: int = MAX_VOXELS) -> Grid:
     """The stride that brings ``shape`` (Z, Y, X) under ``max_voxels``: in-plane first (Y and X
     together), then through-plane; the affine's voxel columns scaled by the stride (the origin stays:
     sent voxel 0 is voxel 0)."""
@@ -113,7 +120,7 @@ def window_range(width: float, level: float) -> tuple[float, float]:
 
 
 def volume_nifti(
-    vol, window: tuple[float, float] | None = None, *, max_voxels: int = MAX_VOXELS, compress: bool = True
+    vol: Volume, window: tuple[float, float] | None = None, *, max_voxels: int = MAX_VOXELS, compress: bool = True
 ) -> bytes:
     """NIfTI-1 bytes of a :class:`medseg_core.io.Volume` for NiiVue: the case's affine, its window
     (``(width, level)``) in ``cal_min`` / ``cal_max``; int16 when every value is an integer in the
@@ -133,7 +140,9 @@ def volume_nifti(
     return _encode(np.ascontiguousarray(from_canonical_xyz(data)), grid.affine, cal=cal, compress=compress)
 
 
-def rgba_layers(shape, layers, alpha: float = 1.0) -> np.ndarray:
+def rgba_layers(
+    shape: Sequence[int], layers: Iterable[tuple[np.ndarray, Sequence[int]]], alpha: float = 1.0
+) -> np.ndarray:
     """(Z, Y, X, 4) uint8 of coloured binary layers ``[(mask_zyx, (r, g, b)), ...]``, later layers on
     top (as :func:`medseg_core.render.overlay`), alpha ``alpha`` inside any layer and 0 elsewhere."""
     out = np.zeros(tuple(shape) + (4,), dtype=np.uint8)
@@ -147,7 +156,13 @@ def rgba_layers(shape, layers, alpha: float = 1.0) -> np.ndarray:
     return out
 
 
-def overlay_nifti(layers, like, *, max_voxels: int = MAX_VOXELS, compress: bool = True) -> bytes:
+def overlay_nifti(
+    layers: Sequence[tuple[np.ndarray, Sequence[int]]],
+    like: Volume,
+    *,
+    max_voxels: int = MAX_VOXELS,
+    compress: bool = True,
+) -> bytes:
     """NIfTI-1 RGBA32 bytes (datatype 2304) of coloured masks on ``like``'s grid (a Volume): each
     voxel carries its layer's colour, alpha 255 inside a mask and 0 outside (transparent in NiiVue)."""
     grid = sent_grid(like.shape, like.affine, max_voxels)
@@ -156,7 +171,7 @@ def overlay_nifti(layers, like, *, max_voxels: int = MAX_VOXELS, compress: bool 
     return _encode(np.ascontiguousarray(from_canonical_xyz(packed)), grid.affine, compress=compress)
 
 
-def label_nifti(mask, like, *, max_voxels: int = MAX_VOXELS, compress: bool = True) -> bytes:
+def label_nifti(mask: np.ndarray, like: Volume, *, max_voxels: int = MAX_VOXELS, compress: bool = True) -> bytes:
     """A uint8 label map (0 background, 1..n labels) with NIfTI intent LABEL, on ``like``'s grid."""
     m = np.asarray(mask)
     if m.shape != like.shape:
@@ -166,7 +181,7 @@ def label_nifti(mask, like, *, max_voxels: int = MAX_VOXELS, compress: bool = Tr
     return _encode(data, grid.affine, intent=INTENT_LABEL, compress=compress)
 
 
-def label_lut(names, colours) -> dict:
+def label_lut(names: Sequence[str], colours: Sequence[Sequence[int]]) -> dict:
     """A NiiVue label colormap (``nv.setColormapLabel``'s input): index 0 transparent background,
     label k (1-based) in ``colours[k - 1]``, opaque."""
     names, colours = list(names), [tuple(int(c) for c in col[:3]) for col in colours]
@@ -188,7 +203,7 @@ def data_url(nifti: bytes) -> str:
     return f"data:{kind};base64,{base64.b64encode(nifti).decode()}"
 
 
-def world_of_voxel(affine: np.ndarray, zyx) -> np.ndarray:
+def world_of_voxel(affine: np.ndarray, zyx: Sequence[float]) -> np.ndarray:
     """RAS+ mm of array index ``(z, y, x)`` under a voxel ``(x, y, z)`` affine."""
     z, y, x = zyx
     return (np.asarray(affine, dtype=np.float64) @ np.array([x, y, z, 1.0]))[:3]

@@ -18,7 +18,7 @@ keyed by the checkpoint's SHA-256 so they disappear when the checkpoint is repla
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -188,7 +188,7 @@ def disagreement(model_a: str, p_a: float, model_b: str, p_b: float, threshold: 
     )
 
 
-def second_opinion(model: str, available) -> str | None:
+def second_opinion(model: str, available: Iterable[str]) -> str | None:
     """The model shown beside ``model``: the cascade beside a multitask model, the multitask
     EfficientNet-B0 (or U-Net) beside the cascade; None when none is available."""
     available = list(available)
@@ -196,12 +196,12 @@ def second_opinion(model: str, available) -> str | None:
     return next((m for m in order if m in available and m != model), None)
 
 
-def known_issue(loaded) -> str | None:
+def known_issue(loaded: object) -> str | None:
     card = getattr(loaded, "card", None) or {}
     return KNOWN_ISSUES.get(card.get("sha256", ""))
 
 
-def _load(ref: str, load: Loader | None):
+def _load(ref: str, load: Loader | None) -> object:
     if load is not None:
         return load(ref)
     from .checkpoints import load_model
@@ -268,7 +268,7 @@ def analyse(
     prog = progress or (lambda f, m: None)
     loaded: dict = {}
 
-    def get(ref: str):  # each model loaded at most once per call
+    def get(ref: str) -> object:  # each model loaded at most once per call
         if ref not in loaded:
             loaded[ref] = _load(ref, load)
         return loaded[ref]
@@ -280,7 +280,7 @@ def analyse(
     n = len(jobs) + (1 if denoise else 0)
     step = [0]
 
-    def sub(f, msg) -> None:
+    def sub(f: float, msg: str) -> None:
         prog(min((step[0] + f) / n, 1.0), msg)
 
     run_vol, dpred = volume, None
@@ -311,7 +311,7 @@ def analyse(
     return res
 
 
-def crop_picture(volume: Volume, box) -> np.ndarray | None:
+def crop_picture(volume: Volume, box: Sequence[int] | None) -> np.ndarray | None:
     """The cascade's crop (``box`` on the array grid, as in ``Prediction.boxes``) of the image the
     model ran on, oriented as the page displays the whole image. None without a box."""
     if not box:

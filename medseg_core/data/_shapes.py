@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
 class Grid:
     """World coordinates (mm, RAS+) of a (Z, Y, X) grid centred on the origin."""
 
-    def __init__(self, shape, spacing) -> None:
+    def __init__(self, shape: Sequence[int], spacing: Sequence[float]) -> None:
         self.shape = tuple(int(s) for s in shape)
         self.spacing = tuple(float(s) for s in spacing)
         self.axes = [
@@ -23,7 +25,7 @@ class Grid:
         a[:3, 3] = [-(nx - 1) / 2 * sx, -(ny - 1) / 2 * sy, -(nz - 1) / 2 * sz]
         return a
 
-    def bbox(self, center, radius):
+    def bbox(self, center: Sequence[float], radius: Sequence[float]) -> tuple[slice, ...]:
         """Index slices covering ``center`` +- ``radius`` (mm) along (z, y, x)."""
         out = []
         for ax, c, r, s in zip(self.axes, center, radius, self.spacing, strict=True):
@@ -32,7 +34,9 @@ class Grid:
             out.append(slice(max(lo, 0), min(hi, len(ax))))
         return tuple(out)
 
-    def ellipsoid(self, center, radii, angle_deg: float = 0.0, soft: float = 0.0):
+    def ellipsoid(
+        self, center: Sequence[float], radii: Sequence[float], angle_deg: float = 0.0, soft: float = 0.0
+    ) -> tuple[tuple[slice, ...], np.ndarray]:
         """(bbox, local float mask in [0, 1]) of an ellipsoid; ``center``/``radii`` in (z, y, x) mm.
 
         ``angle_deg`` rotates in the axial (x, y) plane. ``soft`` > 0 gives a smooth edge of that
@@ -53,18 +57,18 @@ class Grid:
         return bb, np.clip((1.0 + edge / 2 - d) / edge, 0.0, 1.0).astype(np.float32)
 
 
-def paint(img: np.ndarray, bb, m: np.ndarray, value: float) -> None:
+def paint(img: np.ndarray, bb: tuple[slice, ...], m: np.ndarray, value: float) -> None:
     """Blend ``value`` into ``img`` where the local mask ``m`` is > 0 (``m`` is the opacity)."""
     sub = img[bb]
     sub *= 1.0 - m
     sub += m * value
 
 
-def stamp(mask: np.ndarray, bb, m: np.ndarray, label: int = 1) -> None:
+def stamp(mask: np.ndarray, bb: tuple[slice, ...], m: np.ndarray, label: int = 1) -> None:
     mask[bb][m >= 0.5] = label
 
 
-def smooth_field(shape, rng, strength: float, scale_vox: float = 0.0) -> np.ndarray:
+def smooth_field(shape: Sequence[int], rng: np.random.Generator, strength: float, scale_vox: float = 0.0) -> np.ndarray:
     """A smooth multiplicative field exp(low-order polynomial), mean about 1 (an MRI bias field)."""
     zz, yy, xx = [np.linspace(-1, 1, n, dtype=np.float32) for n in shape]
     c = rng.normal(0, strength, size=6)

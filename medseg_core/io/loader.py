@@ -19,8 +19,9 @@ import functools
 import logging
 import os
 import warnings as _warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -36,13 +37,17 @@ from .volume import Volume
 _log = logging.getLogger("medseg.io")
 
 
-def _guarded(func):
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _guarded(func: Callable[P, R]) -> Callable[P, R]:
     """Last line of defence for uploads: any failure other than :class:`InputError` becomes one
     (a plain sentence; the exception type is logged without file contents or names). Tests set
     ``MEDSEG_STRICT_LOADING=1`` so that such a failure is re-raised and found (see the fuzz tests)."""
 
     @functools.wraps(func)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
         except InputError:
@@ -173,7 +178,7 @@ def _unrecognised(name: str) -> InputError:
 
 
 # ---------------------------------------------------------------------------- public API
-def _classify(files: list[tuple[str, bytes]], limits: Limits):
+def _classify(files: list[tuple[str, bytes]], limits: Limits) -> tuple[list[tuple[str, bytes, str]], list[str]]:
     """Expand zips once; return (files with kinds, warnings)."""
     warnings: list[str] = []
     out = []
@@ -208,7 +213,7 @@ def list_series(source: Source, filename: str | None = None, limits: Limits | No
 
 
 @_guarded
-def load_volume(source: Source, filename: str | None = None, **kwargs) -> Volume:
+def load_volume(source: Source, filename: str | None = None, **kwargs: Any) -> Volume:
     """Load an image volume into the canonical (Z, Y, X) RAS+ :class:`Volume`.
 
     Args:
@@ -318,7 +323,14 @@ def _guess_modality(arr: np.ndarray) -> str:
     return "CT" if lo < -500 and hi < 5000 else "MR"
 
 
-def _load_dicom(dicoms, display_name, series, limits, warnings, n_other) -> Volume:
+def _load_dicom(
+    dicoms: list[tuple[str, bytes]],
+    display_name: str,
+    series: str | None,
+    limits: Limits,
+    warnings: list[str],
+    n_other: int,
+) -> Volume:
     parsed, skipped = _dicom.parse_files(dicoms)
     if not parsed:
         raise InputError(f"'{display_name}' does not hold readable DICOM data; the files are damaged or not DICOM.")
@@ -398,7 +410,7 @@ def _inplane(v: Volume) -> tuple[float, float]:
     return v.spacing[1], v.spacing[2]
 
 
-def _fmt(shape) -> str:
+def _fmt(shape: Sequence[int]) -> str:
     return " x ".join(str(s) for s in shape)
 
 
@@ -412,7 +424,7 @@ def mask_nifti_bytes(mask: np.ndarray, like: Volume, compress: bool = True) -> b
     return nifti_bytes(from_canonical_xyz(mask.astype(np.uint8)), like.affine, compress=compress)
 
 
-def save_mask_nifti(mask: np.ndarray, like: Volume, path_or_buffer) -> None:
+def save_mask_nifti(mask: np.ndarray, like: Volume, path_or_buffer: str | os.PathLike | BinaryIO) -> None:
     """Write a uint8 label map with ``like``'s affine; gzip unless the path ends in ``.nii``.
 
     Loading it back with :func:`load_mask` gives the identical array.
