@@ -10,7 +10,7 @@ import numpy as np
 from scipy import ndimage
 
 
-def _largest(mask: np.ndarray, structure=None, k: int = 1) -> np.ndarray:
+def _largest(mask: np.ndarray, structure: np.ndarray | None = None, k: int = 1) -> np.ndarray:
     lab, n = ndimage.label(mask, structure=structure)
     if n <= k:
         return mask.astype(bool)
@@ -19,7 +19,7 @@ def _largest(mask: np.ndarray, structure=None, k: int = 1) -> np.ndarray:
     return np.isin(lab, keep)
 
 
-def largest_component_3d(mask, connectivity: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def largest_component_3d(mask: np.ndarray, connectivity: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Keep the largest 3D connected component (``connectivity`` 1: 6-neighbours, scipy's default;
     3: 26-neighbours)."""
     m = np.asarray(mask) > 0
@@ -27,7 +27,7 @@ def largest_component_3d(mask, connectivity: int = 1) -> tuple[np.ndarray, np.nd
     return kept.astype(np.uint8), (m & ~kept).astype(np.uint8)
 
 
-def largest_component_per_slice(mask, connectivity: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def largest_component_per_slice(mask: np.ndarray, connectivity: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Keep the largest 2D component on every axial slice (report 000's post-processing)."""
     m = np.asarray(mask) > 0
     st = ndimage.generate_binary_structure(2, connectivity)
@@ -38,7 +38,7 @@ def largest_component_per_slice(mask, connectivity: int = 1) -> tuple[np.ndarray
     return kept.astype(np.uint8), (m & ~kept).astype(np.uint8)
 
 
-def keep_k_largest(mask, k: int, per_slice: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def keep_k_largest(mask: np.ndarray, k: int, per_slice: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Keep the ``k`` largest components (3D, or per axial slice)."""
     m = np.asarray(mask) > 0
     if per_slice:
@@ -51,7 +51,7 @@ def keep_k_largest(mask, k: int, per_slice: bool = False) -> tuple[np.ndarray, n
 
 
 def remove_small(
-    mask, spacing: Sequence[float], min_size: float, per_slice: bool = False
+    mask: np.ndarray, spacing: Sequence[float], min_size: float, per_slice: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Remove components smaller than ``min_size``: mm^3 in 3D, mm^2 per slice with ``per_slice``.
 
@@ -76,7 +76,7 @@ def remove_small(
     return kept.astype(np.uint8), (m & ~kept).astype(np.uint8)
 
 
-def raovseg_postprocess(mask, iterations: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def raovseg_postprocess(mask: np.ndarray, iterations: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Official RAovSeg: ``binary_closing`` (scipy default cross, ``iterations``) then the largest
     3D component (6-connectivity). Returns ``(kept, removed, added)``.
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import io
 import re
 import warnings as _warnings
+from collections.abc import Container
 
 import numpy as np
 
@@ -122,7 +123,7 @@ def _sop_class(data: bytes) -> str:
 
 
 # ---------------------------------------------------------------------------- helpers
-def unique_name(name: str, taken) -> str:
+def unique_name(name: str, taken: Container[str]) -> str:
     """``name``, or ``name (2)``, ``name (3)``... when it is already in ``taken``."""
     name = (name or "").strip() or "prediction"
     if name not in taken:

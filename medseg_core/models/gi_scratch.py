@@ -82,7 +82,7 @@ class EncoderBlock(nn.Module):
         self.body = nn.Sequential(*layers)
         self.residual = residual and cin == cout and stride == 1
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)
         return y + x if self.residual else y
 
@@ -100,7 +100,7 @@ class DecoderBlock(nn.Module):
         )
         self.norms = nn.ModuleList(nn.BatchNorm2d(cout) for _ in range(n_convs))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv, bn in zip(self.convs, self.norms, strict=True):
             x = F.relu(bn(conv(x)))
         return x
@@ -131,7 +131,7 @@ class GIScratchCNN(nn.Module):
             norm = version == "bn_dropout"
             p = dropout if norm else 0.0
 
-            def unit(cin, cout, k, pad):
+            def unit(cin: int, cout: int, k: int, pad: int) -> list[nn.Module]:
                 layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, padding=pad, bias=not norm)]
                 if norm:
                     layers.append(nn.BatchNorm2d(cout))
@@ -186,7 +186,7 @@ class GIScratchCNN(nn.Module):
         #: decoder block index -> encoder block index whose output is added to its output
         self.skips = {2: 5, 4: 3, 6: 1}
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
         if self.version in ("simple", "bn_dropout"):
             return _match(self.decoder(self.encoder(x)), x)

@@ -114,21 +114,21 @@ class TL5(nn.Module):
         self.final_up = nn.ConvTranspose2d(d[1], d[0], 2, stride=2)
         self.final = nn.Sequential(DoubleConv(d[0], d[0]), nn.Conv2d(d[0], out_channels, 1))
 
-    def encode(self, x):
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.encoder(x)
 
-    def decode(self, feats):
+    def decode(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = feats[5]
         for up, skip in zip(self.ups, (feats[4], feats[3], feats[2], feats[1]), strict=True):
             x = up(x, skip)
         return self.final(self.final_up(x))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
 
 class _ResBlock(nn.Module):
-    def __init__(self, cin, cout, stride=1) -> None:
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
         super().__init__()
         self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.b1 = nn.BatchNorm2d(cout)
@@ -140,7 +140,7 @@ class _ResBlock(nn.Module):
             else nn.Identity()
         )
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.b1(self.c1(x)))
         return F.relu(self.b2(self.c2(y)) + self.short(x))
 
@@ -160,11 +160,11 @@ class SliceClassifier(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(16, 1)
 
-    def encode(self, x):
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1)
 
-    def decode(self, f):
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
         return self.fc(self.drop(f))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))

@@ -32,6 +32,7 @@ first, the auxiliary ones from coarse to fine as MicroSegNet's ``VisionTransform
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -64,7 +65,7 @@ class _DecoderBlock(nn.Module):
         self.conv1 = _conv_bn_relu(cin + skip, cout)
         self.conv2 = _conv_bn_relu(cout, cout)
 
-    def forward(self, x, skip=None):
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
         if skip is not None:
             x = torch.cat([x, skip], dim=1)
@@ -87,8 +88,8 @@ class TransUNet(nn.Module):
         self,
         img_size: int = 224,
         patch_size: int = 16,
-        resnet_layers=(3, 4, 9),
-        resnet_channels=(256, 512, 1024),
+        resnet_layers: Sequence[int] = (3, 4, 9),
+        resnet_channels: Sequence[int] = (256, 512, 1024),
         stem_channels: int = 64,
         hidden_size: int = 768,
         depth: int = 12,
@@ -97,7 +98,7 @@ class TransUNet(nn.Module):
         dropout: float = 0.1,
         attention_dropout: float = 0.0,
         head_channels: int = 512,
-        decoder_channels=(256, 128, 64, 16),
+        decoder_channels: Sequence[int] = (256, 128, 64, 16),
         n_skip: int = 3,
         in_chans: int = 3,
         out_channels: int = 1,
@@ -170,7 +171,7 @@ class TransUNet(nn.Module):
         pe = F.interpolate(pe, size=(gh, gw), mode="bilinear", align_corners=False)
         return pe.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
 
-    def encode(self, x):
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(tokens after the final LayerNorm as a B x hidden x h x w map, skip features deep -> shallow)."""
         if x.shape[1] == 1 and self.in_chans == 3:
             x = x.repeat(1, 3, 1, 1)
@@ -188,7 +189,7 @@ class TransUNet(nn.Module):
         t = self.encoder_norm(t)
         return t.transpose(1, 2).reshape(b, c, gh, gw), [s2, s1, s0]
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         h, skips = self.encode(x)
         h = self.conv_more(h)
         aux = []
@@ -202,5 +203,5 @@ class TransUNet(nn.Module):
         return full
 
 
-def transunet(**kw) -> TransUNet:
+def transunet(**kw: Any) -> TransUNet:
     return TransUNet(**kw)

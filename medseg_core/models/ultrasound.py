@@ -25,6 +25,8 @@ Multitask models return ``{"seg": (N,1,H,W) logits, "cls": (N,2) logits}``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -73,7 +75,7 @@ class EffB0MultiTask(nn.Module):
         if task != "seg":
             self.cls_head = ClinicalFusionHead(1280, n_clinical=n_clinical, n_classes=n_classes, dropout=head_dropout)
 
-    def encode(self, x):
+    def encode(self, x: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
         skips = {}
         for i, blk in enumerate(self.features):
             x = blk(x)
@@ -81,7 +83,12 @@ class EffB0MultiTask(nn.Module):
                 skips[i] = x
         return skips, x
 
-    def decode(self, state, clinical=None, size=None):
+    def decode(
+        self,
+        state: tuple[dict[int, torch.Tensor], torch.Tensor],
+        clinical: torch.Tensor | None = None,
+        size: Sequence[int] | None = None,
+    ) -> dict[str, torch.Tensor]:
         skips, x = state
         bott = x
         out = {}
@@ -96,7 +103,7 @@ class EffB0MultiTask(nn.Module):
             out["cls"] = self.cls_head(F.adaptive_avg_pool2d(bott, 1).flatten(1), clinical)
         return out
 
-    def forward(self, x, clinical=None):
+    def forward(self, x: torch.Tensor, clinical: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return self.decode(self.encode(x), clinical, size=x.shape[-2:])
 
 
@@ -142,13 +149,13 @@ class UNetMultiTask(nn.Module):
                 features, n_clinical=n_clinical, n_classes=n_classes, dropout=head_dropout
             )
 
-    def encode(self, x):
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = [self.inc(x)]
         for d in self.downs:
             feats.append(d(F.max_pool2d(feats[-1], 2)))
         return feats
 
-    def pooled_features(self, feats) -> torch.Tensor:
+    def pooled_features(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """(N, F) features the classification head sees (see the class docstring)."""
         if self.cls_pool == "bottleneck":
             return F.adaptive_avg_pool2d(feats[-1], 1).flatten(1)
@@ -157,7 +164,9 @@ class UNetMultiTask(nn.Module):
             [F.adaptive_avg_pool2d(conv(f), 1).flatten(1) for conv, f in zip(self.pool_proj, blocks, strict=True)], 1
         )
 
-    def decode(self, feats, clinical=None, size=None):
+    def decode(
+        self, feats: list[torch.Tensor], clinical: torch.Tensor | None = None, size: Sequence[int] | None = None
+    ) -> dict[str, torch.Tensor]:
         out = {}
         if self.task != "cls":
             x = feats[-1]
@@ -168,14 +177,14 @@ class UNetMultiTask(nn.Module):
             out["cls"] = self.cls_head(self.pooled_features(feats), clinical)
         return out
 
-    def forward(self, x, clinical=None):
+    def forward(self, x: torch.Tensor, clinical: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return self.decode(self.encode(x), clinical)
 
 
 class CropClassifier(nn.Module):
     """EfficientNet-B0 classifier of the 164 x 164 lesion crop with the clinical head."""
 
-    def __init__(self, in_channels=1, n_classes=2, n_clinical=2, dropout=0.25) -> None:
+    def __init__(self, in_channels: int = 1, n_classes: int = 2, n_clinical: int = 2, dropout: float = 0.25) -> None:
         super().__init__()
         import torchvision
 
@@ -184,7 +193,7 @@ class CropClassifier(nn.Module):
         self.features = net.features
         self.head = ClinicalFusionHead(1280, n_clinical=n_clinical, n_classes=n_classes, dropout=dropout)
 
-    def forward(self, x, clinical=None):
+    def forward(self, x: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1), clinical)
 
 
@@ -203,7 +212,7 @@ def lesion_crop_box(mask: np.ndarray, pad_fraction: float = 0.01) -> tuple[int, 
     return max(rows.min() - pr, 0), min(rows.max() + 1 + pr, h), max(cols.min() - pc, 0), min(cols.max() + 1 + pc, w)
 
 
-def square_crop(image: torch.Tensor, box, size: int = 164) -> torch.Tensor:
+def square_crop(image: torch.Tensor, box: Sequence[int], size: int = 164) -> torch.Tensor:
     """Crop (C, H, W) to ``box``, zero-pad to a square (centred) and resize to ``size``."""
     r0, r1, c0, c1 = box
     crop = image[:, r0:r1, c0:c1]
@@ -221,7 +230,7 @@ class SegLogits(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)["seg"]
 
 
@@ -256,7 +265,9 @@ class Cascade(nn.Module):
         self.crop_size = crop_size
         self.threshold = threshold
 
-    def crops(self, x: torch.Tensor, seg_logits: torch.Tensor):
+    def crops(
+        self, x: torch.Tensor, seg_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, list[tuple[int, int, int, int] | None]]:
         boxes, crops = [], []
         probs = torch.sigmoid(seg_logits).detach().cpu().numpy()[:, 0]
         for i in range(x.shape[0]):
@@ -265,13 +276,13 @@ class Cascade(nn.Module):
             crops.append(square_crop(x[i], box or (0, x.shape[-2], 0, x.shape[-1]), self.crop_size))
         return torch.stack(crops), boxes
 
-    def forward(self, x, clinical=None):
+    def forward(self, x: torch.Tensor, clinical: torch.Tensor | None = None) -> dict[str, torch.Tensor | list]:
         seg = self.segmenter(x)
         crops, boxes = self.crops(x, seg)
         return {"seg": seg, "cls": self.classifier(crops, clinical), "boxes": boxes}
 
 
-def denoiser(channels=(16, 32, 64, 128), dropout: float = 0.0) -> nn.Module:
+def denoiser(channels: Sequence[int] = (16, 32, 64, 128), dropout: float = 0.0) -> nn.Module:
     """Annotation-removal U-Net: annotated grey image in, clean image out (MONAI UNet, 2D)."""
     from monai.networks.nets import UNet
 
