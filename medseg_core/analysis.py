@@ -45,19 +45,16 @@ tag is not ``good`` (used for the uncertainty-vs-failure AUROC).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .io import Volume
-
-
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
 
 from . import metrics as M
+
+if TYPE_CHECKING:
+    from .io import Volume
 
 TAGS = (
     "good",

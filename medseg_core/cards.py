@@ -35,21 +35,19 @@ a card with an unknown schema is refused with a sentence.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .io import Volume
-
-
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .io.errors import InputError
 from .models import ModelSpec, get_spec, list_models, model_kwargs
+
+if TYPE_CHECKING:
+    from .io import Volume
 
 SCHEMA = "medseg.card/2"
 #: Keys of a version-1 card that the recipe replaces.

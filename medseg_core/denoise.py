@@ -17,13 +17,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .checkpoints import LoadedModel
-
-
 import numpy as np
 
 from .io import Volume
+
+if TYPE_CHECKING:
+    from .checkpoints import LoadedModel
 
 
 def load_denoiser(ref: str) -> LoadedModel:

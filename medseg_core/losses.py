@@ -21,6 +21,8 @@ WeightedMSELoss   sum w (clean - pred)^2 / sum w, w = alpha M + beta (1 - M)    
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,7 +35,7 @@ def _reduce_dims(x: torch.Tensor) -> tuple[int, ...]:
 class BCELoss(nn.Module):
     """Binary cross-entropy on logits, averaged over every element."""
 
-    def forward(self, logits, target):
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(logits, target.float())
 
 
@@ -47,7 +49,7 @@ class SoftDiceLoss(nn.Module):
         super().__init__()
         self.smooth = smooth
 
-    def forward(self, logits, target):
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         p = torch.sigmoid(logits)
         g = target.float()
         dims = _reduce_dims(p)
@@ -75,7 +77,7 @@ class SmpMultilabelDiceLoss(nn.Module):
 
         self.dice = DiceLoss(mode="multilabel", from_logits=True, smooth=smooth, eps=eps)
 
-    def forward(self, logits, target):
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.dice(logits, target.float())
 
 
@@ -104,7 +106,7 @@ class CompoundLoss(nn.Module):
         self.dw, self.bw = dice_weight, bce_weight
         self.dice, self.bce = COMPOUND_DICE[dice](), BCELoss()
 
-    def forward(self, logits, target):
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.dw * self.dice(logits, target) + self.bw * self.bce(logits, target)
 
 
@@ -130,7 +132,7 @@ class FocalTverskyLoss(nn.Module):
             raise ValueError("exponent must be 'gamma' or 'inverse'")
         self.alpha, self.beta, self.gamma, self.exponent, self.smooth = alpha, beta, gamma, exponent, smooth
 
-    def tversky_index(self, logits, target):
+    def tversky_index(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         p = torch.sigmoid(logits)
         g = target.float()
         dims = _reduce_dims(p)
@@ -139,7 +141,7 @@ class FocalTverskyLoss(nn.Module):
         fn = ((1 - p) * g).sum(dims)
         return (tp + self.smooth) / (tp + self.alpha * fp + self.beta * fn + self.smooth)
 
-    def forward(self, logits, target):
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ti = self.tversky_index(logits, target)
         e = self.gamma if self.exponent == "gamma" else 1.0 / self.gamma
         return torch.clamp(1.0 - ti, min=0.0).pow(e).mean()
@@ -157,7 +159,7 @@ class FocalLoss(nn.Module):
         super().__init__()
         self.alpha, self.gamma, self.balanced = alpha, gamma, balanced
 
-    def forward(self, logits, target):
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         g = target.float()
         p = torch.sigmoid(logits)
         bce = F.binary_cross_entropy_with_logits(logits, g, reduction="none")
@@ -195,7 +197,9 @@ class AGBCELoss(nn.Module):
         super().__init__()
         self.w, self.ks, self.beta = w, ks, beta
 
-    def forward(self, logits, expert, non_expert, ks: int | None = None):
+    def forward(
+        self, logits: torch.Tensor, expert: torch.Tensor, non_expert: torch.Tensor, ks: int | None = None
+    ) -> torch.Tensor:
         """``ks`` overrides the dilation kernel for this call (deep supervision: one per scale).
         ``beta`` scales the per-pixel BCE: MicroSegNet's public ``attention_BCE_loss`` computes
         -beta y log p - (1 - beta)(1 - y) log(1 - p) with beta 0.5, i.e. 0.5 BCE."""
@@ -264,7 +268,7 @@ class AdaptiveFocalLoss(nn.Module):
         self,
         ks: int = 5,
         theta: float = 0.5,
-        focal_gamma="adaptive",
+        focal_gamma: float | str = "adaptive",
         eps: float = 1e-6,
         reading: str = "report",
         difficulty_from: str | None = None,
@@ -295,7 +299,7 @@ class AdaptiveFocalLoss(nn.Module):
             opts["n_pixels"],
         )
 
-    def gamma(self, logits, y_true, y_std) -> torch.Tensor:
+    def gamma(self, logits: torch.Tensor, y_true: torch.Tensor, y_std: torch.Tensor) -> torch.Tensor:
         """Step 5-6: sample_difficulty + annotation_variability (detached, clamped at ``gamma_min``)."""
         with torch.no_grad():
             pred = logits.float() if self.difficulty_from == "y_pred" else torch.sigmoid(logits.float())
@@ -307,7 +311,9 @@ class AdaptiveFocalLoss(nn.Module):
                 variability = y_std.float().mean()
             return torch.clamp(difficulty + variability, min=self.gamma_min)
 
-    def forward(self, logits, y_true, y_std, ks: int | None = None):
+    def forward(
+        self, logits: torch.Tensor, y_true: torch.Tensor, y_std: torch.Tensor, ks: int | None = None
+    ) -> torch.Tensor:
         y = y_true.float()
         if self.n_pixels == "hwc":
             n_pixels = float(torch.tensor(logits.shape[1:]).prod())
@@ -316,7 +322,7 @@ class AdaptiveFocalLoss(nn.Module):
         hard = hard_region(y, y_std, self.ks if ks is None else ks)
         easy = 1 - hard
         gamma = self.gamma(logits, y, y_std)
-        exponent = gamma if self.focal_gamma == "adaptive" else self.focal_gamma
+        exponent: torch.Tensor | float = gamma if self.focal_gamma == "adaptive" else float(self.focal_gamma)
         p = torch.sigmoid(logits)
         pt = p * y + (1 - p) * (1 - y)
         focal = -self.theta * (1 - pt).pow(exponent) * torch.log(pt + self.eps)
@@ -331,12 +337,12 @@ class MultiClassFocalLoss(nn.Module):
     ``alpha`` weights multiply each sample's term. Report 001 uses focal loss for the 8 MMOTU classes
     (Appendix B) and names no gamma; 2 is Lin et al.'s default. ``forward(logits (N, C), label (N,))``."""
 
-    def __init__(self, gamma: float = 2.0, alpha=None) -> None:
+    def __init__(self, gamma: float = 2.0, alpha: Sequence[float] | None = None) -> None:
         super().__init__()
         self.gamma = float(gamma)
         self.alpha = None if alpha is None else torch.tensor(alpha, dtype=torch.float32)
 
-    def forward(self, logits, label):
+    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         label = label.long()
         logp_t = F.log_softmax(logits, dim=1).gather(1, label[:, None])[:, 0]
         loss = -(1 - logp_t.exp()).pow(self.gamma) * logp_t
@@ -363,7 +369,7 @@ class MultiTaskLoss(nn.Module):
         self,
         seg_weight: float = 0.3,
         cls_weight: float = 1.0,
-        class_weights=(1.0, 2.0),
+        class_weights: Sequence[float] | None = (1.0, 2.0),
         cls_loss: str = "ce",
         focal_gamma: float = 2.0,
     ) -> None:
@@ -377,13 +383,13 @@ class MultiTaskLoss(nn.Module):
         self.dice = SoftDiceLoss()
         self.focal = MultiClassFocalLoss(focal_gamma, class_weights) if cls_loss == "focal" else None
 
-    def forward(self, outputs, mask, label):
-        total = 0.0
+    def forward(self, outputs: dict[str, torch.Tensor], mask: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        total: torch.Tensor | None = None
         if "seg" in outputs:
             seg = outputs["seg"]
             nonempty = mask.flatten(1).sum(1) > 0
             dice = self.dice(seg[nonempty], mask[nonempty]) if nonempty.any() else seg.sum() * 0.0
-            total = total + self.sw * dice
+            total = self.sw * dice
         if "cls" in outputs:
             cls = outputs["cls"]
             if self.focal is not None:
@@ -391,7 +397,9 @@ class MultiTaskLoss(nn.Module):
             else:
                 w = None if self.class_weights is None else self.class_weights.to(cls.dtype)
                 term = F.cross_entropy(cls, label.long(), weight=w)
-            total = total + self.cw * term
+            total = self.cw * term if total is None else total + self.cw * term
+        if total is None:
+            raise ValueError("the outputs hold neither 'seg' nor 'cls'")
         return total
 
 
@@ -404,7 +412,7 @@ class WeightedMSELoss(nn.Module):
         super().__init__()
         self.alpha, self.beta, self.tol = alpha, beta, tol
 
-    def forward(self, pred, clean, annotated):
+    def forward(self, pred: torch.Tensor, clean: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
         m = ((annotated - clean).abs() > self.tol).float()
         w = self.alpha * m + self.beta * (1 - m)
         return (w * (clean - pred) ** 2).sum() / w.sum()

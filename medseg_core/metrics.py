@@ -20,19 +20,24 @@ both directions (MONAI ``compute_average_surface_distance(symmetric=True)``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Literal, overload
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    import torch
 
 NAN = float("nan")
 
 
-def _b(x) -> np.ndarray:
+def _b(x: ArrayLike) -> np.ndarray:
     return np.asarray(x) > 0
 
 
-def _counts(pred, ref):
+def _counts(pred: ArrayLike, ref: ArrayLike) -> tuple[int, int, int, int]:
     p, r = _b(pred), _b(ref)
     tp = int(np.count_nonzero(p & r))
     fp = int(np.count_nonzero(p & ~r))
@@ -41,24 +46,24 @@ def _counts(pred, ref):
     return tp, fp, fn, tn
 
 
-def dice(pred, ref) -> float:
+def dice(pred: ArrayLike, ref: ArrayLike) -> float:
     tp, fp, fn, _ = _counts(pred, ref)
     d = 2 * tp + fp + fn
     return NAN if d == 0 else 2 * tp / d
 
 
-def iou(pred, ref) -> float:
+def iou(pred: ArrayLike, ref: ArrayLike) -> float:
     tp, fp, fn, _ = _counts(pred, ref)
     d = tp + fp + fn
     return NAN if d == 0 else tp / d
 
 
-def precision(pred, ref) -> float:
+def precision(pred: ArrayLike, ref: ArrayLike) -> float:
     tp, fp, _, _ = _counts(pred, ref)
     return NAN if tp + fp == 0 else tp / (tp + fp)
 
 
-def recall(pred, ref) -> float:
+def recall(pred: ArrayLike, ref: ArrayLike) -> float:
     tp, _, fn, _ = _counts(pred, ref)
     return NAN if tp + fn == 0 else tp / (tp + fn)
 
@@ -66,17 +71,17 @@ def recall(pred, ref) -> float:
 sensitivity = recall
 
 
-def specificity(pred, ref) -> float:
+def specificity(pred: ArrayLike, ref: ArrayLike) -> float:
     _, fp, _, tn = _counts(pred, ref)
     return NAN if tn + fp == 0 else tn / (tn + fp)
 
 
-def volume_ml(mask, spacing: Sequence[float]) -> float:
+def volume_ml(mask: ArrayLike, spacing: Sequence[float]) -> float:
     """Foreground volume in millilitres (spacing in mm; 1 mL = 1000 mm^3)."""
     return float(np.count_nonzero(_b(mask)) * float(np.prod(spacing)) / 1000.0)
 
 
-def area_mm2(mask2d, spacing2d: Sequence[float]) -> float:
+def area_mm2(mask2d: ArrayLike, spacing2d: Sequence[float]) -> float:
     return float(np.count_nonzero(_b(mask2d)) * float(np.prod(spacing2d)))
 
 
@@ -84,7 +89,9 @@ def _surface(m: np.ndarray) -> np.ndarray:
     return m & ~ndimage.binary_erosion(m)
 
 
-def surface_distances(pred, ref, spacing: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def surface_distances(
+    pred: ArrayLike, ref: ArrayLike, spacing: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(distances from pred's surface to ref's, from ref's surface to pred's) in mm.
 
     Both arrays are empty when either mask is empty.
@@ -107,12 +114,14 @@ def _assd(a: np.ndarray, b: np.ndarray) -> float:
     return NAN if a.size == 0 else float(np.concatenate([a, b]).mean())
 
 
-def hd95(pred, ref, spacing: Sequence[float] | None = None, percentile: float = 95.0) -> float:
+def hd95(pred: ArrayLike, ref: ArrayLike, spacing: Sequence[float] | None = None, percentile: float = 95.0) -> float:
     """95th-percentile symmetric Hausdorff distance in mm (NaN if either mask is empty)."""
     return _hd(*surface_distances(pred, ref, spacing), percentile)
 
 
-def hd95_pooled(pred, ref, spacing: Sequence[float] | None = None, percentile: float = 95.0) -> float:
+def hd95_pooled(
+    pred: ArrayLike, ref: ArrayLike, spacing: Sequence[float] | None = None, percentile: float = 95.0
+) -> float:
     """medpy's ``metric.binary.hd95`` in mm: the 95th percentile of the **pooled** directed surface
     distances, ``np.percentile(np.hstack((d(pred -> ref), d(ref -> pred))), 95)``.
 
@@ -134,12 +143,12 @@ def hd95_pooled(pred, ref, spacing: Sequence[float] | None = None, percentile: f
     return NAN if a.size == 0 else float(np.percentile(np.concatenate([a, b]), percentile))
 
 
-def assd(pred, ref, spacing: Sequence[float] | None = None) -> float:
+def assd(pred: ArrayLike, ref: ArrayLike, spacing: Sequence[float] | None = None) -> float:
     """Average symmetric surface distance in mm (NaN if either mask is empty)."""
     return _assd(*surface_distances(pred, ref, spacing))
 
 
-def segmentation_metrics(pred, ref, spacing: Sequence[float]) -> dict:
+def segmentation_metrics(pred: ArrayLike, ref: ArrayLike, spacing: Sequence[float]) -> dict:
     """All overlap and distance metrics of one mask pair, with units in the key names."""
     p, r = _b(pred), _b(ref)
     tp, fp, fn, tn = _counts(p, r)
@@ -163,7 +172,7 @@ def segmentation_metrics(pred, ref, spacing: Sequence[float]) -> dict:
     }
 
 
-def per_slice_metrics(pred, ref, spacing: Sequence[float]) -> list[dict]:
+def per_slice_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> list[dict]:
     """:func:`segmentation_metrics` of each axial slice (axis 0) with the in-plane spacing;
     volumes become areas in mm^2 (keys ``pred_area_mm2`` / ``ref_area_mm2``)."""
     out = []
@@ -177,13 +186,36 @@ def per_slice_metrics(pred, ref, spacing: Sequence[float]) -> list[dict]:
     return out
 
 
-def nanmean(values) -> float:
+def nanmean(values: Iterable[float]) -> float:
     v = np.asarray([x for x in values if x is not None], dtype=float)
     v = v[~np.isnan(v)]
     return float(v.mean()) if v.size else NAN
 
 
-def dice_report002(pred_probs_or_masks, ref, threshold: float = 0.5, eps: float = 0.001, reduction: str = "mean"):
+@overload
+def dice_report002(
+    pred_probs_or_masks: ArrayLike | torch.Tensor,
+    ref: ArrayLike | torch.Tensor,
+    threshold: float = 0.5,
+    eps: float = 0.001,
+    reduction: Literal["mean"] = "mean",
+) -> float: ...
+@overload
+def dice_report002(
+    pred_probs_or_masks: ArrayLike | torch.Tensor,
+    ref: ArrayLike | torch.Tensor,
+    threshold: float = 0.5,
+    eps: float = 0.001,
+    *,
+    reduction: Literal["none"],
+) -> np.ndarray: ...
+def dice_report002(
+    pred_probs_or_masks: ArrayLike | torch.Tensor,
+    ref: ArrayLike | torch.Tensor,
+    threshold: float = 0.5,
+    eps: float = 0.001,
+    reduction: str = "mean",
+) -> float | np.ndarray:
     """Report 002's Dice (section 2.4, its ``dice_coefficient(groundtruth, y_pred, thr=0.5,
     epsilon=0.001)``), on arrays or tensors shaped ``(N, C, H, W)`` (or one slice ``(C, H, W)``).
 
@@ -217,7 +249,7 @@ def dice_report002(pred_probs_or_masks, ref, threshold: float = 0.5, eps: float 
 
 
 # ----------------------------------------------------------------------------- classification
-def confusion_matrix(y_true, p_pos, threshold: float = 0.5) -> np.ndarray:
+def confusion_matrix(y_true: ArrayLike, p_pos: ArrayLike, threshold: float = 0.5) -> np.ndarray:
     """2x2 [[TN, FP], [FN, TP]] at ``p_pos >= threshold``."""
     y = np.asarray(y_true).astype(int)
     yhat = (np.asarray(p_pos) >= threshold).astype(int)
@@ -229,7 +261,7 @@ def confusion_matrix(y_true, p_pos, threshold: float = 0.5) -> np.ndarray:
     )
 
 
-def roc_auc(y_true, score) -> float:
+def roc_auc(y_true: ArrayLike, score: ArrayLike) -> float:
     """Area under the ROC curve (Mann-Whitney U with ties counted as 1/2); NaN if one class."""
     y = np.asarray(y_true).astype(bool)
     s = np.asarray(score, dtype=float)
@@ -240,7 +272,7 @@ def roc_auc(y_true, score) -> float:
     return float((ranks[y].sum() - npos * (npos + 1) / 2) / (npos * nneg))
 
 
-def _rankdata(s):
+def _rankdata(s: np.ndarray) -> np.ndarray:
     order = np.argsort(s, kind="mergesort")
     ranks = np.empty(len(s), float)
     sorted_s = s[order]
@@ -254,7 +286,7 @@ def _rankdata(s):
     return ranks
 
 
-def roc_curve(y_true, score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_curve(y_true: ArrayLike, score: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(false-positive rate, true-positive rate, thresholds), from (0, 0) to (1, 1)."""
     y = np.asarray(y_true).astype(bool)
     s = np.asarray(score, dtype=float)
@@ -265,7 +297,7 @@ def roc_curve(y_true, score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.array(fpr), np.array(tpr), np.concatenate([[np.inf], thr])
 
 
-def classification_metrics(y_true, p_pos, threshold: float = 0.5) -> dict:
+def classification_metrics(y_true: ArrayLike, p_pos: ArrayLike, threshold: float = 0.5) -> dict:
     """Accuracy, sensitivity, specificity, precision, F1, ROC AUC and the confusion matrix."""
     cm = confusion_matrix(y_true, p_pos, threshold)
     (tn, fp), (fn, tp) = cm

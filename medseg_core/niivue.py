@@ -27,21 +27,19 @@ guarantees, and the tests check:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .io import Volume
-
-
 import base64
 import gzip
 import io
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .io.orientation import from_canonical_xyz
+
+if TYPE_CHECKING:
+    from .io import Volume
 
 #: NIfTI ``intent_code`` of a label map (NIFTI_INTENT_LABEL).
 INTENT_LABEL = 1002

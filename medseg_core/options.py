@@ -13,19 +13,16 @@ unknown field with a sentence.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .inference import PredictOptions
-
-
 from collections.abc import Iterable
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .io.errors import InputError
+
+if TYPE_CHECKING:
+    from .inference import PredictOptions
 
 
 def parse_value(text: str) -> Any:

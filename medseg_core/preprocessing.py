@@ -29,11 +29,15 @@ patient's left is world x < midline in RAS+, whatever the file's storage order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    from .io import Volume
 
 
 def none(x: np.ndarray) -> np.ndarray:
@@ -118,7 +122,7 @@ def unsharp(x: np.ndarray, sigma_px: float = 2.0, amount: float = 1.0) -> np.nda
     return np.clip(x + amount * (x - ndimage.gaussian_filter(x, sig)), 0, 1).astype(np.float32)
 
 
-def raovseg_sharp(x: np.ndarray, sigma_px: float = 2.0, amount: float = 1.0, **kw) -> np.ndarray:
+def raovseg_sharp(x: np.ndarray, sigma_px: float = 2.0, amount: float = 1.0, **kw: Any) -> np.ndarray:
     """Report 000 section 3.3's RAovSeg-style input: :func:`raovseg` (``kw``: o1, o2, percentiles,
     clip_scope) then the "local contrast enhancement (high-pass or sharpening)" as an in-plane
     :func:`unsharp` mask."""
@@ -162,7 +166,7 @@ PREPROCESSING: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def preprocess(name: str, x: np.ndarray, **params) -> np.ndarray:
+def preprocess(name: str, x: np.ndarray, **params: Any) -> np.ndarray:
     """Apply the named step; ``params`` are its keyword parameters (a model card's
     ``recipe.preprocessing.params``, e.g. ``lo_hu``/``hi_hu`` for ``ct_window``)."""
     try:
@@ -184,7 +188,7 @@ class SliceResize:
     in_shape: tuple[int, int]
     size: tuple[int, int]
 
-    def _zoom(self, x, shape, order):
+    def _zoom(self, x: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
         x = np.asarray(x, np.float32)
         fy, fx = shape[0] / x.shape[-2], shape[1] / x.shape[-1]
         if fy == 1 and fx == 1:
@@ -193,14 +197,16 @@ class SliceResize:
         out = ndimage.zoom(x, z, order=order, mode="nearest", grid_mode=True)
         return out[..., : shape[0], : shape[1]]
 
-    def forward(self, x, order: int = 1):
+    def forward(self, x: np.ndarray, order: int = 1) -> np.ndarray:
         return self._zoom(x, self.size, order)
 
-    def inverse(self, y, order: int = 1):
+    def inverse(self, y: np.ndarray, order: int = 1) -> np.ndarray:
         return self._zoom(y, self.in_shape, order)
 
 
-def resample_inplane(x: np.ndarray, spacing_yx: tuple[float, float], target_yx: tuple[float, float], order: int = 1):
+def resample_inplane(
+    x: np.ndarray, spacing_yx: tuple[float, float], target_yx: tuple[float, float], order: int = 1
+) -> tuple[np.ndarray, SliceResize]:
     """Resample (Z, Y, X) in-plane to ``target_yx`` mm; returns (array, SliceResize to go back)."""
     h, w = x.shape[-2:]
     size = (max(1, int(round(h * spacing_yx[0] / target_yx[0]))), max(1, int(round(w * spacing_yx[1] / target_yx[1]))))
@@ -265,7 +271,7 @@ class PelvisGeometry:
         y0, y1, x0, x1 = self.box
         return y1 - y0, x1 - x0
 
-    def forward(self, x, order: int = 1) -> np.ndarray:
+    def forward(self, x: np.ndarray, order: int = 1) -> np.ndarray:
         r = SliceResize(self.in_shape, self.resampled_shape).forward(np.asarray(x, np.float32), order)
         y0, y1, x0, x1 = self.box
         H, W = self.resampled_shape
@@ -274,7 +280,7 @@ class PelvisGeometry:
         out[..., sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = r[..., sy0:sy1, sx0:sx1]
         return out
 
-    def inverse(self, y, order: int = 1) -> np.ndarray:
+    def inverse(self, y: np.ndarray, order: int = 1) -> np.ndarray:
         y = np.asarray(y, np.float32)
         y0, y1, x0, x1 = self.box
         H, W = self.resampled_shape
@@ -283,7 +289,7 @@ class PelvisGeometry:
         full[..., sy0:sy1, sx0:sx1] = y[..., sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
         return SliceResize(self.resampled_shape, self.in_shape).forward(full, order)
 
-    def volume(self, vol):
+    def volume(self, vol: Volume) -> Volume:
         """``vol`` on the step's grid: array resampled and cut, spacing and affine to match (so
         anatomical side masking still finds the patient's left and right)."""
         from .io import Volume
@@ -313,7 +319,7 @@ class PelvisGeometry:
 
 
 def plan_geometry(
-    vol, inplane_mm: float | None = 0.35, crop: str = "body", margin_mm: float = 10.0, square: bool = True
+    vol: Volume, inplane_mm: float | None = 0.35, crop: str = "body", margin_mm: float = 10.0, square: bool = True
 ) -> PelvisGeometry:
     """The :class:`PelvisGeometry` of one volume (a card's ``recipe.geometry`` are the keywords):
     in-plane resampling to ``inplane_mm`` (None: keep the spacing) and, with ``crop="body"``, the
@@ -347,14 +353,14 @@ def plan_geometry(
 SIDE_MODES = ("none", "left", "right", "oracle", "two_pass")
 
 
-def world_x_of_columns(volume) -> np.ndarray:
+def world_x_of_columns(volume: Volume) -> np.ndarray:
     """World x (mm, RAS+: larger is the patient's right) of each array column at the grid centre."""
     z, y, _ = (np.asarray(volume.shape) - 1) / 2.0
     cols = np.arange(volume.shape[2], dtype=float)
     return np.array([volume.index_to_world(z, y, c)[0] for c in cols])
 
 
-def midline_x(volume, method: str = "image") -> float:
+def midline_x(volume: Volume, method: str = "image") -> float:
     """World x of the left/right dividing line: the image centre (report 000's halves) or, with
     ``method="body"``, the intensity-weighted centre of the body (robust to an off-centre patient)."""
     wx = world_x_of_columns(volume)
@@ -366,7 +372,7 @@ def midline_x(volume, method: str = "image") -> float:
     return float((prof * wx).sum() / max(prof.sum(), 1.0))
 
 
-def side_mask(volume, side: str, method: str = "image") -> np.ndarray:
+def side_mask(volume: Volume, side: str, method: str = "image") -> np.ndarray:
     """Boolean (Z, Y, X): voxels on the patient's ``side`` ("left" or "right") of the midline."""
     if side not in ("left", "right"):
         raise ValueError("side must be 'left' or 'right'")
@@ -376,7 +382,7 @@ def side_mask(volume, side: str, method: str = "image") -> np.ndarray:
     return np.broadcast_to(cols[None, None, :], volume.shape).copy()
 
 
-def side_of_mask(mask2d_or_3d: np.ndarray, volume) -> str | None:
+def side_of_mask(mask2d_or_3d: np.ndarray, volume: Volume) -> str | None:
     """Anatomical side of a mask's horizontal centroid (None if empty)."""
     m = np.asarray(mask2d_or_3d) > 0
     if not m.any():
@@ -389,7 +395,7 @@ def side_of_mask(mask2d_or_3d: np.ndarray, volume) -> str | None:
 
 
 def apply_side_masking(
-    image: np.ndarray, volume, mode: str, reference: np.ndarray | None = None
+    image: np.ndarray, volume: Volume, mode: str, reference: np.ndarray | None = None
 ) -> tuple[np.ndarray, dict]:
     """Zero the other half of ``image`` (Z, Y, X) per report 000 section 3.5.
 

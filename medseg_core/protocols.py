@@ -27,24 +27,20 @@ decides what is scored and how it is averaged. Facts and section references are 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .data.datasets import Case
-    from .inference import Prediction
-    from .io import Volume
-
-
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import metrics as M
 from .io.errors import InputError
+
+if TYPE_CHECKING:
+    from .data.datasets import Case
+    from .inference import Prediction
+    from .io import Volume
 
 UNITS = ("case", "slice", "positive_slice", "both_nonempty_slice")
 AVERAGES = ("units", "case_then_cases")

@@ -695,6 +695,7 @@ def validate_3d(model, spec, cfg, cases, size, device) -> dict:
     for case in cases:
         vol, masks = case.load()
         p = predict(lm, vol, PredictOptions(postprocessing=()))
+        assert p.mask is not None  # a segmentation model's prediction has a mask
         dices.append(M.dice(p.mask, _label_masks(spec, masks, cfg["data"].get("label_map", {}))[0]))
     return {"val_dice": float(np.nanmean(dices)) if dices else float("nan")}
 

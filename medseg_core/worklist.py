@@ -25,16 +25,14 @@ either filter is set.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .store import Store
-
-
 import json
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .store import Store
 
 #: Worklist statuses, in the order the filter offers them.
 STATUSES = ("not_reviewed", "accept", "needs_correction", "reject")
