@@ -103,7 +103,7 @@ if res.denoised:
     st.info(res.ran_on)
 st.subheader(f"p(malignant) at threshold {thr:.2f}")
 cols = st.columns([1, 1, 2])
-for col, pred in zip(cols, (res.primary, res.second), strict=True):
+for col, pred in zip(cols[:2], (res.primary, res.second), strict=True):  # the third column holds the note
     if pred is not None:
         call = Call(float(pred.class_probabilities[1]), thr)
         col.metric(model_label(pred.model), f"{call.p:.2f}", call.badge, delta_color=call.colour, delta_arrow="off")
