@@ -52,11 +52,19 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .io.orientation import display_aspect, display_slice, display_to_index
 from .render import MAX_DISPLAY_SIDE, display_size
+
+if TYPE_CHECKING:
+    from .data.datasets import Case
+    from .io import Volume
+    from .store import Store
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,7 +102,7 @@ def slice_geometry(
     return SliceGeometry(plane, h, w, float(row_mm), float(col_mm), ph, pw)
 
 
-def canvas_to_mm(points_xy, canvas_wh: tuple[float, float], geom: SliceGeometry) -> np.ndarray:
+def canvas_to_mm(points_xy: ArrayLike, canvas_wh: tuple[float, float], geom: SliceGeometry) -> np.ndarray:
     """Canvas points ``(x, y)`` (pixels of a ``W x H`` canvas showing the whole picture, stretched)
     -> ``(row_mm, col_mm)`` from the displayed slice's top-left corner (module docstring)."""
     p = np.asarray(points_xy, float).reshape(-1, 2)
@@ -102,7 +110,7 @@ def canvas_to_mm(points_xy, canvas_wh: tuple[float, float], geom: SliceGeometry)
     return np.stack([p[:, 1] / ch * geom.h * geom.row_mm, p[:, 0] / cw * geom.w * geom.col_mm], axis=1)
 
 
-def mm_to_pixel(points_mm, geom: SliceGeometry) -> np.ndarray:
+def mm_to_pixel(points_mm: ArrayLike, geom: SliceGeometry) -> np.ndarray:
     """``(row_mm, col_mm)`` -> the (row, col) of the displayed slice's pixel that contains the point
     (clipped to the slice)."""
     p = np.asarray(points_mm, float).reshape(-1, 2)
@@ -111,7 +119,7 @@ def mm_to_pixel(points_mm, geom: SliceGeometry) -> np.ndarray:
     return np.stack([r, c], axis=1)
 
 
-def picture_to_slice(row_d, col_d, geom: SliceGeometry) -> tuple[np.ndarray, np.ndarray]:
+def picture_to_slice(row_d: ArrayLike, col_d: ArrayLike, geom: SliceGeometry) -> tuple[np.ndarray, np.ndarray]:
     """Pixels of the aspect-corrected picture -> pixels of the displayed slice: the inverse of
     :func:`medseg_core.render.aspect_correct`'s nearest-neighbour resize (the very same index rule)."""
     r = np.minimum(((np.asarray(row_d) + 0.5) * geom.h / geom.pic_h).astype(int), geom.h - 1)
@@ -146,7 +154,7 @@ def _segment_distance_sq(py, px, a, b) -> np.ndarray:
     return (py - (a[0] + t * dy)) ** 2 + (px - (a[1] + t * dx)) ** 2
 
 
-def stroke_footprint(points_mm, width_mm: float, geom: SliceGeometry) -> np.ndarray:
+def stroke_footprint(points_mm: ArrayLike, width_mm: float, geom: SliceGeometry) -> np.ndarray:
     """Boolean (h, w) picture of the displayed slice: the voxels whose centres lie within
     ``width_mm / 2`` of the polyline ``points_mm`` (``(row_mm, col_mm)`` points; one point = a disk)."""
     pts = np.asarray(points_mm, float).reshape(-1, 2)
@@ -480,7 +488,7 @@ class Correction:
         return edit
 
     def stroke(
-        self, label: str, plane: str, index: int, points_mm, width_mm: float, erase: bool = False
+        self, label: str, plane: str, index: int, points_mm: ArrayLike, width_mm: float, erase: bool = False
     ) -> Edit | None:
         """Brush (or eraser) along ``points_mm`` ((row_mm, col_mm) on the displayed slice)."""
         fp = stroke_footprint(points_mm, width_mm, self.geometry(plane))
@@ -500,7 +508,14 @@ class Correction:
         return self._commit(apply_to_slice(self.masks[label], plane, index, fp, 1, label, "fill holes"))
 
     def apply_marks(
-        self, label: str, plane: str, index: int, marks: Iterable[CanvasMark], canvas_wh, tool: str, width_mm: float
+        self,
+        label: str,
+        plane: str,
+        index: int,
+        marks: Iterable[CanvasMark],
+        canvas_wh: tuple[float, float],
+        tool: str,
+        width_mm: float,
     ) -> list[Edit]:
         """Apply a canvas's strokes (brush / eraser) or clicks (fill) to the slice, in order."""
         geom = self.geometry(plane)
@@ -584,7 +599,7 @@ class SavedCorrection:
 
 def save_correction(
     correction: Correction,
-    volume,
+    volume: Volume,
     case_key: str,
     reviewer_name: str,
     *,
@@ -660,7 +675,7 @@ def sidecar(path: str | Path) -> dict:
         return {}
 
 
-def latest_correction(case_key: str, store=None) -> dict | None:
+def latest_correction(case_key: str, store: Store | None = None) -> dict | None:
     """The newest verdict row of ``case_key`` that references a corrected mask whose file exists."""
     from . import store as S
 
@@ -672,7 +687,7 @@ def latest_correction(case_key: str, store=None) -> dict | None:
     return None
 
 
-def load_correction(path: str | Path, like) -> dict[str, np.ndarray]:
+def load_correction(path: str | Path, like: Volume) -> dict[str, np.ndarray]:
     """The masks of a saved correction, by label name (from its sidecar; 'mask' when it has none)."""
     from .io import load_label_masks
 
@@ -700,7 +715,9 @@ class _CorrectedCase:
         return vol, masks
 
 
-def corrected_reference_cases(cases, store=None, label: str | None = None):
+def corrected_reference_cases(
+    cases: Iterable[Case], store: Store | None = None, label: str | None = None
+) -> tuple[list[Case | _CorrectedCase], dict[str, str]]:
     """``cases`` with each reference replaced by the case's latest saved correction where one exists.
 
     A case matches by its dataset case id or by the app's case key (the content hash of its volume,
@@ -716,7 +733,8 @@ def corrected_reference_cases(cases, store=None, label: str | None = None):
         p = row.get("corrected_mask")
         if p and Path(p).is_file():
             by_key[row["case_key"]] = p
-    out, used = [], {}
+    out: list[Case | _CorrectedCase] = []
+    used: dict[str, str] = {}
     for case in cases:
         path = by_key.get(str(case.case_id))
         if path is None and by_key:

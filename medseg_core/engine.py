@@ -225,7 +225,7 @@ def evaluate_cases(
     for i, case in enumerate(cases):
         vol, masks = case.load()
         t = time.perf_counter()
-        if spec is not None:  # a model (a PredictionFolder has no spec)
+        if spec is not None and not isinstance(source, PredictionFolder):  # a model
             opts = options
             if spec.clinical_inputs:
                 opts = replace(

@@ -194,7 +194,7 @@ def out_of_envelope(loaded: LoadedModel, volume: Volume) -> list[str]:
 
 
 def predict(
-    model,
+    model: LoadedModel | str,
     volume: Volume,
     options: PredictOptions | None = None,
     progress: Progress | None = None,

@@ -6,9 +6,12 @@ convention; :func:`aspect_correct` resamples a picture so that each screen pixel
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .io.orientation import display_aspect, display_slice, edge_letters
 
@@ -47,7 +50,7 @@ MAX_DISPLAY_SIDE = 1024
 
 
 def display_size(
-    shape, row_mm: float, col_mm: float, max_side: int | None = MAX_DISPLAY_SIDE
+    shape: Sequence[int], row_mm: float, col_mm: float, max_side: int | None = MAX_DISPLAY_SIDE
 ) -> tuple[int, int, float]:
     """(height, width, factor) of the displayed picture: square pixels at the finer spacing, then
     shrunk by ``factor`` (>= 1) so the longer side is at most ``max_side``."""
@@ -75,7 +78,7 @@ def aspect_correct(
     return picture[ri][:, ci]
 
 
-def display_notice(shape, row_mm: float, col_mm: float) -> str | None:
+def display_notice(shape: Sequence[int], row_mm: float, col_mm: float) -> str | None:
     """A sentence for the viewer when a slice is shown downsampled, else None."""
     _, _, f = display_size(shape, row_mm, col_mm)
     if f <= 1.0:
@@ -194,7 +197,7 @@ def _layer_slice(mask: np.ndarray, plane: str, index: int | None) -> np.ndarray:
 
 def slice_picture(
     array: np.ndarray,
-    spacing,
+    spacing: tuple[float, float, float],
     plane: str = "axial",
     index: int | None = 0,
     window: tuple[float, float] | None = None,
@@ -306,7 +309,7 @@ def heat_colorscale(colorscale: str = HEAT_COLOURSCALE) -> list[list]:
     ]
 
 
-def lightness(rgb) -> np.ndarray:
+def lightness(rgb: ArrayLike) -> np.ndarray:
     """CIE L* (0 black .. 100 white, D65) of sRGB uint8 colours, shape (..., 3) -> (...)."""
     c = np.asarray(rgb, np.float64) / 255.0
     lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
@@ -617,7 +620,7 @@ def export_view(
     return np.asarray(out), info
 
 
-def view_png(picture: np.ndarray, row_mm: float, col_mm: float, plane: str, **kw) -> bytes:
+def view_png(picture: np.ndarray, row_mm: float, col_mm: float, plane: str, **kw: Any) -> bytes:
     """PNG bytes of :func:`export_view`; its facts (pixel size, scale bar) are also written as PNG
     text chunks (``medseg:pixel_mm``, ``medseg:scale_bar_mm``, ``medseg:letters``)."""
     import io as _io
@@ -680,5 +683,5 @@ def hex_to_rgb(value: str) -> tuple[int, int, int]:
     return tuple(int(v[i : i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
 
 
-def rgb_to_hex(rgb) -> str:
+def rgb_to_hex(rgb: Sequence[float]) -> str:
     return "#" + "".join(f"{int(c):02x}" for c in rgb[:3])

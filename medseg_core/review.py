@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,6 +18,12 @@ from .inference import Prediction, PredictOptions
 from .io import Volume
 from .io.errors import InputError
 from .tables import csv_text
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from .checkpoints import LoadedModel
+    from .models import ModelSpec
 
 
 @dataclass
@@ -50,7 +58,7 @@ _TASK_ORDER = {"segmentation": 0, "segmentation+classification": 1, "classificat
 _ENVELOPE_CACHE: OrderedDict = OrderedDict()
 
 
-def fit_reason(spec, volume: Volume) -> str:
+def fit_reason(spec: ModelSpec, volume: Volume) -> str:
     """Why a model cannot run on ``volume`` at all ("" when its input contract fits)."""
     if volume.modality not in spec.modalities:
         return f"needs {'/'.join(spec.modalities)}, case is {volume.modality}"
@@ -61,7 +69,7 @@ def fit_reason(spec, volume: Volume) -> str:
     return ""
 
 
-def envelope_warnings(spec, card: dict, volume: Volume, case: str | None = None) -> list[str]:
+def envelope_warnings(spec: ModelSpec, card: dict, volume: Volume, case: str | None = None) -> list[str]:
     """check_envelope, memoised per (case, checkpoint) so the sidebar does not redo it on every rerun."""
     from .cards import check_envelope
 
@@ -101,7 +109,7 @@ def state_anatomy(volume: Volume, anatomy: str | None) -> bool:
 
 
 def compatible_models(
-    volume: Volume, directory=None, session_models: dict | None = None, case: str | None = None
+    volume: Volume, directory: str | Path | None = None, session_models: dict | None = None, case: str | None = None
 ) -> list[ModelChoice]:
     """Every checkpoint in the model folders (``directory`` alone if given) and the session's
     uploads, with whether it can run on ``volume``, why not, and where the case lies outside the
@@ -242,7 +250,7 @@ class PredictionCache:
     def key(case: str, model: str, options: PredictOptions) -> tuple:
         return (case, model, options.key())
 
-    def get(self, key):
+    def get(self, key: Hashable) -> Prediction | None:
         with self._lock:
             if key in self._d:
                 self._d.move_to_end(key)
@@ -255,7 +263,7 @@ class PredictionCache:
             self.budget.touch(self.session, ("prediction", id(self), key))
         return pred
 
-    def was_evicted(self, key) -> bool:
+    def was_evicted(self, key: Hashable) -> bool:
         """Whether ``key``'s prediction was released by the memory budget (not recomputed since)."""
         return key in self.evicted
 
@@ -264,7 +272,7 @@ class PredictionCache:
             if self._d.pop(key, None) is not None:
                 self.evicted.add(key)
 
-    def put(self, key, pred: Prediction) -> Prediction:
+    def put(self, key: Hashable, pred: Prediction) -> Prediction:
         """Store ``pred`` (compactly, with a budget); returns what is stored."""
         if self.budget is not None:
             from .budget import compact_prediction, prediction_bytes
@@ -303,7 +311,7 @@ class PredictionCache:
         return len(self._d)
 
 
-def metrics_table(pred: Prediction, reference: np.ndarray, spacing) -> list[dict]:
+def metrics_table(pred: Prediction, reference: np.ndarray, spacing: Sequence[float]) -> list[dict]:
     """Per-case metrics of the primary (first) label against the reference: one row."""
     label, mask = next(iter(pred.masks.items()))
     m = M.segmentation_metrics(mask, reference, spacing)
@@ -322,7 +330,7 @@ def metrics_table(pred: Prediction, reference: np.ndarray, spacing) -> list[dict
     ]
 
 
-def slice_metrics(pred_mask: np.ndarray, reference: np.ndarray, spacing, z: int) -> dict:
+def slice_metrics(pred_mask: np.ndarray, reference: np.ndarray, spacing: Sequence[float], z: int) -> dict:
     m = M.segmentation_metrics(pred_mask[z], reference[z], spacing[1:])
     return {
         "dice": m["dice"],
@@ -338,12 +346,12 @@ def metrics_csv(rows: list[dict], extra: dict | None = None) -> bytes:
     return csv_text([{**(extra or {}), **r} for r in rows]).encode()
 
 
-def model_card_summary(ref: str, directory=None) -> dict:
+def model_card_summary(ref: str, directory: str | Path | None = None) -> dict:
     """What the Models page shows: the card's recipe facts plus its training data, envelope and metrics."""
     return _summary(model_spec(ref, directory), read_card(ref, directory) or {}, checkpoint_status(ref, directory))
 
 
-def loaded_model_summary(lm) -> dict:
+def loaded_model_summary(lm: LoadedModel) -> dict:
     """:func:`model_card_summary` of a model uploaded in a session (verified when it was added)."""
     return _summary(lm.spec, lm.card, "ok")
 
@@ -447,7 +455,7 @@ def card_view(s: dict) -> dict:
     return {"summary": summary, "metrics": metrics, "training": training}
 
 
-def initial_slice(shape, plane: str, *masks) -> int:
+def initial_slice(shape: tuple[int, int, int], plane: str, *masks: np.ndarray | None) -> int:
     """The slice to open on: through the centre of the first non-empty mask, else the middle."""
     from .io.orientation import n_slices
 
@@ -471,7 +479,7 @@ def preprocessing_preview(
     )
 
 
-def contract_of(spec) -> str:
+def contract_of(spec: ModelSpec) -> str:
     """The input contract a checkpoint runs with (from its card's recipe), in words: the
     preprocessing step by its name for people (the card's step, whatever its architecture's default)."""
     from .labels import display_name
@@ -485,7 +493,14 @@ def contract_of(spec) -> str:
     )
 
 
-def slice_curve(values, current: int, y_title: str, threshold: float | None = None, marked=(), height: int = 170):
+def slice_curve(
+    values: Sequence[float],
+    current: int,
+    y_title: str,
+    threshold: float | None = None,
+    marked: Iterable[int] = (),
+    height: int = 170,
+) -> go.Figure:
     """A per-slice curve under the viewer's slider, x in 1-based slice numbers as people count them:
     ``values[z]`` for every axial slice, the current slice highlighted, ``threshold`` as a dashed line
     and ``marked`` slices (e.g. those a slice-classifier gate skips) shaded."""
@@ -535,7 +550,7 @@ def slice_curve(values, current: int, y_title: str, threshold: float | None = No
     return fig
 
 
-def gate_choices(spec) -> list[str]:
+def gate_choices(spec: ModelSpec) -> list[str]:
     """Slice-classifier checkpoints that can gate ``spec`` (2D slice-wise segmentation of the same
     family): report 000's RAovSeg first stage for the ovary models."""
     if spec.mode != "slicewise" or spec.task != "segmentation":
@@ -564,7 +579,7 @@ def segmentation_checkpoints() -> dict:
     return out
 
 
-def cohort_option_sets(specs) -> dict[str, dict]:
+def cohort_option_sets(specs: Iterable[ModelSpec]) -> dict[str, dict]:
     """The option sets a cohort of these models can compare: report 000's side-masking sets when every
     model supports side masking, the slice-classifier gate when every model has one, else the model
     defaults alone."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from .inference import Prediction, PredictOptions, predict
 from .io import Volume
 from .io.orientation import display_slice
 from .review import PredictionCache, case_key
+
+if TYPE_CHECKING:
+    from .checkpoints import LoadedModel
 
 DENOISER = "us_denoiser"
 MULTITASK = ("us_mtl_effb0", "us_mtl_unet")
@@ -62,7 +66,7 @@ KNOWN_ISSUES = {
 }
 
 Progress = Callable[[float, str], None]
-Loader = Callable[[str], object]
+Loader = Callable[[str], "LoadedModel"]
 
 
 @dataclass(frozen=True)
@@ -201,7 +205,7 @@ def known_issue(loaded: object) -> str | None:
     return KNOWN_ISSUES.get(card.get("sha256", ""))
 
 
-def _load(ref: str, load: Loader | None) -> object:
+def _load(ref: str, load: Loader | None) -> LoadedModel:
     if load is not None:
         return load(ref)
     from .checkpoints import load_model
@@ -268,7 +272,7 @@ def analyse(
     prog = progress or (lambda f, m: None)
     loaded: dict = {}
 
-    def get(ref: str) -> object:  # each model loaded at most once per call
+    def get(ref: str) -> LoadedModel:  # each model loaded at most once per call
         if ref not in loaded:
             loaded[ref] = _load(ref, load)
         return loaded[ref]
