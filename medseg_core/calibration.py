@@ -28,9 +28,20 @@ case so a cohort never holds all voxels at once; :func:`fit_temperature` subsamp
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from .checkpoints import LoadedModel
+    from .data.datasets import Case
+    from .inference import PredictOptions
+
 
 EPS = 1e-6
 
@@ -77,7 +88,7 @@ class Accumulator:
         self.sum_p = np.zeros(self.n_bins, np.float64)
         self.sum_y = np.zeros(self.n_bins, np.float64)
 
-    def add(self, probs, truth) -> Accumulator:
+    def add(self, probs: ArrayLike, truth: ArrayLike) -> Accumulator:
         p = np.clip(np.asarray(probs, np.float64).ravel(), 0.0, 1.0)
         y = (np.asarray(truth).ravel() > 0).astype(np.float64)
         if p.shape != y.shape:
@@ -101,7 +112,7 @@ class Accumulator:
         )
 
 
-def near_region(pred, ref, margin: int = 8) -> tuple[slice, ...]:
+def near_region(pred: ArrayLike, ref: ArrayLike, margin: int = 8) -> tuple[slice, ...]:
     """The bounding box of prediction and reference together, grown by ``margin`` voxels per side
     (clipped to the array); the whole array when both are empty."""
     u = (np.asarray(pred) > 0) | (np.asarray(ref) > 0)
@@ -114,7 +125,14 @@ def near_region(pred, ref, margin: int = 8) -> tuple[slice, ...]:
     )
 
 
-def reliability(probs, truth, n_bins: int = 15, region: str = "all", pred=None, margin: int = 8) -> Reliability:
+def reliability(
+    probs: ArrayLike,
+    truth: ArrayLike,
+    n_bins: int = 15,
+    region: str = "all",
+    pred: ArrayLike | None = None,
+    margin: int = 8,
+) -> Reliability:
     """The reliability diagram and ECE of one probability map (or a vector of case probabilities)
     against its truth. ``region="near"`` uses :func:`near_region` of ``pred`` (default: ``probs >= 0.5``)
     and the truth."""
@@ -128,12 +146,12 @@ def reliability(probs, truth, n_bins: int = 15, region: str = "all", pred=None, 
 
 
 # ----------------------------------------------------------------------------- temperature scaling
-def logit(p) -> np.ndarray:
+def logit(p: ArrayLike) -> np.ndarray:
     p = np.clip(np.asarray(p, np.float64), EPS, 1 - EPS)
     return np.log(p) - np.log1p(-p)
 
 
-def apply_temperature(probs, temperature: float) -> np.ndarray:
+def apply_temperature(probs: ArrayLike, temperature: float) -> np.ndarray:
     """``sigmoid(logit(p) / T)`` in float32 (T = 1 returns the probabilities unchanged)."""
     if temperature == 1.0:
         return np.asarray(probs, np.float32)
@@ -141,7 +159,7 @@ def apply_temperature(probs, temperature: float) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 
-def nll(probs, truth) -> float:
+def nll(probs: ArrayLike, truth: ArrayLike) -> float:
     """Mean binary negative log-likelihood (cross-entropy) in nats."""
     p = np.clip(np.asarray(probs, np.float64).ravel(), EPS, 1 - EPS)
     y = np.asarray(truth).ravel() > 0
@@ -149,7 +167,11 @@ def nll(probs, truth) -> float:
 
 
 def fit_temperature(
-    probs, truth, max_samples: int = 2_000_000, seed: int = 0, bounds: tuple[float, float] = (0.05, 20.0)
+    probs: ArrayLike,
+    truth: ArrayLike,
+    max_samples: int = 2_000_000,
+    seed: int = 0,
+    bounds: tuple[float, float] = (0.05, 20.0),
 ) -> float:
     """The temperature minimising the NLL of ``sigmoid(logit(p) / T)`` on (a seeded subsample of) the
     given validation probabilities and truths."""
@@ -176,7 +198,7 @@ def fit_temperature(
     return float(math.exp(res.x))
 
 
-def reliability_figure(rel: Reliability, title: str = "", height: int = 360):
+def reliability_figure(rel: Reliability, title: str = "", height: int = 360) -> go.Figure:
     """A plotly reliability diagram: observed frequency against mean predicted probability per bin
     (marker size by count), the diagonal of perfect calibration, ECE in the title."""
     import plotly.graph_objects as go
@@ -221,15 +243,15 @@ def reliability_figure(rel: Reliability, title: str = "", height: int = 360):
 
 # ----------------------------------------------------------------------------- fitting a checkpoint
 def collect(
-    lm,
-    cases,
-    options=None,
+    lm: LoadedModel,
+    cases: Sequence[Case],
+    options: PredictOptions | None = None,
     region: str = "near",
     margin: int = 8,
     per_case: int = 200_000,
     seed: int = 0,
     label_map: dict | None = None,
-):
+) -> tuple[np.ndarray, np.ndarray, int, str]:
     """Validation evidence of a model through the one engine: for segmentation a seeded subsample of
     (probability, truth) voxels per case (``region`` as in :func:`reliability`), for a benign/malignant
     classifier the cases' (p(malignant), truth). Returns ``(probs, truth, n_cases, kind)``."""
@@ -272,7 +294,7 @@ def collect(
 
 
 def calibrate_checkpoint(
-    ref: str, cases, source: str, region: str = "near", write: bool = True, n_bins: int = 15
+    ref: str, cases: Sequence[Case], source: str, region: str = "near", write: bool = True, n_bins: int = 15
 ) -> dict:
     """Fit a temperature for checkpoint ``ref`` on ``cases`` (its validation data) and store it in the
     card's ``recipe.calibration`` (with ECE before and after on the same evidence, the region, the
@@ -309,7 +331,7 @@ def calibrate_checkpoint(
     return entry
 
 
-def main(argv=None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     """``medseg calibrate --model REF --data DIR --adapter A [--split val] [--region near|all] [--dry-run]``"""
     import argparse
 

@@ -36,9 +36,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -49,7 +50,14 @@ from .render import OTHER_OVARY_COLOUR
 from .tables import csv_text, write_csv
 
 if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from .data.datasets import Case
     from .inference import PredictOptions
+    from .io import Volume
+
+#: cohort rows: a columnar RowTable or a list of dict rows
+Rows = S.RowTable | list[dict]
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = ROOT / "runs" / "cohorts"
@@ -98,7 +106,7 @@ def part_file(run: Path, model: str, set_name: str, case_id: str) -> Path:
     return Path(run) / "parts" / f"{model}__{set_name}__{case_id}.json"
 
 
-def write_progress(run: Path, **state) -> None:
+def write_progress(run: Path, **state: Any) -> None:
     """``progress.json``: what a run is doing (state running / done / failed, done, total, message),
     read by the gallery page from any session."""
     p = Path(run) / "progress.json"
@@ -117,15 +125,15 @@ def read_progress(run: str | Path) -> dict | None:
 
 
 def run_cohort(
-    cases,
+    cases: Sequence[Case],
     models: list,
     option_sets: dict[str, dict],
     out: str | Path,
     mc_samples: int = 0,
     rules: A.TagRules = A.TagRules(),
     dataset: dict | None = None,
-    progress=None,
-    directory=None,
+    progress: Callable[[int, int, str], None] | None = None,
+    directory: str | Path | None = None,
     predictions: dict[str, str | Path] | None = None,
     seed: int = 0,
     resume: bool = True,
@@ -483,14 +491,14 @@ def _table(rows) -> S.RowTable:
 
 
 def filter_slices(
-    rows,
-    tags=None,
-    models=None,
-    sets=None,
-    dice_range=(0.0, 1.0),
-    uncertainty_range=None,
+    rows: Rows,
+    tags: Iterable[str] | None = None,
+    models: Iterable[str] | None = None,
+    sets: Iterable[str] | None = None,
+    dice_range: tuple[float, float] = (0.0, 1.0),
+    uncertainty_range: tuple[float, float] | None = None,
     informative_only: bool = True,
-):
+) -> Rows:
     """Rows with any of ``tags`` (all if None), in the models / option sets given, with Dice* in
     ``dice_range`` and uncertainty in ``uncertainty_range`` (when given and finite); with
     ``informative_only`` only slices with a reference or a prediction.
@@ -503,20 +511,20 @@ def filter_slices(
     return out if isinstance(rows, S.RowTable) else out.records()
 
 
-def tag_counts(rows) -> dict[str, int]:
+def tag_counts(rows: Rows) -> dict[str, int]:
     """Rows per tag (a row counts under each of its tags), on the columns for a RowTable
     (:func:`medseg_core.analysis.tag_counts` for dict rows)."""
     return rows.tag_counts() if isinstance(rows, S.RowTable) else A.tag_counts(rows)
 
 
-def has_uncertainty(rows) -> bool:
+def has_uncertainty(rows: Rows) -> bool:
     """Whether any row has a finite uncertainty score (the run used MC dropout)."""
     if isinstance(rows, S.RowTable):
         return rows.has_uncertainty()
     return any(_finite(r.get("uncertainty")) for r in rows)
 
 
-def rows_csv(rows) -> bytes:
+def rows_csv(rows: Rows) -> bytes:
     """Slice rows as CSV bytes (tags joined with ';'), for the gallery's export."""
     if isinstance(rows, S.RowTable):
         return rows.csv_bytes()
@@ -536,7 +544,7 @@ SORT_KEYS = {
 }
 
 
-def sort_slices(rows, how: str):
+def sort_slices(rows: Rows, how: str) -> Rows:
     """Rows in the order ``SORT_KEYS[how]``: a RowTable sorted on its columns, or a list of dicts."""
     if isinstance(rows, S.RowTable):
         return rows.sort(how)
@@ -553,14 +561,22 @@ GALLERY_COLOURS = {
 }
 
 
-def thumbnail(volume, z: int, pred2d, ref2d, other2d=None, removed2d=None, size: int = 192) -> np.ndarray:
+def thumbnail(
+    volume: Volume,
+    z: int,
+    pred2d: np.ndarray,
+    ref2d: np.ndarray | None,
+    other2d: np.ndarray | None = None,
+    removed2d: np.ndarray | None = None,
+    size: int = 192,
+) -> np.ndarray:
     """RGB thumbnail of axial slice ``z`` in display orientation with the spacing respected:
     prediction filled (orange), reference outline (green), the other ovary outline (pink) and what
     post-processing removed (blue outline). The picture is resized first (image bilinear, masks
     nearest) and the outlines drawn at thumbnail resolution, so they stay one crisp pixel wide."""
     from .render import auto_window, slice_picture
 
-    def one(m):  # a (Y, X) slice as a one-slice volume like the image's
+    def one(m: np.ndarray | None) -> np.ndarray | None:  # a (Y, X) slice as a one-slice volume like the image's
         return None if m is None or not np.any(m) else np.asarray(m)[None]
 
     return slice_picture(
@@ -641,7 +657,7 @@ def story_png(items: list[tuple[np.ndarray, str]], title: str = "", columns: int
     return buf.getvalue()
 
 
-def uncertainty_scatter(rows: list[dict], height: int = 360):
+def uncertainty_scatter(rows: list[dict], height: int = 360) -> go.Figure:
     """Plotly scatter of per-slice uncertainty against Dice* (failed slices in vermilion), titled
     with the AUROC of the uncertainty for detecting failed slices (:func:`analysis.uncertainty_auroc`)."""
     import plotly.graph_objects as go
@@ -682,7 +698,7 @@ def uncertainty_scatter(rows: list[dict], height: int = 360):
 
 
 # ----------------------------------------------------------------------------- command line
-def main(argv=None) -> Path:
+def main(argv: list[str] | None = None) -> Path:
     from .data import datasets as D
     from .data.make_synthetic import ensure_synthetic, parse_synthetic
 

@@ -52,7 +52,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -717,7 +717,7 @@ class _CorrectedCase:
 
 def corrected_reference_cases(
     cases: Iterable[Case], store: Store | None = None, label: str | None = None
-) -> tuple[list[Case | _CorrectedCase], dict[str, str]]:
+) -> tuple[list[Case], dict[str, str]]:
     """``cases`` with each reference replaced by the case's latest saved correction where one exists.
 
     A case matches by its dataset case id or by the app's case key (the content hash of its volume,
@@ -733,7 +733,7 @@ def corrected_reference_cases(
         p = row.get("corrected_mask")
         if p and Path(p).is_file():
             by_key[row["case_key"]] = p
-    out: list[Case | _CorrectedCase] = []
+    out: list[Case] = []
     used: dict[str, str] = {}
     for case in cases:
         path = by_key.get(str(case.case_id))
@@ -744,5 +744,5 @@ def corrected_reference_cases(
             out.append(case)
         else:
             used[str(case.case_id)] = path
-            out.append(_CorrectedCase(case, Path(path), label))
+            out.append(cast("Case", _CorrectedCase(case, Path(path), label)))  # a Case stand-in (__getattr__)
     return out, used
