@@ -11,25 +11,32 @@ how medseg trains) leaves both untouched.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 AXIS_ORDERS = ("zyx", "xyz")
 
 
-def _plain_arg(v):
+def _plain_arg(v: Any) -> Any:
     """A JSON value (list) as the tuple MONAI expects for ``act``/``norm``-style arguments."""
     if isinstance(v, list):
         return tuple(_plain_arg(x) for x in v)
     return v
 
 
-def _xyz_in(module, args):
+def _xyz_in(module: nn.Module, args: tuple) -> tuple:
     return (args[0].transpose(2, 4), *args[1:])
 
 
-def _xyz_out(module, args, out):
+def _xyz_out(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
     return out.transpose(2, 4)
 
 
-def _with_axis_order(net, axis_order: str):
+def _with_axis_order(net: nn.Module, axis_order: str) -> nn.Module:
     if axis_order not in AXIS_ORDERS:
         raise ValueError(f"axis_order must be one of {AXIS_ORDERS}, got {axis_order!r}")
     if axis_order == "xyz":
@@ -39,20 +46,20 @@ def _with_axis_order(net, axis_order: str):
 
 
 def unet3d(
-    channels=(16, 32, 64, 128, 256),
-    strides=(2, 2, 2, 2),
-    num_res_units=2,
-    dropout=0.0,
-    out_channels=2,
-    in_channels=1,
-    kernel_size=3,
-    up_kernel_size=3,
-    act="PRELU",
-    norm="batch",
-    bias=True,
-    adn_ordering="NDA",
-    axis_order="zyx",
-):
+    channels: Sequence[int] = (16, 32, 64, 128, 256),
+    strides: Sequence[int] = (2, 2, 2, 2),
+    num_res_units: int = 2,
+    dropout: float = 0.0,
+    out_channels: int = 2,
+    in_channels: int = 1,
+    kernel_size: int = 3,
+    up_kernel_size: int = 3,
+    act: str = "PRELU",
+    norm: str = "batch",
+    bias: bool = True,
+    adn_ordering: str = "NDA",
+    axis_order: str = "zyx",
+) -> nn.Module:
     from monai.networks.nets import UNet
 
     net = UNet(
@@ -77,16 +84,16 @@ _VNET_ACT = ("elu", {"inplace": True})
 
 
 def vnet3d(
-    dropout_prob_down=0.5,
-    dropout_prob_up=(0.5, 0.5),
-    out_channels=2,
-    width=16,
-    in_channels=1,
-    act=_VNET_ACT,
-    dropout_dim=3,
-    bias=False,
-    axis_order="zyx",
-):
+    dropout_prob_down: float = 0.5,
+    dropout_prob_up: Sequence[float] = (0.5, 0.5),
+    out_channels: int = 2,
+    width: int = 16,
+    in_channels: int = 1,
+    act: str | tuple = _VNET_ACT,
+    dropout_dim: int = 3,
+    bias: bool = False,
+    axis_order: str = "zyx",
+) -> nn.Module:
     """MONAI VNet. ``width`` is the number of channels of the first stage (MONAI fixes it at 16:
     45.6 M parameters); every stage keeps VNet's doubling, 5^3 residual convolutions, PReLU/ELU and
     convolution counts, built from MONAI's own VNet blocks, so ``width=16`` is MONAI's VNet exactly
@@ -119,18 +126,19 @@ def vnet3d(
 
 def vnet_from_blocks(
     width: int,
-    dropout_prob_down=0.5,
-    dropout_prob_up=(0.5, 0.5),
-    out_channels=2,
+    dropout_prob_down: float = 0.5,
+    dropout_prob_up: Sequence[float] = (0.5, 0.5),
+    out_channels: int = 2,
     shallow_skip_dropout: float | None = None,
-):
+) -> nn.Module:
     """MONAI's VNet (its class, forward and blocks) with the first stage ``width`` channels wide.
     ``shallow_skip_dropout`` defaults to ``dropout_prob_up[1]``; MONAI's own VNet uses 0.5."""
     import torch.nn as nn
     from monai.networks.nets import VNet
     from monai.networks.nets.vnet import DownTransition, InputTransition, OutputTransition, UpTransition
 
-    w, act, up = width, ("elu", {"inplace": True}), tuple(dropout_prob_up)
+    w, act = width, ("elu", {"inplace": True})
+    up = (float(dropout_prob_up[0]), float(dropout_prob_up[1]))
     skip = up[1] if shallow_skip_dropout is None else shallow_skip_dropout
     net = VNet.__new__(VNet)
     nn.Module.__init__(net)
@@ -148,22 +156,22 @@ def vnet_from_blocks(
 
 
 def unetr3d(
-    img_size=(96, 96, 96),
-    feature_size=16,
-    hidden_size=768,
-    mlp_dim=3072,
-    num_heads=12,
-    dropout_rate=0.0,
-    out_channels=2,
-    in_channels=1,
-    proj_type="conv",
-    norm_name="instance",
-    conv_block=True,
-    res_block=True,
-    qkv_bias=False,
-    save_attn=False,
-    axis_order="zyx",
-):
+    img_size: Sequence[int] = (96, 96, 96),
+    feature_size: int = 16,
+    hidden_size: int = 768,
+    mlp_dim: int = 3072,
+    num_heads: int = 12,
+    dropout_rate: float = 0.0,
+    out_channels: int = 2,
+    in_channels: int = 1,
+    proj_type: str = "conv",
+    norm_name: str = "instance",
+    conv_block: bool = True,
+    res_block: bool = True,
+    qkv_bias: bool = False,
+    save_attn: bool = False,
+    axis_order: str = "zyx",
+) -> nn.Module:
     """MONAI UNETR (``proj_type`` is what MONAI before 1.3 called ``pos_embed``)."""
     from monai.networks.nets import UNETR
 
