@@ -32,8 +32,10 @@ import csv
 import dataclasses
 import json
 import time
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -109,7 +111,7 @@ def column_type(name: str) -> pa.DataType:
     return pa.string()
 
 
-def undeclared(columns) -> list[str]:
+def undeclared(columns: Iterable[str]) -> list[str]:
     """Columns that would fall back to strings (a test keeps this empty for what the cohort writes)."""
     return [c for c in columns if c not in _DECLARED and not c.startswith(("mean_", "sd_"))]
 
@@ -156,7 +158,7 @@ def arrow_table(rows: list[dict], schema: pa.Schema | None = None) -> pa.Table:
     return pa.table(cols) if cols else pa.table({})
 
 
-def write_parquet(path: str | Path, rows_or_table, schema: pa.Schema | None = None) -> Path:
+def write_parquet(path: str | Path, rows_or_table: list[dict] | pa.Table, schema: pa.Schema | None = None) -> Path:
     """Write rows (or an Arrow table) to ``path`` atomically (a temporary file, then rename)."""
     t = rows_or_table if isinstance(rows_or_table, pa.Table) else arrow_table(rows_or_table, schema)
     path = Path(path)
@@ -281,7 +283,7 @@ class RowTable:
     def _num(self, name: str) -> np.ndarray:
         return self.frame[name].to_numpy(dtype=float, na_value=np.nan)
 
-    def take(self, index) -> RowTable:
+    def take(self, index: np.ndarray) -> RowTable:
         """The rows at ``index`` (positions or a boolean mask), tag matrix carried along."""
         index = np.asarray(index)
         m, names = self._tags
@@ -290,11 +292,11 @@ class RowTable:
     # the gallery's operations
     def mask(
         self,
-        tags=None,
-        models=None,
-        sets=None,
-        dice_range=(0.0, 1.0),
-        uncertainty_range=None,
+        tags: Iterable[str] | None = None,
+        models: Iterable[str] | None = None,
+        sets: Iterable[str] | None = None,
+        dice_range: tuple[float, float] = (0.0, 1.0),
+        uncertainty_range: tuple[float, float] | None = None,
         informative_only: bool = True,
     ) -> np.ndarray:
         """Boolean mask of :func:`medseg_core.cohort.filter_slices` (same rules: any of ``tags``;
@@ -322,7 +324,7 @@ class RowTable:
                 keep &= ~np.isfinite(u) | ((u >= uncertainty_range[0]) & (u <= uncertainty_range[1]))
         return keep
 
-    def filter(self, *args, **kw) -> RowTable:
+    def filter(self, *args: Any, **kw: Any) -> RowTable:
         return self.take(np.flatnonzero(self.mask(*args, **kw)))
 
     def order(self, how: str) -> np.ndarray:

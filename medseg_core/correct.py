@@ -607,7 +607,7 @@ def save_correction(
     signed_in: bool = False,
     options: dict | None = None,
     note: str = "",
-    store=None,
+    store: Store | None = None,
     folder: str | Path | None = None,
 ) -> SavedCorrection:
     """Write the corrected masks (compressed NIfTI on ``volume``'s grid + JSON sidecar) under

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from .io.orientation import display_aspect, display_slice, edge_letters
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 #: Window presets as (width, level). CT values are HU.
 CT_PRESETS = {
@@ -361,7 +364,7 @@ def slice_figure(
     colorbar: dict | None = None,
     letters: bool = True,
     title_inside: bool = False,
-):
+) -> go.Figure:
     """A plotly figure of an aspect-correct RGB picture sent as a compressed image
     (``binary_string``), square pixels, orientation letters on the edges.
 
@@ -495,7 +498,7 @@ def export_view(
     title: str | None = None,
     pixel_size_known: bool = True,
     note: str | None = None,
-):
+) -> tuple[np.ndarray, dict]:
     """The "Export this view" picture: the slice (RGB, as :func:`overlay` drew it, *before* aspect
     correction) at full resolution with square pixels, the orientation letters that are known on its
     edges, its title in the top-left corner, and a band under it with the legend (colour swatches and

@@ -65,7 +65,7 @@ ORIENTATION_ASSUMED = (
 )
 
 
-def is_segmentation(ds) -> bool:
+def is_segmentation(ds: Dataset) -> bool:
     """A DICOM Segmentation (SEG): it has pixel data, but it is a mask, never an image."""
     return str(getattr(ds, "SOPClassUID", "") or "") in SEG_SOP_CLASSES
 
@@ -75,7 +75,7 @@ def _n_segments(ds) -> str:
     return f"{n} segment{'s' if n != 1 else ''}"
 
 
-def segmentation_as_image_error(ds) -> InputError:
+def segmentation_as_image_error(ds: Dataset) -> InputError:
     return InputError(
         f"This file is a DICOM Segmentation ({_n_segments(ds)}); upload it as a mask (reference or "
         "prediction) for the image it belongs to."
@@ -340,7 +340,9 @@ def _safe_meta(ds) -> dict:
     return meta
 
 
-def assemble_series(items: list[tuple[str, Dataset]], limits: Limits, label: str):
+def assemble_series(
+    items: list[tuple[str, Dataset]], limits: Limits, label: str
+) -> tuple[np.ndarray, np.ndarray, list[str], dict, str]:
     """Build (array_zyx, affine, spacing-free warnings, meta, modality) from one series."""
     warnings: list[str] = []
     if is_segmentation(items[0][1]):
