@@ -42,12 +42,17 @@ import operator
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .io.errors import InputError
+
+if TYPE_CHECKING:
+    from .inference import Prediction, PredictOptions
+    from .models import ModelSpec
 
 GB = 1e9
 
@@ -150,12 +155,12 @@ class PackedMask(_Compact):
             return ((b[..., x // 8] >> (7 - x % 8)) & 1).astype(np.uint8)
         return np.unpackbits(b, axis=-1, count=self.shape[-1])[..., last]
 
-    def any(self, *args, **kwargs):
+    def any(self, *args: Any, **kwargs: Any) -> Any:
         if args or kwargs:
             return self.decode().any(*args, **kwargs)
         return self._bits is not None and bool(self._bits.any())
 
-    def sum(self, *args, **kwargs):
+    def sum(self, *args: Any, **kwargs: Any) -> Any:
         if args or kwargs:
             return self.decode().sum(*args, **kwargs)
         return 0 if self._bits is None else int(np.bitwise_count(self._bits).sum(dtype=np.int64))
@@ -196,7 +201,7 @@ class QuantisedMap(_Compact):
     def __getitem__(self, idx):
         return self._dec(self._q[idx])
 
-    def max(self, *args, **kwargs):
+    def max(self, *args: Any, **kwargs: Any) -> Any:
         if args or kwargs:
             return self.decode().max(*args, **kwargs)
         return np.float32(self._dec(self._q.max(initial=0)))
@@ -205,7 +210,7 @@ class QuantisedMap(_Compact):
         return f"QuantisedMap(shape={self.shape}, top={self.top:g}, stored={self.nbytes} bytes)"
 
 
-def array_bytes(a) -> int:
+def array_bytes(a: object) -> int:
     """Bytes an array (or compact array, or None) holds."""
     if a is None:
         return 0
@@ -218,7 +223,7 @@ def array_bytes(a) -> int:
 MASK_FIELDS = ("masks", "masks_before_postprocessing", "removed", "added")
 
 
-def prediction_bytes(pred) -> int:
+def prediction_bytes(pred: Prediction) -> int:
     """Bytes the arrays of a :class:`~medseg_core.inference.Prediction` hold (masks, probabilities,
     uncertainty maps, sides, per-slice arrays, the restored image). One array shared by several
     fields (e.g. one empty mask) is counted once."""
@@ -238,7 +243,7 @@ def prediction_bytes(pred) -> int:
     return sum(seen.values())
 
 
-def compact_prediction(pred):
+def compact_prediction(pred: Prediction) -> Prediction:
     """A copy of ``pred`` whose volumes are stored compactly (see the module docstring): masks
     bit-packed, probabilities uint8 on [0, 1], uncertainty maps uint8 on [0, their max]. Per-slice
     arrays, scores, timings and warnings are kept as they are. Already compact maps stay as they are."""
@@ -249,14 +254,14 @@ def compact_prediction(pred):
     def quant(v, top=1.0):
         return v if isinstance(v, _Compact) else QuantisedMap(v, top)
 
-    changes = {f: {k: pack(m) for k, m in getattr(pred, f).items()} for f in MASK_FIELDS}
+    changes: dict[str, Any] = {f: {k: pack(m) for k, m in getattr(pred, f).items()} for f in MASK_FIELDS}
     changes["probabilities"] = {k: quant(p) for k, p in pred.probabilities.items()}
     changes["uncertainty"] = {k: quant(u, 1.0 if k == "mean" else None) for k, u in pred.uncertainty.items()}
     changes["sides"] = {s: {**v, "mask": pack(v["mask"])} if "mask" in v else dict(v) for s, v in pred.sides.items()}
     return dataclasses.replace(pred, **changes)
 
 
-def compact_bytes_estimate(shape, n_labels: int = 1, uncertainty: bool = False) -> int:
+def compact_bytes_estimate(shape: Sequence[int], n_labels: int = 1, uncertainty: bool = False) -> int:
     """Upper bound of a compact prediction's bytes on a grid of ``shape`` (probabilities 1 byte and
     four masks 1 bit a voxel per label; four uncertainty maps of 1 byte a voxel)."""
     n = int(np.prod(shape))
@@ -264,7 +269,9 @@ def compact_bytes_estimate(shape, n_labels: int = 1, uncertainty: bool = False) 
     return n_labels * per_label + (4 * n if uncertainty else 0)
 
 
-def predict_working_bytes(spec, shape, spacing, options) -> int:
+def predict_working_bytes(
+    spec: ModelSpec, shape: Sequence[int], spacing: Sequence[float], options: PredictOptions
+) -> int:
     """Working memory of one ``predict`` call while it runs (float32 maps on the input grid and the
     model's grid, MC / TTA samples). The same estimate as the per-request cap of
     :func:`medseg_core.inference.check_contract` (``MEDSEG_PREDICT_MEMORY_GB``): measured peak RSS of
@@ -353,7 +360,7 @@ class MemoryBudget:
         with self._lock:
             return sum(e.nbytes for (s, _), e in self._entries.items() if s == session)
 
-    def holds(self, session: str, key) -> bool:
+    def holds(self, session: str, key: Hashable) -> bool:
         with self._lock:
             return (session, key) in self._entries
 
@@ -383,7 +390,7 @@ class MemoryBudget:
             if alive is not None:
                 self._alive[session] = alive
 
-    def touch(self, session: str, key=None) -> None:
+    def touch(self, session: str, key: Hashable | None = None) -> None:
         """Mark the session active and, with ``key``, that entry most recently used."""
         with self._lock:
             now = self.clock()
@@ -396,11 +403,11 @@ class MemoryBudget:
     def hold(
         self,
         session: str,
-        key,
+        key: Hashable,
         nbytes: int,
         *,
         evictable: bool,
-        on_release=None,
+        on_release: Callable[[], None] | None = None,
         what: str = "",
         reserve: bool = True,
         wait_s: float = 0.0,
@@ -424,7 +431,7 @@ class MemoryBudget:
             self._activity[session] = now
             self._entries[(session, key)] = Entry(session, key, int(nbytes), evictable, on_release, now, what)
 
-    def drop(self, session: str, key) -> None:
+    def drop(self, session: str, key: Hashable) -> None:
         """The owner let go of ``key`` itself: forget it (no callback)."""
         with self._lock:
             self._entries.pop((session, key), None)
@@ -492,7 +499,7 @@ class MemoryBudget:
         )
 
     @contextmanager
-    def transient(self, session: str, nbytes: int, what: str = "this request", wait_s: float = 600.0):
+    def transient(self, session: str, nbytes: int, what: str = "this request", wait_s: float = 600.0) -> Iterator[None]:
         """Hold ``nbytes`` for the duration of a ``with`` block (a model run's working memory),
         waiting up to ``wait_s`` for other sessions' runs when only they stand in the way."""
         key = ("transient", object())

@@ -49,7 +49,9 @@ def _rician(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarr
 
 
 # ============================================================================ pelvic T2FS MRI
-def pelvic_mri(seed: int = 0, shape=(24, 256, 256), spacing=(6.0, 0.7, 0.7)) -> SyntheticCase:
+def pelvic_mri(
+    seed: int = 0, shape: tuple[int, int, int] = (24, 256, 256), spacing: tuple[float, float, float] = (6.0, 0.7, 0.7)
+) -> SyntheticCase:
     """Axial T2FS pelvic MRI phantom (MR arbitrary units, about 0..1000).
 
     Masks: ``ovary`` (the labelled one), ``ovary_other``, ``uterus``, ``bladder``.
@@ -57,7 +59,7 @@ def pelvic_mri(seed: int = 0, shape=(24, 256, 256), spacing=(6.0, 0.7, 0.7)) -> 
     """
     rng = np.random.default_rng(seed)
     g = Grid(shape, spacing)
-    img = np.zeros(shape, np.float32)
+    img: np.ndarray = np.zeros(shape, np.float32)
     fov_x = shape[2] * spacing[2] / 2
     fov_y = shape[1] * spacing[1] / 2
     zc = 0.0
@@ -159,7 +161,9 @@ def pelvic_mri(seed: int = 0, shape=(24, 256, 256), spacing=(6.0, 0.7, 0.7)) -> 
 
 
 # ============================================================================ abdominal CT
-def abdominal_ct(seed: int = 0, shape=(64, 128, 128), spacing=(2.5, 1.5, 1.5)) -> SyntheticCase:
+def abdominal_ct(
+    seed: int = 0, shape: tuple[int, int, int] = (64, 128, 128), spacing: tuple[float, float, float] = (2.5, 1.5, 1.5)
+) -> SyntheticCase:
     """Portal-venous abdominal CT phantom in HU (air -1000, fat -100, liver ~100, spleen ~110).
 
     The spleen (patient left, posterior) varies in size and position. Masks: ``spleen``, ``liver``,
@@ -270,7 +274,11 @@ def _fan(h, w, apex_y=-0.12, half_angle=_FAN_HALF_ANGLE, r0=0.05, r1=1.02):
 
 
 def ultrasound(
-    seed: int = 0, shape=(256, 336), malignant: bool | None = None, annotate: bool = False, clinical: dict | None = None
+    seed: int = 0,
+    shape: tuple[int, int] = (256, 336),
+    malignant: bool | None = None,
+    annotate: bool = False,
+    clinical: dict | None = None,
 ) -> SyntheticCase:
     """Transvaginal B-mode phantom (grey 0..255, 2D, 1 x H x W) with one ovarian lesion.
 
@@ -417,7 +425,7 @@ def _image_volume(pic2d: np.ndarray, spacing_rc, modality: str, name: str) -> Vo
 
 
 # ============================================================================ micro-ultrasound prostate
-def microus_prostate(seed: int = 0, shape=(224, 224)) -> SyntheticCase:
+def microus_prostate(seed: int = 0, shape: tuple[int, int] = (224, 224)) -> SyntheticCase:
     """Micro-ultrasound prostate slice (grey 0..254, 2D) with expert and non-expert masks.
 
     The prostate is a hypo-echoic ellipse with a brighter capsule; the bladder (anechoic) sits above
@@ -461,7 +469,7 @@ def microus_prostate(seed: int = 0, shape=(224, 224)) -> SyntheticCase:
 GI_LABELS = ("large_bowel", "small_bowel", "stomach")
 
 
-def gi_mri(seed: int = 0, shape=(266, 266)) -> SyntheticCase:
+def gi_mri(seed: int = 0, shape: tuple[int, int] = (266, 266)) -> SyntheticCase:
     """Axial abdominal MRI slice (16-bit range) with three overlapping binary labels.
 
     ``stomach`` (patient left, upper), ``small_bowel`` (central loops), ``large_bowel`` (a frame:
