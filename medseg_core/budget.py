@@ -140,7 +140,7 @@ class PackedMask(_Compact):
             return np.zeros(self.shape, np.uint8)
         return np.unpackbits(self._bits, axis=-1, count=self.shape[-1])
 
-    def __getitem__(self, idx):
+    def __getitem__(self, idx: Any) -> np.ndarray:
         full = self._index(idx)
         if full is None:
             return self.decode()[idx]
@@ -198,7 +198,7 @@ class QuantisedMap(_Compact):
     def decode(self) -> np.ndarray:
         return self._dec(self._q)
 
-    def __getitem__(self, idx):
+    def __getitem__(self, idx: Any) -> np.ndarray:
         return self._dec(self._q[idx])
 
     def max(self, *args: Any, **kwargs: Any) -> Any:

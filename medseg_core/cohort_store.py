@@ -32,7 +32,7 @@ import csv
 import dataclasses
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -385,11 +385,11 @@ class RowTable:
     def __bool__(self) -> bool:
         return len(self.frame) > 0
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[dict]:
         for start in range(0, len(self.frame), 4096):
             yield from self.records(start, start + 4096)
 
-    def __getitem__(self, k):
+    def __getitem__(self, k: int | slice) -> Any:
         if isinstance(k, slice):
             start, stop, step = k.indices(len(self.frame))
             rows = self.records(start, stop)

@@ -22,6 +22,7 @@ from .tables import csv_text
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
+    from .budget import MemoryBudget
     from .checkpoints import LoadedModel
     from .models import ModelSpec
 
@@ -235,11 +236,14 @@ class PredictionCache:
     :meth:`was_evicted` says so (the page recomputes it and says why).
     """
 
-    def __init__(self, max_items: int = 4, budget=None, session: str | None = None) -> None:
+    def __init__(self, max_items: int = 4, budget: MemoryBudget | None = None, session: str | None = None) -> None:
         import threading
 
         self.max_items = max_items
-        self.budget, self.session = budget, session
+        if budget is not None and session is None:
+            raise ValueError("a prediction cache charged to a memory budget needs its session")
+        self.budget = budget
+        self.session: str = session or ""  # only used with a budget
         self._d: OrderedDict = OrderedDict()
         self._lock = threading.RLock()
         self.evicted: set = set()

@@ -54,6 +54,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -71,7 +72,7 @@ from . import train_transforms as TT
 from .checkpoints import RESEARCH_NOTICE, LoadedModel, save_checkpoint
 from .data import datasets as D
 from .io.errors import InputError
-from .models import build_model, count_parameters, get_spec, list_models, model_kwargs
+from .models import ModelSpec, build_model, count_parameters, get_spec, list_models, model_kwargs
 from .options import parse_pairs, set_dotted
 from .preprocessing import SliceResize, apply_side_masking, plan_geometry, preprocess
 from .tables import write_csv
@@ -185,7 +186,7 @@ def _log(d: Dist, *a) -> None:
 
 
 # ----------------------------------------------------------------------------- data
-def kind_of(spec, cfg) -> str:
+def kind_of(spec: ModelSpec, cfg: dict) -> str:
     if spec.dims == "3d":
         return "seg3d"
     if spec.name == "us_cascade":
@@ -253,7 +254,9 @@ def _geometry(spec, cfg) -> dict:
     return dict(spec.geometry if g is None else g)
 
 
-def prepare_2d(cases, spec, cfg, size, training: bool) -> dict[str, np.ndarray]:
+def prepare_2d(
+    cases: Sequence[D.Case], spec: ModelSpec, cfg: dict, size: Sequence[int], training: bool
+) -> dict[str, np.ndarray]:
     """Slices on the model grid, prepared exactly as predict() prepares them."""
     pre, params = _preprocessing(spec, cfg)
     dcfg = cfg["data"]
@@ -281,7 +284,7 @@ def prepare_2d(cases, spec, cfg, size, training: bool) -> dict[str, np.ndarray]:
             from .io import load_volume
 
             clean = preprocess(pre, load_volume(clean_path, modality="US").array, **params)
-            rs = SliceResize(x.shape[-2:], size)
+            rs = SliceResize(x.shape[-2:], (size[0], size[1]))
             X.append(rs.forward(x))
             Y.append(rs.forward(clean)[:, None])
             PID += [case.patient_id] * x.shape[0]
@@ -298,7 +301,7 @@ def prepare_2d(cases, spec, cfg, size, training: bool) -> dict[str, np.ndarray]:
             training or cfg["train"].get("select_on", "original") == "masked"
         ):
             x, _ = apply_side_masking(x, vol, "oracle", ys[0])
-        rs = SliceResize(x.shape[-2:], size)
+        rs = SliceResize(x.shape[-2:], (size[0], size[1]))
         xr = rs.forward(x)
         yr = np.stack([(rs.forward(y.astype(np.float32), order=0) > 0.5) for y in ys], axis=1).astype(np.uint8)
         extra = None
@@ -342,7 +345,7 @@ def prepare_2d(cases, spec, cfg, size, training: bool) -> dict[str, np.ndarray]:
     return out
 
 
-def prepare_3d(cases, spec, cfg) -> list[tuple[np.ndarray, np.ndarray]]:
+def prepare_3d(cases: Sequence[D.Case], spec: ModelSpec, cfg: dict) -> list[tuple[np.ndarray, np.ndarray]]:
     """Volumes preprocessed and resampled to the model spacing (as predict() does)."""
     pre, params = _preprocessing(spec, cfg)
     out = []
@@ -351,6 +354,7 @@ def prepare_3d(cases, spec, cfg) -> list[tuple[np.ndarray, np.ndarray]]:
         x = torch.from_numpy(preprocess(pre, vol.array, **params))[None, None]
         lab = _label_masks(spec, masks, cfg["data"].get("label_map", {}))[0]
         y = torch.from_numpy(lab.astype(np.float32))[None, None]
+        assert spec.target_spacing is not None  # 3D registry models are resampled to their target spacing
         shape = tuple(
             max(1, int(round(n * s / t))) for n, s, t in zip(vol.shape, vol.spacing, spec.target_spacing, strict=True)
         )
@@ -374,7 +378,7 @@ def crop_config(cfg: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- losses
-def make_loss(cfg, spec):
+def make_loss(cfg: dict, spec: ModelSpec) -> torch.nn.Module:
     name = cfg["loss"]["name"]
     params = cfg["loss"].get("params") or {}
     if name == "dice_softmax":
@@ -387,7 +391,9 @@ def make_loss(cfg, spec):
 
 
 # ----------------------------------------------------------------------------- state
-def save_training_state(path: Path, model, optim, epoch: int, best: float, history: list) -> None:
+def save_training_state(
+    path: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, epoch: int, best: float, history: list
+) -> None:
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -401,7 +407,7 @@ def save_training_state(path: Path, model, optim, epoch: int, best: float, histo
     path.with_suffix(".json").write_text(json.dumps(meta, default=float))
 
 
-def load_training_state(path: Path, model, optim) -> tuple[int, float, list]:
+def load_training_state(path: Path, model: torch.nn.Module, optim: torch.optim.Optimizer) -> tuple[int, float, list]:
     from safetensors.torch import load_file
 
     t = load_file(str(path))
@@ -644,7 +650,16 @@ def _batches(arrays: dict, idx: np.ndarray, bs: int, device):
 
 
 @torch.no_grad()
-def validate_2d(kind, model, loss_fn, arrays, device, bs=16) -> dict:
+def validate_2d(
+    kind: str | None,
+    model: torch.nn.Module,
+    loss_fn: Callable[..., torch.Tensor],
+    arrays: dict[str, np.ndarray] | None,
+    device: str,
+    bs: int = 16,
+) -> dict:
+    if arrays is None:
+        raise ValueError("validate_2d needs the validation arrays")
     model.eval()
     losses, dices, probs, labels, correct = [], [], [], [], []
     dices002: list = []  # report 002's Dice per (slice, organ), both-empty = 1 (metrics.dice_report002)
@@ -686,7 +701,14 @@ def validate_2d(kind, model, loss_fn, arrays, device, bs=16) -> dict:
     return out
 
 
-def validate_3d(model, spec, cfg, cases, size, device) -> dict:
+def validate_3d(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    cfg: dict,
+    cases: Sequence[D.Case],
+    size: Sequence[int],
+    device: str,
+) -> dict:
     from .inference import PredictOptions, predict
 
     model.eval()
@@ -1081,7 +1103,7 @@ def select_best(best: Best, val: dict, select: str, epoch: int, net: torch.nn.Mo
     return improved
 
 
-def record_epoch(run: RunSetup, stage: Stage, row: dict, history: list[dict], best: Best, writer) -> None:
+def record_epoch(run: RunSetup, stage: Stage, row: dict, history: list[dict], best: Best, writer: Any) -> None:
     """Rank 0: the CSV log, TensorBoard, the state to resume from, one printed line."""
     if not run.d.main:
         return
@@ -1215,7 +1237,16 @@ def train(cfg: dict, resume: str | None = None, argv: list[str] | None = None) -
     return write_card(run, data, tm, plans, history, best_overall)
 
 
-def training_card(cfg: dict, spec, name: str, over: dict, size, split: dict, cases: list, argv) -> dict:
+def training_card(
+    cfg: dict,
+    spec: ModelSpec,
+    name: str,
+    over: dict,
+    size: Sequence[int],
+    split: dict,
+    cases: list,
+    argv: list[str] | None,
+) -> dict:
     """The model card of a training run: the recipe it trained with, the envelope of its training
     split, and its provenance (metrics are added once measured)."""
     from . import cards
@@ -1297,7 +1328,7 @@ def _cascade_crops(arrays: dict, model) -> dict:
     }
 
 
-def evaluate_split(model, card: dict, cfg, cases, device) -> dict:
+def evaluate_split(model: torch.nn.Module, card: dict, cfg: dict, cases: Sequence[D.Case], device: str) -> dict:
     """Held-out metrics through the one evaluation engine (the real predict() pipeline), run from the
     card's recipe exactly as a user will run the saved checkpoint (recorded in the model card)."""
     from .cards import spec_from_card

@@ -20,10 +20,12 @@ The data-side features (``data.drop_unlabelled``, ``data.split.stratify``) live 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch import nn
 
 from .io.errors import InputError
@@ -38,7 +40,7 @@ def organ_combination_codes(y: np.ndarray) -> np.ndarray:
     return (present * (1 << np.arange(present.shape[1]))).sum(1).astype(np.int64)
 
 
-def organ_combination_weights(codes) -> np.ndarray:
+def organ_combination_weights(codes: ArrayLike) -> np.ndarray:
     """Report 002 section 2.3: weight of a slice = 1 / (count of slices with the same combination)."""
     codes = np.asarray(codes)
     classes, counts = np.unique(codes, return_counts=True)
@@ -46,7 +48,7 @@ def organ_combination_weights(codes) -> np.ndarray:
     return per_class[np.searchsorted(classes, codes)].astype(np.float64)
 
 
-def sampler_order(weights, seed: int, num_samples: int | None = None) -> np.ndarray:
+def sampler_order(weights: ArrayLike, seed: int, num_samples: int | None = None) -> np.ndarray:
     """Indices of one epoch drawn by ``torch.utils.data.WeightedRandomSampler`` (with replacement,
     ``num_samples`` = number of weights unless given), seeded."""
     from torch.utils.data import WeightedRandomSampler
@@ -309,7 +311,9 @@ def augment_one(img: np.ndarray, masks: np.ndarray, a: dict, seed: int) -> tuple
     return np.ascontiguousarray(img, np.float32), (np.ascontiguousarray(masks) > 0.5).astype(np.float32)
 
 
-def augment_report002(x: torch.Tensor, ys: list[torch.Tensor], a: dict, gen: torch.Generator):
+def augment_report002(
+    x: torch.Tensor, ys: list[torch.Tensor], a: dict, gen: torch.Generator
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """:func:`augment_one` over a batch ``x`` ``(N, 1, H, W)`` and its mask tensors ``ys`` (each
     ``(N, C, H, W)``; all moved together), one seed per slice drawn from ``gen``. The signature of
     :func:`medseg_core.train.augment_2d`."""
@@ -330,7 +334,7 @@ def augment_report002(x: torch.Tensor, ys: list[torch.Tensor], a: dict, gen: tor
     return xo, out
 
 
-def augment_fn(a: dict):
+def augment_fn(a: dict) -> Callable[..., tuple]:
     """The batch augmentation ``augment.name`` asks for: report 002's pipeline, or medseg's
     :func:`~medseg_core.train.augment_2d` (the default)."""
     if (a or {}).get("name") == "report002":

@@ -50,10 +50,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from monai.transforms import Compose
 
 #: salts of :func:`seed_of`, so crops, augmentation and torch's generator (dropout) of one epoch
 #: draw independent streams
@@ -74,7 +77,7 @@ def _plain(t) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- 2D
-def compose_2d(a: dict, label_keys: Sequence[str], size: Sequence[int]):
+def compose_2d(a: dict, label_keys: Sequence[str], size: Sequence[int]) -> Compose | None:
     """The 2D pipeline of ``augment`` over keys ``image`` + ``label_keys`` for slices of ``size``
     (H, W) (None when it does nothing)."""
     from monai.transforms import Compose, RandAffined, RandFlipd, RandScaleIntensityd, RandStdShiftIntensityd
@@ -105,7 +108,9 @@ def compose_2d(a: dict, label_keys: Sequence[str], size: Sequence[int]):
     return Compose(ts) if ts else None
 
 
-def augment_2d(x: torch.Tensor, ys: list[torch.Tensor], a: dict, gen: torch.Generator):
+def augment_2d(
+    x: torch.Tensor, ys: list[torch.Tensor], a: dict, gen: torch.Generator
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """:func:`compose_2d` over a batch ``x`` ``(N, 1, H, W)`` and its label maps ``ys`` (each
     ``(N, C, H, W)``), one seed for the batch drawn from ``gen``; returns plain tensors of the
     input dtypes."""
@@ -125,7 +130,7 @@ def augment_2d(x: torch.Tensor, ys: list[torch.Tensor], a: dict, gen: torch.Gene
 
 
 # ----------------------------------------------------------------------------- 3D
-def compose_3d(a: dict):
+def compose_3d(a: dict) -> Compose | None:
     """The 3D augmentation of ``augment`` over keys ``image``, ``label`` (None when it does nothing)."""
     from monai.transforms import Compose, RandFlipd, RandRotate90d, RandRotated
 
@@ -157,7 +162,7 @@ def compose_3d(a: dict):
     return Compose(ts) if ts else None
 
 
-def augment_3d(x: torch.Tensor, y: torch.Tensor, a: dict, gen: torch.Generator):
+def augment_3d(x: torch.Tensor, y: torch.Tensor, a: dict, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`compose_3d` over a batch ``(B, C, Z, Y, X)`` of patches and their labels, one seed for
     the batch drawn from ``gen``."""
     t = compose_3d(a)
