@@ -34,8 +34,11 @@ def _model_folder(tmp_path):
     folder.mkdir()
     shutil.copy(src.weights, folder / src.weights.name)
     card = json.loads(src.card_path.read_text())
-    card["recipe"]["calibration"] = {"method": "synthetic (test)", "temperature": TEMPERATURE,
-                                     "fitted_on": "nothing: a synthetic temperature for the test"}
+    card["recipe"]["calibration"] = {
+        "method": "synthetic (test)",
+        "temperature": TEMPERATURE,
+        "fitted_on": "nothing: a synthetic temperature for the test",
+    }
     (folder / src.card_path.name).write_text(json.dumps(card))
     return folder
 
@@ -95,5 +98,7 @@ def test_compare_counts_and_calibration_in_chromium(tmp_path):
         page.get_by_role("button", name="Compute uncertainty").click()
         page.wait_for_function(
             "v => ![...document.querySelectorAll('[data-testid=stMetricValue]')].some(e => e.innerText === v)",
-            arg=f"{got:.3f}", timeout=240_000)
+            arg=f"{got:.3f}",
+            timeout=240_000,
+        )
         assert _number_after(page, "Expected calibration error") == pytest.approx(ece[False], abs=0.006)
