@@ -99,3 +99,16 @@ def browser(webgl: bool = False):
             yield b
         finally:
             b.close()
+
+
+def settled(page, timeout: float = 180_000) -> None:
+    """Wait until the app's script run is over: no element left over from the previous run (Streamlit
+    marks those stale) and no running spinner. Clicks made during a rerun hit elements that are about to
+    be replaced (a download button reruns the app, which takes long on a busy machine)."""
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => document.querySelectorAll('[data-stale=\"true\"]').length === 0"
+        " && !document.querySelector('[data-testid=stStatusWidget] [data-testid=stSpinner]')",
+        timeout=timeout,
+    )
+    page.wait_for_timeout(300)

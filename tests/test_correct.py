@@ -7,6 +7,7 @@ import sqlite3
 
 import numpy as np
 import pytest
+from browser import settled
 
 from medseg_core import correct as K
 from medseg_core.io import Volume, display_slice
@@ -368,21 +369,10 @@ def test_apptest_correct_fill_save_becomes_the_reviewed_result(tmp_path, monkeyp
     assert store.audit_rows(action="correction")[0]["model"] == "colleague"
 
 
-def _settled(page):
-    """Wait until the script run is over (no stale element of the previous run, no running spinner)."""
-    page.wait_for_timeout(300)
-    page.wait_for_function(
-        "() => document.querySelectorAll('[data-stale=\"true\"]').length === 0"
-        " && !document.querySelector('[data-testid=stStatusWidget] [data-testid=stSpinner]')",
-        timeout=60_000,
-    )
-    page.wait_for_timeout(300)
-
-
 def _metrics_dice(page, tmp_path, name: str) -> float:
     import csv
 
-    _settled(page)
+    settled(page)
     with page.expect_download(timeout=60_000) as dl:
         page.get_by_role("button", name="Export metrics (CSV)").click()
     path = tmp_path / name
@@ -418,7 +408,7 @@ def test_browser_paint_a_stroke_save_and_the_dice_changes(tmp_path):
         page.get_by_text("0 voxels added, 0 removed").wait_for()
         painted = page.get_by_text(re.compile(r"[1-9]\d* voxels added"))
         for attempt in range(3):  # on a loaded machine fabric.js may not be listening yet: draw again
-            _settled(page)
+            settled(page)
             page.wait_for_timeout(1500)  # the background picture and fabric.js set up
             box = box_loc.last.bounding_box()
             y = box["y"] + box["height"] * 0.5
@@ -442,7 +432,7 @@ def test_browser_paint_a_stroke_save_and_the_dice_changes(tmp_path):
         assert page.locator("[data-testid=stException]").count() == 0
         page.screenshot(path=str(ARTIFACTS / "correct_saved.png"), full_page=True)
         dice_corrected = _metrics_dice(page, tmp_path, "corrected.csv")
-        _settled(page)
+        settled(page)
         with page.expect_download(timeout=60_000) as dl:
             page.get_by_role("button", name="Export mask (NIfTI, source affine)").click()
         exported = tmp_path / "corrected_export.nii.gz"

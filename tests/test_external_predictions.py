@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from browser import ARTIFACTS, app_server, browser
+from browser import ARTIFACTS, app_server, browser, settled
 from conftest import assert_readable
 from dicom_factory import axial_series
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -465,17 +465,6 @@ def _colour_counts(href: str) -> dict:
     }
 
 
-def _settled(page):
-    """Wait until the script run is over: no element left over from the previous run (Streamlit greys those)."""
-    page.wait_for_timeout(300)
-    page.wait_for_function(
-        "() => document.querySelectorAll('[data-stale=\"true\"]').length === 0"
-        " && !document.querySelector('[data-testid=stStatusWidget] [data-testid=stSpinner]')",
-        timeout=60_000,
-    )
-    page.wait_for_timeout(300)
-
-
 def _open_load_case(page, url):
     page.goto(url, wait_until="domcontentloaded")
     page.get_by_text("Research use only").wait_for(timeout=90_000)
@@ -504,11 +493,11 @@ def test_browser_upload_prediction_and_review_it(tmp_path):
             assert field.input_value() == "colleague_ovary"
             field.fill("colleague")
             field.press("Enter")
-            _settled(page)
+            settled(page)
             page.screenshot(path=str(ARTIFACTS / f"external_pending_{width}x{height}.png"))
             page.get_by_role("button", name="Add 1 prediction for review").click()
             page.get_by_text("Predictions to review").wait_for(timeout=60_000)
-            _settled(page)
+            settled(page)
             assert page.locator("[data-testid=stException]").count() == 0
             page.screenshot(path=str(ARTIFACTS / f"external_load_{width}x{height}.png"))
             page.locator("[data-testid=stSidebar]").get_by_role("link", name="Segment & review").click()
@@ -519,7 +508,7 @@ def test_browser_upload_prediction_and_review_it(tmp_path):
             page.locator(".js-plotly-plot image").first.wait_for(timeout=60_000)
             counts = _colour_counts(page.locator(".js-plotly-plot image").first.get_attribute("href") or "")
             assert counts["green"] > 50 and counts["red"] > 5 and counts["blue"] > 5, counts
-            _settled(page)
+            settled(page)
             page.get_by_text("Result to review").scroll_into_view_if_needed()
             page.wait_for_timeout(300)
             page.screenshot(path=str(ARTIFACTS / f"external_review_top_{width}x{height}.png"))
@@ -550,6 +539,6 @@ def test_browser_upload_prediction_and_review_it(tmp_path):
             "input[type=file]"
         ).set_input_files(str(sample_dir / "abdomen_ct_spleen.nii.gz"))
         sidebar.get_by_text("Reference mask loaded").wait_for(timeout=60_000)
-        _settled(page)
+        settled(page)
         assert page.locator("[data-testid=stException]").count() == 0
         page.screenshot(path=str(ARTIFACTS / "external_reference_sidebar.png"))

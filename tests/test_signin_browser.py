@@ -18,7 +18,7 @@ import secrets
 import time
 
 import pytest
-from browser import ARTIFACTS, app_server, browser
+from browser import ARTIFACTS, app_server, browser, settled
 
 from medseg_core.auth import REFUSED, SIGN_IN
 from medseg_core.store import Store
@@ -95,6 +95,7 @@ def test_signin_identity_on_verdict_audit_of_export_and_refusal(tmp_path, monkey
             with page.expect_download(timeout=60_000) as dl:
                 page.get_by_role("button", name="Export mask (NIfTI, source affine)").click()
             assert dl.value.suggested_filename.endswith("_mask.nii.gz")
+            settled(page)  # the download reran the app: wait for the new page before clicking on it
             page.locator("[data-testid=stExpander] summary").filter(has_text="Verdict").click()
             page.get_by_text("Needs correction").click()
             page.get_by_label("Note").fill("left ovary missed")
