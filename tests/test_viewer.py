@@ -141,7 +141,7 @@ def _title(page) -> str:
 
 @pytest.mark.browser
 def test_browser_viewer_fits_the_window_wheel_moves_the_slice_and_export(tmp_path):
-    from browser import ARTIFACTS, app_server, browser
+    from browser import ARTIFACTS, app_server, browser, settled
     from PIL import Image
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -205,7 +205,9 @@ def test_browser_viewer_fits_the_window_wheel_moves_the_slice_and_export(tmp_pat
         assert page.locator("[data-testid=stException]").count() == 0
         page.screenshot(path=str(ARTIFACTS / "viewer_after_wheel_1280x720.png"))
 
-        # the exported view: larger than the picture, with letters, legend and scale bar
+        # the exported view: larger than the picture, with letters, legend and scale bar (after the
+        # wheel's reruns: a download button's file belongs to the run that drew it)
+        settled(page)
         with page.expect_download(timeout=60_000) as dl:
             page.get_by_role("button", name="Export this view (PNG)").click()
         path = tmp_path / "view.png"
