@@ -66,6 +66,25 @@ def exported(what: str, model: str | None = None, with_case: bool = True):
     )
 
 
+FORMATS = {"csv": ("CSV", "text/csv"), "json": ("JSON", "application/json")}
+
+
+def export_pair(columns, label: str, data, file_stem: str, key: str, what: str) -> None:
+    """A CSV and a JSON download button in two ``columns``: ``label (CSV)``, ``data(fmt)`` (bytes or a
+    callable evaluated on click), ``<file_stem>.<fmt>``, keys ``<key>_<fmt>``; each click is audited
+    as an export ``what`` with ``{fmt}`` replaced by CSV or JSON (e.g. "all verdicts {fmt}")."""
+    for col, fmt in zip(columns, FORMATS, strict=True):
+        words, mime = FORMATS[fmt]
+        col.download_button(
+            f"{label} ({words})",
+            data(fmt),
+            file_name=f"{file_stem}.{fmt}",
+            mime=mime,
+            key=f"{key}_{fmt}",
+            on_click=exported(what.replace("{fmt}", words), with_case=False),
+        )
+
+
 def gate(pages: list) -> st.navigation:
     """Decide access for this run; return the navigation when the user may proceed, else draw the sign-in
     prompt or the refusal (one sentence) and stop. Pages are registered hidden for everybody else, so

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import streamlit as st
 
 from medseg_core.store import ACTIONS, AUDIT_COLUMNS, export_verdicts, to_csv, to_json
-from pages._access import exported, identity, store
+from pages._access import export_pair, identity, store
 from pages._shared import require_frame
 
 require_frame()
@@ -38,35 +38,19 @@ st.dataframe(
 )
 e1, e2, e3, e4 = st.columns(4)
 stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-e1.download_button(
-    "Export audit (CSV)",
-    to_csv(rows, AUDIT_COLUMNS),
-    file_name=f"medseg_audit_{stamp}.csv",
-    mime="text/csv",
-    key="dl_audit_csv",
-    on_click=exported("audit trail CSV", with_case=False),
+export_pair(
+    (e1, e2),
+    "Export audit",
+    lambda fmt: to_csv(rows, AUDIT_COLUMNS) if fmt == "csv" else to_json(rows),
+    f"medseg_audit_{stamp}",
+    "dl_audit",
+    "audit trail {fmt}",
 )
-e2.download_button(
-    "Export audit (JSON)",
-    to_json(rows),
-    file_name=f"medseg_audit_{stamp}.json",
-    mime="application/json",
-    key="dl_audit_json",
-    on_click=exported("audit trail JSON", with_case=False),
-)
-e3.download_button(
-    "Export all verdicts (CSV)",
-    lambda: export_verdicts(store(), "csv"),
-    file_name=f"medseg_verdicts_{stamp}.csv",
-    mime="text/csv",
-    key="dl_verdicts_csv",
-    on_click=exported("all verdicts CSV", with_case=False),
-)
-e4.download_button(
-    "Export all verdicts (JSON)",
-    lambda: export_verdicts(store(), "json"),
-    file_name=f"medseg_verdicts_{stamp}.json",
-    mime="application/json",
-    key="dl_verdicts_json",
-    on_click=exported("all verdicts JSON", with_case=False),
+export_pair(
+    (e3, e4),
+    "Export all verdicts",
+    lambda fmt: lambda: export_verdicts(store(), fmt),
+    f"medseg_verdicts_{stamp}",
+    "dl_verdicts",
+    "all verdicts {fmt}",
 )

@@ -12,7 +12,7 @@ from medseg_core import cohort as C
 from medseg_core import worklist as W
 from medseg_core.data.datasets import ADAPTERS, detect_adapter
 from medseg_core.store import export_verdicts
-from pages._access import exported, store
+from pages._access import export_pair, store
 from pages._shared import follow_goto, keep_state, remember, require_frame
 from pages._worklist_glue import open_case, source_ids, source_keys
 
@@ -118,37 +118,21 @@ name = (src.get("path") or src.get("root")).rstrip("/").rsplit("/", 1)[-1]
 st.markdown("**Export verdicts**")
 e1, e2, e3, e4 = st.columns(4)
 run_rows = lambda: W.case_verdicts(store(), keys)  # noqa: E731 (evaluated on click only)
-e1.download_button(
-    "This list's verdicts (CSV)",
-    lambda: W.export_bytes(run_rows(), "csv"),
-    file_name=f"verdicts_{name}_{stamp}.csv",
-    mime="text/csv",
-    key="wl_dl_csv",
-    on_click=exported(f"worklist verdicts CSV ({name})", with_case=False),
+export_pair(
+    (e1, e2),
+    "This list's verdicts",
+    lambda fmt: lambda: W.export_bytes(run_rows(), fmt),
+    f"verdicts_{name}_{stamp}",
+    "wl_dl",
+    f"worklist verdicts {{fmt}} ({name})",
 )
-e2.download_button(
-    "This list's verdicts (JSON)",
-    lambda: W.export_bytes(run_rows(), "json"),
-    file_name=f"verdicts_{name}_{stamp}.json",
-    mime="application/json",
-    key="wl_dl_json",
-    on_click=exported(f"worklist verdicts JSON ({name})", with_case=False),
-)
-e3.download_button(
-    "All verdicts (CSV)",
-    lambda: export_verdicts(store(), "csv"),
-    file_name=f"medseg_verdicts_{stamp}.csv",
-    mime="text/csv",
-    key="wl_dl_all_csv",
-    on_click=exported("all verdicts CSV (worklist)", with_case=False),
-)
-e4.download_button(
-    "All verdicts (JSON)",
-    lambda: export_verdicts(store(), "json"),
-    file_name=f"medseg_verdicts_{stamp}.json",
-    mime="application/json",
-    key="wl_dl_all_json",
-    on_click=exported("all verdicts JSON (worklist)", with_case=False),
+export_pair(
+    (e3, e4),
+    "All verdicts",
+    lambda fmt: lambda: export_verdicts(store(), fmt),
+    f"medseg_verdicts_{stamp}",
+    "wl_dl_all",
+    "all verdicts {fmt} (worklist)",
 )
 st.caption(
     "This list's export adds the dataset's case id to each verdict; times are UTC. Every export is "
