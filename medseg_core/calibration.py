@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
     from .checkpoints import LoadedModel
     from .data.datasets import Case
-    from .inference import PredictOptions
+    from .inference import Prediction, PredictOptions
 
 
 EPS = 1e-6
@@ -145,6 +146,196 @@ def reliability(
     return Accumulator(n_bins, region=region).add(probs, truth).result()
 
 
+#: A reliability diagram's region in words (figure subtitles, the gallery's calibration tab).
+REGION_WORDS = {"all": "all voxels", "near": "voxels near the structure", "cases": "cases, p(malignant)"}
+
+
+# ----------------------------------------------------------------------------- cohorts
+def case_bins(
+    probs: ArrayLike,
+    truth: ArrayLike,
+    pred: ArrayLike | None = None,
+    n_bins: int = 15,
+    margin: int = 8,
+) -> dict[str, dict[str, list]]:
+    """One case's bin sums (:class:`Accumulator`: counts, sum of p, sum of truth per bin) for region
+    "all" and region "near" (:func:`near_region` of ``pred``, default ``probs >= 0.5``, and the truth),
+    as JSON-ready lists: ``{"all": {"counts", "sum_p", "sum_y"}, "near": {...}}``. Summed over cases
+    by :func:`merge_bins` they give the cohort's diagram exactly (bin sums add; issue 18 item 4)."""
+    p, y = np.asarray(probs), np.asarray(truth)
+    box = near_region(p >= 0.5 if pred is None else pred, y, margin)
+    out = {}
+    for region, (pp, yy) in (("all", (p, y)), ("near", (p[box], y[box]))):
+        acc = Accumulator(n_bins, region=region).add(pp, yy)
+        out[region] = {"counts": acc.counts.tolist(), "sum_p": acc.sum_p.tolist(), "sum_y": acc.sum_y.tolist()}
+    return out
+
+
+def merge_bins(parts: Sequence[dict], n_bins: int = 15, region: str = "all") -> Reliability:
+    """The reliability diagram of several cases from their :func:`case_bins` entries for ``region``
+    (summed in the order given, so the same parts in the same order give the same floats)."""
+    return _accumulate(parts, n_bins, region).result()
+
+
+def _accumulate(parts: Sequence[dict], n_bins: int, region: str) -> Accumulator:
+    acc = Accumulator(n_bins, region=region)
+    for b in parts:
+        acc.counts += np.asarray(b["counts"], np.int64)
+        acc.sum_p += np.asarray(b["sum_p"], np.float64)
+        acc.sum_y += np.asarray(b["sum_y"], np.float64)
+    return acc
+
+
+def prediction_bins(pred: Prediction, refs: dict, n_bins: int = 15, margin: int = 8) -> dict | None:
+    """A cohort part's calibration evidence from one engine prediction (``pred``, a
+    :class:`~medseg_core.inference.Prediction`) and its references (``refs``, label -> mask, as
+    :func:`medseg_core.engine.evaluate_cases` hands them to a scorer): :func:`case_bins` of the first
+    label's probability map against its reference (near the first label's mask), the case-level pair
+    ``case: [p(malignant), label]`` when the prediction has a benign/malignant head and the case a
+    label (``malignant``, filled in by the caller), and ``temperature`` (the card temperature applied,
+    None for the model's own probabilities). None when there is nothing to measure (a folder of
+    predictions has no probabilities)."""
+    out: dict = {"temperature": (pred.calibration or {}).get("temperature")}
+    first = next(iter(pred.masks), None)
+    if first is not None:
+        probs, ref = pred.probabilities.get(first), refs.get(first)
+        if probs is not None and ref is not None and np.shape(probs) == np.shape(ref):
+            out.update(case_bins(probs, ref, pred.masks[first], n_bins, margin))
+    cp = pred.class_probabilities
+    if cp is not None and len(cp) == 2:
+        out["p_malignant"] = float(cp[1])
+    return out if set(out) - {"temperature"} else None
+
+
+def cohort_entries(parts: Sequence[tuple[str, str, dict | None]], n_bins: int = 15, margin: int = 8) -> dict:
+    """``calibration.json`` of a cohort run from its parts' calibration evidence, given as
+    (model, option set, :func:`prediction_bins` + ``malignant``) in the run's canonical order: per
+    model and set, for each region ("all", "near" voxels; "cases" for p(malignant) against the
+    case label) the bin counts and sums, ECE, MCE and n, plus the number of cases measured and the
+    temperatures applied."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for model, set_name, ev in parts:
+        groups.setdefault((model, set_name), [])
+        if ev:
+            groups[(model, set_name)].append(ev)
+    entries = []
+    for (model, set_name), evs in groups.items():
+        regions = {}
+        for region in ("all", "near"):
+            have = [e[region] for e in evs if region in e]
+            if have:
+                regions[region] = _entry(_accumulate(have, n_bins, region))
+        pairs = [(e["p_malignant"], e["malignant"]) for e in evs if e.get("malignant") is not None]
+        if pairs:
+            acc = Accumulator(n_bins, region="cases").add([p for p, _ in pairs], [y for _, y in pairs])
+            regions["cases"] = _entry(acc)
+        if regions:
+            temps = sorted({e.get("temperature") for e in evs}, key=lambda t: (t is None, t or 0.0))
+            entries.append(
+                {
+                    "model": model,
+                    "set": set_name,
+                    "n_cases": sum(1 for e in evs if "all" in e),
+                    "temperatures": temps,
+                    "regions": regions,
+                }
+            )
+    return {"n_bins": n_bins, "margin": margin, "entries": entries}
+
+
+def _entry(acc: Accumulator) -> dict:
+    """One region of ``calibration.json``: the bin counts and sums, and their ECE, MCE and n."""
+    rel = acc.result()
+    return {
+        "counts": acc.counts.tolist(),
+        "sum_p": acc.sum_p.tolist(),
+        "sum_y": acc.sum_y.tolist(),
+        "ece": rel.ece,
+        "mce": rel.mce,
+        "n": rel.n,
+    }
+
+
+@dataclass
+class CohortCalibration:
+    """A cohort run's ``calibration.json`` read back: ``reliability[(model, set, region)]`` the
+    diagram (region "all" or "near" voxels, "cases" for p(malignant)), ``n_cases[(model, set)]`` the
+    cases measured and ``temperatures[(model, set)]`` the card temperatures applied to those
+    probabilities (``[None]``: the model's own probabilities; a number: temperature-scaled, the
+    option set asked for ``calibrated=True`` and the card had one)."""
+
+    reliability: dict[tuple[str, str, str], Reliability]
+    n_cases: dict[tuple[str, str], int]
+    temperatures: dict[tuple[str, str], list]
+
+    def regions(self, model: str, set_name: str) -> list[str]:
+        return [r for (m, s, r) in self.reliability if (m, s) == (model, set_name)]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """The (model, option set) pairs measured, in the run's order."""
+        return list(self.n_cases)
+
+    def rows(self) -> list[dict]:
+        """Every model, option set and region side by side, in words for a table."""
+        return [
+            {
+                "Model": m,
+                "Option set": s,
+                "Evidence": REGION_WORDS.get(r, r),
+                "Expected calibration error": rel.ece,
+                "Maximum calibration error": rel.mce,
+                "Voxels or cases": rel.n,
+            }
+            for (m, s, r), rel in self.reliability.items()
+        ]
+
+    def probability_words(self, model: str, set_name: str, requested: bool = False) -> str:
+        """Which probabilities the numbers are of, in one sentence: the model's own, or
+        temperature-scaled with the card's temperature (``requested``: the option set asked for
+        ``calibrated=True``, :mod:`medseg_core.calibration` ``main``, ``medseg calibrate``)."""
+        temps = self.temperatures.get((model, set_name), [None])
+        fitted = [t for t in temps if t is not None]
+        if not fitted:
+            return (
+                "The option set asked for calibrated probabilities, but the model's card has no temperature: "
+                "these are the model's own probabilities."
+                if requested
+                else "These are the model's own probabilities (the option set did not ask for calibrated ones)."
+            )
+        words = ", ".join(f"{t:.3g}" for t in fitted)
+        mixed = " for some cases" if None in temps else ""
+        return (
+            f"These are calibrated probabilities{mixed}: temperature-scaled with the card's temperature {words} "
+            "('medseg calibrate' fitted it on a validation split), not the model's own."
+        )
+
+
+def cohort_calibration(run_dir: str | Path) -> CohortCalibration | None:
+    """The cohort-level calibration of a run folder (its ``calibration.json``, written by
+    :func:`medseg_core.cohort.run_cohort`), or None for a run made before it existed."""
+    import json
+
+    p = Path(run_dir) / "calibration.json"
+    if not p.exists():
+        return None
+    doc = json.loads(p.read_text())
+    rel, n_cases, temps = {}, {}, {}
+    for e in doc["entries"]:
+        key = (e["model"], e["set"])
+        n_cases[key] = int(e["n_cases"])
+        temps[key] = list(e["temperatures"])
+        for region, r in e["regions"].items():
+            rel[(*key, region)] = merge_bins([r], int(doc["n_bins"]), region)
+    return CohortCalibration(rel, n_cases, temps)
+
+
+def cohort_reliability(run_dir: str | Path) -> dict[tuple[str, str, str], Reliability]:
+    """``(model, option set, region) -> Reliability`` of a cohort run (empty for a run made before
+    cohort calibration existed); see :func:`cohort_calibration`."""
+    c = cohort_calibration(run_dir)
+    return c.reliability if c else {}
+
+
 # ----------------------------------------------------------------------------- temperature scaling
 def logit(p: ArrayLike) -> np.ndarray:
     p = np.clip(np.asarray(p, np.float64), EPS, 1 - EPS)
@@ -227,7 +418,7 @@ def reliability_figure(rel: Reliability, title: str = "", height: int = 360) -> 
             hovertemplate="Mean predicted %{x:.2f}<br>Observed %{y:.2f}<br>n = %{customdata}",
         )
     )
-    where = "all voxels" if rel.region == "all" else "voxels near the structure"
+    where = REGION_WORDS.get(rel.region, rel.region)
     fig.update_layout(
         title=(title + ": " if title else "") + f"ECE {rel.ece:.3f}<br><sup>{where}, n = {rel.n:,}</sup>",
         xaxis_title="Mean predicted probability",

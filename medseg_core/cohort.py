@@ -17,6 +17,10 @@ A run folder holds:
 * ``comparisons.csv``: paired per-slice Dice deltas of every option set against the first one;
 * ``table1.csv`` / ``table1.md``: report 000's Table 1 format (Dice orig, Dice masked, ΔDice on
   reference-positive slices) when the run has the two option sets it needs;
+* ``calibration.json``: cohort-level calibration per model and option set: reliability-diagram bin
+  counts and sums (15 bins) of the first label's probabilities for all voxels and for voxels near
+  the structure, and of p(malignant) against the case label where both exist, with ECE, MCE and n
+  (:func:`medseg_core.calibration.cohort_calibration` reads it; runs made before it lack the file);
 * ``masks/<model>__<set>__<case>.npz``: bit-packed predicted masks (after and before
   post-processing), so the gallery draws thumbnails without re-running a model.
 
@@ -53,7 +57,7 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
     from .data.datasets import Case
-    from .inference import PredictOptions
+    from .inference import Prediction, PredictOptions
     from .io import Volume
 
 #: cohort rows: a columnar RowTable or a list of dict rows
@@ -219,7 +223,7 @@ def run_cohort(
                 report(f"{name} · {set_name} · {case.case_id} (kept from before)")
             else:
                 todo.append(case)
-        for res in evaluate_cases(source, todo, opts, rules=rules):
+        for res in evaluate_cases(source, todo, opts, rules=rules, scorer=_calibration_evidence):
             pred = res.prediction
             assert pred is not None  # evaluate_cases yields each case's prediction
             first = next(iter(pred.masks), None)
@@ -239,7 +243,10 @@ def run_cohort(
                 ]
             part = part_file(out, name, set_name, res.case)
             tmp = part.with_suffix(".tmp")  # a part exists whole or not at all
-            tmp.write_text(json.dumps({"slices": s_rows, "cases": c_rows}, default=_json_value))
+            cal = res.units[0] if res.units else None
+            if cal is not None and "p_malignant" in cal:
+                cal["malignant"] = res.malignant  # the case's label, when the dataset has one
+            tmp.write_text(json.dumps({"slices": s_rows, "cases": c_rows, "calibration": cal}, default=_json_value))
             tmp.replace(part)
             done += 1
             report(f"{name} · {set_name} · {res.case}")
@@ -254,12 +261,13 @@ def run_cohort(
         done = total
     # merge the parts in the canonical order (models x option sets x cases): one process or many,
     # a fresh or a resumed run, the tables come out the same
-    slices, case_rows = [], []
+    slices, case_rows, evidence = [], [], []
     for name, set_name, _, _ in runs:
         for case in cases:
             kept = json.loads(part_file(out, name, set_name, case.case_id).read_text())
             slices += kept["slices"]
             case_rows += kept["cases"]
+            evidence.append((name, set_name, kept.get("calibration")))  # None in parts made before it
     S.write_parquet(out / "slices.parquet", slices, S.SLICE_SCHEMA)
     S.write_parquet(out / "cases.parquet", case_rows, S.CASE_SCHEMA)
     if csv_export:
@@ -290,9 +298,23 @@ def run_cohort(
         rows = table1(slices, model_names)
         write_csv(out / "table1.csv", rows)
         (out / "table1.md").write_text(table1_markdown(rows))
+    from .calibration import cohort_entries
+
+    (out / "calibration.json").write_text(json.dumps(cohort_entries(evidence), indent=1))
     (out / "cohort.json").write_text(json.dumps(meta, indent=1, default=str))
     write_progress(out, state="done", done=done, total=total, message="finished")
     return out
+
+
+def _calibration_evidence(case: Case, pred: Prediction, refs: dict, volume: Volume) -> list[dict]:
+    """The engine's scorer hook (:func:`medseg_core.engine.evaluate_cases`) collecting one case's
+    calibration evidence, :func:`medseg_core.calibration.prediction_bins` (15 bins, regions "all"
+    and "near", p(malignant)), from the same prediction and references that the metrics use; kept
+    in the part file and merged into ``calibration.json`` (issue 18 item 4)."""
+    from .calibration import prediction_bins
+
+    ev = prediction_bins(pred, refs)
+    return [] if ev is None else [ev]
 
 
 def _distributed() -> tuple[int, int, bool]:

@@ -6,6 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from medseg_core import analysis as A
+from medseg_core import calibration as CAL
 from medseg_core import cohort as C
 from medseg_core import jobs
 from medseg_core import worklist as W
@@ -180,7 +181,7 @@ st.caption(
 
 # ------------------------------------------------------------------ tables
 # plain tabs: tracking the open tab (on_change="rerun") made a click during a rerun get lost
-tab_t, tab_g, tab_u = st.tabs(["Side-masking table", "Gallery", "Uncertainty vs Dice"])
+tab_t, tab_g, tab_u, tab_c = st.tabs(["Side-masking table", "Gallery", "Uncertainty vs Dice", "Calibration"])
 with tab_t:
     if (r.path / "table1.csv").exists():
         st.markdown(
@@ -307,5 +308,60 @@ with tab_u:
             f"mean uncertainty {au['mean_failed']:.3f} vs {au['mean_good']:.3f} nats. AUROC 0.5 = the score "
             "does not tell failed slices from good ones."
         )
+
+# ------------------------------------------------------------------ calibration over the cohort (issue 18 item 4)
+with tab_c:
+    st.markdown("**Calibration over the cohort**")
+    cal = CAL.cohort_calibration(path)
+    if cal is None:
+        st.info(
+            "This run was made before cohort calibration existed: re-run the cohort (same models, option sets "
+            "and cases) to see its reliability diagrams."
+        )
+    elif not cal.pairs():
+        st.info("No model of this run has probability maps with references (a folder of predictions has none).")
+    else:
+        pairs = {f"{mo} · {set_name(se, m['option_sets'].get(se))}": (mo, se) for mo, se in cal.pairs()}
+        k1, k2 = st.columns([2, 3])
+        pick = pairs[k1.selectbox("Model and option set", list(pairs), key="gal_cal_pair")]
+        regions = cal.regions(*pick)
+        if ss.get("gal_cal_region") not in regions:
+            ss["gal_cal_region"] = "near" if "near" in regions else regions[0]
+        region = k2.radio(
+            "Evidence",
+            regions,
+            horizontal=True,
+            key="gal_cal_region",
+            format_func=lambda x: {
+                "near": "Voxels near the structure",
+                "all": "All voxels",
+                "cases": "Cases: p(malignant)",
+            }[x],
+            help="Near the structure: per case, the box around prediction and reference, 8 voxels wider. All "
+            "voxels are dominated by easy background. Cases: the model's p(malignant) against the case label.",
+        )
+        rel = cal.reliability[(*pick, region)]
+        cc1, cc2 = st.columns([2, 1])
+        cc1.plotly_chart(
+            CAL.reliability_figure(rel, f"{pick[0]} · {set_name(pick[1])}"),
+            width="stretch",
+            key="gal_cal_fig",
+            config={"displaylogo": False, "displayModeBar": False},
+        )
+        with cc2:
+            st.metric("Expected calibration error", f"{rel.ece:.3f}")
+            st.metric("Maximum calibration error", f"{rel.mce:.3f}")
+            st.metric("Cases" if region == "cases" else "Voxels", f"{rel.n:,}")
+        requested = bool(((m.get("exact_options") or {}).get(pick[0]) or {}).get(pick[1], {}).get("calibrated"))
+        st.caption(
+            f"Over {cal.n_cases[pick]} cases of this run, 15 bins of the predicted probability. A calibrated model "
+            "lies on the diagonal: of the voxels given 0.8, 80 % are foreground. The expected calibration error is "
+            "the mean gap between predicted probability and observed frequency, bins weighted by their size; the "
+            "maximum is the largest gap in any bin. " + cal.probability_words(*pick, requested=requested)
+        )
+        with st.expander("Every model and option set"):
+            st.dataframe(cal.rows(), hide_index=True)
+        with st.expander("Bins"):
+            st.dataframe(rel.rows(), hide_index=True)
 
 remember(KEPT)

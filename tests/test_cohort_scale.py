@@ -224,3 +224,11 @@ def test_sharded_cohort_under_torchrun_equals_one_process_and_resumes(tmp_path):
     assert str(pq.read_schema(two / "slices.parquet").field("case").type) == "string"
     assert C.load_run(two).slices[5]["slice_number"] == C.load_run(two).slices[5]["slice"] + 1
     assert np.all([isinstance(x["case"], str) for x in C.load_run(two).cases])
+    # cohort calibration merged by rank 0 equals one process's (issue 18 item 4); probabilities made
+    # with other thread counts may differ in the last bits, so ECE to 1e-6, not the file's bytes
+    from medseg_core.calibration import cohort_reliability
+
+    cal_one, cal_two = cohort_reliability(one), cohort_reliability(two)
+    assert list(cal_two) == list(cal_one) and len(cal_one) == 2 * 2
+    for k, rel in cal_one.items():
+        assert cal_two[k].n == rel.n and abs(cal_two[k].ece - rel.ece) < 1e-6
