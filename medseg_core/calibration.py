@@ -23,6 +23,12 @@ log-likelihood (a bounded 1-D search on log T); it changes confidence, never the
 voxels, so at threshold 0.5 the mask is unchanged. :class:`Accumulator` gathers bin counts case by
 case so a cohort never holds all voxels at once; :func:`fit_temperature` subsamples voxels
 (``max_samples``, seeded) for the fit.
+
+Over a cohort (issue 18 item 4): a cohort run keeps each case's bin sums (:func:`case_bins`,
+:func:`prediction_bins`) and merges them per model and option set into ``calibration.json``
+(:func:`cohort_entries`); :func:`cohort_calibration` / :func:`cohort_reliability` read it back for
+the failure gallery's Calibration tab. Bin sums add exactly, so the cohort's diagram is the one of
+all its cases' voxels together, without holding them at once.
 """
 
 from __future__ import annotations
