@@ -69,14 +69,18 @@ def main():
     results.append(
         {
             "check": "mc_dropout_cuda",
-            "variance_max": float(p.uncertainty["variance"].max()),
-            "deterministic": bool(np.array_equal(p.uncertainty["entropy"], q.uncertainty["entropy"])),
-            "ok": float(p.uncertainty["variance"].max()) > 0,
+            "variance_max": float(p.uncertainty_maps["variance"].max()),
+            "deterministic": bool(np.array_equal(p.uncertainty_maps["entropy"], q.uncertainty_maps["entropy"])),
+            "ok": float(p.uncertainty_maps["variance"].max()) > 0,
         }
     )
     t = predict(lm, pel, PredictOptions(tta=True))
     results.append(
-        {"check": "tta_cuda", "entropy_max": float(t.uncertainty["entropy"].max()), "ok": t.uncertainty_method == "tta"}
+        {
+            "check": "tta_cuda",
+            "entropy_max": float(t.uncertainty_maps["entropy"].max()),
+            "ok": t.uncertainty_method == "tta",
+        }
     )
     # training on the GPU through the CLI
     import yaml

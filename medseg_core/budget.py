@@ -219,8 +219,8 @@ def array_bytes(a: object) -> int:
     return int(getattr(a, "nbytes", 0))
 
 
-#: Prediction fields that are dicts of label -> mask volume.
-MASK_FIELDS = ("masks", "masks_before_postprocessing", "removed", "added")
+#: the mask volumes of a per-label result (:class:`~medseg_core.results.LabelResult`)
+MASK_FIELDS = ("mask", "before_postprocessing", "removed", "added")
 
 
 def prediction_bytes(pred: Prediction) -> int:
@@ -233,13 +233,15 @@ def prediction_bytes(pred: Prediction) -> int:
         if a is not None and id(a) not in seen:
             seen[id(a)] = array_bytes(a)
 
-    for f in MASK_FIELDS + ("probabilities", "uncertainty"):
-        for a in getattr(pred, f).values():
-            add(a)
+    for r in pred.per_label.values():
+        for f in (*MASK_FIELDS, "probability"):
+            add(getattr(r, f))
+    for a in pred.uncertainty_maps.values():
+        add(a)
     for side in pred.sides.values():
         add(side.get("mask"))
-    for f in ("class_probabilities", "slice_class_probabilities", "slice_probabilities", "restored"):
-        add(getattr(pred, f))
+    for extra in (pred.class_probabilities, pred.slice_class_probabilities, pred.presence, pred.restored):
+        add(extra)
     return sum(seen.values())
 
 
@@ -252,12 +254,20 @@ def compact_prediction(pred: Prediction) -> Prediction:
         return m if isinstance(m, _Compact) else PackedMask(m)
 
     def quant(v, top=1.0):
-        return v if isinstance(v, _Compact) else QuantisedMap(v, top)
+        return v if v is None or isinstance(v, _Compact) else QuantisedMap(v, top)
 
-    changes: dict[str, Any] = {f: {k: pack(m) for k, m in getattr(pred, f).items()} for f in MASK_FIELDS}
-    changes["probabilities"] = {k: quant(p) for k, p in pred.probabilities.items()}
-    changes["uncertainty"] = {k: quant(u, 1.0 if k == "mean" else None) for k, u in pred.uncertainty.items()}
-    changes["sides"] = {s: {**v, "mask": pack(v["mask"])} if "mask" in v else dict(v) for s, v in pred.sides.items()}
+    changes: dict[str, Any] = {
+        "per_label": {
+            k: dataclasses.replace(
+                r, **{f: pack(getattr(r, f)) for f in MASK_FIELDS}, probability=quant(r.probability)
+            )
+            for k, r in pred.per_label.items()
+        },
+        "sides": {s: {**v, "mask": pack(v["mask"])} if "mask" in v else dict(v) for s, v in pred.sides.items()},
+    }
+    if pred.uncertainty is not None:
+        maps = {k: quant(u, 1.0 if k == "mean" else None) for k, u in pred.uncertainty.maps.items()}
+        changes["uncertainty"] = dataclasses.replace(pred.uncertainty, maps=maps)
     return dataclasses.replace(pred, **changes)
 
 

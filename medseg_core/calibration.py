@@ -283,10 +283,11 @@ class CohortCalibration:
 
     def rows(self) -> list[dict]:
         """Every model, option set and region side by side, in words for a table."""
+        from .labels import set_name
         return [
             {
                 "Model": m,
-                "Option set": s,
+                "Option set": set_name(s),
                 "Evidence": REGION_WORDS.get(r, r),
                 "Expected calibration error": rel.ece,
                 "Maximum calibration error": rel.mce,

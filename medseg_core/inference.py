@@ -14,12 +14,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -32,6 +31,18 @@ from .checkpoints import LoadedModel, load_auxiliary, load_model
 from .io import Volume
 from .io.errors import InputError
 from .preprocessing import SIDE_MODES, SliceResize, apply_side_masking, plan_geometry, preprocess, side_mask
+from .results import (
+    Classification,
+    Geometry,
+    GridMaps,
+    LabelResult,
+    ModelOutput,
+    Prediction,
+    Restoration,
+    Uncertainty,
+)
+
+__all__ = ["PredictOptions", "Prediction", "predict", "prediction_from_masks", "check_contract", "out_of_envelope"]
 
 Progress = Callable[[float, str], None]
 _THREADS_SET = False
@@ -47,6 +58,9 @@ class PredictOptions:
         postprocessing: names from ``largest_2d``, ``largest_3d``, ``raovseg``; ``()`` for none.
         threshold: probability threshold for masks.
         mc_samples: MC-dropout samples (0 = off).
+        mc_batched: decode the MC samples in one batched decoder pass (models with ``spec.mc_prefix``):
+            about half the time, samples from the same distribution but not equal sample for sample
+            to the default sequential passes (see :mod:`medseg_core.uncertainty`).
         tta: flip test-time augmentation (a model-agnostic uncertainty estimate).
         seed: makes MC sampling reproducible.
         batch_size: slices per forward pass for 2D models.
@@ -65,6 +79,7 @@ class PredictOptions:
     postprocessing: tuple[str, ...] | None = None
     threshold: float | None = None
     mc_samples: int = 0
+    mc_batched: bool = False
     tta: bool = False
     seed: int = 0
     batch_size: int = 8
@@ -77,48 +92,6 @@ class PredictOptions:
 
     def key(self) -> tuple:
         return tuple(sorted(asdict(self).items()))
-
-
-@dataclass
-class Prediction:
-    model: str
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    affine: np.ndarray
-    probabilities: dict[str, np.ndarray] = field(default_factory=dict)
-    masks: dict[str, np.ndarray] = field(default_factory=dict)
-    masks_before_postprocessing: dict[str, np.ndarray] = field(default_factory=dict)
-    removed: dict[str, np.ndarray] = field(default_factory=dict)
-    added: dict[str, np.ndarray] = field(default_factory=dict)
-    class_probabilities: np.ndarray | None = None  # (2,) [benign, malignant] for the case
-    slice_class_probabilities: np.ndarray | None = None  # (Z, 2)
-    malignant: bool | None = None
-    slice_probabilities: np.ndarray | None = None  # slice classifier: p(ovary present) per slice
-    restored: np.ndarray | None = None  # annotation removal output, input intensity range
-    boxes: list | None = None  # cascade crops (r0, r1, c0, c1) on the displayed slice grid
-    uncertainty: dict[str, np.ndarray] = field(default_factory=dict)
-    uncertainty_method: str | None = None
-    uncertainty_scores: dict = field(default_factory=dict)
-    sides: dict = field(default_factory=dict)
-    side_info: dict = field(default_factory=dict)
-    gate: dict = field(default_factory=dict)  # slice-classifier gate: model, threshold, skipped slices
-    calibration: dict = field(default_factory=dict)  # temperature applied to the probabilities shown
-    options: PredictOptions = field(default_factory=PredictOptions)
-    timings: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self.masks)
-
-    @property
-    def mask(self) -> np.ndarray | None:
-        """The first label's mask (the primary output)."""
-        return next(iter(self.masks.values()), None)
-
-    @property
-    def probability(self) -> np.ndarray | None:
-        return next(iter(self.probabilities.values()), None)
 
 
 def configure_threads() -> int:
@@ -217,9 +190,7 @@ def predict(
     timings: dict[str, float] = {"threads": float(torch.get_num_threads())}
     pred = Prediction(
         model=spec.name,
-        shape=volume.shape,
-        spacing=volume.spacing,
-        affine=volume.affine.copy(),
+        geometry=Geometry(volume.shape, volume.spacing, volume.affine.copy()),
         options=options,
         timings=timings,
     )
@@ -254,7 +225,7 @@ def predict(
         else:
             xm, info = apply_side_masking(x, work, options.side_masking, reference)
             pred.side_info = info
-            out = _run_2d(loaded, xm, work, options, prog, timings, 0.1, 0.9)
+            out = _run_2d(loaded, xm, options, prog, timings, 0.1, 0.9)
     if geo is not None:
         out = _geometry_back(geo, out, pred)
     _finish(pred, loaded, volume, options, out, timings)
@@ -265,16 +236,14 @@ def predict(
     return pred
 
 
-def _geometry_back(geo, out: dict, pred: Prediction) -> dict:
+def _geometry_back(geo, out: GridMaps, pred: Prediction) -> GridMaps:
     """Maps made on a :class:`~medseg_core.preprocessing.PelvisGeometry` grid back onto the input
     grid: probabilities and MC samples bilinear, two-pass side masks nearest (0 outside the box)."""
-    out = dict(out)
-    for k in ("seg", "samples", "image"):
-        if k in out:
-            out[k] = geo.inverse(out[k])
     for side in pred.sides.values():
         side["mask"] = (geo.inverse(side["mask"], order=0) > 0.5).astype(np.uint8)
-    return out
+    return out.replace(
+        **{k: geo.inverse(getattr(out, k)) for k in ("seg", "samples", "image") if getattr(out, k) is not None}
+    )
 
 
 def _gate_model(ref: str) -> LoadedModel:
@@ -298,12 +267,12 @@ def _apply_gate(pred: Prediction, volume: Volume, options: PredictOptions, prog)
     p = np.asarray(g.slice_probabilities, np.float32)
     skip = p < thr
     keep = (~skip).astype(np.uint8)[:, None, None]
-    for label, m in pred.masks.items():
-        pred.removed[label] = pred.removed[label] | (m * (1 - keep))
-        pred.masks[label] = m * keep
+    for r in pred.per_label.values():
+        r.removed = r.removed | (r.mask * (1 - keep))
+        r.mask = r.mask * keep
     for side in pred.sides.values():
         side["mask"] = side["mask"] * keep
-    pred.slice_probabilities = p
+    pred.presence = p
     pred.gate = {"model": gate.name, "threshold": float(thr), "skipped": [int(z) for z in np.flatnonzero(skip)]}
     for k, v in g.timings.items():
         if k.endswith("_s"):
@@ -316,24 +285,21 @@ def _clinical(options: PredictOptions, n: int, device) -> torch.Tensor:
     return torch.tensor([v] * n, dtype=torch.float32, device=device)
 
 
-def _outputs_to_probs(spec, out) -> dict[str, torch.Tensor]:
-    """Model output -> {"seg": (B,L,H,W) probs, "cls": (B,2) probs, "score": (B,), "image": ...}."""
+def _outputs_to_probs(spec, out) -> ModelOutput:
+    """The network's raw output -> :class:`~medseg_core.results.ModelOutput` (probabilities)."""
     if spec.task == "restoration":
-        return {"image": out}
+        return ModelOutput(image=out)
     if isinstance(out, dict):  # multitask models; a single-task one (task seg / cls) gives one of the two
-        r = {}
-        if "seg" in out:
-            r["seg"] = torch.sigmoid(out["seg"])
-        if "cls" in out:
-            r["cls"] = torch.softmax(out["cls"], dim=1)
-        if "boxes" in out:
-            r["boxes"] = out["boxes"]
-        return r
+        return ModelOutput(
+            seg=torch.sigmoid(out["seg"]) if "seg" in out else None,
+            cls=torch.softmax(out["cls"], dim=1) if "cls" in out else None,
+            boxes=out.get("boxes"),
+        )
     if spec.task == "classification":
-        return {"score": torch.sigmoid(out)[:, 0]}
+        return ModelOutput(score=torch.sigmoid(out)[:, 0])
     if spec.activation == "softmax":
-        return {"seg": torch.softmax(out, dim=1)[:, 1:]}
-    return {"seg": torch.sigmoid(out)}
+        return ModelOutput(seg=torch.softmax(out, dim=1)[:, 1:])
+    return ModelOutput(seg=torch.sigmoid(out))
 
 
 def _forward(loaded: LoadedModel, xb: torch.Tensor, options: PredictOptions):
@@ -341,59 +307,69 @@ def _forward(loaded: LoadedModel, xb: torch.Tensor, options: PredictOptions):
     return m(xb, _clinical(options, xb.shape[0], xb.device)) if spec.clinical_inputs else m(xb)
 
 
-def _decode(loaded: LoadedModel, state, options, n, size):
+def _decoder(loaded: LoadedModel, options: PredictOptions, size) -> Callable[[Any], ModelOutput]:
+    """``state -> ModelOutput`` through the model's own ``decode`` (clinical inputs sized to the state's batch)."""
     spec, m = loaded.spec, loaded.module
     decode = cast(Callable[..., Any], m.decode)  # the registry models' own method (unknown to nn.Module)
-    if spec.clinical_inputs:
-        return decode(state, _clinical(options, n, next(m.parameters()).device), size=size)
-    return decode(state)
+
+    def run(state) -> ModelOutput:
+        if spec.clinical_inputs:
+            n = unc._batch_size(state)
+            return _outputs_to_probs(spec, decode(state, _clinical(options, n, loaded.device), size=size))
+        return _outputs_to_probs(spec, decode(state))
+
+    return run
 
 
-def _batch_probs(loaded: LoadedModel, xb: torch.Tensor, options: PredictOptions):
-    """(deterministic/mean probs dict, samples of the seg/score map or None) for one batch."""
+def _mean_output(samples: list[ModelOutput]) -> tuple[ModelOutput, torch.Tensor]:
+    """The mean of sampled outputs (crop boxes: the first sample's) and the stacked samples of the
+    map whose spread is the uncertainty (:meth:`ModelOutput.sampled`)."""
+    mean = ModelOutput(boxes=samples[0].boxes)
+    for k in ModelOutput.TENSORS:
+        vals = [getattr(o, k) for o in samples]
+        if vals[0] is not None:
+            setattr(mean, k, torch.stack(vals).mean(0))
+    return mean, torch.stack([cast(torch.Tensor, o.sampled()) for o in samples])
+
+
+def _batch_probs(loaded: LoadedModel, xb: torch.Tensor, options: PredictOptions) -> tuple[ModelOutput, Any]:
+    """(deterministic or mean output, samples of the sampled map or None) for one 2D batch. MC
+    dropout and TTA go through :func:`medseg_core.uncertainty.mc_samples` / ``tta_samples_list``."""
     spec, m = loaded.spec, loaded.module
     n = options.mc_samples
+
+    def run(t: torch.Tensor) -> ModelOutput:
+        return _outputs_to_probs(spec, _forward(loaded, t, options))
+
     if n:
         if spec.mc_prefix:
-            with torch.inference_mode(), unc.mc_dropout_mode(m):
-                state = cast(Callable[[torch.Tensor], Any], m.encode)(xb)
-                samples = []
-                for i in range(n):
-                    unc._seed(options.seed, i)
-                    samples.append(_outputs_to_probs(spec, _decode(loaded, state, options, xb.shape[0], xb.shape[-2:])))
+            samples = unc.mc_samples(
+                m,
+                xb,
+                n,
+                options.seed,
+                encode=cast(Callable[[torch.Tensor], Any], m.encode),
+                decode=_decoder(loaded, options, xb.shape[-2:]),
+                batched=options.mc_batched,
+            )
         else:
-            with torch.inference_mode(), unc.mc_dropout_mode(m):
-                samples = []
-                for i in range(n):
-                    unc._seed(options.seed, i)
-                    samples.append(_outputs_to_probs(spec, _forward(loaded, xb, options)))
-        return _stack_samples(samples)
+            samples = unc.mc_samples(m, xb, n, options.seed, forward=run)
+        return _mean_output(samples)
     if options.tta and spec.task != "classification":
-        samples = []
-        with torch.inference_mode():
-            for ax in unc.flip_axes(2):
-                o = _outputs_to_probs(spec, _forward(loaded, torch.flip(xb, ax) if ax else xb, options))
-                for k in ("seg", "image"):
-                    if k in o and ax:
-                        o[k] = torch.flip(o[k], ax)
-                o.pop("boxes", None)
-                samples.append(o)
-        return _stack_samples(samples)
+        return _mean_output(unc.tta_samples_list(run, xb, 2))
     with torch.inference_mode():
-        return _outputs_to_probs(spec, _forward(loaded, xb, options)), None
+        return run(xb), None
 
 
-def _stack_samples(samples: list[dict]):
-    keys = [k for k in samples[0] if k != "boxes"]
-    stacked = {k: torch.stack([s[k] for s in samples]) for k in keys}
-    mean = {k: v.mean(0) for k, v in stacked.items()}
-    if "boxes" in samples[0]:
-        mean["boxes"] = samples[0]["boxes"]
-    main = stacked.get("seg", stacked.get("score", stacked.get("image")))
-    return mean, main
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.float().cpu().numpy()
 
 
-def _run_2d(loaded: LoadedModel, x: np.ndarray, volume: Volume, options: PredictOptions, prog, timings, f0, f1):
+def _run_2d(
+    loaded: LoadedModel, x: np.ndarray, options: PredictOptions, prog: Progress, timings: dict, f0: float, f1: float
+) -> GridMaps:
+    """Every axial slice of ``x`` (Z, Y, X) through a 2D model in batches, resized to the model's
+    input and the maps resized back; progress reported between ``f0`` and ``f1``."""
     device = loaded.device
     z, h, w = x.shape
     size = (int(loaded.size[0]), int(loaded.size[1]))
@@ -401,69 +377,71 @@ def _run_2d(loaded: LoadedModel, x: np.ndarray, volume: Volume, options: Predict
     t = time.perf_counter()
     xin = rs.forward(x)  # (Z, H', W')
     timings["resize_s"] = timings.get("resize_s", 0.0) + time.perf_counter() - t
-    seg, cls, score, image, samples, boxes = [], [], [], [], [], []
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ModelOutput.TENSORS}
+    samples: list[np.ndarray] = []
+    boxes: list = []
     bs = max(1, int(options.batch_size))
     t = time.perf_counter()
     for i in range(0, z, bs):
         xb = torch.from_numpy(np.ascontiguousarray(xin[i : i + bs, None])).to(device)
-        probs, smp = _batch_probs(loaded, xb, options)
-        if "seg" in probs:
-            seg.append(probs["seg"].float().cpu().numpy())
-        if "cls" in probs:
-            cls.append(probs["cls"].float().cpu().numpy())
-        if "score" in probs:
-            score.append(probs["score"].float().cpu().numpy())
-        if "image" in probs:
-            image.append(probs["image"].float().cpu().numpy())
-        if "boxes" in probs:
-            boxes.extend(probs["boxes"])
+        out, smp = _batch_probs(loaded, xb, options)
+        for k in ModelOutput.TENSORS:
+            v = getattr(out, k)
+            if v is not None:
+                parts[k].append(_np(v))
+        if out.boxes is not None:
+            boxes.extend(out.boxes)
         if smp is not None:
-            samples.append(smp.float().cpu().numpy())
+            samples.append(_np(smp))
         prog(f0 + (f1 - f0) * min(1.0, (i + bs) / z), f"slices {min(i + bs, z)}/{z}")
     timings["model_s"] = timings.get("model_s", 0.0) + time.perf_counter() - t
     t = time.perf_counter()
-    out: dict = {}
-    if seg:
-        s = np.concatenate(seg)  # (Z, L, H', W')
-        out["seg"] = np.stack([rs.inverse(s[:, k]) for k in range(s.shape[1])], axis=0)  # (L, Z, H, W)
+    res = GridMaps()
+    if parts["seg"]:
+        s = np.concatenate(parts["seg"])  # (Z, L, H', W')
+        res.seg = np.stack([rs.inverse(s[:, k]) for k in range(s.shape[1])], axis=0)  # (L, Z, H, W)
     if samples:
-        smp = np.concatenate(samples, axis=1)  # (n, Z, [L,] H', W')
-        if smp.ndim == 5:
-            smp = smp[:, :, 0]
-        if smp.ndim == 4:
-            out["samples"] = np.stack([rs.inverse(smp[i]) for i in range(smp.shape[0])])
-    if cls:
-        out["cls"] = np.concatenate(cls)
-    if score:
-        out["score"] = np.concatenate(score)
-    if image:
-        out["image"] = rs.inverse(np.concatenate(image)[:, 0])
+        smp_all = np.concatenate(samples, axis=1)  # (n, Z, H', W') or (n, Z) for slice scores
+        if smp_all.ndim == 4:
+            res.samples = np.stack([rs.inverse(smp_all[i]) for i in range(smp_all.shape[0])])
+    if parts["cls"]:
+        res.cls = np.concatenate(parts["cls"])
+    if parts["score"]:
+        res.score = np.concatenate(parts["score"])
+    if parts["image"]:
+        res.image = rs.inverse(np.concatenate(parts["image"])[:, 0])
     if boxes:
         sy, sx = h / size[0], w / size[1]
-        out["boxes"] = [
+        res.boxes = [
             None
             if b is None
             else (int(b[0] * sy), int(math.ceil(b[1] * sy)), int(b[2] * sx), int(math.ceil(b[3] * sx)))
             for b in boxes
         ]
     timings["resize_s"] += time.perf_counter() - t
-    return out
+    return res
 
 
-def _two_pass(loaded, x, volume, options, prog, timings, pred):
+def _two_pass(
+    loaded: LoadedModel, x: np.ndarray, volume: Volume, options: PredictOptions, prog: Progress, timings: dict, pred
+) -> GridMaps:
     """Report 000's proposed deployment: segment each anatomical half separately."""
     t = options.threshold if options.threshold is not None else loaded.spec.threshold
-    outs, sides = {}, {}
+    outs: dict[str, GridMaps] = {}
+    sides = {}
     for k, side in enumerate(("left", "right")):
         xm, _ = apply_side_masking(x, volume, side)
-        outs[side] = _run_2d(loaded, xm, volume, options, prog, timings, 0.1 + 0.4 * k, 0.5 + 0.4 * k)
+        outs[side] = _run_2d(loaded, xm, options, prog, timings, 0.1 + 0.4 * k, 0.5 + 0.4 * k)
     keep = {s: side_mask(volume, s) for s in ("left", "right")}
-    combined = dict(outs["left"])
-    combined["seg"] = np.where(keep["left"][None], outs["left"]["seg"], outs["right"]["seg"])
-    if "samples" in outs["left"]:
-        combined["samples"] = np.where(keep["left"][None], outs["left"]["samples"], outs["right"]["samples"])
+    left, right = outs["left"], outs["right"]
+    assert left.seg is not None and right.seg is not None  # side masking applies to segmentation models
+    combined = left.replace(seg=np.where(keep["left"][None], left.seg, right.seg))
+    if left.samples is not None and right.samples is not None:
+        combined.samples = np.where(keep["left"][None], left.samples, right.samples)
     for side in ("left", "right"):
-        p = outs[side]["seg"][0] * keep[side]
+        seg = outs[side].seg
+        assert seg is not None
+        p = seg[0] * keep[side]
         m = p > t
         sides[side] = {
             "mask": m.astype(np.uint8),
@@ -487,8 +465,15 @@ def _n_windows(shape, roi, overlap) -> int:
     return n
 
 
-def _run_3d(loaded: LoadedModel, x: np.ndarray, volume: Volume, options: PredictOptions, prog, timings):
+def _run_3d(
+    loaded: LoadedModel, x: np.ndarray, volume: Volume, options: PredictOptions, prog: Progress, timings: dict
+) -> GridMaps:
+    """MONAI sliding window on the model's spacing, probabilities resampled back to the input grid.
+    Deterministic windows run through :func:`medseg_core.runtime.window_forward` (ONNX Runtime on
+    the CPU when installed); MC dropout and TTA through the same samplers as the 2D runners."""
     from monai.inferers import sliding_window_inference
+
+    from .runtime import window_forward
 
     spec, m, device = loaded.spec, loaded.module, loaded.device
     target = np.asarray(spec.target_spacing, float)
@@ -502,35 +487,28 @@ def _run_3d(loaded: LoadedModel, x: np.ndarray, volume: Volume, options: Predict
     timings["resample_s"] = time.perf_counter() - t
     roi = tuple(loaded.size)
     n_mc = options.mc_samples
-    aug = unc.flip_axes(3) if (options.tta and not n_mc) else [()]
+    net, runtime = window_forward(loaded, roi, stochastic=bool(n_mc))
     total_calls = max(1, math.ceil(_n_windows(new_shape, roi, spec.sw_overlap) / spec.sw_batch_size))
     calls = [0]
 
-    def fg(logits):
+    def fg(logits: torch.Tensor) -> torch.Tensor:
         if spec.activation == "softmax":
             if logits.shape[1] == 2:  # softmax(l)[1] = sigmoid(l1 - l0): one channel, no normalising pass
                 return torch.sigmoid(logits[:, 1:2] - logits[:, 0:1])
             return torch.softmax(logits, 1)[:, 1:2]
         return torch.sigmoid(logits[:, :1])
 
-    def predictor(win):
+    def predictor(win: torch.Tensor) -> torch.Tensor:
         calls[0] += 1
         prog(0.1 + 0.8 * min(1.0, calls[0] / total_calls), f"window batch {calls[0]}/{total_calls}")
-        if n_mc:
-            outs = []
-            for i in range(n_mc):
-                unc._seed(options.seed, i)
-                outs.append(fg(m(win)))
-            return torch.cat(outs, 1)
-        outs = []
-        for ax in aug:
-            y = fg(m(torch.flip(win, ax) if ax else win))
-            outs.append(torch.flip(y, ax) if ax else y)
-        return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+        if n_mc:  # samples as channels: MONAI blends each one like a probability map
+            return torch.cat(unc.mc_samples(m, win, n_mc, options.seed, forward=lambda w: fg(m(w))), 1)
+        if options.tta:
+            return torch.cat(unc.tta_samples_list(lambda w: fg(net(w)), win, 3), 1)
+        return fg(net(win))
 
     t = time.perf_counter()
-    ctx = unc.mc_dropout_mode(m) if n_mc else contextlib.nullcontext()
-    with torch.inference_mode(), ctx:
+    with torch.inference_mode():
         out = sliding_window_inference(
             xt,
             roi_size=roi,
@@ -544,85 +522,100 @@ def _run_3d(loaded: LoadedModel, x: np.ndarray, volume: Volume, options: Predict
     assert isinstance(out, torch.Tensor)  # the predictor returns one tensor, so the stitched output is one
     if tuple(out.shape[2:]) != volume.shape:
         out = F.interpolate(out, size=volume.shape, mode="trilinear", align_corners=False)
-    arr = out[0].float().cpu().numpy()  # (n, Z, Y, X)
+    arr = _np(out[0])  # (n, Z, Y, X)
     timings["resample_s"] += time.perf_counter() - t
-    res = {"seg": arr.mean(0, keepdims=True)}
     if arr.shape[0] > 1:
-        res["samples"] = arr
-    return res
+        return GridMaps(seg=arr.mean(0, keepdims=True), samples=arr, runtime=runtime)
+    return GridMaps(seg=arr, runtime=runtime)
 
 
 # ----------------------------------------------------------------------------- finishing
-def _finish(pred: Prediction, loaded: LoadedModel, volume: Volume, options: PredictOptions, out: dict, timings) -> None:
+def _finish(
+    pred: Prediction, loaded: LoadedModel, volume: Volume, options: PredictOptions, out: GridMaps, timings: dict
+) -> None:
+    """Threshold, post-process, classify, calibrate, restore and summarise uncertainty into ``pred``."""
     spec = loaded.spec
     thr = options.threshold if options.threshold is not None else spec.threshold
+    pred.runtime = out.runtime
     t = time.perf_counter()
-    if "seg" in out:
-        for k, label in enumerate(spec.labels):
-            p = np.clip(out["seg"][k], 0, 1).astype(np.float32)
-            pred.probabilities[label] = p
-            pred.masks_before_postprocessing[label] = (p > thr).astype(np.uint8)
     steps = options.postprocessing if options.postprocessing is not None else spec.postprocessing
-    for label, m in pred.masks_before_postprocessing.items():
-        kept, removed, added = m, np.zeros_like(m), np.zeros_like(m)
-        for step in steps:
-            if step == "raovseg":
-                kept, r, a = post.raovseg_postprocess(kept)
-                removed, added = removed | r, added | a
-            elif step in post.POSTPROCESSING:
-                kept, r = post.POSTPROCESSING[step](kept)
-                removed = removed | r
-            else:
-                raise InputError(f"Unknown post-processing '{step}'; choose largest_2d, largest_3d or raovseg.")
-        pred.masks[label] = kept.astype(np.uint8)
-        pred.removed[label] = (removed & m).astype(np.uint8)
-        pred.added[label] = added.astype(np.uint8)
-    if pred.sides:
+    if out.seg is not None:
+        for k, label in enumerate(spec.labels):
+            p = np.clip(np.asarray(out.seg[k], np.float32), 0, 1)
+            m = (p > thr).astype(np.uint8)
+            kept, removed, added = m, np.zeros_like(m), np.zeros_like(m)
+            for step in steps:
+                if step == "raovseg":
+                    kept, r, a = post.raovseg_postprocess(kept)
+                    removed, added = removed | r, added | a
+                elif step in post.POSTPROCESSING:
+                    kept, r = post.POSTPROCESSING[step](kept)
+                    removed = removed | r
+                else:
+                    raise InputError(f"Unknown post-processing '{step}'; choose largest_2d, largest_3d or raovseg.")
+            pred.per_label[label] = LabelResult(
+                mask=kept.astype(np.uint8),
+                before_postprocessing=m,
+                removed=(removed & m).astype(np.uint8),
+                added=added.astype(np.uint8),
+                probability=p,
+            )
+    if pred.sides and steps:
+        first = pred.per_label[spec.labels[0]].mask
         for side in pred.sides.values():
-            side["mask"] = (side["mask"] & pred.masks[spec.labels[0]]).astype(np.uint8) if steps else side["mask"]
+            side["mask"] = (side["mask"] & first).astype(np.uint8)
     timings["postprocess_s"] = time.perf_counter() - t
-    if "cls" in out:
-        pred.slice_class_probabilities = out["cls"]
-        pred.class_probabilities = out["cls"].mean(0)
+    if out.cls is not None:
+        probs = out.cls.mean(0)
         ct = options.class_threshold if options.class_threshold is not None else (spec.class_threshold or 0.5)
         # a benign/malignant head only: MMOTU's 8-class head (report 001) has no p(malignant)
-        pred.malignant = bool(pred.class_probabilities[1] >= ct) if len(pred.class_probabilities) == 2 else None
+        pred.classification = Classification(
+            probabilities=probs,
+            slice_probabilities=out.cls,
+            malignant=bool(probs[1] >= ct) if len(probs) == 2 else None,
+        )
     temperature = card_temperature(loaded) if options.calibrated else None
     if temperature is not None:  # after every decision: calibration changes confidence, not masks
         from .calibration import apply_temperature
 
-        pred.probabilities = {k: apply_temperature(v, temperature) for k, v in pred.probabilities.items()}
-        if pred.class_probabilities is not None and len(pred.class_probabilities) == 2:
-            pm = float(apply_temperature(np.array([pred.class_probabilities[1]]), temperature)[0])
-            pred.class_probabilities = np.array([1 - pm, pm], np.float32)
+        for res in pred.per_label.values():
+            if res.probability is not None:
+                res.probability = apply_temperature(res.probability, temperature)
+        c = pred.classification
+        if c is not None and len(c.probabilities) == 2:
+            pm = float(apply_temperature(np.array([c.probabilities[1]]), temperature)[0])
+            c.probabilities = np.array([1 - pm, pm], np.float32)
         pred.calibration = {"temperature": temperature}
     elif options.calibrated:
         pred.warnings.append(
             "This model's card has no calibration: the probabilities shown are the model's own. "
             "Fit one with 'medseg calibrate'."
         )
-    if "score" in out:
-        pred.slice_probabilities = out["score"]
-    if "image" in out:
+    if out.score is not None:
+        pred.presence = out.score
+    if out.image is not None:
         pre = options.preprocessing or spec.preprocessing
         if pre == "scale255":
             lo, hi = 0.0, 255.0
         else:
             lo, hi = float(volume.array.min()), float(volume.array.max())
-        pred.restored = (np.clip(out["image"], 0, 1) * (hi - lo) + lo).astype(np.float32)
-    if "boxes" in out:
-        pred.boxes = out["boxes"]
-    if "samples" in out:
+        pred.restoration = Restoration((np.clip(out.image, 0, 1) * (hi - lo) + lo).astype(np.float32))
+    if out.boxes is not None:
+        pred.boxes = out.boxes
+    if out.samples is not None:
         t = time.perf_counter()
-        pred.uncertainty = unc.summarise(out["samples"])
-        if options.mc_samples and float(pred.uncertainty["variance"].max()) == 0.0:
+        maps = unc.summarise(out.samples)
+        if options.mc_samples and float(maps["variance"].max()) == 0.0:
             pred.warnings.append(
                 "All MC-dropout samples were identical: this model's dropout does not act on its "
                 "output, so the uncertainty maps are empty. Use test-time augmentation instead."
             )
-        pred.uncertainty_method = "mc_dropout" if options.mc_samples else "tta"
-        if pred.mask is not None:
-            pred.uncertainty_scores = unc.uncertainty_scores(pred.uncertainty["entropy"], pred.mask)
+        pred.uncertainty = Uncertainty(
+            maps=maps,
+            method="mc_dropout" if options.mc_samples else "tta",
+            n_samples=int(out.samples.shape[0]),
+            scores=unc.uncertainty_scores(maps["entropy"], pred.mask) if pred.mask is not None else {},
+        )
         timings["uncertainty_s"] = time.perf_counter() - t
 
 
@@ -651,15 +644,4 @@ def prediction_from_masks(name: str, masks: dict[str, np.ndarray], volume: Volum
                 f"is {' x '.join(map(str, volume.shape))}; upload the prediction made on this image."
             )
         out[str(label)] = (m > 0).astype(np.uint8)
-    zeros = np.zeros(volume.shape, np.uint8)
-    zeros.flags.writeable = False  # one shared empty mask for every label
-    return Prediction(
-        model=str(name),
-        shape=volume.shape,
-        spacing=volume.spacing,
-        affine=volume.affine.copy(),
-        masks=out,
-        masks_before_postprocessing=dict(out),
-        removed={k: zeros for k in out},
-        added={k: zeros for k in out},
-    )
+    return Prediction.from_maps(str(name), volume.shape, volume.spacing, volume.affine.copy(), masks=out)

@@ -28,7 +28,7 @@ decides what is scored and how it is averaged. Facts and section references are 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -157,7 +157,7 @@ def _scores(p: Protocol, pred: np.ndarray, ref: np.ndarray, spacing: Sequence[fl
 
 
 def score_case(
-    p: Protocol, masks: dict[str, np.ndarray], refs: dict[str, np.ndarray], spacing: Sequence[float]
+    p: Protocol, masks: Mapping[str, np.ndarray], refs: Mapping[str, np.ndarray], spacing: Sequence[float]
 ) -> list[dict]:
     """The protocol's units of one case: a list of ``{label, slice, dice, ..., hd95_mm}`` (``slice`` is
     None for whole-case units). ``spacing`` is the volume's (z, y, x) in mm."""

@@ -99,7 +99,7 @@ def unc_viewer():
             format_func=lambda k: display_name(k, "map"),
         )
         alpha = st.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="unc_alpha")
-    m = pred.uncertainty[what]
+    m = pred.uncertainty_maps[what]
     # entropy and MI of a binary prediction are at most ln 2 nats, a probability at most 1; the
     # variance (at most 1/4) is shown up to the case's largest value so that it stays visible
     vmax = {"entropy": LN2, "mutual_information": LN2, "mean": 1.0}.get(what, float(m.max()) or 1.0)

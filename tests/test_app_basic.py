@@ -132,8 +132,8 @@ def test_apptest_uncertainty_page():
     [b for b in at.button if b.label == "Compute uncertainty"][0].click().run()
     assert not at.exception
     unc = at.session_state["predictions"].get(at.session_state["unc_key"])
-    assert unc.uncertainty_method == "mc_dropout" and unc.uncertainty["mutual_information"].shape == (24, 256, 256)
-    assert unc.options.mc_samples == 3 and unc.uncertainty["variance"].max() > 0
+    assert unc.uncertainty_method == "mc_dropout" and unc.uncertainty_maps["mutual_information"].shape == (24, 256, 256)
+    assert unc.options.mc_samples == 3 and unc.uncertainty_maps["variance"].max() > 0
 
 
 def test_apptest_load_ultrasound_sample():

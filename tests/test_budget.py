@@ -109,15 +109,15 @@ def test_compact_prediction_keeps_metrics_exports_and_overlays(real_pred):
     # probabilities and uncertainty maps: within the stated tolerance; the entropy overlay shifts by
     # at most one colour step of 256
     assert np.abs(np.asarray(c.probability) - p.probability).max() <= 1 / 510 + 1e-7
-    for k, u in p.uncertainty.items():
+    for k, u in p.uncertainty_maps.items():
         top = 1.0 if k == "mean" else float(u.max())  # the mean is a probability: quantised on [0, 1]
-        assert np.abs(np.asarray(c.uncertainty[k]) - u).max() <= top / 510 + 1e-7, k
+        assert np.abs(np.asarray(c.uncertainty_maps[k]) - u).max() <= top / 510 + 1e-7, k
     from medseg_core.calibration import reliability
 
     ec, ep = reliability(c.probability, ref).ece, reliability(p.probability, ref).ece  # the Uncertainty page's ECE
     assert abs(ec - ep) <= 0.005, (ec, ep)
-    hp = heat_overlay(grey, display_slice(p.uncertainty["entropy"], "axial", 5), 0.0, np.log(2), alpha=1.0)
-    hc = heat_overlay(grey, display_slice(c.uncertainty["entropy"], "axial", 5), 0.0, np.log(2), alpha=1.0)
+    hp = heat_overlay(grey, display_slice(p.uncertainty_maps["entropy"], "axial", 5), 0.0, np.log(2), alpha=1.0)
+    hc = heat_overlay(grey, display_slice(c.uncertainty_maps["entropy"], "axial", 5), 0.0, np.log(2), alpha=1.0)
     assert np.abs(hp.astype(int) - hc.astype(int)).max() <= 3
     # the footprint: probabilities 1 byte, masks 1 bit (rows of ceil(37/8) = 5 bytes), four uint8 maps
     n, rows = int(np.prod(v.shape)), v.shape[0] * v.shape[1]
@@ -137,7 +137,7 @@ def test_footprint_of_a_300x512x512_ct_meets_the_goal():
 def _pred(shape=(10, 10, 10), value=0.7):
     p = np.full(shape, value, np.float32)
     m = (p > 0.5).astype(np.uint8)
-    return Prediction(
+    return Prediction.from_maps(
         model="m",
         shape=shape,
         spacing=(1.0, 1.0, 1.0),

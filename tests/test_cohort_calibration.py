@@ -15,6 +15,7 @@ from medseg_core import cohort as C
 from medseg_core.data import datasets as D
 from medseg_core.data.make_synthetic import ensure_synthetic
 from medseg_core.inference import Prediction
+from medseg_core.results import Classification
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,8 +31,8 @@ def test_case_level_pairs_and_voxel_bins_merge_to_the_one_pass_reliability():
         p = rng.random((4, 20, 20)).astype(np.float32) ** 3
         ref = (rng.random(p.shape) < p).astype(np.uint8)
         mask = (p >= 0.5).astype(np.uint8)
-        pred = Prediction("m", p.shape, (1.0, 1.0, 1.0), np.eye(4), {"ovary": p}, {"ovary": mask})
-        pred.class_probabilities = np.array([0.2 + 0.3 * k, 0.8 - 0.3 * k], np.float32)
+        pred = Prediction.from_maps("m", p.shape, (1.0, 1.0, 1.0), np.eye(4), {"ovary": p}, {"ovary": mask})
+        pred.classification = Classification(np.array([0.2 + 0.3 * k, 0.8 - 0.3 * k], np.float32))
         ev = CAL.prediction_bins(pred, {"ovary": ref}, margin=1)
         assert ev is not None and ev["temperature"] is None
         ev["malignant"] = labels[k]
@@ -54,7 +55,9 @@ def test_case_level_pairs_and_voxel_bins_merge_to_the_one_pass_reliability():
     assert e["regions"]["cases"]["n"] == 3
     assert e["regions"]["cases"]["ece"] == pytest.approx((0.2 + 0.5 + 0.8) / 3, abs=1e-6)
     assert e["regions"]["cases"]["mce"] == pytest.approx(0.8, abs=1e-6)
-    no_probs = Prediction("f", (1, 2, 2), (1.0, 1.0, 1.0), np.eye(4), {}, {"ovary": np.ones((1, 2, 2), np.uint8)})
+    no_probs = Prediction.from_maps(
+        "f", (1, 2, 2), (1.0, 1.0, 1.0), np.eye(4), {}, {"ovary": np.ones((1, 2, 2), np.uint8)}
+    )
     assert CAL.prediction_bins(no_probs, {"ovary": np.ones((1, 2, 2), np.uint8)}) is None
 
 

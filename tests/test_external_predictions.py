@@ -338,7 +338,7 @@ def test_prediction_from_masks(dvol):
     assert p.shape == dvol.shape and p.spacing == dvol.spacing and np.array_equal(p.affine, dvol.affine)
     assert p.masks_before_postprocessing.keys() == p.masks.keys()
     assert all(not r.any() for r in p.removed.values()) and all(not r.any() for r in p.added.values())
-    assert p.probabilities == {} and p.warnings == [] and p.uncertainty == {}
+    assert p.probabilities == {} and p.warnings == [] and p.uncertainty is None
     with pytest.raises(InputError):
         prediction_from_masks("x", {"ovary": a[:3]}, dvol)
     assert file_stem("case_01.nii.gz") == "case_01" and file_stem("seg.DCM") == "seg"

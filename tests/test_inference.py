@@ -174,15 +174,15 @@ def test_mc_dropout_predict_maps_and_determinism():
     lm = tiny("ovary_unet")
     o = PredictOptions(mc_samples=6, seed=11)
     p1, p2 = predict(lm, v, o), predict(lm, v, o)
-    np.testing.assert_array_equal(p1.uncertainty["entropy"], p2.uncertainty["entropy"])
-    u = p1.uncertainty
+    np.testing.assert_array_equal(p1.uncertainty_maps["entropy"], p2.uncertainty_maps["entropy"])
+    u = p1.uncertainty_maps
     assert p1.uncertainty_method == "mc_dropout"
     assert 0 <= u["mean"].min() and u["mean"].max() <= 1
     assert (u["mutual_information"] >= 0).all() and (u["mutual_information"] <= u["entropy"] + 1e-6).all()
     assert u["entropy"].max() <= U.LN2 + 1e-6 and u["variance"].max() > 0
     np.testing.assert_allclose(p1.probability, u["mean"], atol=1e-5)
     p3 = predict(lm, v, replace(o, seed=12))
-    assert not np.array_equal(p3.uncertainty["variance"], u["variance"])
+    assert not np.array_equal(p3.uncertainty_maps["variance"], u["variance"])
     assert len(p1.uncertainty_scores["per_slice"]) == 3
 
 
@@ -197,11 +197,11 @@ def test_mc_3d_full_passes_and_tta():
     _, _, shape, spacing, mod = TINY["unet3d"]
     v = vol(shape, spacing, mod)
     p = predict(tiny("unet3d"), v, PredictOptions(mc_samples=3))
-    assert p.uncertainty["variance"].max() > 0 and p.uncertainty["entropy"].shape == v.shape
+    assert p.uncertainty_maps["variance"].max() > 0 and p.uncertainty_maps["entropy"].shape == v.shape
     q = predict(tiny("unet3d"), v, PredictOptions(tta=True))
-    assert q.uncertainty_method == "tta" and q.uncertainty["entropy"].shape == v.shape
+    assert q.uncertainty_method == "tta" and q.uncertainty_maps["entropy"].shape == v.shape
     r = predict(tiny("ovary_tl5"), vol((2, 50, 40), (6, 0.7, 0.7)), PredictOptions(tta=True))
-    assert r.uncertainty_method == "tta" and (r.uncertainty["mutual_information"] >= 0).all()
+    assert r.uncertainty_method == "tta" and (r.uncertainty_maps["mutual_information"] >= 0).all()
 
 
 def test_summarise_by_hand():

@@ -1,0 +1,208 @@
+"""``make bench`` section "cpu": 3D inference speed on the CPU (issue 20 item 5).
+
+1. One batch of sliding-window inputs (4 x 1 x 64^3) through the shipped ``unet3d``, every way
+   tried: PyTorch float32 (contiguous), channels-last-3d, bfloat16 autocast, ``torch.compile``
+   (first call and steady state) and ONNX Runtime (:mod:`medseg_core.runtime`). Largest logit
+   difference to float32 PyTorch for each, and for bfloat16 the voxels whose mask changes in a
+   whole ``predict`` of the CT phantom.
+2. ``predict`` with ``unet3d`` on a 300 x 512 x 512 CT (random HU, 1.5 x 0.8 x 0.8 mm, as the memory
+   rows), with ``MEDSEG_RUNTIME=torch`` and with the default runtime: seconds and stage timings.
+3. ``predict`` / bare MONAI sliding window on a CT phantom large enough for the ratio to be stable
+   (128 x 256 x 256): the bare call with the PyTorch module (what a user would write), and with the
+   same ONNX Runtime forward as predict (what predict adds around the same windows).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medseg_core import runtime as RT
+from medseg_core.checkpoints import load_model
+from medseg_core.data.synthetic import abdominal_ct
+from medseg_core.inference import predict
+from medseg_core.io import Volume
+from medseg_core.preprocessing import preprocess
+
+
+def _median(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+class _Runtime:
+    """``MEDSEG_RUNTIME`` set for a block, restored afterwards."""
+
+    def __init__(self, value: str) -> None:
+        self.value, self.old = value, None
+
+    def __enter__(self):
+        self.old = os.environ.get("MEDSEG_RUNTIME")
+        os.environ["MEDSEG_RUNTIME"] = self.value
+
+    def __exit__(self, *exc):
+        if self.old is None:
+            os.environ.pop("MEDSEG_RUNTIME", None)
+        else:
+            os.environ["MEDSEG_RUNTIME"] = self.old
+
+
+def window_rows(quick: bool) -> list[dict]:
+    lm = load_model("unet3d")
+    m = lm.module.eval()
+    x = torch.randn(4, 1, 64, 64, 64, generator=torch.Generator().manual_seed(0))
+    reps = 3 if quick else 7
+    rows = []
+    with torch.inference_mode():
+        ref = m(x)
+
+        def row(way, fn, out=None, note="", **extra):
+            ms = _median(fn, reps) * 1000
+            got = fn() if out is None else out
+            rows.append(
+                {
+                    "way": way,
+                    "ms": round(ms, 1),
+                    "max_logit_diff": float((got.float() - ref).abs().max()),
+                    "note": note,
+                    **extra,
+                }
+            )
+            print(rows[-1], flush=True)
+
+        row("PyTorch float32", lambda: m(x))
+        mc = copy.deepcopy(m).to(memory_format=torch.channels_last_3d)
+        xc = x.to(memory_format=torch.channels_last_3d)
+        row("PyTorch channels-last-3d", lambda: mc(xc))
+
+        def bf16():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return m(x)
+
+        row("PyTorch bfloat16 autocast", bf16, **_bf16_effect(lm))
+        if not quick:
+            comp = torch.compile(copy.deepcopy(m))
+            t = time.perf_counter()
+            comp(x)
+            first = time.perf_counter() - t
+            row("torch.compile (inductor)", lambda: comp(x), note=f"first call {first:.0f} s (compilation)")
+        fwd, name = RT.window_forward(lm, (64, 64, 64))
+        if name == "onnxruntime":
+            row("ONNX Runtime (kept)", lambda: fwd(x))
+        else:
+            rows.append({"way": "ONNX Runtime", "ms": None, "note": "not installed"})
+    return rows
+
+
+def _bf16_effect(lm) -> dict:
+    """Voxels whose mask changes when a whole predict on the CT phantom runs under bfloat16 autocast."""
+    vol = abdominal_ct(3).volume
+    with _Runtime("torch"):
+        a = predict(lm, vol)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            b = predict(lm, vol)
+    ma, mb = a.mask.astype(bool), b.mask.astype(bool)
+    dice = 2 * (ma & mb).sum() / max(ma.sum() + mb.sum(), 1)
+    return {"bf16_changed_voxels": int((ma != mb).sum()), "bf16_mask_voxels": int(ma.sum()), "bf16_dice": float(dice)}
+
+
+def big_ct_rows(quick: bool) -> list[dict]:
+    lm = load_model("unet3d")
+    rng = np.random.default_rng(0)
+    shape = (300, 512, 512)
+    arr = rng.normal(40, 20, shape).astype(np.float32)
+    vol = Volume(arr, (1.5, 0.8, 0.8), np.diag([0.8, 0.8, 1.5, 1.0]), modality="CT")
+    rows = []
+    for rt in ("torch", "auto"):
+        with _Runtime(rt):
+            predict(lm, vol)  # warm-up (and, for ONNX Runtime, the one-time export)
+            runs = []
+            for _ in range(1 if quick else 3):
+                t = time.perf_counter()
+                p = predict(lm, vol)
+                runs.append((time.perf_counter() - t, p.timings, p.runtime))
+        runs.sort(key=lambda r: r[0])
+        sec, timings, name = runs[len(runs) // 2]
+        rows.append(
+            {
+                "runtime": name,
+                "seconds": round(sec, 2),
+                "timings": {k: round(v, 3) for k, v in timings.items()},
+                "volume": " x ".join(map(str, shape)),
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def predict_vs_monai(quick: bool) -> dict:
+    from monai.inferers import sliding_window_inference
+
+    lm = load_model("unet3d")
+    spec = lm.spec
+    small = abdominal_ct(11).volume
+    big = F.interpolate(torch.from_numpy(small.array)[None, None], scale_factor=2, mode="trilinear")[0, 0].numpy()
+    sp = tuple(s / 2 for s in small.spacing)
+    vol = Volume(big, sp, np.diag([sp[2], sp[1], sp[0], 1.0]), modality="CT")
+    x = torch.from_numpy(preprocess(spec.preprocessing, vol.array, **spec.preprocessing_params))[None, None]
+    new_shape = tuple(
+        max(1, int(round(n * s / ts))) for n, s, ts in zip(vol.shape, vol.spacing, spec.target_spacing, strict=True)
+    )
+    x = F.interpolate(x, size=new_shape, mode="trilinear", align_corners=False)
+    fwd, name = RT.window_forward(lm, tuple(lm.size))
+
+    def bare(net):
+        with torch.inference_mode():
+            return sliding_window_inference(
+                x,
+                roi_size=tuple(lm.size),
+                sw_batch_size=spec.sw_batch_size,
+                predictor=net,
+                overlap=spec.sw_overlap,
+                mode="gaussian",
+            )
+
+    reps = 2 if quick else 5
+    pred = predict(lm, vol)
+    bare(lm.module)
+    bare(fwd)
+    ours, base, same = [], [], []
+    for _ in range(reps):  # interleaved, so drifts in machine load hit all three alike
+        t = time.perf_counter()
+        predict(lm, vol)
+        ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        bare(lm.module)
+        base.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        bare(fwd)
+        same.append(time.perf_counter() - t)
+    t_ours, t_bare, t_same = (statistics.median(v) for v in (ours, base, same))
+    return {
+        "volume": " x ".join(map(str, vol.shape)),
+        "spacing_mm": " x ".join(f"{s:g}" for s in vol.spacing),
+        "model_grid": " x ".join(map(str, new_shape)),
+        "runtime": name,
+        "predict_s": round(t_ours, 3),
+        "bare_monai_s": round(t_bare, 3),
+        "bare_same_runtime_s": round(t_same, 3),
+        "ratio": round(t_ours / t_bare, 3),
+        "ratio_same_runtime": round(t_ours / t_same, 3),
+        "predict_timings": {k: round(v, 3) for k, v in pred.timings.items()},
+    }
+
+
+def cpu_speed(quick: bool) -> dict:
+    return {"windows": window_rows(quick), "big_ct": big_ct_rows(quick)}
