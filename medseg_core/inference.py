@@ -540,24 +540,28 @@ def _finish(
     t = time.perf_counter()
     steps = options.postprocessing if options.postprocessing is not None else spec.postprocessing
     if out.seg is not None:
+        # few full-size copies: on a 300 x 512 x 512 CT each freshly written array costs 0.1-0.3 s
+        none = np.zeros(out.seg.shape[1:], np.uint8)
+        none.flags.writeable = False  # one shared empty map for "nothing removed / added"
         for k, label in enumerate(spec.labels):
-            p = np.clip(np.asarray(out.seg[k], np.float32), 0, 1)
-            m = (p > thr).astype(np.uint8)
-            kept, removed, added = m, np.zeros_like(m), np.zeros_like(m)
+            p = np.asarray(out.seg[k], np.float32)
+            p = np.clip(p, 0, 1, out=p) if p.flags.writeable else np.clip(p, 0, 1)
+            m = (p > thr).view(np.uint8)
+            kept, removed, added = m, none, none
             for step in steps:
                 if step == "raovseg":
                     kept, r, a = post.raovseg_postprocess(kept)
                     removed, added = removed | r, added | a
                 elif step in post.POSTPROCESSING:
                     kept, r = post.POSTPROCESSING[step](kept)
-                    removed = removed | r
+                    removed = r if removed is none else removed | r
                 else:
                     raise InputError(f"Unknown post-processing '{step}'; choose largest_2d, largest_3d or raovseg.")
             pred.per_label[label] = LabelResult(
-                mask=kept.astype(np.uint8),
+                mask=np.asarray(kept, np.uint8),
                 before_postprocessing=m,
-                removed=(removed & m).astype(np.uint8),
-                added=added.astype(np.uint8),
+                removed=removed if removed is none else np.asarray(removed & m, np.uint8),
+                added=np.asarray(added, np.uint8),
                 probability=p,
             )
     if pred.sides and steps:

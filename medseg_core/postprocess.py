@@ -43,9 +43,18 @@ def _largest(mask: np.ndarray, structure: np.ndarray | None = None, k: int = 1) 
 def largest_component_3d(mask: np.ndarray, connectivity: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Keep the largest 3D connected component (``connectivity`` 1: 6-neighbours, scipy's default;
     3: 26-neighbours)."""
-    m = np.asarray(mask) > 0
-    kept = _largest(m, ndimage.generate_binary_structure(m.ndim, connectivity))
-    return kept.astype(np.uint8), (m & ~kept).astype(np.uint8)
+    m = np.asarray(mask)
+    # results start as np.zeros (pages the OS zero-fills on demand) and are written inside the mask's
+    # bounding box only: on a 300 x 512 x 512 CT every fully written copy costs about 0.1-0.3 s
+    kept, removed = np.zeros(m.shape, np.uint8), np.zeros(m.shape, np.uint8)
+    box = bounding_box(m)
+    if box is None:
+        return kept, removed
+    crop = m[box] > 0
+    k = _largest(crop, ndimage.generate_binary_structure(m.ndim, connectivity))
+    kept[box] = k
+    removed[box] = crop & ~k
+    return kept, removed
 
 
 def largest_component_per_slice(mask: np.ndarray, connectivity: int = 1) -> tuple[np.ndarray, np.ndarray]:
