@@ -1,15 +1,15 @@
 """``make bench`` section "cpu": 3D inference speed on the CPU (issue 20 item 5).
 
 1. One batch of sliding-window inputs (4 x 1 x 64^3) through the shipped ``unet3d``, every way
-   tried: PyTorch float32 (contiguous), channels-last-3d, bfloat16 autocast, ``torch.compile``
-   (first call and steady state) and ONNX Runtime (:mod:`medseg_core.runtime`). Largest logit
-   difference to float32 PyTorch for each, and for bfloat16 the voxels whose mask changes in a
-   whole ``predict`` of the CT phantom.
+   tried: PyTorch float32 (contiguous), channels-last-3d (kept, :mod:`medseg_core.runtime`),
+   bfloat16 autocast, ``torch.compile`` (first call and steady state) and ONNX Runtime (only when
+   installed: it is not a dependency). Largest logit difference to float32 PyTorch for each, and
+   for bfloat16 the voxels whose mask changes in a whole ``predict`` of the CT phantom.
 2. ``predict`` with ``unet3d`` on a 300 x 512 x 512 CT (random HU, 1.5 x 0.8 x 0.8 mm, as the memory
-   rows), with ``MEDSEG_RUNTIME=torch`` and with the default runtime: seconds and stage timings.
+   rows), with ``MEDSEG_CHANNELS_LAST=0`` and with the default: seconds and stage timings.
 3. ``predict`` / bare MONAI sliding window on a CT phantom large enough for the ratio to be stable
-   (128 x 256 x 256): the bare call with the PyTorch module (what a user would write), and with the
-   same ONNX Runtime forward as predict (what predict adds around the same windows).
+   (128 x 256 x 256): the bare call with the PyTorch module as loaded (what a user would write), and
+   with the same channels-last module as predict (what predict adds around the same windows).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from medseg_core import runtime as RT
-from medseg_core.checkpoints import load_model
+from medseg_core.checkpoints import LoadedModel, load_model
 from medseg_core.data.synthetic import abdominal_ct
 from medseg_core.inference import predict
 from medseg_core.io import Volume
@@ -42,21 +42,21 @@ def _median(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(ts)
 
 
-class _Runtime:
-    """``MEDSEG_RUNTIME`` set for a block, restored afterwards."""
+class _ChannelsLast:
+    """``MEDSEG_CHANNELS_LAST`` set for a block, restored afterwards."""
 
     def __init__(self, value: str) -> None:
         self.value, self.old = value, None
 
     def __enter__(self):
-        self.old = os.environ.get("MEDSEG_RUNTIME")
-        os.environ["MEDSEG_RUNTIME"] = self.value
+        self.old = os.environ.get("MEDSEG_CHANNELS_LAST")
+        os.environ["MEDSEG_CHANNELS_LAST"] = self.value
 
     def __exit__(self, *exc):
         if self.old is None:
-            os.environ.pop("MEDSEG_RUNTIME", None)
+            os.environ.pop("MEDSEG_CHANNELS_LAST", None)
         else:
-            os.environ["MEDSEG_RUNTIME"] = self.old
+            os.environ["MEDSEG_CHANNELS_LAST"] = self.old
 
 
 def window_rows(quick: bool) -> list[dict]:
@@ -85,7 +85,7 @@ def window_rows(quick: bool) -> list[dict]:
         row("PyTorch float32", lambda: m(x))
         mc = copy.deepcopy(m).to(memory_format=torch.channels_last_3d)
         xc = x.to(memory_format=torch.channels_last_3d)
-        row("PyTorch channels-last-3d", lambda: mc(xc))
+        row("PyTorch channels-last-3d (kept)", lambda: mc(xc))
 
         def bf16():
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -98,18 +98,36 @@ def window_rows(quick: bool) -> list[dict]:
             comp(x)
             first = time.perf_counter() - t
             row("torch.compile (inductor)", lambda: comp(x), note=f"first call {first:.0f} s (compilation)")
-        fwd, name = RT.window_forward(lm, (64, 64, 64))
-        if name == "onnxruntime":
-            row("ONNX Runtime (kept)", lambda: fwd(x))
+        ort_forward = _onnxruntime(m, x)
+        if ort_forward is None:
+            rows.append({"way": "ONNX Runtime", "ms": None, "note": "not installed (not a dependency; see runtime.py)"})
         else:
-            rows.append({"way": "ONNX Runtime", "ms": None, "note": "not installed"})
+            row("ONNX Runtime", ort_forward)
     return rows
+
+
+def _onnxruntime(m, x):
+    """The module exported to ONNX and run by ONNX Runtime, when onnx and onnxruntime are installed."""
+    try:
+        import tempfile
+
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/m.onnx"
+        torch.onnx.export(m, (x,), path, input_names=["x"], dynamic_axes={"x": {0: "b"}}, dynamo=False)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = torch.get_num_threads()
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    arr = x.numpy()
+    return lambda: torch.from_numpy(sess.run(None, {"x": arr})[0])
 
 
 def _bf16_effect(lm) -> dict:
     """Voxels whose mask changes when a whole predict on the CT phantom runs under bfloat16 autocast."""
     vol = abdominal_ct(3).volume
-    with _Runtime("torch"):
+    with _ChannelsLast("0"):
         a = predict(lm, vol)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             b = predict(lm, vol)
@@ -125,8 +143,8 @@ def big_ct_rows(quick: bool) -> list[dict]:
     arr = rng.normal(40, 20, shape).astype(np.float32)
     vol = Volume(arr, (1.5, 0.8, 0.8), np.diag([0.8, 0.8, 1.5, 1.0]), modality="CT")
     rows = []
-    for rt in ("torch", "auto"):
-        with _Runtime(rt):
+    for flag in ("0", "1"):
+        with _ChannelsLast(flag):
             predict(lm, vol)  # warm-up (and, for ONNX Runtime, the one-time export)
             runs = []
             for _ in range(1 if quick else 3):
@@ -161,7 +179,9 @@ def predict_vs_monai(quick: bool) -> dict:
         max(1, int(round(n * s / ts))) for n, s, ts in zip(vol.shape, vol.spacing, spec.target_spacing, strict=True)
     )
     x = F.interpolate(x, size=new_shape, mode="trilinear", align_corners=False)
-    fwd, name = RT.window_forward(lm, tuple(lm.size))
+    # the module as loaded (contiguous), and a copy in the layout predict runs
+    fast = LoadedModel(spec, copy.deepcopy(lm.module), lm.card, input_size=lm.input_size)
+    name = RT.prepare(fast)
 
     def bare(net):
         with torch.inference_mode():
@@ -177,7 +197,7 @@ def predict_vs_monai(quick: bool) -> dict:
     reps = 2 if quick else 5
     pred = predict(lm, vol)
     bare(lm.module)
-    bare(fwd)
+    bare(fast.module)
     ours, base, same = [], [], []
     for _ in range(reps):  # interleaved, so drifts in machine load hit all three alike
         t = time.perf_counter()
@@ -187,7 +207,7 @@ def predict_vs_monai(quick: bool) -> dict:
         bare(lm.module)
         base.append(time.perf_counter() - t)
         t = time.perf_counter()
-        bare(fwd)
+        bare(fast.module)
         same.append(time.perf_counter() - t)
     t_ours, t_bare, t_same = (statistics.median(v) for v in (ours, base, same))
     return {

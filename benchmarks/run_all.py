@@ -394,13 +394,13 @@ def write_markdown(r: dict) -> str:
         )
         if "ratio_same_runtime" in pv:
             lines.append(
-                f"| `predict` / bare MONAI sliding window through the same {pv['runtime']} forward "
-                f"(what predict adds around the windows) | {pv['ratio_same_runtime']:.2f} ({pv['predict_s']:.2f} s vs "
+                f"| `predict` / bare MONAI sliding window with the same module ({pv['runtime']}: what predict "
+                f"adds around the windows) | {pv['ratio_same_runtime']:.2f} ({pv['predict_s']:.2f} s vs "
                 f"{pv['bare_same_runtime_s']:.2f} s) | <= 1.05 | {_verdict(pv['ratio_same_runtime'], 1.05)} |"
             )
     for row in (r.get("cpu") or {}).get("big_ct", []):
         lines.append(
-            f"| `predict` unet3d on CT {row['volume']}, runtime {row['runtime']} | {row['seconds']:.1f} s | <= 5 s | "
+            f"| `predict` unet3d on CT {row['volume']}, {row['runtime']} | {row['seconds']:.1f} s | <= 5 s | "
             f"{_verdict(row['seconds'], 5.0)} |"
         )
     for row in r.get("mc", []):
@@ -491,7 +491,7 @@ def write_markdown(r: dict) -> str:
             "blending. The bare calls get the input already preprocessed and resampled and return the model-grid "
             "logits; `predict` adds preprocessing, resampling both ways, thresholding, post-processing, the "
             "envelope check and progress reporting. Bare with the PyTorch module: "
-            f"{pv['bare_monai_s']} s; bare with the same {pv.get('runtime', 'torch')} forward as predict: "
+            f"{pv['bare_monai_s']} s; bare with the same module as predict ({pv.get('runtime', 'PyTorch')}): "
             f"{pv.get('bare_same_runtime_s', pv['bare_monai_s'])} s; predict: {pv['predict_s']} s. Its timings: "
             + ", ".join(f"{k} {v}" for k, v in pv["predict_timings"].items())
             + ".",
@@ -519,14 +519,17 @@ def write_markdown(r: dict) -> str:
             lines.append(f"| {w['way']} | {w['ms']} | {diff} | {note} |")
         lines += [
             "",
-            "Kept: ONNX Runtime for deterministic 3D windows on the CPU (`medseg_core.runtime`; MC dropout runs "
-            "PyTorch, whose dropout layers it needs). Not kept: channels-last (slower), torch.compile (its "
-            "compilation is paid in every new process, on a user's first click), bfloat16 (changes masks).",
+            "Kept: channels-last-3d weights for 3D models on the CPU (`medseg_core.runtime`: the same float32 "
+            "numbers; MC dropout and TTA run the same module). Not kept: torch.compile (no faster, and its "
+            "compilation is paid by every new server process on a user's first click), bfloat16 (changes masks), "
+            "ONNX Runtime (measured in this section while it was installed, 2026-11-23: 66-108 ms per batch in "
+            "`make bench`, 4.5-6.1 s for the 300 x 512 x 512 CT inside predict, where PyTorch's OpenMP threads "
+            "compete with its pool; no MC dropout; two more dependencies).",
             "",
             "`predict` with unet3d on a 300 x 512 x 512 CT (random HU at 1.5 x 0.8 x 0.8 mm; model grid "
             "225 x 273 x 273, 180 windows), median of 3 after a warm-up:",
             "",
-            "| runtime | seconds | stage timings (s) |",
+            "| layout | seconds | stage timings (s) |",
             "| --- | --- | --- |",
         ]
         for b in cpu["big_ct"]:

@@ -258,9 +258,7 @@ def compact_prediction(pred: Prediction) -> Prediction:
 
     changes: dict[str, Any] = {
         "per_label": {
-            k: dataclasses.replace(
-                r, **{f: pack(getattr(r, f)) for f in MASK_FIELDS}, probability=quant(r.probability)
-            )
+            k: dataclasses.replace(r, **{f: pack(getattr(r, f)) for f in MASK_FIELDS}, probability=quant(r.probability))
             for k, r in pred.per_label.items()
         },
         "sides": {s: {**v, "mask": pack(v["mask"])} if "mask" in v else dict(v) for s, v in pred.sides.items()},

@@ -284,6 +284,7 @@ class CohortCalibration:
     def rows(self) -> list[dict]:
         """Every model, option set and region side by side, in words for a table."""
         from .labels import set_name
+
         return [
             {
                 "Model": m,

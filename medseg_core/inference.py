@@ -469,11 +469,11 @@ def _run_3d(
     loaded: LoadedModel, x: np.ndarray, volume: Volume, options: PredictOptions, prog: Progress, timings: dict
 ) -> GridMaps:
     """MONAI sliding window on the model's spacing, probabilities resampled back to the input grid.
-    Deterministic windows run through :func:`medseg_core.runtime.window_forward` (ONNX Runtime on
-    the CPU when installed); MC dropout and TTA through the same samplers as the 2D runners."""
+    The module runs in the layout :func:`medseg_core.runtime.prepare` chose (channels-last-3d on the
+    CPU); MC dropout and TTA go through the same samplers as the 2D runners."""
     from monai.inferers import sliding_window_inference
 
-    from .runtime import window_forward
+    from .runtime import prepare
 
     spec, m, device = loaded.spec, loaded.module, loaded.device
     target = np.asarray(spec.target_spacing, float)
@@ -487,7 +487,7 @@ def _run_3d(
     timings["resample_s"] = time.perf_counter() - t
     roi = tuple(loaded.size)
     n_mc = options.mc_samples
-    net, runtime = window_forward(loaded, roi, stochastic=bool(n_mc))
+    runtime = prepare(loaded)
     total_calls = max(1, math.ceil(_n_windows(new_shape, roi, spec.sw_overlap) / spec.sw_batch_size))
     calls = [0]
 
@@ -504,8 +504,8 @@ def _run_3d(
         if n_mc:  # samples as channels: MONAI blends each one like a probability map
             return torch.cat(unc.mc_samples(m, win, n_mc, options.seed, forward=lambda w: fg(m(w))), 1)
         if options.tta:
-            return torch.cat(unc.tta_samples_list(lambda w: fg(net(w)), win, 3), 1)
-        return fg(net(win))
+            return torch.cat(unc.tta_samples_list(lambda w: fg(m(w)), win, 3), 1)
+        return fg(m(win))
 
     t = time.perf_counter()
     with torch.inference_mode():

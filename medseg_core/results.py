@@ -76,7 +76,8 @@ class GridMaps:
         score: (Z,) per-slice p(present).
         image: (Z, Y, X) restored image in [0, 1].
         boxes: per-slice cascade crops on the working grid.
-        runtime: what ran the network ("torch" or "onnxruntime", :mod:`medseg_core.runtime`).
+        runtime: what ran the network, in words ("PyTorch" or "PyTorch, channels-last-3d",
+            :mod:`medseg_core.runtime`).
     """
 
     seg: np.ndarray | None = None
@@ -85,7 +86,7 @@ class GridMaps:
     score: np.ndarray | None = None
     image: np.ndarray | None = None
     boxes: list | None = None
-    runtime: str = "torch"
+    runtime: str = "PyTorch"
 
     def replace(self, **changes: Any) -> GridMaps:
         return dataclasses.replace(self, **changes)
@@ -166,7 +167,7 @@ class Prediction:
     gate: dict = field(default_factory=dict)  # slice-classifier gate: model, threshold, skipped slices
     calibration: dict = field(default_factory=dict)  # temperature applied to the probabilities shown
     options: PredictOptions = None  # type: ignore[assignment]  # set in __post_init__ (no import cycle)
-    runtime: str = "torch"
+    runtime: str = "PyTorch"  # what ran the network (medseg_core.runtime)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 

@@ -1,6 +1,6 @@
 """The typed pipeline (issue 20 items 2 and 5): stage dataclasses, the one MC / TTA sampler that
-predict() runs, batched-decoder MC sampling, ONNX Runtime for 3D windows, and the exact speed-ups
-of post-processing and the envelope check."""
+predict() runs, batched-decoder MC sampling, channels-last 3D weights on the CPU, and the exact
+speed-ups of post-processing and the envelope check."""
 
 from __future__ import annotations
 
@@ -108,48 +108,46 @@ def test_prediction_is_organised_by_what_it_holds_and_its_flat_names_are_read_on
     assert p.shape == p.geometry.shape == (1, 40, 50) and p.restoration is None and p.uncertainty is None
     with pytest.raises(TypeError):
         p.masks["x"] = r.mask  # type: ignore[index]  # views: write through per_label
-    assert p.runtime == "torch" and p.timings["total_s"] > 0
+    assert p.runtime == "PyTorch" and p.timings["total_s"] > 0
 
 
 def test_grid_maps_go_back_through_the_pelvis_geometry_typed():
-    g = GridMaps(seg=np.zeros((1, 2, 3, 3), np.float32), runtime="torch")
-    assert g.replace(runtime="onnxruntime").runtime == "onnxruntime" and g.runtime == "torch"
+    g = GridMaps(seg=np.zeros((1, 2, 3, 3), np.float32))
+    assert g.replace(runtime=R.CHANNELS_LAST).runtime == R.CHANNELS_LAST and g.runtime == R.CONTIGUOUS
 
 
-# ------------------------------------------------------------------ ONNX Runtime for 3D windows
-@pytest.fixture
-def onnx_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDSEG_CACHE", str(tmp_path))
-    return tmp_path
-
-
-def test_unet3d_through_onnxruntime_gives_the_same_segmentation_as_pytorch(onnx_cache, monkeypatch):
-    pytest.importorskip("onnxruntime")
-    case = abdominal_ct(3)
-    vol = case.volume
+# ------------------------------------------------------------------ channels-last 3D on the CPU
+def test_unet3d_with_channels_last_weights_gives_the_same_segmentation(monkeypatch):
+    vol = abdominal_ct(3).volume
+    monkeypatch.setenv("MEDSEG_CHANNELS_LAST", "0")
+    ref = predict(load_model("unet3d"), vol)
+    monkeypatch.setenv("MEDSEG_CHANNELS_LAST", "1")
     lm = load_model("unet3d")
-    monkeypatch.setenv("MEDSEG_RUNTIME", "torch")
-    ref = predict(lm, vol)
-    monkeypatch.setenv("MEDSEG_RUNTIME", "auto")
     fast = predict(lm, vol)
-    assert ref.runtime == "torch" and fast.runtime == "onnxruntime"
-    assert list((onnx_cache / "onnx").glob("unet3d-*.onnx"))  # exported once, kept by the checkpoint's hash
-    assert float(np.abs(fast.probability - ref.probability).max()) < 1e-4
-    assert int((fast.mask != ref.mask).sum()) <= 2  # voxels exactly at the threshold may tip
+    assert ref.runtime == R.CONTIGUOUS and fast.runtime == R.CHANNELS_LAST
+    conv = next(p for p in lm.module.parameters() if p.dim() == 5 and p.shape[1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
+    assert float(np.abs(fast.probability - ref.probability).max()) < 1e-5
+    assert int((fast.mask != ref.mask).sum()) <= 2  # a voxel exactly at the threshold may tip
     assert int(ref.mask.sum()) > 1000  # a real segmentation, not two empty masks
-    # MC dropout needs the PyTorch module in dropout mode: it never runs the exported graph
-    mc = predict(lm, vol, PredictOptions(mc_samples=2))
-    assert mc.runtime == "torch"
+    # MC dropout runs the same (channels-last) module
+    assert predict(lm, vol, PredictOptions(mc_samples=2)).runtime == R.CHANNELS_LAST
 
 
-def test_runtime_choice_is_checked_and_in_memory_models_stay_on_pytorch(monkeypatch):
-    monkeypatch.setenv("MEDSEG_RUNTIME", "tensorrt")
-    with pytest.raises(ValueError, match="MEDSEG_RUNTIME"):
-        R.choice()
-    monkeypatch.setenv("MEDSEG_RUNTIME", "auto")
-    lm = LoadedModel(get_spec("unet3d"), build_model("unet3d", "demo").eval(), input_size=(32, 32, 32))
-    fwd, name = R.window_forward(lm, (32, 32, 32))
-    assert name == "torch" and fwd is lm.module  # no card, no hash: its weights may still change
+@pytest.mark.parametrize("name", ["vnet3d", "unetr3d"])
+def test_every_3d_architecture_takes_the_channels_last_layout_with_the_same_numbers(name, monkeypatch):
+    kw = {"img_size": (32, 32, 32)} if name == "unetr3d" else {}
+    m = build_model(name, "demo", **kw).eval()
+    lm = LoadedModel(get_spec(name), m, input_size=(32, 32, 32))
+    x = torch.randn(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = m(x)
+        assert R.prepare(lm) == R.CHANNELS_LAST
+        got = m(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    monkeypatch.setenv("MEDSEG_CHANNELS_LAST", "0")
+    assert R.prepare(lm) == R.CONTIGUOUS
+    assert all(p.is_contiguous() for p in m.parameters())
 
 
 # ------------------------------------------------------------------ exact speed-ups
