@@ -540,13 +540,15 @@ def write_markdown(r: dict) -> str:
             "",
             "## MC dropout",
             "",
-            "| model | input | naive 10 passes (s) | cached encoder (s) | ratio | equal |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| model | input | naive 10 passes (s) | cached encoder (s) | ratio | equal | batched decoder (s) "
+            "| ratio |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for x in r["mc"]:
             lines.append(
                 f"| `{x['model']}` | {x['input']} | {x['naive_s']} |"
                 f" {x['cached_encoder_s']} | {x['ratio']} | {x['equal']} |"
+                f" {x.get('batched_s', '')} | {x.get('batched_ratio', '')} |"
             )
         lines += [
             "",
@@ -554,9 +556,11 @@ def write_markdown(r: dict) -> str:
             "one encoder pass plus 10 decoder passes, so the ratio is at least the decoder's share of a pass. In "
             "the narrow U-Nets the full-resolution decoder (with its concatenated skips) does about two thirds of "
             "the work, so they stay at 0.6-0.7 and miss the 0.5 target by design; the models with a heavy "
-            "encoder (EfficientNet-B0; ResNet34 in TL-5) reach 0.4-0.55. Reaching 0.5 for the U-Nets would need "
-            "the 10 decoder passes batched into one, which draws the dropout masks differently, so the "
-            "samples would no longer equal the naive passes sample for sample (the equality is kept here).",
+            "encoder (EfficientNet-B0; ResNet34 in TL-5) reach 0.4-0.55. The batched decoder "
+            "(`PredictOptions(mc_batched=True)`: the 10 decoder passes in one call, other dropout masks from the "
+            "same distribution) does not help on this CPU: the U-Net decoders are memory-bound, so a batch ten "
+            "times larger takes more than ten times as long; only the EfficientNet-B0 model gains. It stays an "
+            "option for GPUs; the default keeps the samples equal to the naive passes.",
         ]
     if mem:
         lines += [
