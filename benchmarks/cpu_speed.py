@@ -31,7 +31,8 @@ from medseg_core.io import Volume
 from medseg_core.preprocessing import preprocess
 
 
-def _median(fn, repeats: int, warmup: int = 1) -> float:
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    """Median seconds of ``repeats`` calls after ``warmup`` calls (every section of make bench uses it)."""
     for _ in range(warmup):
         fn()
     ts = []
@@ -69,7 +70,7 @@ def window_rows(quick: bool) -> list[dict]:
         ref = m(x)
 
         def row(way, fn, out=None, note="", **extra):
-            ms = _median(fn, reps) * 1000
+            ms = median_time(fn, reps) * 1000
             got = fn() if out is None else out
             rows.append(
                 {

@@ -43,23 +43,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from cpu_speed import median_time  # noqa: E402  (benchmarks/, the script's folder)
+
 from medseg_core.checkpoints import LoadedModel, checkpoint_status, load_model  # noqa: E402
 from medseg_core.inference import PredictOptions, _forward, configure_threads, predict  # noqa: E402
 from medseg_core.models import build_model, count_parameters, get_spec, list_models  # noqa: E402
 
 OUT_MD = ROOT / "benchmarks" / "RESULTS.md"
 OUT_JSON = ROOT / "benchmarks" / "results.json"
-
-
-def median_time(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def machine() -> dict:
