@@ -239,7 +239,7 @@ def prediction_bytes(pred: Prediction) -> int:
     for a in pred.uncertainty_maps.values():
         add(a)
     for side in pred.sides.values():
-        add(side.get("mask"))
+        add(side.mask)
     for extra in (pred.class_probabilities, pred.slice_class_probabilities, pred.presence, pred.restored):
         add(extra)
     return sum(seen.values())
@@ -261,7 +261,7 @@ def compact_prediction(pred: Prediction) -> Prediction:
             k: dataclasses.replace(r, **{f: pack(getattr(r, f)) for f in MASK_FIELDS}, probability=quant(r.probability))
             for k, r in pred.per_label.items()
         },
-        "sides": {s: {**v, "mask": pack(v["mask"])} if "mask" in v else dict(v) for s, v in pred.sides.items()},
+        "sides": {s: dataclasses.replace(v, mask=pack(v.mask)) for s, v in pred.sides.items()},
     }
     if pred.uncertainty is not None:
         maps = {k: quant(u, 1.0 if k == "mean" else None) for k, u in pred.uncertainty.maps.items()}

@@ -39,6 +39,7 @@ from .results import (
     ModelOutput,
     Prediction,
     Restoration,
+    SideResult,
     Uncertainty,
 )
 
@@ -240,7 +241,7 @@ def _geometry_back(geo, out: GridMaps, pred: Prediction) -> GridMaps:
     """Maps made on a :class:`~medseg_core.preprocessing.PelvisGeometry` grid back onto the input
     grid: probabilities and MC samples bilinear, two-pass side masks nearest (0 outside the box)."""
     for side in pred.sides.values():
-        side["mask"] = (geo.inverse(side["mask"], order=0) > 0.5).astype(np.uint8)
+        side.mask = (geo.inverse(side.mask, order=0) > 0.5).astype(np.uint8)
     return out.replace(
         **{k: geo.inverse(getattr(out, k)) for k in ("seg", "samples", "image") if getattr(out, k) is not None}
     )
@@ -271,7 +272,7 @@ def _apply_gate(pred: Prediction, volume: Volume, options: PredictOptions, prog)
         r.removed = r.removed | (r.mask * (1 - keep))
         r.mask = r.mask * keep
     for side in pred.sides.values():
-        side["mask"] = side["mask"] * keep
+        side.mask = side.mask * keep
     pred.presence = p
     pred.gate = {"model": gate.name, "threshold": float(thr), "skipped": [int(z) for z in np.flatnonzero(skip)]}
     for k, v in g.timings.items():
@@ -443,12 +444,12 @@ def _two_pass(
         assert seg is not None
         p = seg[0] * keep[side]
         m = p > t
-        sides[side] = {
-            "mask": m.astype(np.uint8),
-            "confidence": float(p[m].mean()) if m.any() else 0.0,
-            "max_probability": float(p.max()),
-            "volume_ml": float(m.sum() * np.prod(volume.spacing) / 1000),
-        }
+        sides[side] = SideResult(
+            mask=m.astype(np.uint8),
+            confidence=float(p[m].mean()) if m.any() else 0.0,
+            max_probability=float(p.max()),
+            volume_ml=float(m.sum() * np.prod(volume.spacing) / 1000),
+        )
     pred.sides = sides
     pred.side_info = {"mode": "two_pass"}
     return combined
@@ -567,7 +568,7 @@ def _finish(
     if pred.sides and steps:
         first = pred.per_label[spec.labels[0]].mask
         for side in pred.sides.values():
-            side["mask"] = (side["mask"] & first).astype(np.uint8)
+            side.mask = (side.mask & first).astype(np.uint8)
     timings["postprocess_s"] = time.perf_counter() - t
     if out.cls is not None:
         probs = out.cls.mean(0)

@@ -151,6 +151,17 @@ class Uncertainty:
 
 
 @dataclass
+class SideResult:
+    """Report 000's two-pass deployment, one anatomical half: its mask (0/1, input grid), the mean
+    probability inside it ("confidence"), the largest probability on that half, and its volume in mL."""
+
+    mask: np.ndarray
+    confidence: float
+    max_probability: float
+    volume_ml: float
+
+
+@dataclass
 class Prediction:
     """A model's output for one volume, on the input grid (see the module docstring)."""
 
@@ -162,7 +173,7 @@ class Prediction:
     restoration: Restoration | None = None
     boxes: list | None = None  # cascade crops (r0, r1, c0, c1) on the displayed slice grid
     uncertainty: Uncertainty | None = None
-    sides: dict = field(default_factory=dict)  # two-pass: per side mask, confidence, max probability, mL
+    sides: dict[str, SideResult] = field(default_factory=dict)  # two-pass: "left" / "right"
     side_info: dict = field(default_factory=dict)
     gate: dict = field(default_factory=dict)  # slice-classifier gate: model, threshold, skipped slices
     calibration: dict = field(default_factory=dict)  # temperature applied to the probabilities shown

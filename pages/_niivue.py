@@ -104,7 +104,7 @@ def segment_layers(
     elif primary is None and gt is not None:
         layers = [(gt, COMPARE_COLOURS["tp"])]
     elif show_sides and pred is not None:
-        layers = [(pred.sides[s]["mask"], LABEL_COLOURS[k]) for k, s in enumerate(("left", "right"))]
+        layers = [(pred.sides[s].mask, LABEL_COLOURS[k]) for k, s in enumerate(("left", "right"))]
     elif pred is not None:
         layers = prediction_layers(pred, shown, colours)[0]
     else:

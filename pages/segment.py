@@ -480,7 +480,7 @@ def viewer():
         layers = [(gt, COMPARE_COLOURS["tp"])]
         legend = [("reference mask", COMPARE_COLOURS["tp"])]
     elif show_sides:
-        layers = [(pred.sides[s]["mask"], LABEL_COLOURS[k]) for k, s in enumerate(("left", "right"))]
+        layers = [(pred.sides[s].mask, LABEL_COLOURS[k]) for k, s in enumerate(("left", "right"))]
         legend = [("left side", LABEL_COLOURS[0]), ("right side", LABEL_COLOURS[1])]
     else:
         for lab in masks:
@@ -612,7 +612,7 @@ if pred.class_probabilities is not None:
 if pred.sides:
     st.caption(
         "Two-pass: "
-        + "; ".join(f"{s}: confidence {v['confidence']:.2f}, {v['volume_ml']:.2f} mL" for s, v in pred.sides.items())
+        + "; ".join(f"{s}: confidence {v.confidence:.2f}, {v.volume_ml:.2f} mL" for s, v in pred.sides.items())
     )
 removed = {lab: int(r.sum()) for lab, r in pred.removed.items() if r.any()}
 if pred.gate:

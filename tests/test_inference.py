@@ -239,10 +239,10 @@ def test_two_pass_returns_per_side_masks_and_confidence():
     v = Volume(data, (6, 1, 1), np.eye(4), modality="MR")
     lm = LoadedModel(get_spec("ovary_unet"), Threshold2D(), {}, "cpu", (64, 64))
     p = predict(lm, v, PredictOptions(preprocessing="minmax", side_masking="two_pass"))
-    L, R = p.sides["left"]["mask"], p.sides["right"]["mask"]
+    L, R = p.sides["left"].mask, p.sides["right"].mask
     assert L[:, :, :30].sum() > 0 and L[:, :, 30:].sum() == 0
     assert R[:, :, 30:].sum() > 0 and R[:, :, :30].sum() == 0
-    assert p.sides["left"]["confidence"] > 0.9
+    assert p.sides["left"].confidence > 0.9
     single = predict(lm, v, PredictOptions(preprocessing="minmax", side_masking="right"))
     assert single.mask[:, :, :30].sum() == 0 and single.mask[:, :, 30:].sum() > 0
     ref = np.zeros(v.shape, np.uint8)
