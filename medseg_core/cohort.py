@@ -383,14 +383,25 @@ def read_masks(path: str | Path, model: str, set_name: str, case_id: str) -> tup
 
 
 def dataset_cases(meta: dict) -> dict:
-    """case id -> :class:`~medseg_core.data.datasets.Case` of the dataset a run was made on."""
+    """case id -> :class:`~medseg_core.data.datasets.Case` of the dataset a run was made on, with the
+    references the run scored against: a run made with ``references="corrected"`` gives the cases it
+    scored against a saved correction that correction as their reference (``cohort.json``
+    ``references.files``), so thumbnails and "Open in review" show what the numbers were computed on.
+    A correction file deleted since the run falls back to the dataset's reference."""
+    from .correct import _CorrectedCase
     from .data import datasets as D
 
     ds = meta.get("dataset") or {}
     root = Path(ds.get("root", ""))
     if not root.is_absolute():
         root = ROOT / root
-    return {c.case_id: c for c in D.ADAPTERS[ds["adapter"]](root)}
+    cases: dict = {c.case_id: c for c in D.ADAPTERS[ds["adapter"]](root)}
+    refs = meta.get("references") or {}
+    if refs.get("kind") == "corrected":
+        for case_id, f in (refs.get("files") or {}).items():
+            if case_id in cases and Path(f).is_file():
+                cases[case_id] = _CorrectedCase(cases[case_id], Path(f), None)
+    return cases
 
 
 def load_run(path: str | Path) -> CohortRun:

@@ -308,6 +308,10 @@ def test_cohort_scores_against_the_latest_correction(tmp_path, monkeypatch):
     assert got[cases[0].case_id] == pytest.approx(M.dice(ref, corrected)) and got[cases[0].case_id] < 1
     assert got[cases[1].case_id] == pytest.approx(1.0)
     assert r.meta["references"]["corrected_cases"] == 1 and r.meta["references"]["kind"] == "corrected"
+    # the gallery's thumbnails and "Open in review" load the cases through the run: the corrected reference
+    shown = C.dataset_cases(r.meta)
+    np.testing.assert_array_equal(shown[cases[0].case_id].load()[1]["ovary"], corrected)
+    np.testing.assert_array_equal(shown[cases[1].case_id].load()[1]["ovary"], cases[1].load()[1]["ovary"])
     plain = C.load_run(C.run_cohort(cases, [], {"orig": {}}, tmp_path / "coh2", predictions={"colleague": preds}))
     assert [x["dice"] for x in plain.cases] == pytest.approx([1.0, 1.0])  # the default: the dataset's references
     assert plain.meta["references"]["corrected_cases"] == 0
