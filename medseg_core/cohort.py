@@ -50,6 +50,7 @@ import numpy as np
 from . import analysis as A
 from . import cohort_store as S
 from . import metrics as M
+from . import worklist as W
 from .render import OTHER_OVARY_COLOUR
 from .tables import csv_text, write_csv
 
@@ -246,7 +247,8 @@ def run_cohort(
             cal = res.units[0] if res.units else None
             if cal is not None and "p_malignant" in cal:
                 cal["malignant"] = res.malignant  # the case's label, when the dataset has one
-            tmp.write_text(json.dumps({"slices": s_rows, "cases": c_rows, "calibration": cal}, default=_json_value))
+            kept_part = {"slices": s_rows, "cases": c_rows, "calibration": cal, "case_key": res.case_key}
+            tmp.write_text(json.dumps(kept_part, default=_json_value))
             tmp.replace(part)
             done += 1
             report(f"{name} · {set_name} · {res.case}")
@@ -262,12 +264,16 @@ def run_cohort(
     # merge the parts in the canonical order (models x option sets x cases): one process or many,
     # a fresh or a resumed run, the tables come out the same
     slices, case_rows, evidence = [], [], []
+    keys: dict[str, dict] = {}
     for name, set_name, _, _ in runs:
         for case in cases:
             kept = json.loads(part_file(out, name, set_name, case.case_id).read_text())
             slices += kept["slices"]
             case_rows += kept["cases"]
             evidence.append((name, set_name, kept.get("calibration")))  # None in parts made before it
+            if kept.get("case_key"):  # parts written before keys were kept have none
+                keys[str(case.case_id)] = W.key_entry(case, kept["case_key"])
+    W.write_key_cache(W.run_key_file(out), keys)  # the worklist's statuses need no case loaded again
     S.write_parquet(out / "slices.parquet", slices, S.SLICE_SCHEMA)
     S.write_parquet(out / "cases.parquet", case_rows, S.CASE_SCHEMA)
     if csv_export:

@@ -125,6 +125,7 @@ class CaseResult:
     units: list[dict] | None = None  # a report protocol's scoring units (evaluate_cases(scorer=...))
     class_pred: int | None = None  # a multi-class head (MMOTU's 8 classes): the argmax class ...
     class_truth: int | None = None  # ... and the case's class id
+    case_key: str = ""  # content hash of the loaded volume (medseg_core.review.case_key): verdicts find it
 
 
 # ----------------------------------------------------------------------------- sources
@@ -218,6 +219,7 @@ def evaluate_cases(
     import time
 
     from .inference import PredictOptions, predict
+    from .review import case_key
 
     options = options or PredictOptions()
     spec = None if isinstance(source, PredictionFolder) else source.spec
@@ -243,7 +245,7 @@ def evaluate_cases(
             refs = reference_masks(list(pred.masks), masks, label_map)
             if not family and "ovary" in pred.masks:
                 family = "ovary"
-        res = CaseResult(case.case_id, case.patient_id, pred, seconds=time.perf_counter() - t)
+        res = CaseResult(case.case_id, case.patient_id, pred, seconds=time.perf_counter() - t, case_key=case_key(vol))
         other = masks.get("ovary_other")
         side = case.extra.get("labelled_side")
         mirrored = family == "ovary"

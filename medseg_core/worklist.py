@@ -29,7 +29,7 @@ import json
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .store import Store
@@ -103,14 +103,25 @@ def case_keys(
     if cache is not None:
         cache.update({k: v for k, v in stored.items()})
     if changed and cache_file is not None:
-        p = Path(cache_file)
-        try:
-            tmp = p.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"version": 1, "keys": stored}, indent=0, sort_keys=True))
-            tmp.replace(p)
-        except OSError:  # a read-only run folder: the keys are recomputed next time
-            pass
+        write_key_cache(cache_file, stored)
     return out
+
+
+def key_entry(case: Any, key: str) -> dict:
+    """The cache entry of one case: its content key and its image's (size, mtime) stamp."""
+    return {"key": key, "stamp": _stamp(getattr(case, "image", None))}
+
+
+def write_key_cache(path: str | Path, entries: dict[str, dict]) -> None:
+    """Write case id -> :func:`key_entry` to ``path`` atomically (a read-only folder: not written,
+    the keys are recomputed next time)."""
+    p = Path(path)
+    try:
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"version": 1, "keys": entries}, indent=0, sort_keys=True))
+        tmp.replace(p)
+    except OSError:
+        pass
 
 
 def run_key_file(run_path: str | Path) -> Path:

@@ -98,15 +98,19 @@ def test_case_keys_are_the_review_key_and_cached_in_the_run(small_cohort):
     cases = C.dataset_cases(C.read_meta(small_cohort))
     assert len(cases) == 3
     f = W.run_key_file(small_cohort)
-    f.unlink(missing_ok=True)
-    keys = W.case_keys(cases, cache_file=f)
-    for cid, case in cases.items():
-        assert keys[cid] == case_key(case.load()[0])  # what Segment & review records a verdict under
-    assert len(set(keys.values())) == 3 and f.exists()
 
     def no_load(cid):
         raise AssertionError("a cached key must not load the case")
 
+    # the cohort run wrote the keys while it had each volume loaded: the worklist's first open loads nothing
+    from_run = W.case_keys(cases, cache_file=f, load=no_load)
+    assert from_run == {cid: case_key(case.load()[0]) for cid, case in cases.items()}
+    f.unlink()
+    keys = W.case_keys(cases, cache_file=f)
+    for cid, case in cases.items():
+        assert keys[cid] == case_key(case.load()[0])  # what Segment & review records a verdict under
+    assert len(set(keys.values())) == 3 and f.exists()
+    assert keys == from_run
     assert W.case_keys(cases, cache_file=f, load=no_load) == keys
     # a changed image file (size / time) is hashed again
     first = next(iter(cases))
