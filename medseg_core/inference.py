@@ -201,9 +201,19 @@ def predict(
     pred.warnings.extend(out_of_envelope(loaded, volume))
     denoiser = (loaded.card or {}).get("denoiser")
     if denoiser:  # report 001's denoised models: their annotation-removal checkpoint cleans every input first
-        from .denoise import apply_denoiser
+        from .denoise import apply_denoiser, load_denoiser
 
-        volume = apply_denoiser(volume, str(denoiser))
+        dn = load_denoiser(str(denoiser))
+        done = volume.meta.get("annotation_removed")
+        if (
+            done != dn.name
+        ):  # an image this denoiser already cleaned (the Ultrasound page's switch) is not cleaned twice
+            if done:
+                pred.warnings.append(
+                    f"This image's annotations were removed by {done}; the model was trained on images cleaned "
+                    f"by {dn.name}, which was applied as well."
+                )
+            volume = apply_denoiser(volume, dn)
         timings["denoise_s"] = time.perf_counter() - t0
     t = time.perf_counter()
     # report 000's geometry (card recipe.geometry): resample in-plane and cut the pelvis box before

@@ -178,3 +178,29 @@ def test_envelope_check_samples_before_an_elementwise_preprocessing_and_gets_the
     )
     lm = load_model("unet3d")
     assert check_envelope(lm.spec, lm.envelope, vol) == []  # a case like its training data passes
+
+
+def test_a_denoised_models_input_is_cleaned_once_even_when_the_page_cleaned_it_first(monkeypatch):
+    """Report 001's denoised models: predict cleans the input with the card's denoiser, unless the
+    image says that denoiser already removed its annotations (the Ultrasound page's switch)."""
+    from medseg_core import denoise as DN
+
+    lm = LoadedModel(
+        get_spec("us_mtl_unet"), build_model("us_mtl_unet", "demo").eval(), card={"denoiser": "us_denoiser"}
+    )
+    rng = np.random.default_rng(2)
+    v = Volume((rng.random((1, 60, 80)) * 255).astype(np.float32), (1, 0.2, 0.2), np.eye(4), "US")
+    calls = []
+    real = DN.apply_denoiser
+    monkeypatch.setattr(DN, "apply_denoiser", lambda vol, ref: (calls.append(vol.name), real(vol, ref))[1])
+    opts = PredictOptions(menopausal=1, oncology_center=0)
+    raw = predict(lm, v, opts)
+    assert len(calls) == 1 and not any("annotations were removed" in w for w in raw.warnings)
+    cleaned = real(v, "us_denoiser")
+    assert cleaned.meta["annotation_removed"] == "us_denoiser"
+    again = predict(lm, cleaned, opts)
+    assert len(calls) == 1  # not cleaned a second time
+    np.testing.assert_allclose(again.probability, raw.probability, atol=1e-6)
+    other = v.with_array(v.array, meta=dict(v.meta, annotation_removed="another_denoiser"))
+    p = predict(lm, other, opts)
+    assert len(calls) == 2 and any("another_denoiser" in w for w in p.warnings)
