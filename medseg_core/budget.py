@@ -357,6 +357,35 @@ class MemoryBudget:
         self.evictions = 0
         self.refusals = 0
         self.idle_releases = 0
+        self._sweeper: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start_sweeper(self, interval_s: float | None = None) -> None:
+        """Release idle and closed sessions every ``interval_s`` seconds (default: a quarter of the idle
+        time-out, at most a minute) from a daemon thread, so their memory is freed on time even when no
+        other request comes to sweep. Started once; :meth:`stop_sweeper` ends it."""
+        with self._lock:
+            if self._sweeper is not None and self._sweeper.is_alive():
+                return
+            every = float(interval_s if interval_s is not None else min(60.0, max(self.idle_seconds / 4, 1.0)))
+            self._stop.clear()
+
+            def loop() -> None:
+                while not self._stop.wait(every):
+                    try:
+                        self.release_idle()
+                    except Exception:  # a failing callback must not end the sweeping
+                        pass
+
+            self._sweeper = threading.Thread(target=loop, name="medseg-budget-sweeper", daemon=True)
+            self._sweeper.start()
+
+    def stop_sweeper(self) -> None:
+        self._stop.set()
+        t = self._sweeper
+        if t is not None:
+            t.join(timeout=5)
+        self._sweeper = None
 
     # -- bookkeeping
     @property
@@ -569,6 +598,7 @@ def server_budget() -> MemoryBudget:
     with _SERVER_LOCK:
         if _SERVER is None:
             _SERVER = MemoryBudget()
+            _SERVER.start_sweeper()
         return _SERVER
 
 
@@ -576,4 +606,6 @@ def set_server_budget(budget: MemoryBudget | None) -> None:
     """Replace the process's budget (tests; ``None`` re-reads the environment on next use)."""
     global _SERVER
     with _SERVER_LOCK:
+        if _SERVER is not None and _SERVER is not budget:
+            _SERVER.stop_sweeper()
         _SERVER = budget

@@ -259,3 +259,23 @@ def test_a_closed_session_is_released_after_the_grace_period():
     assert b.release_idle() == []  # B's tab may still reconnect
     clock[0] = 121
     assert b.release_idle() == ["B"] and released == ["B"] and b.used == 100  # A is connected, not idle yet
+
+
+def test_the_sweeper_releases_an_idle_session_without_another_request():
+    """Idle sessions are released on time by the budget's own thread, not only when some other
+    session's request happens to sweep (a quiet server would otherwise hold them for ever)."""
+    import time
+
+    b = MemoryBudget(limit_bytes=10**6, idle_seconds=0.3)
+    released = []
+    b.session_started("A", on_release=lambda: released.append("A"))
+    b.hold("A", "case", 500, evictable=False)
+    b.start_sweeper(interval_s=0.05)
+    try:
+        deadline = time.monotonic() + 5
+        while not released and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert released == ["A"] and b.held_by("A") == 0 and b.idle_releases == 1
+    finally:
+        b.stop_sweeper()
+    assert b._sweeper is None
