@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import streamlit as st
 
 from medseg_core import correct as K
@@ -92,6 +93,16 @@ def _correction(pred, case_key: str) -> K.Correction:
         ss["_corr_for"] = key
         ss["_corr_gen"] = ss.get("_corr_gen", 0) + 1
     return ss["_corr"]
+
+
+def editing(pred) -> np.ndarray | None:
+    """The first label's mask as it is being corrected (unsaved edits included), or None when
+    Correct mode has no correction for this result yet."""
+    ss = st.session_state
+    corr = ss.get("_corr")
+    if corr is None or ss.get("_corr_for") != (ss.get("case_key"), pred.model, repr(pred.options)):
+        return None
+    return next(iter(corr.masks.values()), None)
 
 
 def _apply_canvas(key: str, label: str, plane: str, index: int, size: tuple[int, int], tool: str, brush_mm: float):

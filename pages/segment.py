@@ -528,8 +528,11 @@ def viewer():
                     key="viewer_fig",
                     config={"displaylogo": False, "scrollZoom": False, "responsive": True},
                 )
+        edited = CORR.editing(pred) if correcting else None
         legend_words = (
-            "TP green · FP red · FN blue"
+            "the mask being corrected, in its label colour (TP / FP / FN colouring returns after saving)"
+            if correcting
+            else "TP green · FP red · FN blue"
             if compare and gt is not None
             else "reference mask green"
             if primary is None and gt is not None
@@ -549,8 +552,12 @@ def viewer():
         if notice:
             st.caption(notice)
         if gt is not None and plane == "axial" and primary is not None:
-            sm = slice_metrics(primary, gt, vol.spacing, idx)
-            st.caption("This slice: " + ", ".join(describe(k, v) for k, v in sm.items()))
+            scored = edited if edited is not None else primary  # the numbers are of the mask on screen
+            sm = slice_metrics(scored, gt, vol.spacing, idx)
+            st.caption(
+                ("This slice, with your edits (not saved yet): " if edited is not None else "This slice: ")
+                + ", ".join(describe(k, v) for k, v in sm.items())
+            )
         if pred is not None and pred.slice_probabilities is not None and plane == "axial" and n > 1:
             thr_g = pred.gate.get("threshold") if pred.gate else get_spec(name).threshold
             st.plotly_chart(
@@ -629,6 +636,8 @@ if removed:
 rows = []
 if gt is not None and pred.mask is not None:
     rows = metrics_table(pred, gt, vol.spacing)
+    if st.session_state.get("correct_on"):  # Correct mode (the viewer's switch)
+        st.caption("Case metrics of the mask before your edits; saving the correction makes it the result scored here.")
     st.dataframe(display_rows(rows), hide_index=True)
 if pred.timings:
     st.caption(f"Timings: {timings_words(pred.timings)}.")

@@ -327,6 +327,8 @@ def test_apptest_correct_fill_save_becomes_the_reviewed_result(tmp_path, monkeyp
 
     from medseg_core import metrics as M
     from medseg_core.inference import prediction_from_masks
+    from medseg_core.labels import describe
+    from medseg_core.review import slice_metrics
     from medseg_core.store import Store
 
     monkeypatch.setenv("MEDSEG_DB", str(tmp_path / "db" / "medseg.db"))
@@ -349,6 +351,12 @@ def test_apptest_correct_fill_save_becomes_the_reviewed_result(tmp_path, monkeyp
     assert at.button(key="corr_save").disabled and at.button(key="corr_undo").disabled
     at.button(key="corr_holes").click().run()
     assert any("1 voxels added, 0 removed · 1 edit(s)" in c.value for c in at.caption), [c.value for c in at.caption]
+    # while editing, the slice numbers are of the mask on the canvas (hole filled), and the legend says so
+    filled = pred.copy()
+    filled[z, cy, cx] = 1
+    want = ", ".join(describe(k, v) for k, v in slice_metrics(filled, gt, vol.spacing, z).items())
+    assert f"This slice, with your edits (not saved yet): {want}" in [c.value for c in at.caption]
+    assert any(c.value.startswith("the mask being corrected") for c in at.caption)
     at.button(key="corr_undo").click().run()
     assert any("0 voxels added" in c.value for c in at.caption)
     at.button(key="corr_redo").click().run()
