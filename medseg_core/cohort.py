@@ -388,6 +388,25 @@ def read_masks(path: str | Path, model: str, set_name: str, case_id: str) -> tup
     return _unpack(z["mask"], shape), _unpack(z["before"], shape)
 
 
+def references_words(meta: dict) -> str:
+    """One sentence on the references a run was scored against, for the gallery: empty for the
+    dataset's own; for corrected references, how many cases used one and which of those files are gone
+    (their thumbnails then show the dataset's reference, not the one the numbers were computed on)."""
+    refs = meta.get("references") or {}
+    if refs.get("kind") != "corrected":
+        return ""
+    files = refs.get("files") or {}
+    gone = sorted(c for c, f in files.items() if not Path(f).is_file())
+    n = len(meta.get("case_ids", []))
+    out = f"Scored against reviewers' corrections where one was saved ({len(files)} of {n} cases)."
+    if gone:
+        out += (
+            f" The correction of {len(gone)} case(s) ({', '.join(gone[:5])}{' ...' if len(gone) > 5 else ''}) has "
+            "been deleted since: their pictures show the dataset's reference, their numbers the deleted correction."
+        )
+    return out
+
+
 def dataset_cases(meta: dict) -> dict:
     """case id -> :class:`~medseg_core.data.datasets.Case` of the dataset a run was made on, with the
     references the run scored against: a run made with ``references="corrected"`` gives the cases it

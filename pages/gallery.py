@@ -178,6 +178,8 @@ st.caption(
     f"{', '.join(set_name(k, v) for k, v in m['option_sets'].items())} · MC-dropout samples {m['mc_samples']} · "
     f"created {m['created']} · {m['seconds']} s"
 )
+if C.references_words(m):
+    (st.warning if "deleted" in C.references_words(m) else st.caption)(C.references_words(m))
 
 # ------------------------------------------------------------------ tables
 # plain tabs: tracking the open tab (on_change="rerun") made a click during a rerun get lost

@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import os
 import re
 import sqlite3
 
@@ -312,9 +313,15 @@ def test_cohort_scores_against_the_latest_correction(tmp_path, monkeypatch):
     shown = C.dataset_cases(r.meta)
     np.testing.assert_array_equal(shown[cases[0].case_id].load()[1]["ovary"], corrected)
     np.testing.assert_array_equal(shown[cases[1].case_id].load()[1]["ovary"], cases[1].load()[1]["ovary"])
+    assert C.references_words(r.meta).startswith("Scored against reviewers' corrections") and "1 of 2" in (
+        C.references_words(r.meta)
+    )
+    os.unlink(r.meta["references"]["files"][cases[0].case_id])  # a correction deleted after the run: said
+    assert "deleted since" in C.references_words(r.meta) and cases[0].case_id in C.references_words(r.meta)
+    assert C.references_words({}) == ""
     plain = C.load_run(C.run_cohort(cases, [], {"orig": {}}, tmp_path / "coh2", predictions={"colleague": preds}))
     assert [x["dice"] for x in plain.cases] == pytest.approx([1.0, 1.0])  # the default: the dataset's references
-    assert plain.meta["references"]["corrected_cases"] == 0
+    assert plain.meta["references"]["corrected_cases"] == 0 and C.references_words(plain.meta) == ""
 
 
 def test_apptest_correct_fill_save_becomes_the_reviewed_result(tmp_path, monkeypatch):
