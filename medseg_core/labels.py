@@ -166,12 +166,15 @@ def name_and_unit(key: str, kind: str | None = None) -> tuple[str, str]:
 
 
 def format_value(value: object, fmt: str = ".3g") -> str:
-    """A number for people: "n/a" for missing or NaN, booleans as yes/no."""
+    """A number for people: "n/a" for missing or NaN, booleans as yes/no, thousands written out with
+    separators ("1,260") rather than in exponent notation."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, (int, float)):
+        if fmt.endswith("g") and 1000 <= abs(value) < 1e15:  # 1,260 mm², not 1.26e+03
+            return f"{value:,.0f}"
         return format(value, fmt)
     return str(value)
 

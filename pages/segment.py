@@ -88,6 +88,7 @@ div:has(> .st-key-seg_image) {height: auto !important;}
 # 2. The picture's height follows the window (Streamlit cannot read it): the CSS variable --seg-fit
 #    is the window height below the picture's top, less FIT_RESERVE px for the legend line, within
 #    [FIT_MIN, FIT_MAX]; the plotly chart stretches to its container.
+# 3. Correct mode: the drawable canvas's own toolbar is hidden (see hideCanvasToolbar).
 FIT_RESERVE, FIT_MIN, FIT_MAX = 56, 360, 1100
 _VIEWER_JS = """<script>
 (function () {
@@ -110,8 +111,21 @@ _VIEWER_JS = """<script>
     var h = Math.round(Math.min(%(max)d, Math.max(%(min)d, window.innerHeight - top - %(reserve)d))) + "px";
     if (h !== last) { last = h; document.documentElement.style.setProperty("--seg-fit", h); }
   }
+  function hideCanvasToolbar() {  // 3. Correct mode: the drawing canvas's own undo / redo / edit bar acts on
+    // its strokes, which the page has already applied to the mask (the page's Undo / Redo act on the mask):
+    // hidden inside the component's shadow root, where page CSS cannot reach
+    document.querySelectorAll(".st-key-corr_canvas_box *").forEach(function (el) {
+      var root = el.shadowRoot;
+      if (root && !root.querySelector("style[data-medseg]")) {
+        var st = document.createElement("style");
+        st.setAttribute("data-medseg", "1");
+        st.textContent = ".dc-toolbar { display: none !important; }";
+        root.appendChild(st);
+      }
+    });
+  }
   window.addEventListener("resize", fit);
-  setInterval(fit, 400);
+  setInterval(function () { fit(); hideCanvasToolbar(); }, 400);
   fit();
   var acc = 0;
   document.addEventListener("wheel", function (e) {
@@ -530,7 +544,7 @@ def viewer():
                 )
         edited = CORR.editing(pred) if correcting else None
         legend_words = (
-            "the mask being corrected, in its label colour (TP / FP / FN colouring returns after saving)"
+            "The mask being corrected, in its label colour (TP / FP / FN colouring returns after saving)"
             if correcting
             else "TP green · FP red · FN blue"
             if compare and gt is not None

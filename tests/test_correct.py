@@ -363,7 +363,7 @@ def test_apptest_correct_fill_save_becomes_the_reviewed_result(tmp_path, monkeyp
     filled[z, cy, cx] = 1
     want = ", ".join(describe(k, v) for k, v in slice_metrics(filled, gt, vol.spacing, z).items())
     assert f"This slice, with your edits (not saved yet): {want}" in [c.value for c in at.caption]
-    assert any(c.value.startswith("the mask being corrected") for c in at.caption)
+    assert any(c.value.startswith("The mask being corrected") for c in at.caption)
     at.button(key="corr_undo").click().run()
     assert any("0 voxels added" in c.value for c in at.caption)
     at.button(key="corr_redo").click().run()
@@ -425,6 +425,13 @@ def test_browser_paint_a_stroke_save_and_the_dice_changes(tmp_path):
         box_loc = page.locator(".st-key-corr_canvas_box canvas")
         box_loc.last.wait_for()
         page.get_by_text("0 voxels added, 0 removed").wait_for()
+        # the canvas's own undo / redo / edit bar (it would act on strokes already applied) is hidden
+        page.wait_for_function(
+            """() => { for (const e of document.querySelectorAll('.st-key-corr_canvas_box *')) {
+                 const t = e.shadowRoot && e.shadowRoot.querySelector('.dc-toolbar');
+                 if (t) return getComputedStyle(t).display === 'none'; } return false; }""",
+            timeout=30_000,
+        )
         painted = page.get_by_text(re.compile(r"[1-9]\d* voxels added"))
         for attempt in range(3):  # on a loaded machine fabric.js may not be listening yet: draw again
             settled(page)

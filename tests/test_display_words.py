@@ -60,6 +60,7 @@ def test_display_names_for_people():
     assert display_name("some_new_depth_mm") == "Some new depth (mm)"
     assert describe("hd95_mm", 3.214) == "HD95 3.21 mm"
     assert describe("hd95_mm", float("nan")) == "HD95 n/a"
+    assert describe("pred_area_mm2", 1260.4) == "Predicted area 1,260 mm²" and describe("dice", 0.5) == "Dice 0.5"
     rows = display_rows(
         [
             {
