@@ -226,5 +226,40 @@ def predict_vs_monai(quick: bool) -> dict:
     }
 
 
+def layout_2d_rows(quick: bool) -> list[dict]:
+    """Every shipped 2D checkpoint: one batch of 8 at its input size, contiguous vs channels-last
+    weights (interleaved), and whether :data:`medseg_core.runtime.CHANNELS_LAST_2D` uses it."""
+    from medseg_core.checkpoints import checkpoint_status
+    from medseg_core.models import get_spec, list_models
+
+    rows = []
+    reps = 3 if quick else 7
+    for name in list_models():
+        spec = get_spec(name)
+        if spec.dims != "2d" or checkpoint_status(name) != "ok":
+            continue
+        m = load_model(name).module.eval()
+        h, w = load_model(name).size[-2:]
+        x = torch.randn(8, spec.in_channels, h, w, generator=torch.Generator().manual_seed(0))
+        args = (x, torch.zeros(8, 2)) if spec.clinical_inputs else (x,)
+        cl = copy.deepcopy(m).to(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            a = median_time(lambda m=m, args=args: m(*args), reps)
+            b = median_time(lambda cl=cl, args=args: cl(*args), reps)
+            a = min(a, median_time(lambda m=m, args=args: m(*args), reps))
+        rows.append(
+            {
+                "model": name,
+                "input": f"8 x {h} x {w}",
+                "contiguous_ms": round(a * 1000, 1),
+                "channels_last_ms": round(b * 1000, 1),
+                "ratio": round(b / a, 2),
+                "used": name in RT.CHANNELS_LAST_2D,
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def cpu_speed(quick: bool) -> dict:
-    return {"windows": window_rows(quick), "big_ct": big_ct_rows(quick)}
+    return {"windows": window_rows(quick), "big_ct": big_ct_rows(quick), "layout_2d": layout_2d_rows(quick)}

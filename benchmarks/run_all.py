@@ -513,7 +513,8 @@ def write_markdown(r: dict) -> str:
                     f"voxels change, Dice {w['bf16_dice']:.4f} to float32: not the same numbers, not kept"
                 )
             diff = "" if w.get("max_logit_diff") is None else f"{w['max_logit_diff']:.2g}"
-            lines.append(f"| {w['way']} | {w['ms']} | {diff} | {note} |")
+            ms = "not measured" if w["ms"] is None else w["ms"]
+            lines.append(f"| {w['way']} | {ms} | {diff} | {note} |")
         lines += [
             "",
             "Kept: channels-last-3d weights for 3D models on the CPU (`medseg_core.runtime`: the same float32 "
@@ -532,6 +533,23 @@ def write_markdown(r: dict) -> str:
         for b in cpu["big_ct"]:
             t = ", ".join(f"{k.removesuffix('_s')} {v}" for k, v in b["timings"].items() if k != "threads")
             lines.append(f"| {b['runtime']} | {b['seconds']} | {t} |")
+        if cpu.get("layout_2d"):
+            lines += [
+                "",
+                "## 2D layout",
+                "",
+                "Every shipped 2D checkpoint, one batch of 8 slices at its input size, contiguous vs channels-last "
+                "weights (medians, interleaved). `medseg_core.runtime.CHANNELS_LAST_2D` lists the architectures "
+                "that use channels-last (chosen from this table: clearly faster here).",
+                "",
+                "| model | input | contiguous (ms) | channels-last (ms) | ratio | used |",
+                "| --- | --- | --- | --- | --- | --- |",
+            ]
+            for x in cpu["layout_2d"]:
+                lines.append(
+                    f"| `{x['model']}` | {x['input']} | {x['contiguous_ms']} | {x['channels_last_ms']} | "
+                    f"{x['ratio']} | {'yes' if x['used'] else 'no'} |"
+                )
     if r.get("mc"):
         lines += [
             "",

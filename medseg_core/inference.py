@@ -381,7 +381,10 @@ def _run_2d(
 ) -> GridMaps:
     """Every axial slice of ``x`` (Z, Y, X) through a 2D model in batches, resized to the model's
     input and the maps resized back; progress reported between ``f0`` and ``f1``."""
+    from .runtime import prepare
+
     device = loaded.device
+    runtime = prepare(loaded)
     z, h, w = x.shape
     size = (int(loaded.size[0]), int(loaded.size[1]))
     rs = SliceResize((h, w), size)
@@ -407,7 +410,7 @@ def _run_2d(
         prog(f0 + (f1 - f0) * min(1.0, (i + bs) / z), f"slices {min(i + bs, z)}/{z}")
     timings["model_s"] = timings.get("model_s", 0.0) + time.perf_counter() - t
     t = time.perf_counter()
-    res = GridMaps()
+    res = GridMaps(runtime=runtime)
     if parts["seg"]:
         s = np.concatenate(parts["seg"])  # (Z, L, H', W')
         res.seg = np.stack([rs.inverse(s[:, k]) for k in range(s.shape[1])], axis=0)  # (L, Z, H, W)

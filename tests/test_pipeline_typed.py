@@ -108,7 +108,7 @@ def test_prediction_is_organised_by_what_it_holds_and_its_flat_names_are_read_on
     assert p.shape == p.geometry.shape == (1, 40, 50) and p.restoration is None and p.uncertainty is None
     with pytest.raises(TypeError):
         p.masks["x"] = r.mask  # type: ignore[index]  # views: write through per_label
-    assert p.runtime == "PyTorch" and p.timings["total_s"] > 0
+    assert p.runtime == R.CHANNELS_LAST_2D_WORDS and p.timings["total_s"] > 0
 
 
 def test_grid_maps_go_back_through_the_pelvis_geometry_typed():
@@ -132,6 +132,22 @@ def test_unet3d_with_channels_last_weights_gives_the_same_segmentation(monkeypat
     assert int(ref.mask.sum()) > 1000  # a real segmentation, not two empty masks
     # MC dropout runs the same (channels-last) module
     assert predict(lm, vol, PredictOptions(mc_samples=2)).runtime == R.CHANNELS_LAST
+
+
+def test_2d_models_take_channels_last_where_it_was_measured_faster_with_the_same_numbers(monkeypatch):
+    rng = np.random.default_rng(4)
+    v = Volume(rng.random((4, 80, 70)).astype(np.float32) * 100, (5.0, 0.8, 0.8), np.diag([0.8, 0.8, 5, 1]), "MR")
+    monkeypatch.setenv("MEDSEG_CHANNELS_LAST", "0")
+    ref = predict(load_model("ovary_unet"), v)
+    monkeypatch.setenv("MEDSEG_CHANNELS_LAST", "1")
+    lm = load_model("ovary_unet")
+    fast = predict(lm, v)
+    assert ref.runtime == R.CONTIGUOUS and fast.runtime == R.CHANNELS_LAST_2D_WORDS
+    conv = next(p for p in lm.module.parameters() if p.dim() == 4 and p.shape[1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert float(np.abs(fast.probability - ref.probability).max()) < 1e-5
+    tl5 = load_model("ovary_tl5")  # measured slower in channels-last: stays contiguous
+    assert predict(tl5, v).runtime == R.CONTIGUOUS and all(p.is_contiguous() for p in tl5.module.parameters())
 
 
 @pytest.mark.parametrize("name", ["vnet3d", "unetr3d"])
