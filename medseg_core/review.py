@@ -64,7 +64,8 @@ def fit_reason(spec: ModelSpec, volume: Volume) -> str:
     if volume.modality not in spec.modalities:
         return f"needs {'/'.join(spec.modalities)}, case is {volume.modality}"
     if spec.dims == "3d" and volume.shape[0] < 8:
-        return "needs a 3D volume"
+        n = volume.shape[0]
+        return f"needs a 3D volume of at least 8 slices; this case has {n} slice{'s' if n != 1 else ''}"
     if spec.task == "restoration" and not volume.is_2d:
         return "works on a single 2D image"
     return ""

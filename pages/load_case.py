@@ -8,6 +8,7 @@ import streamlit as st
 
 from medseg_core.inference import prediction_from_masks
 from medseg_core.io import InputError, list_series, load_label_masks, load_volume, union_mask
+from medseg_core.io.orientation import orientation_known
 from medseg_core.io.segmentation import file_stem, unique_name
 from medseg_core.render import slice_picture
 from medseg_core.review import initial_slice, state_anatomy, ultrasound_kinds
@@ -210,7 +211,8 @@ st.table({k: [v] for k, v in vol.describe().items()})
 z = initial_slice(vol.shape, "axial", ss.get("gt_mask"))
 st.image(
     slice_picture(vol.array, vol.spacing, "axial", z, ss["auto_window"]).rgb,
-    caption=f"Axial slice {z + 1} of {vol.shape[0]} · patient's right on the image left",
+    caption=f"Axial slice {z + 1} of {vol.shape[0]} · "
+    + ("patient's right on the image left" if orientation_known(vol.meta) else "left and right not stated in the file"),
     width=420,
 )
 if ss.get("gt_mask") is not None:

@@ -79,8 +79,12 @@ def test_image_files_and_nifti_without_transform_state_no_orientation():
     img.set_sform(None, code=0)
     bare = load_volume(img.to_bytes(), filename="bare.nii")
     assert not orientation_known(bare.meta)
+    # the Load case table agrees with the warning (it used to print the default order's letters, LAS)
+    assert any("stores no orientation" in w for w in bare.warnings)
+    assert bare.describe()["source orientation"] == "not stated (default axis order assumed)"
     ok = nib.Nifti1Image(np.zeros((8, 9, 4), np.float32), np.diag([0.8, 0.8, 3, 1]))
-    assert orientation_known(load_volume(ok.to_bytes(), filename="ok.nii").meta)
+    ok_vol = load_volume(ok.to_bytes(), filename="ok.nii")
+    assert orientation_known(ok_vol.meta) and ok_vol.describe()["source orientation"] == "RAS"
 
 
 # ----------------------------------------------------------------------------- the page (AppTest)
@@ -217,3 +221,15 @@ def test_browser_viewer_fits_the_window_wheel_moves_the_slice_and_export(tmp_pat
         assert im.text["medseg:letters"] == "RLAP" and float(im.text["medseg:scale_bar_mm"]) > 0
         assert dl.value.suggested_filename == f"view_axial_{start + 3}.png"
         im.save(ARTIFACTS / "viewer_export.png")
+
+
+def test_fit_reason_says_how_many_slices_a_3d_model_needs():
+    """Load case's sidebar lists why a model is not offered: a 1-slice CT (pydicom's CT_small.dcm)
+    reads "needs a 3D volume of at least 8 slices; this case has 1 slice" (it said "needs a 3D volume")."""
+    from medseg_core.models import get_spec
+    from medseg_core.review import fit_reason
+
+    ct = load_volume(PYDICOM_FILES / "CT_small.dcm")
+    assert ct.shape[0] == 1 and ct.modality == "CT"
+    assert fit_reason(get_spec("unet3d"), ct) == "needs a 3D volume of at least 8 slices; this case has 1 slice"
+    assert fit_reason(get_spec("ovary_unet"), ct) == "needs MR, case is CT"

@@ -118,7 +118,11 @@ def read_nifti(data: bytes, name: str, limits: Limits) -> tuple[np.ndarray, np.n
         )
     meta = {
         "format": "NIfTI-1" if kind == "nifti1" else "NIfTI-2",
-        "source_orientation": "".join(nib.aff2axcodes(affine)),
+        # a file without qform/sform states no orientation: the table says so, as the DICOM loader does,
+        # instead of the letters of the default axis order (which contradicted the warning above)
+        "source_orientation": "not stated (default axis order assumed)"
+        if codes == (0, 0)
+        else "".join(nib.aff2axcodes(affine)),
         "source_dtype": str(img.get_data_dtype()),
         "bitpix": int(bitpix),
     }
