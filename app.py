@@ -73,7 +73,8 @@ with st.sidebar:
         if unfit:
             with st.expander(f"Not available for this case ({len(unfit)})"):
                 for c in unfit:
-                    st.markdown(f"<span style='color:#888'>{c.name}: {c.reason}</span>", unsafe_allow_html=True)
+                    who = c.title if c.title == c.name else f"{c.title} ({c.name})"
+                    st.markdown(f"<span style='color:#888'>{who}: {c.reason}</span>", unsafe_allow_html=True)
     else:
         st.caption("No case loaded.")
     st.warning("Research use only. Not a medical device; not for diagnosis.")

@@ -281,13 +281,14 @@ class CohortCalibration:
         """The (model, option set) pairs measured, in the run's order."""
         return list(self.n_cases)
 
-    def rows(self) -> list[dict]:
-        """Every model, option set and region side by side, in words for a table."""
+    def rows(self, titles: dict[str, str] | None = None) -> list[dict]:
+        """Every model, option set and region side by side, in words for a table (``titles``: model
+        name -> the title to show)."""
         from .labels import set_name
 
         return [
             {
-                "Model": m,
+                "Model": (titles or {}).get(m, m),
                 "Option set": set_name(s),
                 "Evidence": REGION_WORDS.get(r, r),
                 "Expected calibration error": rel.ece,

@@ -287,6 +287,10 @@ def run_cohort(
     meta = {
         "models": model_names + list(folders),
         "model_refs": {n: ref for n, (_, ref) in loaded.items()},
+        "model_titles": {
+            **{n: lm.spec.title for n, (lm, _) in loaded.items()},
+            **{n: f"{n} (predictions)" for n in folders},
+        },
         "predictions": {n: str(f.directory) for n, f in folders.items()},
         "option_sets": option_sets,
         "exact_options": exact,
@@ -386,6 +390,38 @@ def read_masks(path: str | Path, model: str, set_name: str, case_id: str) -> tup
     z = np.load(mask_file(Path(path), model, set_name, case_id))
     shape = tuple(int(s) for s in z["shape"])
     return _unpack(z["mask"], shape), _unpack(z["before"], shape)
+
+
+def model_title(meta: dict, name: str) -> str:
+    """The title a person reads for a run's model (the card's title, "NAME (predictions)" for a folder of
+    predictions); runs written before titles were recorded fall back on the card found by name, then the name."""
+    titles = meta.get("model_titles") or {}
+    if name in titles:
+        return str(titles[name])
+    if name in (meta.get("predictions") or {}):
+        return f"{name} (predictions)"
+    try:
+        from .checkpoints import model_spec
+
+        return str(model_spec((meta.get("model_refs") or {}).get(name, name)).title)
+    except Exception:  # noqa: BLE001 - a model no longer on disk keeps its name
+        return name
+
+
+def run_summary(meta: dict) -> str:
+    """The gallery's one-line description of a run, in words."""
+    from .labels import set_name
+
+    mc = int(meta.get("mc_samples") or 0)
+    parts = [
+        f"{len(meta.get('case_ids', []))} cases",
+        "models " + ", ".join(model_title(meta, n) for n in meta.get("models", [])),
+        "option sets " + ", ".join(set_name(k, v) for k, v in (meta.get("option_sets") or {}).items()),
+        f"uncertainty from {mc} MC-dropout samples" if mc else "no uncertainty (MC dropout off)",
+        f"created {meta.get('created', '?')}",
+        f"{meta.get('seconds', '?')} s",
+    ]
+    return " · ".join(parts)
 
 
 def references_words(meta: dict) -> str:
@@ -653,15 +689,17 @@ def thumbnail(
     ).rgb
 
 
-def caption(row: dict) -> str:
-    """A slice row in words: case, 1-based slice number, model, option set, main finding, Dice*."""
+def caption(row: dict, meta: dict | None = None) -> str:
+    """A slice row in words: case, 1-based slice number, model (its title when the run's ``meta`` is
+    given), option set, main finding, Dice*."""
     from .labels import display_name, set_name
 
     u = row.get("uncertainty")
     unc = f" · entropy {u:.3f} nats" if _finite(u) else ""
     number = row.get("slice_number", int(row["slice"]) + 1)
     return (
-        f"{row['case']} · slice {number} · {row['model']} · {set_name(row['set'])} · "
+        f"{row['case']} · slice {number} · {model_title(meta, row['model']) if meta else row['model']} · "
+        f"{set_name(row['set'])} · "
         f"{display_name(row['primary'])} · Dice* {row['dice_star']:.2f}{unc}"
     )
 

@@ -514,7 +514,7 @@ def _run_3d(
 
     def predictor(win: torch.Tensor) -> torch.Tensor:
         calls[0] += 1
-        prog(0.1 + 0.8 * min(1.0, calls[0] / total_calls), f"window batch {calls[0]}/{total_calls}")
+        prog(0.1 + 0.8 * min(1.0, calls[0] / total_calls), f"Sliding window: part {calls[0]} of {total_calls}")
         if n_mc:  # samples as channels: MONAI blends each one like a probability map
             return torch.cat(unc.mc_samples(m, win, n_mc, options.seed, forward=lambda w: fg(m(w))), 1)
         if options.tta:

@@ -244,15 +244,17 @@ def uncertainty_scores(entropy: np.ndarray, mask: np.ndarray, band_px: int = 2) 
     """Per-slice and per-case uncertainty for ranking: mean entropy over the predicted mask plus a
     ``band_px`` in-plane band around it (where boundary doubt lives). Slices with no prediction
     score the mean entropy of the slice (so a missed structure with high entropy still ranks).
-    Values in nats (max ln 2)."""
+    Values in nats (max ln 2). ``on_prediction[z]`` says which of the two a slice's score is (True:
+    over the prediction and its band; False: the whole slice, no prediction there)."""
     e = np.asarray(entropy, np.float32)
     m = np.asarray(mask) > 0
     st = np.zeros((3, 3, 3), bool)
     st[1] = ndimage.generate_binary_structure(2, 1)
     region = ndimage.binary_dilation(m, st, iterations=band_px) if m.any() else m
-    per_slice = []
+    per_slice, on_prediction = [], []
     for z in range(e.shape[0]):
         r = region[z]
+        on_prediction.append(bool(r.any()))
         per_slice.append(float(e[z][r].mean()) if r.any() else float(e[z].mean()))
     case = float(e[region].mean()) if region.any() else float(e.mean())
-    return {"per_slice": per_slice, "case": case, "band_px": band_px}
+    return {"per_slice": per_slice, "on_prediction": on_prediction, "case": case, "band_px": band_px}

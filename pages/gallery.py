@@ -173,11 +173,7 @@ except (OSError, KeyError, ValueError) as e:
     st.error(f"This run folder cannot be read ({e}).")
     st.stop()
 m = r.meta
-st.caption(
-    f"{len(m['case_ids'])} cases · models {', '.join(m['models'])} · option sets "
-    f"{', '.join(set_name(k, v) for k, v in m['option_sets'].items())} · MC-dropout samples {m['mc_samples']} · "
-    f"created {m['created']} · {m['seconds']} s"
-)
+st.caption(C.run_summary(m))
 if C.references_words(m):
     (st.warning if "deleted" in C.references_words(m) else st.caption)(C.references_words(m))
 
@@ -221,7 +217,7 @@ with tab_g:
         format_func=display_name,
         help="; ".join(f"{display_name(k)}: {v}" for k, v in A.TAG_DESCRIPTIONS.items()),
     )
-    models = g2.multiselect("Models", m["models"], key="gal_models")
+    models = g2.multiselect("Models", m["models"], key="gal_models", format_func=lambda n: C.model_title(m, n))
     sets = g3.multiselect(
         "Option sets",
         list(m["option_sets"]),
@@ -262,12 +258,12 @@ with tab_g:
     for k, row in enumerate(page_rows):
         with cols[k % 4]:
             th = _thumb(path, row["model"], row["set"], row["case"], int(row["slice"]), 220)
-            st.image(th, caption=C.caption(row), width="stretch")
+            st.image(th, caption=C.caption(row, m), width="stretch")
             st.markdown(f"Verdict {badge(status.get(str(row['case']), 'not_reviewed'))}")
             b1, b2 = st.columns(2)
             b1.button("Open in review", key=f"open_{k}", on_click=open_in_review, args=(path, row))
             if b2.checkbox("Story", key=f"story_{row['model']}_{row['set']}_{row['case']}_{row['slice']}"):
-                story.append((th, C.caption(row)))
+                story.append((th, C.caption(row, m)))
     if rows:
         st.download_button(
             "Export story (PNG sheet of the ticked examples)"
@@ -276,7 +272,7 @@ with tab_g:
             C.story_png(
                 story
                 or [
-                    (_thumb(path, x["model"], x["set"], x["case"], int(x["slice"]), 220), C.caption(x))
+                    (_thumb(path, x["model"], x["set"], x["case"], int(x["slice"]), 220), C.caption(x, m))
                     for x in rows[:6]
                 ],
                 title=f"{', '.join(map(display_name, tags)) or 'all slices'} · {r.name}",
@@ -323,7 +319,9 @@ with tab_c:
     elif not cal.pairs():
         st.info("No model of this run has probability maps with references (a folder of predictions has none).")
     else:
-        pairs = {f"{mo} · {set_name(se, m['option_sets'].get(se))}": (mo, se) for mo, se in cal.pairs()}
+        pairs = {
+            f"{C.model_title(m, mo)} · {set_name(se, m['option_sets'].get(se))}": (mo, se) for mo, se in cal.pairs()
+        }
         k1, k2 = st.columns([2, 3])
         pick = pairs[k1.selectbox("Model and option set", list(pairs), key="gal_cal_pair")]
         regions = cal.regions(*pick)
@@ -345,7 +343,7 @@ with tab_c:
         rel = cal.reliability[(*pick, region)]
         cc1, cc2 = st.columns([2, 1])
         cc1.plotly_chart(
-            CAL.reliability_figure(rel, f"{pick[0]} · {set_name(pick[1])}"),
+            CAL.reliability_figure(rel, f"{C.model_title(m, pick[0])} · {set_name(pick[1])}"),
             width="stretch",
             key="gal_cal_fig",
             config={"displaylogo": False, "displayModeBar": False},
@@ -362,7 +360,7 @@ with tab_c:
             "maximum is the largest gap in any bin. " + cal.probability_words(*pick, requested=requested)
         )
         with st.expander("Every model and option set"):
-            st.dataframe(cal.rows(), hide_index=True)
+            st.dataframe(cal.rows(titles={n: C.model_title(m, n) for n in m["models"]}), hide_index=True)
         with st.expander("Bins"):
             st.dataframe(rel.rows(), hide_index=True)
 

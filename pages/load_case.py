@@ -44,24 +44,32 @@ with tab_upload:
         "Files are read in memory and never shared with other sessions."
     )
     files = st.file_uploader("Image file(s)", accept_multiple_files=True, key="upload")
-    modality = st.selectbox(
-        "Modality of an image file",
-        ["US", "MR", "CT", "OT"],
-        key="img_modality",
-        help="Only used for PNG/JPEG/TIFF/BMP; NIfTI is guessed, DICOM says.",
-    )
+    modality = None  # NIfTI: guessed from the intensities; DICOM: the file says
+    if files and _is_image(files):  # a picture file says nothing of its modality: the user does
+        modality = st.selectbox(
+            "Modality of this image",
+            ["US", "MR", "CT", "OT"],
+            key="img_modality",
+            help="A PNG/JPEG/TIFF/BMP file does not say what it shows; ultrasound (US) is the usual case. "
+            "NIfTI modality is guessed from its intensities and DICOM states its own.",
+        )
     if files:
         src = files if len(files) > 1 else files[0]
         sig = tuple((f.name, f.size) for f in files)
         try:
-            series = [s for s in list_series(src) if s.has_pixels]
+            size_mb = sum(f.size for f in files) / 1e6
+            with st.spinner(f"Reading {len(files)} file{'s' if len(files) > 1 else ''} ({size_mb:,.1f} MB)..."):
+                series = [s for s in list_series(src) if s.has_pixels]
             key = None
             if len(series) > 1:
                 labels = {s.label(): s.key for s in series}
                 key = labels[st.selectbox("This upload holds several series: choose one", list(labels), key="series")]
             if ss.get("upload_sig") != (sig, key, modality):
-                with loading_slot():  # one volume read at a time on this server (transient copies)
-                    vol = load_volume(src, series=key, modality=modality if _is_image(files) else None)
+                with (
+                    st.spinner("Loading the volume (waits while another session loads one)..."),
+                    loading_slot(),  # one volume read at a time on this server (transient copies)
+                ):
+                    vol = load_volume(src, series=key, modality=modality)
                     set_case(vol)
                 ss["upload_sig"] = (sig, key, modality)
                 st.rerun()

@@ -143,23 +143,37 @@ def unc_viewer():
     if len(scores) > 1:
         import plotly.graph_objects as go
 
-        numbers = list(range(1, len(scores) + 1))  # slice numbers as people count them
-        fig = go.Figure(
-            go.Scatter(
-                y=scores, x=numbers, mode="lines+markers", hovertemplate="slice %{x}: %{y:.3f} nats<extra></extra>"
+        # a slice with a prediction scores the prediction and its band; one without scores the whole
+        # slice (mostly easy background): two traces, so the low values are not read as confident contours
+        on = pred.uncertainty_scores.get("on_prediction") or [True] * len(scores)
+        fig = go.Figure()
+        for kind, colour, words in (
+            (True, "#1f77b4", "over the prediction and a 2-pixel band"),
+            (False, "#9e9e9e", "whole slice (no prediction on it)"),
+        ):
+            fig.add_trace(
+                go.Scatter(
+                    x=[i + 1 for i in range(len(scores)) if on[i] is kind],  # slice numbers as people count them
+                    y=[v for i, v in enumerate(scores) if on[i] is kind],
+                    mode="markers" if not kind else "lines+markers",
+                    name=f"Mean entropy {words}",
+                    marker=dict(color=colour, size=5),
+                    line=dict(color=colour),
+                    hovertemplate=f"slice %{{x}}: %{{y:.3f}} nats ({words})<extra></extra>",
+                )
             )
-        )
         fig.add_vline(x=z + 1, line_color="#ffd54f")
         fig.update_layout(
-            height=220,
+            height=260,
             margin=dict(l=0, r=0, t=24, b=0),
-            title="Per-slice uncertainty (mean entropy over the prediction and a 2-pixel band)",
+            title="Per-slice uncertainty",
             xaxis_title="slice",
             yaxis_title="nats",
             xaxis_range=[0.5, len(scores) + 0.5],
+            legend=dict(orientation="h", yanchor="top", y=-0.3),
         )
         st.plotly_chart(fig, width="stretch", key="unc_curve")
-        rows = per_slice_rows(scores)
+        rows = per_slice_rows(scores, on)
         ranked = sorted(rows, key=lambda r: -r["uncertainty_nats"])[:8]
         st.caption(
             "Most uncertain slices: "
@@ -173,14 +187,22 @@ def unc_viewer():
             key="dl_unc_csv",
             on_click=exported("per-slice uncertainty CSV", name),
             help="Columns: slice (0-based array index), slice_number (1-based, as shown here), "
-            "uncertainty_nats (mean entropy).",
+            "uncertainty_nats (mean entropy), measured_over (the prediction and its band, or the whole slice "
+            "where nothing was predicted).",
         )
 
 
-def per_slice_rows(scores) -> list[dict]:
+def per_slice_rows(scores, on_prediction=None) -> list[dict]:
     """The per-slice scores as rows: ``slice`` is the 0-based array index, ``slice_number`` the
-    number shown on screen (the CSV convention of :mod:`medseg_core.tables`)."""
-    return [with_slice_numbers({"slice": z, "uncertainty_nats": float(v)}) for z, v in enumerate(scores)]
+    number shown on screen (the CSV convention of :mod:`medseg_core.tables`), ``measured_over`` what
+    the mean entropy was taken over."""
+    on = on_prediction or [True] * len(scores)
+    return [
+        with_slice_numbers(
+            {"slice": z, "uncertainty_nats": float(v), "measured_over": "prediction+band" if on[z] else "whole slice"}
+        )
+        for z, v in enumerate(scores)
+    ]
 
 
 unc_viewer()
@@ -222,7 +244,11 @@ else:
     )
     with cc2:
         st.metric("Expected calibration error", f"{rel.ece:.3f}")
-        st.metric("Largest bin gap", f"{rel.mce:.3f}")
+        st.metric(
+            "Maximum calibration error",
+            f"{rel.mce:.3f}",
+            help="The largest gap between predicted probability and observed frequency in any bin.",
+        )
         st.caption(
             f"Over {rel.n:,} voxels of this case in 15 bins of the foreground probability "
             + ("(temperature-scaled)" if pred.calibration else "(the model's own)")

@@ -265,7 +265,14 @@ def test_segment_and_uncertainty_pages_speak_words_and_count_slices_from_one():
     z = at.session_state["unc_slice"]
     assert any(t.endswith(f"axial slice {z + 1} of {n}") for t in texts)
     curve = json.loads([e for e in at if getattr(e, "type", "") == "plotly_chart"][1].proto.spec)
-    assert curve["data"][0]["x"][0] == 1 and curve["data"][0]["x"][-1] == n
+    xs = sorted(x for t in curve["data"] for x in t["x"])
+    assert xs == list(range(1, n + 1))
+    # a slice without a prediction is scored over the whole slice: drawn as its own, named trace
+    on = unc.uncertainty_scores["on_prediction"]
+    pred_mask = unc.mask
+    assert on == [bool(pred_mask[k].any()) for k in range(n)]
+    whole = next(t for t in curve["data"] if "whole slice" in t["name"])
+    assert whole["x"] == [k + 1 for k in range(n) if not on[k]]
     # the per-slice CSV offered beside it: slice (0-based) and slice_number (1-based, as shown)
     from medseg_core.tables import csv_text
 
@@ -302,7 +309,43 @@ def test_gallery_speaks_words_and_counts_slices_from_one(pelvic_cohort, monkeypa
         C.filter_slices(run.slices, list(at.multiselect(key="gal_tags").value), None, list(C.SIDE_SETS)),
         "Dice (worst first)",
     )
-    caption = C.caption(rows[0])
+    caption = C.caption(rows[0], run.meta)
     assert caption in texts  # the first thumbnail's
+    # models are named by their cards' titles (not the checkpoint's file name) in captions, picker and summary
+    from medseg_core.checkpoints import model_spec
+
+    title = model_spec(rows[0]["model"]).title
+    assert f" · {title} · " in caption and title != rows[0]["model"]
+    assert at.multiselect(key="gal_models").format_func(rows[0]["model"]) == title
+    summary = C.run_summary(run.meta)
+    assert summary in texts and f"models {title}" in summary and "MC-dropout samples 0" not in summary
     assert f"{rows[0]['case']} · slice {rows[0]['slice'] + 1} ·" in caption
     assert f" · slice {rows[0]['slice_number']} ·" in caption
+
+
+def test_run_summary_and_model_titles_for_every_kind_of_run():
+    """A run's one-line summary: card titles for models, "(predictions)" for a folder of them, the
+    title recorded at run time even when the checkpoint has gone, and uncertainty in words."""
+    from medseg_core import cohort as C
+
+    meta = {
+        "case_ids": ["a", "b"],
+        "models": ["ovary_unet_gone", "theirs"],
+        "model_titles": {"ovary_unet_gone": "Ovary U-Net (retired)"},
+        "predictions": {"theirs": "/data/theirs"},
+        "option_sets": {"orig": {}},
+        "mc_samples": 0,
+        "created": "2026-12-07 10:00:00",
+        "seconds": 12.5,
+    }
+    s = C.run_summary(meta)
+    assert s.startswith("2 cases · models Ovary U-Net (retired), theirs (predictions) · option sets ")
+    assert "no uncertainty (MC dropout off)" in s and s.endswith("12.5 s")
+    assert "uncertainty from 6 MC-dropout samples" in C.run_summary({**meta, "mc_samples": 6})
+    # a run written before titles were recorded: the card found by name, else the name itself
+    old = {k: v for k, v in meta.items() if k != "model_titles"}
+    assert C.model_title(old, "ovary_unet_gone") == "ovary_unet_gone"
+    from medseg_core.checkpoints import list_checkpoints, model_spec
+
+    shipped = next(c for c in list_checkpoints() if c.shipped).name
+    assert C.model_title({**old, "models": [shipped]}, shipped) == model_spec(shipped).title

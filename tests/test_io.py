@@ -127,6 +127,30 @@ def test_4d_nifti_keeps_first_volume_with_warning():
     assert any("4D" in w for w in v.warnings)
 
 
+def test_cifti_file_refused_not_shown_as_one_voxel(nibabel_files):
+    """nibabel's bundled CIFTI-2 connectivity file (a NIfTI-2 whose dims are 1 x 1 x 1 x 1 x N x M)
+    loaded as a 1 x 1 x 1 'MR' before; it is refused with what it is."""
+    with pytest.raises(InputError) as e:
+        load_volume((nibabel_files / "row_major.dconn.nii").read_bytes(), filename="row_major.dconn.nii")
+    assert "CIFTI" in str(e.value) and "not a voxel image" in str(e.value)
+    assert_readable(str(e.value))
+
+
+def test_nifti_with_values_only_outside_space_refused():
+    img = nib.Nifti1Image(np.arange(12, dtype=np.float32).reshape(1, 1, 1, 1, 12), np.eye(4))
+    with pytest.raises(InputError) as e:
+        load_volume(img.to_bytes(), filename="vector.nii")
+    assert "no image grid" in str(e.value) and "12" in str(e.value)
+    assert_readable(str(e.value))
+
+
+def test_geometry_table_writes_large_intensities_out():
+    data = np.full((3, 4, 5), -1024, np.float32)
+    data[1, 2, 3] = 31744.0
+    d = load_volume(nifti(data, np.eye(4)), filename="ct.nii.gz").describe()
+    assert d["intensity range"] == "-1,024 .. 31,744"
+
+
 def test_nan_inf_replaced_with_warning():
     data = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
     data[0, 0, 0] = np.nan

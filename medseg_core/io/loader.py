@@ -261,7 +261,10 @@ def _load_volume(
             vol = _load_dicom(dicoms, display_name, series, limits, warnings, n_other=len(files) - len(dicoms))
         elif niftis:
             if len(niftis) > 1:
-                raise InputError(f"The upload holds {len(niftis)} NIfTI files; load one volume at a time.")
+                raise InputError(
+                    f"The upload holds {len(niftis)} NIfTI files; load one volume at a time "
+                    "(a mask of it is uploaded under 'Masks for this case')."
+                )
             n, d = niftis[0]
             warnings += _ext_warning(n, _kind(n, d))
             arr, aff, w, meta = read_nifti(d, n, limits)

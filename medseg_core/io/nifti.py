@@ -31,6 +31,17 @@ def _header_dims(head: bytes, kind: str) -> tuple[list[int], int]:
     raise InputError("The NIfTI header is unreadable; the file is damaged or not NIfTI.")
 
 
+def _intent_code(head: bytes, kind: str) -> int:
+    """The header's intent_code (what the data mean: 0 none, 1002 labels, 3000-3099 CIFTI-2)."""
+    for endian in "<>":
+        (size,) = struct.unpack(endian + "i", head[:4])
+        if kind == "nifti1" and size == 348:
+            return int(struct.unpack(endian + "h", head[68:70])[0])
+        if kind == "nifti2" and size == 540:
+            return int(struct.unpack(endian + "i", head[504:508])[0])
+    return 0
+
+
 def read_nifti(data: bytes, name: str, limits: Limits) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
     """Decode NIfTI bytes (plain or gzip) into a canonical (Z, Y, X) float32 array.
 
@@ -58,7 +69,19 @@ def read_nifti(data: bytes, name: str, limits: Limits) -> tuple[np.ndarray, np.n
         raise InputError(
             f"'{name}' declares an empty image (shape {' x '.join(map(str, shape))}); it holds no voxels to show."
         )
+    intent = _intent_code(head, kind)
+    if 3000 <= intent <= 3099:  # NIFTI_INTENT_CONNECTIVITY_*: CIFTI-2 (grayordinates, parcels, a matrix)
+        raise InputError(
+            f"'{name}' is a CIFTI file (brain surface and grayordinate data such as .dconn/.dscalar/.dtseries), "
+            "not a voxel image; medseg reads volumes. Upload a NIfTI volume (.nii or .nii.gz)."
+        )
     spatial = (shape + [1, 1, 1])[:3]
+    if spatial == [1, 1, 1] and int(np.prod(shape)) > 1:
+        raise InputError(
+            f"'{name}' holds no image grid: its three spatial dimensions are 1 and its "
+            f"{int(np.prod(shape)):,} values lie along other dimensions ({' x '.join(map(str, shape))}). "
+            "Upload a NIfTI volume."
+        )
     check_voxel_budget(spatial, limits, f"file '{name}'")
     if ndim > 3 and int(np.prod(shape[3:])) > 1:
         check_voxel_budget(

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from ..labels import format_value
+
 MODALITIES = ("CT", "MR", "US", "OT")
 
 
@@ -123,5 +125,6 @@ class Volume:
             "field of view (mm, Z/Y/X)": " x ".join(
                 f"{n * s:.1f}" for n, s in zip(self.shape, self.spacing, strict=True)
             ),
-            "intensity range": f"{float(self.array.min()):.4g} .. {float(self.array.max()):.4g}",
+            "intensity range": f"{format_value(float(self.array.min()), '.4g')} .. "
+            f"{format_value(float(self.array.max()), '.4g')}",
         }
