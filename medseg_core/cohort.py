@@ -753,32 +753,56 @@ def story_png(items: list[tuple[np.ndarray, str]], title: str = "", columns: int
     return buf.getvalue()
 
 
-def uncertainty_scatter(rows: list[dict], height: int = 360) -> go.Figure:
+#: At most this many points are drawn in the gallery's uncertainty scatter (a seeded sample, both groups in
+#: proportion); the AUROC, counts and means are always of every slice.
+SCATTER_POINTS = 4000
+
+
+def uncertainty_scatter(
+    rows: list[dict] | S.RowTable, height: int = 360, meta: dict | None = None, max_points: int = SCATTER_POINTS
+) -> tuple[go.Figure, dict]:
     """Plotly scatter of per-slice uncertainty against Dice* (failed slices in vermilion), titled
-    with the AUROC of the uncertainty for detecting failed slices (:func:`analysis.uncertainty_auroc`)."""
+    with the AUROC of the uncertainty for detecting failed slices (:func:`analysis.uncertainty_auroc`,
+    over every informative slice with a score). Above ``max_points`` slices a seeded random sample is
+    drawn (the legend and the returned ``au["n_drawn"]`` say how many); hover captions name models by
+    their titles when the run's ``meta`` is given."""
     import plotly.graph_objects as go
 
-    if isinstance(rows, S.RowTable):  # select on the columns, make dict rows only for those plotted
-        u = rows.frame["uncertainty"].to_numpy(float, na_value=np.nan) if "uncertainty" in rows.frame else np.array([])
-        keep = (
-            np.isfinite(u) & (rows.frame["ref_present"].to_numpy(bool) | rows.frame["pred_present"].to_numpy(bool))
-            if len(u)
-            else np.zeros(len(rows), bool)
-        )
-        rows = rows.take(np.flatnonzero(keep))
-    use = [r for r in rows if _finite(r.get("uncertainty")) and (r["ref_present"] or r["pred_present"])]
-    au = A.uncertainty_auroc(use)
+    if not isinstance(rows, S.RowTable):
+        rows = S.RowTable.from_records(list(rows)) if rows else S.RowTable.from_records([])
+    f = rows.frame
+    n = len(f)
+    u = f["uncertainty"].to_numpy(float, na_value=np.nan) if "uncertainty" in f else np.full(n, np.nan)
+    informative = f["ref_present"].to_numpy(bool) | f["pred_present"].to_numpy(bool) if n else np.zeros(0, bool)
+    idx = np.flatnonzero(np.isfinite(u) & informative)
+    failed = (f["primary"].astype(str).to_numpy() != "good")[idx] if n else np.zeros(0, bool)
+    score = u[idx]
+    au = {
+        "n_failed": int(failed.sum()),
+        "n_good": int((~failed).sum()),
+        "auroc": M.NAN,
+        "mean_failed": float(score[failed].mean()) if failed.any() else M.NAN,
+        "mean_good": float(score[~failed].mean()) if (~failed).any() else M.NAN,
+    }
+    if failed.any() and (~failed).any():
+        au["auroc"] = M.roc_auc(failed.astype(int), score)
+    drawn = np.arange(len(idx))
+    if len(idx) > max_points:  # the same sample on every rerun: the picture does not flicker
+        drawn = np.sort(np.random.default_rng(0).choice(len(idx), max_points, replace=False))
+    au["n_drawn"] = int(len(drawn))
     fig = go.Figure()
     for is_failed, colour, label in ((False, "#009E73", "good"), (True, "#D55E00", "failed")):
-        sel = [r for r in use if (r["primary"] != "good") == is_failed]
+        pick = drawn[failed[drawn] == is_failed]
+        sel = rows.take(idx[pick]).records()
+        total = au["n_failed"] if is_failed else au["n_good"]
         fig.add_trace(
-            go.Scatter(
+            go.Scattergl(
                 x=[r["uncertainty"] for r in sel],
                 y=[r["dice_star"] for r in sel],
                 mode="markers",
-                name=f"{label} ({len(sel)})",
+                name=f"{label} ({total:,})" if len(pick) == total else f"{label} ({len(pick):,} of {total:,} drawn)",
                 marker=dict(color=colour, size=6, opacity=0.7),
-                text=[caption(r) for r in sel],
+                text=[caption(r, meta) for r in sel],
                 hovertemplate="%{text}<extra></extra>",
             )
         )

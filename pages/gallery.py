@@ -298,13 +298,19 @@ with tab_u:
     if not C.has_uncertainty(sel):
         st.info("This run has no uncertainty scores (run it with MC-dropout samples).")
     else:
-        fig, au = C.uncertainty_scatter(sel)
+        fig, au = C.uncertainty_scatter(sel, meta=m)
         st.plotly_chart(fig, width="stretch", key="gal_scatter")
         st.caption(
             f"A slice *failed* when its main finding is not {display_name('good')}. {au['n_failed']} failed, "
             f"{au['n_good']} good; "
             f"mean uncertainty {au['mean_failed']:.3f} vs {au['mean_good']:.3f} nats. AUROC 0.5 = the score "
             "does not tell failed slices from good ones."
+            + (
+                f" The picture draws a random {au['n_drawn']:,} of the {au['n_failed'] + au['n_good']:,} slices; "
+                "the counts, means and AUROC are of all of them."
+                if au["n_drawn"] < au["n_failed"] + au["n_good"]
+                else ""
+            )
         )
 
 # ------------------------------------------------------------------ calibration over the cohort (issue 18 item 4)

@@ -232,3 +232,28 @@ def test_sharded_cohort_under_torchrun_equals_one_process_and_resumes(tmp_path):
     assert list(cal_two) == list(cal_one) and len(cal_one) == 2 * 2
     for k, rel in cal_one.items():
         assert cal_two[k].n == rel.n and abs(cal_two[k].ece - rel.ece) < 1e-6
+
+
+def test_uncertainty_scatter_scores_every_slice_and_draws_a_fixed_sample(tmp_path):
+    """A 300 000-row run: the AUROC and counts are of every informative slice (equal to
+    analysis.uncertainty_auroc on the dict rows), the picture draws at most SCATTER_POINTS of them, the
+    same ones on every call, both groups in the legend with their totals."""
+    run = C.load_run(S.synthetic_run(tmp_path / "big", n_cases=500, n_slices=50))
+    table = run.slices
+    assert len(table) == 300_000
+    fig, au = C.uncertainty_scatter(table)
+    ref = A.uncertainty_auroc(table.records())
+    assert au["n_failed"] == ref["n_failed"] and au["n_good"] == ref["n_good"]
+    assert au["auroc"] == pytest.approx(ref["auroc"], abs=1e-12) and 0.5 < au["auroc"] < 1.0
+    assert au["n_drawn"] == C.SCATTER_POINTS == sum(len(t.x) for t in fig.data)
+    assert [t.name for t in fig.data] == [
+        f"good ({sum(1 for _ in fig.data[0].x):,} of {au['n_good']:,} drawn)",
+        f"failed ({sum(1 for _ in fig.data[1].x):,} of {au['n_failed']:,} drawn)",
+    ]
+    again, _ = C.uncertainty_scatter(table)
+    assert list(again.data[1].x) == list(fig.data[1].x)
+    # a small selection is drawn whole, from dict rows as well
+    few = table.records(0, 500)
+    fig_few, au_few = C.uncertainty_scatter(few)
+    assert au_few["n_drawn"] == au_few["n_failed"] + au_few["n_good"] == sum(len(t.x) for t in fig_few.data)
+    assert au_few["auroc"] == pytest.approx(A.uncertainty_auroc(few)["auroc"], abs=1e-12) or math.isnan(au_few["auroc"])
