@@ -476,6 +476,12 @@ class Correction:
         return next(iter(self.masks.values())).shape
 
     @property
+    def nbytes(self) -> int:
+        """What this correction adds to a session's memory: the working copies and the undo / redo history
+        (the model's masks in ``base`` belong to the prediction and are counted with it)."""
+        return sum(int(m.nbytes) for m in self.masks.values()) + self.history.nbytes
+
+    @property
     def voxel_ml(self) -> float:
         return float(np.prod(self.spacing)) / 1000.0
 

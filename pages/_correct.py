@@ -85,13 +85,26 @@ def toggle(pred) -> bool:
     )
 
 
-def _correction(pred, case_key: str) -> K.Correction:
+def _correction(pred, case_key: str) -> K.Correction | None:
+    """This result's correction in progress, made on first use. Its working copies count in the server's
+    memory budget with the session's case; when they cannot fit, the page says so and there is none."""
+    from medseg_core.budget import BudgetExceeded
+    from pages._shared import account_case
+
     ss = st.session_state
     key = (case_key, pred.model, repr(pred.options))  # a cached result may come back as a new object
     if ss.get("_corr_for") != key or ss.get("_corr") is None:
         ss["_corr"] = K.Correction(pred.model, pred.masks, pred.spacing)
         ss["_corr_for"] = key
         ss["_corr_gen"] = ss.get("_corr_gen", 0) + 1
+        try:
+            account_case(what="correcting this mask", reserve=True)
+        except BudgetExceeded as e:
+            ss["_corr"] = ss["_corr_for"] = None
+            st.warning(str(e))
+            return None
+    else:
+        account_case(what="correcting this mask")  # its undo history grows with every edit
     return ss["_corr"]
 
 
@@ -192,6 +205,8 @@ def panel(
 
     ss = st.session_state
     corr = _correction(pred, ss["case_key"])
+    if corr is None:
+        return
     labels = list(corr.masks)
     t1, t2, t3 = st.columns([2, 2, 1], vertical_alignment="bottom")
     tool = t1.radio("Tool", list(TOOL_WORDS), format_func=TOOL_WORDS.get, horizontal=True, key="corr_tool")

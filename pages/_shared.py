@@ -63,6 +63,8 @@ HEAVY_KEYS = (
     "sample",
     "upload_sig",
     "gt_sig",
+    "_corr",
+    "_corr_for",
 )
 
 
@@ -132,7 +134,12 @@ def case_bytes(volume=None, gt=None, extras=None) -> int:
     )
     if volume is None:
         volume, gt, extras = ss.get("volume"), ss.get("gt_mask"), ss.get("extra_masks")
-    return models + _arrays_bytes(volume, gt, extras, ss.get("external_predictions"), ss.get("mask_uploads"))
+    corr = ss.get("_corr")  # Correct mode's working copies and undo history
+    return (
+        models
+        + _arrays_bytes(volume, gt, extras, ss.get("external_predictions"), ss.get("mask_uploads"))
+        + (corr.nbytes if corr is not None else 0)
+    )
 
 
 def account_case(volume=None, gt=None, extras=None, what: str = "opening this case", reserve: bool = False) -> None:
@@ -190,6 +197,8 @@ def set_case(volume, gt=None, extras=None, sample=None) -> None:
         "slice_sagittal",
         "unc_slice",
         "unc_key",
+        "_corr",  # a correction in progress belongs to the case it was made on
+        "_corr_for",
     ):
         ss.pop(k, None)  # a new case opens on its own slices
     ss["clinical"] = dict((sample.extra.get("clinical") if sample else None) or {"menopausal": 0, "oncology_center": 0})

@@ -352,11 +352,25 @@ def test_apptest_correct_fill_save_becomes_the_reviewed_result(tmp_path, monkeyp
     at.switch_page("pages/segment.py").run()
     at.session_state["result_source"] = "uploaded:colleague"
     at.session_state["slice_axial"] = z
+    from medseg_core import budget as B
+
+    def case_entries() -> dict:
+        return {s: e.nbytes for (s, k), e in B.server_budget()._entries.items() if k == "case"}
+
+    before = case_entries()
     at.session_state["correct_on"] = True
     at.run()
     assert not at.exception
     assert at.button(key="corr_save").disabled and at.button(key="corr_undo").disabled
     at.button(key="corr_holes").click().run()
+    # the working copy and its undo history count in the server's memory budget with the session's case
+    corr = at.session_state["_corr"]
+    grown = {s: n - before[s] for s, n in case_entries().items() if s in before and n != before[s]}
+    # (AppTest runs a switched-to page without app.py, so the uploaded prediction is first accounted here too)
+    from pages._shared import _arrays_bytes
+
+    uploaded = _arrays_bytes(at.session_state["external_predictions"])
+    assert list(grown.values()) == [uploaded + corr.nbytes] and corr.nbytes >= pred.nbytes
     assert any("1 voxels added, 0 removed · 1 edit(s)" in c.value for c in at.caption), [c.value for c in at.caption]
     # while editing, the slice numbers are of the mask on the canvas (hole filled), and the legend says so
     filled = pred.copy()
