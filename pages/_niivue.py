@@ -114,12 +114,16 @@ def segment_layers(
     return layers
 
 
-def fast_view(vol, plane: str, window, layers, opacity: float, height: int = 560):
-    """Segment & review's "Fast viewer (NiiVue)": the chosen plane, scrolled in the browser."""
+def fast_view(vol, plane: str, window, layers, opacity: float, height: int = 560, slider_words: str = ""):
+    """Segment & review's "Fast viewer (NiiVue)": the chosen plane, scrolled in the browser. The component
+    takes no slice position, so it opens on the volume's middle slice; the caption says so and which slice
+    the page's numbers (``slider_words``, e.g. "slice 12 of 24") are of."""
     show(vol, window, layers, view=plane, opacity=max(opacity, 0.05), height=height, key="nv_segment")
     st.caption(
-        "Fast viewer: mouse wheel over the picture scrolls slices in the browser (the slider above is not "
-        "moved); exports use the PNG viewer."
+        "Fast viewer: it opens on the middle slice (the viewer cannot be given the slider's) and the mouse wheel "
+        "over the picture scrolls slices in the browser without moving the slider"
+        + (f"; the numbers on this page are of the slider's {slider_words}" if slider_words else "")
+        + ". Exports use the PNG viewer."
     )
 
 

@@ -532,6 +532,7 @@ def viewer():
                     pred, gt, primary, shown, colours, compare, show_sides, show_removed, REMOVED_COLOUR
                 ),
                 alpha,
+                slider_words=f"{plane} {slice_words(idx, n)}",
             )
         else:
             with st.container(key="seg_image", height=VIEWER_HEIGHT, border=False):
