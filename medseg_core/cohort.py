@@ -408,6 +408,11 @@ def model_title(meta: dict, name: str) -> str:
         return name
 
 
+def titled_rows(rows: list[dict], meta: dict) -> list[dict]:
+    """Table rows with their ``model`` column in the titles a person reads (:func:`model_title`)."""
+    return [{**r, "model": model_title(meta, r["model"])} if "model" in r else r for r in rows]
+
+
 def run_summary(meta: dict) -> str:
     """The gallery's one-line description of a run, in words."""
     from .labels import set_name

@@ -186,13 +186,13 @@ with tab_t:
             "**Report 000 Table 1 format**: mean per-slice Dice on reference-positive slices, without side "
             "masking and with oracle side masking."
         )
-        st.dataframe(display_rows(C.read_rows(r.path / "table1.csv")), hide_index=True)
+        st.dataframe(display_rows(C.titled_rows(C.read_rows(r.path / "table1.csv"), m)), hide_index=True)
     if (r.path / "comparisons.csv").exists():
         st.markdown(
             f"**Paired per-slice comparisons** against {set_name(next(iter(m['option_sets'])))} "
             "(reference-positive slices; Wilcoxon signed-rank p)."
         )
-        st.dataframe(display_rows(C.read_rows(r.path / "comparisons.csv")), hide_index=True)
+        st.dataframe(display_rows(C.titled_rows(C.read_rows(r.path / "comparisons.csv"), m)), hide_index=True)
     st.caption("Command line: `python -m medseg_core.cohort` (see `make table1`).")
 
 # ------------------------------------------------------------------ filters

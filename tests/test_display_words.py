@@ -315,6 +315,7 @@ def test_gallery_speaks_words_and_counts_slices_from_one(pelvic_cohort, monkeypa
     from medseg_core.checkpoints import model_spec
 
     title = model_spec(rows[0]["model"]).title
+    assert list(at.dataframe[0].value["Model"]) == [title]  # the side-masking table too
     assert f" · {title} · " in caption and title != rows[0]["model"]
     assert at.multiselect(key="gal_models").format_func(rows[0]["model"]) == title
     summary = C.run_summary(run.meta)
