@@ -325,6 +325,12 @@ def uncertainty_auroc(rows: Iterable[dict], score_key: str = "uncertainty", only
     ]
     y = np.array([r["primary"] != "good" for r in use], bool)
     s = np.array([float(r[score_key]) for r in use], float)
+    return failure_auroc(y, s)
+
+
+def failure_auroc(failed: np.ndarray, score: np.ndarray) -> dict:
+    """:func:`uncertainty_auroc` on arrays: ``failed`` (bool per slice) and its ``score``."""
+    y, s = np.asarray(failed, bool), np.asarray(score, float)
     out = {
         "n_failed": int(y.sum()),
         "n_good": int((~y).sum()),

@@ -781,16 +781,7 @@ def uncertainty_scatter(
     informative = f["ref_present"].to_numpy(bool) | f["pred_present"].to_numpy(bool) if n else np.zeros(0, bool)
     idx = np.flatnonzero(np.isfinite(u) & informative)
     failed = (f["primary"].astype(str).to_numpy() != "good")[idx] if n else np.zeros(0, bool)
-    score = u[idx]
-    au = {
-        "n_failed": int(failed.sum()),
-        "n_good": int((~failed).sum()),
-        "auroc": M.NAN,
-        "mean_failed": float(score[failed].mean()) if failed.any() else M.NAN,
-        "mean_good": float(score[~failed].mean()) if (~failed).any() else M.NAN,
-    }
-    if failed.any() and (~failed).any():
-        au["auroc"] = M.roc_auc(failed.astype(int), score)
+    au = A.failure_auroc(failed, u[idx])
     drawn = np.arange(len(idx))
     if len(idx) > max_points:  # the same sample on every rerun: the picture does not flicker
         drawn = np.sort(np.random.default_rng(0).choice(len(idx), max_points, replace=False))
