@@ -60,8 +60,9 @@ class PredictOptions:
         threshold: probability threshold for masks.
         mc_samples: MC-dropout samples (0 = off).
         mc_batched: decode the MC samples in one batched decoder pass (models with ``spec.mc_prefix``):
-            about half the time, samples from the same distribution but not equal sample for sample
-            to the default sequential passes (see :mod:`medseg_core.uncertainty`).
+            samples from the same distribution but not equal sample for sample to the default sequential
+            passes; faster only where a big batch is cheap (a GPU; on this 2-core CPU only EfficientNet-B0
+            gains, see :mod:`medseg_core.uncertainty`).
         tta: flip test-time augmentation (a model-agnostic uncertainty estimate).
         seed: makes MC sampling reproducible.
         batch_size: slices per forward pass for 2D models.

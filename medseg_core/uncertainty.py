@@ -128,7 +128,8 @@ def mc_samples(
       sample.
     * ``batched`` (with ``encode`` / ``decode``): the encoder state repeated ``n`` times along the
       batch axis and decoded in one call (one seed): independent dropout masks from the same
-      distribution, about half the time of the sequential decoder on the U-Nets (``make bench``).
+      distribution. Meant for GPUs: on this project's 2-core CPU it is slower than the sequential decoder
+      on the U-Nets (0.9-1.9 x the naive passes; only EfficientNet-B0 gains, 0.39 x; ``make bench``).
     """
     if (forward is None) == (encode is None or decode is None):
         raise ValueError("mc_samples takes forward, or encode and decode")
