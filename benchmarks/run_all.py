@@ -368,6 +368,21 @@ def _verdict(value, target, lower_is_better=True) -> str:
     return f"missed by {abs(value / target - 1) * 100:.0f} %"
 
 
+def _section_dates(r: dict) -> str:
+    """When each section was last measured, where a partial run (``--only``) left sections of earlier runs."""
+    dates = r.get("section_dates") or {}
+    if len(set(dates.values())) <= 1:
+        return ""
+    by_date: dict[str, list[str]] = {}
+    for key, d in dates.items():
+        by_date.setdefault(d, []).append(key)
+    return (
+        " Sections by date of measurement: "
+        + "; ".join(f"{d}: {', '.join(keys)}" for d, keys in sorted(by_date.items(), reverse=True))
+        + "."
+    )
+
+
 def write_markdown(r: dict) -> str:
     m = r["machine"]
     lines = [
@@ -375,7 +390,7 @@ def write_markdown(r: dict) -> str:
         "",
         f"Measured by `make bench` on {m['date']}: {m['cpu']}, {m['cores']} cores, {m['memory']} RAM, "
         f"torch {m['torch']} ({m['threads']} threads), CUDA {'yes' if m['cuda'] else 'no'}, Python {m['python']}. "
-        "Medians of several runs; ratios against baselines measured in the same run.",
+        "Medians of several runs; ratios against baselines measured in the same run." + _section_dates(r),
         "",
         "## Headline",
         "",
@@ -698,6 +713,7 @@ def main(argv=None) -> dict:
         if short in want:
             t = time.perf_counter()
             r[key] = fn()
+            r.setdefault("section_dates", {})[key] = r["machine"]["date"]  # a partial run (--only) keeps the rest
             print(f"== {key} done in {time.perf_counter() - t:.0f} s", flush=True)
     r["seconds"] = time.perf_counter() - t0
     OUT_JSON.write_text(json.dumps(r, indent=1, default=str))
