@@ -226,7 +226,16 @@ def export_bytes(rows: list[dict], fmt: str = "csv") -> bytes:
     return to_csv(rows, cols)
 
 
-def statuses_by_case(keys: dict[str, str], verdicts: list[dict]) -> dict[str, str]:
-    """case id -> status (the gallery's badge and filter)."""
-    ids = list(keys)
-    return {r["case"]: r["status"] for r in status_rows(ids, keys, verdicts)}
+def statuses_by_case_and_model(keys: dict[str, str], verdicts: list[dict]) -> dict[tuple[str, str], str]:
+    """(case id, model) -> status of the latest whole-case verdict recorded on that model's result: the
+    gallery's per-thumbnail badge and filter (a verdict on one model's mask says nothing of another's).
+    Pairs without such a verdict are absent (not reviewed)."""
+    by_key: dict[str, list[dict]] = {}
+    for v in verdicts:
+        if v.get("slice") is None and v.get("model"):
+            by_key.setdefault(v["case_key"], []).append(v)
+    out: dict[tuple[str, str], str] = {}
+    for cid, key in keys.items():
+        for v in sorted(by_key.get(key, []), key=lambda v: v["id"]):  # the latest wins
+            out[(cid, str(v["model"]))] = v["verdict"]
+    return out

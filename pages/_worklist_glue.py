@@ -137,13 +137,13 @@ def nav_strip() -> None:
         st.error(err)
 
 
-def run_statuses(run_path: str, case_ids: list[str]) -> dict[str, str]:
-    """case id -> worklist status of a cohort run's cases (the failure gallery's verdict badge and
-    filter); keys read from / written to the run's ``case_keys.json``."""
+def run_model_statuses(run_path: str, case_ids: list[str]) -> dict[tuple[str, str], str]:
+    """(case id, model) -> status of the latest whole-case verdict on that model's result, for a cohort
+    run's cases (:func:`medseg_core.worklist.statuses_by_case_and_model`)."""
     from pages._access import store
 
     keys = source_keys({"kind": "run", "path": run_path}, list(dict.fromkeys(map(str, case_ids))))
-    return W.statuses_by_case(keys, store().verdicts_for(list(set(keys.values()))))
+    return W.statuses_by_case_and_model(keys, store().verdicts_for(list(set(keys.values()))))
 
 
 def badge(status: str) -> str:

@@ -3,6 +3,7 @@
 import time
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
 from medseg_core import analysis as A
@@ -17,7 +18,7 @@ from medseg_core.labels import display_name, display_rows, set_name
 from medseg_core.review import cohort_option_sets, segmentation_checkpoints
 from pages._access import exported
 from pages._shared import cohort_case, follow_goto, keep_state, open_in_review, remember, require_frame
-from pages._worklist_glue import badge, run_statuses
+from pages._worklist_glue import badge, run_model_statuses
 
 require_frame()
 follow_goto()
@@ -240,12 +241,13 @@ with tab_g:
         W.STATUSES,
         key="gal_verdict",
         format_func=W.STATUS_WORDS.get,
-        help="The case's review status (its latest whole-case verdict, see the Worklist).",
+        help="The latest whole-case verdict recorded on that model's result (see the Worklist); a verdict on "
+        "one model's mask says nothing of another model's.",
     )
     if verdict_pick and len(rows):
-        status = run_statuses(path, m["case_ids"])
-        ok = [c for c, s_ in status.items() if s_ in verdict_pick]
-        rows = rows.take(rows.frame["case"].astype(str).isin(ok).to_numpy())
+        status = run_model_statuses(path, m["case_ids"])
+        pairs = zip(rows.frame["case"].astype(str), rows.frame["model"].astype(str), strict=True)
+        rows = rows.take(np.array([status.get(p, "not_reviewed") in verdict_pick for p in pairs], bool))
     st.caption(
         f"{len(rows)} slices match; showing {min(len(rows), n_show)}. Orange: prediction · green outline: "
         "reference · pink outline: the other (unlabelled) ovary · blue outline: removed by post-processing. "
@@ -254,12 +256,12 @@ with tab_g:
     story = []
     cols = st.columns(4)
     page_rows = rows[:n_show]
-    status = run_statuses(path, [x["case"] for x in page_rows]) if page_rows else {}
+    status = run_model_statuses(path, [x["case"] for x in page_rows]) if page_rows else {}
     for k, row in enumerate(page_rows):
         with cols[k % 4]:
             th = _thumb(path, row["model"], row["set"], row["case"], int(row["slice"]), 220)
             st.image(th, caption=C.caption(row, m), width="stretch")
-            st.markdown(f"Verdict {badge(status.get(str(row['case']), 'not_reviewed'))}")
+            st.markdown(f"Verdict on this model {badge(status.get((str(row['case']), row['model']), 'not_reviewed'))}")
             b1, b2 = st.columns(2)
             b1.button("Open in review", key=f"open_{k}", on_click=open_in_review, args=(path, row))
             if b2.checkbox("Story", key=f"story_{row['model']}_{row['set']}_{row['case']}_{row['slice']}"):

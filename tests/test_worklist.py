@@ -77,6 +77,10 @@ def test_status_rows_latest_case_verdict_slice_counts_and_filters(fresh_db):
     assert [W.neighbour(["c1", "c2", "c3"], "c2", k) for k in (-1, 1)] == ["c1", "c3"]
     assert W.neighbour(["c1", "c2"], "c2", 1) is None and W.neighbour(["c1"], "cX", 1) is None
     assert W.table(rows)[0]["status"] == "needs correction" and W.table(rows)[0]["time (UTC)"] == "2025-03-01 10:00"
+    # the gallery's badge is per model: m2's 'needs correction' is not m1's verdict, and c2's slice verdict
+    # on m1 is no whole-case verdict
+    per_model = W.statuses_by_case_and_model(keys, s.verdicts_for(list(keys.values())))
+    assert per_model == {("c1", "m1"): "accept", ("c1", "m2"): "needs_correction"}
     # the run's export: its cases' verdicts only, with the dataset's case id in front
     out = list(csv.DictReader(io.StringIO(W.export_bytes(W.case_verdicts(s, keys), "csv").decode())))
     assert [(r["case"], r["verdict"]) for r in out] == [
