@@ -104,6 +104,16 @@ def unfinished(directory: str | Path | None = None) -> list[Path]:
     return out
 
 
+def dismiss(out: str | Path) -> None:
+    """A failed run's message was read: it leaves the list of unfinished runs (its folder stays)."""
+    from . import cohort as C
+
+    prog = C.read_progress(out) or {}
+    C.write_progress(
+        out, state="dismissed", done=prog.get("done", 0), total=prog.get("total", 0), message=prog.get("message", "")
+    )
+
+
 def resume(out: str | Path) -> bool:
     """Start an interrupted run again with its recorded parameters; finished cases are kept."""
     job = json.loads(Path(out, "job.json").read_text())

@@ -584,6 +584,24 @@ def segmentation_checkpoints() -> dict:
     return out
 
 
+def cohort_unfit(specs: dict[str, ModelSpec], volume: Volume) -> dict[str, str]:
+    """{reference: why it cannot run} for the models of ``specs`` whose input contract does not fit
+    ``volume`` (a dataset's first case, or a bundled case like the cohort's phantoms): a cohort run is
+    refused before it starts instead of failing after some of its parts."""
+    return {ref: why for ref, spec in specs.items() if (why := fit_reason(spec, volume))}
+
+
+def dropped_option_sets(specs: Iterable[ModelSpec]) -> str:
+    """Why report 000's side-masking sets are not offered for these models ("" when they are)."""
+    no_side = [s.title for s in specs if not s.side_masking]
+    if not no_side:
+        return ""
+    return (
+        "Oracle side masking and two-pass need every model to support side masking; "
+        f"{', '.join(no_side)} {'does' if len(no_side) == 1 else 'do'} not, so only the model defaults are offered."
+    )
+
+
 def cohort_option_sets(specs: Iterable[ModelSpec]) -> dict[str, dict]:
     """The option sets a cohort of these models can compare: report 000's side-masking sets when every
     model supports side masking, the slice-classifier gate when every model has one, else the model

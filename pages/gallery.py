@@ -15,7 +15,7 @@ from medseg_core.data import datasets as D
 from medseg_core.data.datasets import ADAPTERS
 from medseg_core.io.errors import InputError
 from medseg_core.labels import display_name, display_rows, set_name
-from medseg_core.review import cohort_option_sets, segmentation_checkpoints
+from medseg_core.review import cohort_option_sets, cohort_unfit, dropped_option_sets, segmentation_checkpoints
 from pages._access import exported
 from pages._shared import cohort_case, follow_goto, keep_state, open_in_review, remember, require_frame
 from pages._worklist_glue import badge, run_model_statuses
@@ -35,6 +35,14 @@ def _run(path: str, mtime: float):
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
+@st.cache_resource(show_spinner=False)
+def _phantom_like():
+    """The bundled pelvic case: the cohort's fresh phantoms are made by the same generator (MR, 3D)."""
+    from medseg_core.samples import get_sample
+
+    return get_sample("pelvic").load()[0]
+
+
 def _thumb(path: str, model: str, set_name: str, case: str, z: int, size: int):
     vol, masks = cohort_case(path, case)
     mask, before = C.read_masks(path, model, set_name, case)
@@ -67,7 +75,11 @@ def progress_panel():
                 min(done / total, 1.0), text=f"{p.name}: {done}/{prog.get('total', '?')} · {prog.get('message', '')}"
             )
         elif prog.get("state") == "failed":
-            st.error(f"{p.name}: {prog.get('message')}")
+            c1, c2 = st.columns([4, 1])
+            c1.error(f"{p.name} failed: {prog.get('message')}")
+            if c2.button("Dismiss", key=f"dismiss_{p.name}", help="Hide this message (the run folder is kept)."):
+                jobs.dismiss(p)
+                st.rerun(scope="fragment")
         else:
             c1, c2 = st.columns([4, 1])
             c1.warning(
@@ -101,6 +113,15 @@ with st.expander("New cohort run", expanded=not runs):
             "or images/ + masks/ with matching file names (NIfTI, DICOM or images).",
         )
         adapter = d2.selectbox("Layout", ["detect"] + sorted(ADAPTERS), key="coh_adapter")
+    if folder is None:  # the phantoms are pelvic MR volumes like the bundled pelvic case: offer what fits them
+        unfit = cohort_unfit(seg, _phantom_like())
+        if unfit:
+            st.caption(
+                f"Not offered for the pelvic MR phantoms ({len(unfit)}): "
+                + "; ".join(f"{seg[r].title} ({why})" for r, why in unfit.items())
+                + "."
+            )
+        seg = {r: s_ for r, s_ in seg.items() if r not in unfit}
     f1, f2, f3 = st.columns(3)
     models = f1.multiselect(
         "Models",
@@ -112,6 +133,8 @@ with st.expander("New cohort run", expanded=not runs):
     n_cases = f2.slider("Cases (at most)", 1, 100, 4, key="coh_n")
     mc = f3.slider("MC-dropout samples (uncertainty)", 0, 16, 6, 2, key="coh_mc")
     offered = cohort_option_sets([seg[r] for r in models])
+    if dropped_option_sets([seg[r] for r in models]):
+        st.caption(dropped_option_sets([seg[r] for r in models]))
     chosen = st.multiselect(
         "Option sets (the first is the baseline of the comparisons)",
         list(offered),
@@ -132,6 +155,18 @@ with st.expander("New cohort run", expanded=not runs):
             else:
                 root = folder
                 adapter = D.detect_adapter(root) if adapter == "detect" else adapter
+                first = D.ADAPTERS[adapter](Path(root))[:1]
+                if not first:
+                    raise InputError(f"The folder '{root}' holds no case in the {adapter} layout.")
+                bad = cohort_unfit({r: seg[r] for r in models}, first[0].load()[0])
+                if bad:
+                    raise InputError(
+                        "Not started: "
+                        + "; ".join(
+                            f"{seg[r].title} cannot run on this dataset's cases ({why})" for r, why in bad.items()
+                        )
+                        + ". Remove them from Models."
+                    )
             out = (
                 C.runs_dir()
                 / f"{Path(str(root)).name}_{'+'.join(seg[r].name for r in models)}_{time.strftime('%Y%m%d_%H%M%S')}"

@@ -133,3 +133,33 @@ def test_gallery_starts_a_background_run_on_a_folder(pelvic3, tmp_path, monkeypa
     meta = C.read_meta(out)
     assert meta["dataset"]["adapter"] == "ut_endomri_d2" and len(meta["case_ids"]) == 2
     assert set(meta["option_sets"]) == {"orig", "two_pass"}
+
+
+def test_models_that_cannot_run_on_the_cases_are_named_before_a_run_starts(pelvic3):
+    """The gallery's new-run form: the CT 3D U-Net and the 2D ultrasound models cannot run on pelvic MR
+    phantoms (a run with them failed after some parts, advising to 'load a CT case'); the ovary models
+    can. Mixing in a model without side masking says why the side-masking sets are not offered."""
+    from medseg_core.review import cohort_option_sets, cohort_unfit, dropped_option_sets, segmentation_checkpoints
+
+    seg = segmentation_checkpoints()
+    vol = D.ut_endomri_d2(pelvic3)[0].load()[0]
+    unfit = cohort_unfit(seg, vol)
+    assert unfit["unet3d"] == "needs CT, case is MR"
+    assert all(r not in unfit for r, s in seg.items() if s.family == "ovary")
+    assert any(s.modalities == ("US",) for r, s in seg.items() if r in unfit)
+    specs = [seg["ovary_unet"], seg["unet3d"]]
+    assert list(cohort_option_sets(specs)) == ["orig"]
+    why = dropped_option_sets(specs)
+    assert why.startswith("Oracle side masking and two-pass need every model") and seg["unet3d"].title in why
+    assert dropped_option_sets([seg["ovary_unet"]]) == ""
+
+
+def test_a_failed_run_can_be_dismissed(tmp_path):
+    out = tmp_path / "runs" / "bad"
+    (out).mkdir(parents=True)
+    (out / "job.json").write_text("{}")
+    C.write_progress(out, state="failed", done=2, total=6, message="The run stopped.")
+    assert jobs.unfinished(tmp_path / "runs") == [out]
+    jobs.dismiss(out)
+    assert jobs.unfinished(tmp_path / "runs") == [] and out.is_dir()
+    assert C.read_progress(out)["message"] == "The run stopped." and C.read_progress(out)["state"] == "dismissed"
