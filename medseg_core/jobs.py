@@ -110,7 +110,11 @@ def dismiss(out: str | Path) -> None:
 
     prog = C.read_progress(out) or {}
     C.write_progress(
-        out, state="dismissed", done=prog.get("done", 0), total=prog.get("total", 0), message=prog.get("message", "")
+        Path(out),
+        state="dismissed",
+        done=prog.get("done", 0),
+        total=prog.get("total", 0),
+        message=prog.get("message", ""),
     )
 
 
