@@ -25,6 +25,16 @@ VIEWS = {
     "Sagittal": "sagittal",
     "3D render": "3d",
 }
+#: What differs from the PNG viewer and cannot be set through the component (it passes only the four
+#: SETTINGS below to NiiVue): NiiVue draws sagittal slices with the nose on the right (its
+#: ``sagittalNoseLeft`` default), the PNG viewer with anterior on the left; its numbers are 0-based voxel
+#: indices and raw values.
+SAGITTAL_WORDS = (
+    "Sagittal in this viewer: anterior (the nose) on the right, as NiiVue draws it; the PNG viewer on "
+    "Segment & review puts anterior on the left. The readout under the picture gives NiiVue's 0-based voxel "
+    "indices and the raw voxel value."
+)
+
 #: NiiVue settings shared by every view: radiological convention (patient's right on the screen's left,
 #: as the PNG viewer and medseg_core.io.orientation), nearest-neighbour voxels (as the PNG viewer).
 SETTINGS = {"radiological": True, "crosshair": True, "interpolation": False, "colorbar": False}
@@ -124,6 +134,7 @@ def fast_view(vol, plane: str, window, layers, opacity: float, height: int = 560
         "over the picture scrolls slices in the browser without moving the slider"
         + (f"; the numbers on this page are of the slider's {slider_words}" if slider_words else "")
         + ". Exports use the PNG viewer."
+        + (" " + SAGITTAL_WORDS if plane == "sagittal" else "")
     )
 
 

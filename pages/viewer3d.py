@@ -76,7 +76,8 @@ with col_view:
     words = " · ".join(f"<span style='color:rgb{tuple(c)}'>■</span> {lab}" for lab, c in legend)
     st.caption(
         (f"{words}. " if words else "")
-        + "Radiological convention: patient's right on the image left. Mouse wheel: next / previous slice.",
+        + "Radiological convention: patient's right on the image left. Mouse wheel: next / previous slice. "
+        + NVS.SAGITTAL_WORDS,
         unsafe_allow_html=True,
     )
 with col_ctl:
