@@ -144,6 +144,20 @@ def test_nifti_with_values_only_outside_space_refused():
     assert_readable(str(e.value))
 
 
+def test_geometry_table_says_what_the_file_did_not(nibabel_files):
+    """nibabel's standard.nii.gz states no spatial unit and no modality: the table says mm was assumed and
+    the modality guessed; a CT's intensities are in HU; a header in metres is converted to mm."""
+    d = load_volume((nibabel_files / "standard.nii.gz").read_bytes(), filename="standard.nii.gz").describe()
+    assert d["spatial unit"] == "not stated in the file (mm assumed)"
+    assert d["modality"] == "MR (guessed from the intensities: the file does not say)"
+    img = nib.Nifti1Image(np.full((4, 5, 6), -1000, np.int16), np.diag([0.0008, 0.0008, 0.003, 1]))
+    img.header.set_xyzt_units("meter")
+    v = load_volume(img.to_bytes(), filename="metres.nii", modality="CT")
+    assert v.spacing == pytest.approx((3.0, 0.8, 0.8))
+    assert any("metres" in w or "meters" in w for w in v.warnings)
+    assert "intensity range (HU)" in v.describe() and "(guessed" not in v.describe()["modality"]
+
+
 def test_geometry_table_writes_large_intensities_out():
     data = np.full((3, 4, 5), -1024, np.float32)
     data[1, 2, 3] = 31744.0

@@ -95,7 +95,10 @@ def read_nifti(data: bytes, name: str, limits: Limits) -> tuple[np.ndarray, np.n
             img = cls.from_bytes(data)
         dataobj = img.dataobj
         if ndim > 3 and int(np.prod(shape[3:])) > 1:
-            warnings.append(f"'{name}' is a 4D series ({' x '.join(map(str, shape))}); only its first volume is shown.")
+            warnings.append(
+                f"'{name}' is a {ndim}D series ({' x '.join(map(str, shape))} in the file's x, y, z, t order: "
+                f"{int(np.prod(shape[3:]))} volumes); only its first volume is shown."
+            )
             arr = np.asarray(dataobj[..., 0] if ndim == 4 else dataobj[(...,) + (0,) * (ndim - 3)])
         else:
             arr = np.asarray(dataobj)
@@ -133,6 +136,15 @@ def read_nifti(data: bytes, name: str, limits: Limits) -> tuple[np.ndarray, np.n
             f"'{name}' has invalid voxel sizes in its header ({', '.join(f'{p:g}' for p in pix)}); "
             "1 mm was used where a size was missing or invalid."
         )
+    # NIfTI states its spatial unit in xyzt_units; medseg works in mm. Most files say mm or nothing (then mm is
+    # assumed, as every viewer does, and the geometry table says so); metres and microns are converted.
+    unit = str(hdr.get_xyzt_units()[0])
+    to_mm = {"meter": 1000.0, "micron": 0.001}.get(unit)
+    if to_mm is not None:
+        affine = np.asarray(affine, np.float64).copy()
+        affine[:3, :] *= to_mm
+        warnings.append(f"'{name}' gives its voxel sizes in {unit}s; they were converted to millimetres.")
+    spatial_unit = {"mm": "mm", "unknown": "not stated in the file (mm assumed)"}.get(unit, f"{unit} (converted to mm)")
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     if zooms.max() / max(zooms.min(), 1e-9) > 20:
         warnings.append(
@@ -148,6 +160,7 @@ def read_nifti(data: bytes, name: str, limits: Limits) -> tuple[np.ndarray, np.n
         else "".join(nib.aff2axcodes(affine)),
         "source_dtype": str(img.get_data_dtype()),
         "bitpix": int(bitpix),
+        "spatial_unit": spatial_unit,
     }
     if int(img.header.get("qform_code", 0)) == 0 and int(img.header.get("sform_code", 0)) == 0:
         meta["geometry_note"] = "no qform/sform in header"

@@ -118,13 +118,24 @@ class Volume:
         z, y, x = self.shape
         return {
             "shape (Z, Y, X)": f"{z} x {y} x {x}",
-            "spacing (mm, Z/Y/X)": " x ".join(f"{s:.3g}" for s in self.spacing),
+            "spacing (mm, Z/Y/X)": " x ".join(f"{s:.4g}" for s in self.spacing),
             "orientation": self.orientation,
             "source orientation": self.meta.get("source_orientation", "unknown"),
-            "modality": self.modality,
+            "modality": self.modality + _modality_note(self.meta.get("modality_source")),
             "field of view (mm, Z/Y/X)": " x ".join(
                 f"{n * s:.1f}" for n, s in zip(self.shape, self.spacing, strict=True)
             ),
-            "intensity range": f"{format_value(float(self.array.min()), '.4g')} .. "
+            "intensity range"
+            + (" (HU)" if self.modality == "CT" else ""): f"{format_value(float(self.array.min()), '.4g')} .. "
             f"{format_value(float(self.array.max()), '.4g')}",
+            **({"spatial unit": self.meta["spatial_unit"]} if self.meta.get("spatial_unit", "mm") != "mm" else {}),
         }
+
+
+def _modality_note(source: str | None) -> str:
+    """What the geometry table adds to a modality the file did not state."""
+    if source and source.startswith("guessed"):
+        return " (guessed from the intensities: the file does not say)"
+    if source and source.startswith("assumed"):
+        return " (assumed for a picture file; choose another on Load case)"
+    return ""
