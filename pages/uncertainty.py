@@ -152,9 +152,10 @@ def unc_viewer():
             (False, "#9e9e9e", "whole slice (no prediction on it)"),
         ):
             fig.add_trace(
-                go.Scatter(
-                    x=[i + 1 for i in range(len(scores)) if on[i] is kind],  # slice numbers as people count them
-                    y=[v for i, v in enumerate(scores) if on[i] is kind],
+                go.Scatter(  # every slice number (as people count them), None where the other kind is drawn:
+                    x=list(range(1, len(scores) + 1)),  # the line breaks there instead of bridging it
+                    y=[v if on[i] is kind else None for i, v in enumerate(scores)],
+                    connectgaps=False,
                     mode="markers" if not kind else "lines+markers",
                     name=f"Mean entropy {words}",
                     marker=dict(color=colour, size=5),

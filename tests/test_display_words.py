@@ -265,14 +265,16 @@ def test_segment_and_uncertainty_pages_speak_words_and_count_slices_from_one():
     z = at.session_state["unc_slice"]
     assert any(t.endswith(f"axial slice {z + 1} of {n}") for t in texts)
     curve = json.loads([e for e in at if getattr(e, "type", "") == "plotly_chart"][1].proto.spec)
-    xs = sorted(x for t in curve["data"] for x in t["x"])
+    xs = sorted(x for t in curve["data"] for x, y in zip(t["x"], t["y"], strict=True) if y is not None)
     assert xs == list(range(1, n + 1))
     # a slice without a prediction is scored over the whole slice: drawn as its own, named trace
     on = unc.uncertainty_scores["on_prediction"]
     pred_mask = unc.mask
     assert on == [bool(pred_mask[k].any()) for k in range(n)]
     whole = next(t for t in curve["data"] if "whole slice" in t["name"])
-    assert whole["x"] == [k + 1 for k in range(n) if not on[k]]
+    assert [x for x, y in zip(whole["x"], whole["y"], strict=True) if y is not None] == [
+        k + 1 for k in range(n) if not on[k]
+    ]
     # the per-slice CSV offered beside it: slice (0-based) and slice_number (1-based, as shown)
     from medseg_core.tables import csv_text
 
