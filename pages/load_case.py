@@ -79,6 +79,8 @@ with tab_upload:
 
 if ss.get("load_error"):
     st.error(ss["load_error"])
+    if ss.get("volume") is not None:  # the refused upload replaced nothing
+        st.caption(f"Nothing from this upload was loaded: the case below is still **{ss['volume'].name}**.")
 
 vol = ss.get("volume")
 if vol is None:

@@ -247,7 +247,11 @@ pred = None
 if source is None:
     head.warning(
         "No model fits this case (see the sidebar for why), and no prediction was uploaded. "
-        "You can still view the image and the reference mask below."
+        + (
+            "You can still view the image and the reference mask below."
+            if ss.get("gt_mask") is not None
+            else "You can still view the image below."
+        )
     )
 elif source.startswith("uploaded:"):
     pred = externals[source.split(":", 1)[1]]
@@ -555,9 +559,14 @@ def viewer():
             if show_sides
             else " · ".join(f"{lab}" for lab in shown)
         )
+        legend_parts = [
+            legend_words,
+            "removed by post-processing: magenta" if show_removed else "",
+            "other ovary: pink outline" if show_other else "",
+        ]
         st.caption(
-            f"{legend_words}{' · removed by post-processing: magenta' if show_removed else ''}"
-            f"{' · other ovary: pink outline' if show_other else ''}. "
+            (" · ".join(p for p in legend_parts if p) or "No overlay")
+            + ". "
             + (
                 "Radiological convention: patient's right on the image left."
                 if letters
