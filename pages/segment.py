@@ -631,6 +631,11 @@ if pred is None:
     st.stop()
 result_name = pred.model
 st.subheader("Results")
+if any(w.startswith(OUTSIDE) for w in pred.warnings):
+    st.warning(
+        "The case lies outside this model's training data (see above): the volumes and the class below measure "
+        "what the model drew here, not necessarily the structure they are named after."
+    )
 cols = st.columns(4)
 vox_ml = vol.voxel_volume_ml
 for k, (lab, m) in enumerate(pred.masks.items()):
@@ -654,7 +659,10 @@ if pred.gate:
 if removed:
     st.caption(
         ("Post-processing and the gate removed " if pred.gate else "Post-processing removed ")
-        + ", ".join(f"{v} voxels of {k}" for k, v in removed.items())
+        + ", ".join(
+            f"{v:,} voxels of {k} ({v * vox_ml:.2f} mL)" if not vol.is_2d else f"{v:,} pixels of {k}"
+            for k, v in removed.items()
+        )
         + "."
     )
 rows = []

@@ -193,6 +193,9 @@ def test_out_of_envelope_warns_for_a_brain(tmp_path):
     brain = Volume(rng.normal(100, 20, (180, 96, 96)).astype(np.float32), (1.0, 1.0, 1.0), np.eye(4), modality="MR")
     w = predict(lm, brain, PredictOptions(batch_size=64)).warnings
     assert len(w) == 1 and "outside the data" in w[0] and "slice thickness 1 mm (trained on 6 mm)" in w[0]
+    from medseg_core.cards import OUTSIDE
+
+    assert w[0].startswith(OUTSIDE)  # what Segment & review's Results section keys its caveat on
 
 
 def test_slice_classifier_gate_blanks_the_slices_it_rejects():
