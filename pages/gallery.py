@@ -219,14 +219,16 @@ tab_t, tab_g, tab_u, tab_c = st.tabs(["Side-masking table", "Gallery", "Uncertai
 with tab_t:
     if (r.path / "table1.csv").exists():
         st.markdown(
-            "**Report 000 Table 1 format**: mean per-slice Dice on reference-positive slices, without side "
-            "masking and with oracle side masking."
+            "**Side masking, as in report 000's Table 1**: mean per-slice Dice on reference-positive slices, "
+            "without side masking and with oracle side masking (predictions kept on the labelled ovary's side "
+            "only). Its Wilcoxon p treats slices as independent, which is optimistic with few cases."
         )
         st.dataframe(display_rows(C.titled_rows(C.read_rows(r.path / "table1.csv"), m)), hide_index=True)
     if (r.path / "comparisons.csv").exists():
         st.markdown(
             f"**Paired per-slice comparisons** against {set_name(next(iter(m['option_sets'])))} "
-            "(reference-positive slices; Wilcoxon signed-rank p)."
+            "(reference-positive slices; Wilcoxon signed-rank p). Slices of one case are not independent, so "
+            f"with {len(m['case_ids'])} case{'s' if len(m['case_ids']) != 1 else ''} these p-values are optimistic."
         )
         st.dataframe(display_rows(C.titled_rows(C.read_rows(r.path / "comparisons.csv"), m)), hide_index=True)
     st.caption("Command line: `python -m medseg_core.cohort` (see `make table1`).")
@@ -264,7 +266,15 @@ with tab_g:
     ss.setdefault("gal_dice", (0.0, 1.0))
     ss.setdefault("gal_unc", (0.0, 0.7))
     ss.setdefault("gal_n", 12)
-    dice_rng = h1.slider("Dice* range", 0.0, 1.0, step=0.05, key="gal_dice")
+    dice_rng = h1.slider(
+        "Dice* range",
+        0.0,
+        1.0,
+        step=0.05,
+        key="gal_dice",
+        help="Dice* is the slice's Dice with an empty prediction on an empty slice counted as 1 (a correct "
+        "negative) and a prediction on one side only counted as 0.",
+    )
     uvals = C.has_uncertainty(r.slices)
     unc_rng = h2.slider("Uncertainty range (nats)", 0.0, 0.7, step=0.01, key="gal_unc", disabled=not uvals)
     order = h3.selectbox("Sort", list(C.SORT_KEYS), key="gal_sort")
@@ -381,7 +391,8 @@ with tab_c:
                 "cases": "Cases: p(malignant)",
             }[x],
             help="Near the structure: per case, the box around prediction and reference, 8 voxels wider. All "
-            "voxels are dominated by easy background. Cases: the model's p(malignant) against the case label.",
+            "voxels are dominated by easy background."
+            + (" Cases: the model's p(malignant) against the case label." if "cases" in regions else ""),
         )
         rel = cal.reliability[(*pick, region)]
         cc1, cc2 = st.columns([2, 1])

@@ -71,7 +71,7 @@ def test_browser_gallery(pelvic_cohort):
         page.goto(url, wait_until="domcontentloaded")
         page.get_by_text("Research use only").wait_for(timeout=90_000)
         page.get_by_role("link", name="Failure gallery").click()
-        page.get_by_text("Report 000 Table 1 format").wait_for(timeout=60_000)
+        page.get_by_text("Side masking, as in report 000").wait_for(timeout=60_000)
         # the Table 1 grid renders after the caption above it (its cells are drawn on a canvas)
         page.locator("[data-testid=stDataFrame]").first.wait_for(timeout=60_000)
         page.get_by_role("tab", name="Gallery").click()
