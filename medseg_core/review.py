@@ -52,7 +52,8 @@ class ModelChoice:
     @property
     def label(self) -> str:
         tag = {"shipped": "", "your models": " · your model", "uploaded in this session": " · uploaded"}[self.source]
-        return f"{self.title} · {self.name}{tag}{' · outside training data' if self.outside else ''}"
+        # the warning first: a narrow sidebar cuts the end of a long label
+        return f"{'Outside training data: ' if self.outside else ''}{self.title} · {self.name}{tag}"
 
 
 _TASK_ORDER = {"segmentation": 0, "segmentation+classification": 1, "classification": 2, "restoration": 3}
