@@ -190,8 +190,10 @@ def neighbour(ids: list[str], current: str, step: int) -> str | None:
     return ids[j] if 0 <= j < len(ids) else None
 
 
-def table(rows: list[dict]) -> list[dict]:
-    """Rows for display: words, not codes; times as 'YYYY-MM-DD HH:MM' UTC."""
+def table(rows: list[dict], titles: dict[str, str] | None = None) -> list[dict]:
+    """Rows for display: words, not codes; times as 'YYYY-MM-DD HH:MM' UTC; models by ``titles``
+    (name -> the title a person reads) where given."""
+    titles = titles or {}
     return [
         {
             "#": r["position"],
@@ -200,7 +202,7 @@ def table(rows: list[dict]) -> list[dict]:
             "slice verdicts": r["slice_verdicts"],
             "reviewer": r["reviewer"],
             "time (UTC)": r["time_utc"].strftime("%Y-%m-%d %H:%M") if r["time_utc"] else "",
-            "model": r["model"],
+            "model": titles.get(r["model"], r["model"]),
             "note": r["note"],
         }
         for r in rows

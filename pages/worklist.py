@@ -82,7 +82,14 @@ statuses = f1.multiselect(
     format_func=W.STATUS_WORDS.get,
     help="The verdict of the case's latest whole-case decision.",
 )
-pick_models = f2.multiselect("Model", models, key="wl_models", help="Cases with a verdict recorded with this model.")
+titles = {mo: C.model_title({}, mo) for mo in models}  # verdicts record the model's name; people read titles
+pick_models = f2.multiselect(
+    "Model",
+    models,
+    key="wl_models",
+    format_func=lambda mo: titles.get(mo, mo),
+    help="Cases with a verdict recorded with this model.",
+)
 pick_reviewers = f3.multiselect(
     "Reviewer", reviewers, key="wl_reviewers", help="Cases with a verdict by this reviewer."
 )
@@ -91,7 +98,7 @@ st.caption(
     f"{len(shown)} of {len(rows)} cases match. Status: the latest whole-case verdict; slice verdicts are "
     "counted beside it; reviewer, time and model are those of the latest verdict."
 )
-st.dataframe(W.table(shown), hide_index=True, key="worklist_table")
+st.dataframe(W.table(shown, titles), hide_index=True, key="worklist_table")
 
 shown_ids = [r["case"] for r in shown]
 if shown_ids:

@@ -170,7 +170,9 @@ def test_apptest_worklist_open_verdict_next_filter_export(small_cohort, fresh_db
     at.switch_page("pages/worklist.py").run()
     df = at.dataframe[0].value
     assert list(df["status"]) == ["accepted", "not reviewed", "not reviewed"]
-    assert df["reviewer"][0] == "Dr Worklist" and df["model"][0] == "ovary_unet"
+    from medseg_core.checkpoints import model_spec
+
+    assert df["reviewer"][0] == "Dr Worklist" and df["model"][0] == model_spec("ovary_unet").title
     assert any("accepted **1**" in m.value for m in at.markdown)
     # filters: status and reviewer
     at.multiselect(key="wl_status").set_value(["not_reviewed"]).run()
