@@ -74,8 +74,8 @@ def comparison_table(
                 "Dice": m["dice"],
                 "IoU": m["iou"],
                 "HD95 (mm)": m["hd95_mm"],
-                "Volume of the first (mL)": m["pred_volume_ml"],
-                "Volume of the second (mL)": m["ref_volume_ml"],
+                "Volume, first named (mL)": m["pred_volume_ml"],
+                "Volume, second named (mL)": m["ref_volume_ml"],
             }
         )
     return rows

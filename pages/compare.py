@@ -180,7 +180,17 @@ if n > 1:
         config={"displaylogo": False, "displayModeBar": False},
         key="cmp_curve",
     )
-st.dataframe(display_rows(comparison_table(a, b, vol.spacing, ref=gt, name_a="A", name_b="B")), hide_index=True)
+st.dataframe(
+    display_rows(comparison_table(a, b, vol.spacing, ref=gt, name_a="A", name_b="B")),
+    hide_index=True,
+    column_config={  # one precision per column (the values stay numbers: the table sorts)
+        "Dice": st.column_config.NumberColumn(format="%.3f"),
+        "IoU": st.column_config.NumberColumn(format="%.3f"),
+        "HD95 (mm)": st.column_config.NumberColumn(format="%.2f"),
+        "Volume, first named (mL)": st.column_config.NumberColumn(format="%.2f"),
+        "Volume, second named (mL)": st.column_config.NumberColumn(format="%.2f"),
+    },
+)
 st.caption(
     f"A = {name_a}; B = {name_b}. Metrics on the foreground with the voxel spacing "
     f"({' x '.join(f'{s:.3g}' for s in vol.spacing)} mm); HD95 is empty where a mask is empty."

@@ -47,4 +47,4 @@ def test_comparison_table_against_reference_and_each_other():
         "U-Net vs Attention U-Net",
     ]
     assert rows[0]["Dice"] == 1.0 and rows[1]["Dice"] == pytest.approx(2 * 8 / 28)
-    assert rows[2]["Volume of the first (mL)"] == pytest.approx(20 / 1000)
+    assert rows[2]["Volume, first named (mL)"] == pytest.approx(20 / 1000)
