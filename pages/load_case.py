@@ -221,7 +221,7 @@ st.table({k: [v] for k, v in vol.describe().items()})
 z = initial_slice(vol.shape, "axial", ss.get("gt_mask"))
 st.image(
     slice_picture(vol.array, vol.spacing, "axial", z, ss["auto_window"]).rgb,
-    caption=f"Axial slice {z + 1} of {vol.shape[0]} · "
+    caption=("2D image · " if vol.is_2d else f"Axial slice {z + 1} of {vol.shape[0]} · ")
     + ("patient's right on the image left" if orientation_known(vol.meta) else "left and right not stated in the file"),
     width=420,
 )
