@@ -469,6 +469,11 @@ def viewer():
                     rgb_to_hex(LABEL_COLOURS[k % len(LABEL_COLOURS)]),
                     key=f"colour_{lab}",
                     label_visibility="collapsed",
+                    # the swatch is the overlay's colour only when no other colouring replaces it
+                    disabled=bool((compare and gt is not None) or show_sides),
+                    help="Not used while TP / FP / FN or two-pass side colours are shown."
+                    if (compare and gt is not None) or show_sides
+                    else None,
                 )
             )
     n = n_slices(vol.shape, plane)
