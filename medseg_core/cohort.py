@@ -36,6 +36,7 @@ the number of processes of the run that made them (resume after an interruption)
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -287,10 +288,7 @@ def run_cohort(
     meta = {
         "models": model_names + list(folders),
         "model_refs": {n: ref for n, (_, ref) in loaded.items()},
-        "model_titles": {
-            **{n: lm.spec.title for n, (lm, _) in loaded.items()},
-            **{n: f"{n} (predictions)" for n in folders},
-        },
+        "model_titles": {n: lm.spec.title for n, (lm, _) in loaded.items()},  # folders: model_title says so
         "predictions": {n: str(f.directory) for n, f in folders.items()},
         "option_sets": option_sets,
         "exact_options": exact,
@@ -400,12 +398,19 @@ def model_title(meta: dict, name: str) -> str:
         return str(titles[name])
     if name in (meta.get("predictions") or {}):
         return f"{name} (predictions)"
+    return _card_title(str((meta.get("model_refs") or {}).get(name, name)))
+
+
+@functools.lru_cache(maxsize=256)
+def _card_title(ref: str) -> str:
+    """A checkpoint's card title by reference, read once per process (captions ask for it per thumbnail and per
+    scatter point); a model no longer on disk keeps its name."""
     try:
         from .checkpoints import model_spec
 
-        return str(model_spec((meta.get("model_refs") or {}).get(name, name)).title)
-    except Exception:  # noqa: BLE001 - a model no longer on disk keeps its name
-        return name
+        return str(model_spec(ref).title)
+    except Exception:  # noqa: BLE001
+        return ref
 
 
 def titled_rows(rows: list[dict], meta: dict) -> list[dict]:

@@ -133,8 +133,8 @@ with st.expander("New cohort run", expanded=not runs):
     n_cases = f2.slider("Cases (at most)", 1, 100, 4, key="coh_n")
     mc = f3.slider("MC-dropout samples (uncertainty)", 0, 16, 6, 2, key="coh_mc")
     offered = cohort_option_sets([seg[r] for r in models])
-    if dropped_option_sets([seg[r] for r in models]):
-        st.caption(dropped_option_sets([seg[r] for r in models]))
+    if why_fewer := dropped_option_sets([seg[r] for r in models]):
+        st.caption(why_fewer)
     chosen = st.multiselect(
         "Option sets (the first is the baseline of the comparisons)",
         list(offered),
@@ -289,6 +289,7 @@ with tab_g:
         help="The latest whole-case verdict recorded on that model's result (see the Worklist); a verdict on "
         "one model's mask says nothing of another model's.",
     )
+    status = {}  # (case, model) -> verdict; every case's only when the filter needs them (keys may load cases)
     if verdict_pick and len(rows):
         status = run_model_statuses(path, m["case_ids"])
         pairs = zip(rows.frame["case"].astype(str), rows.frame["model"].astype(str), strict=True)
@@ -301,7 +302,8 @@ with tab_g:
     story = []
     cols = st.columns(4)
     page_rows = rows[:n_show]
-    status = run_model_statuses(path, [x["case"] for x in page_rows]) if page_rows else {}
+    if page_rows and not verdict_pick:
+        status = run_model_statuses(path, [x["case"] for x in page_rows])
     for k, row in enumerate(page_rows):
         with cols[k % 4]:
             th = _thumb(path, row["model"], row["set"], row["case"], int(row["slice"]), 220)

@@ -193,14 +193,17 @@ def unc_viewer():
         )
 
 
-def per_slice_rows(scores, on_prediction=None) -> list[dict]:
+def per_slice_rows(scores, on_prediction) -> list[dict]:
     """The per-slice scores as rows: ``slice`` is the 0-based array index, ``slice_number`` the
     number shown on screen (the CSV convention of :mod:`medseg_core.tables`), ``measured_over`` what
     the mean entropy was taken over."""
-    on = on_prediction or [True] * len(scores)
     return [
         with_slice_numbers(
-            {"slice": z, "uncertainty_nats": float(v), "measured_over": "prediction+band" if on[z] else "whole slice"}
+            {
+                "slice": z,
+                "uncertainty_nats": float(v),
+                "measured_over": "prediction+band" if on_prediction[z] else "whole slice",
+            }
         )
         for z, v in enumerate(scores)
     ]
