@@ -31,8 +31,8 @@ VIEWS = {
 #: indices and raw values.
 SAGITTAL_WORDS = (
     "Sagittal in this viewer: anterior (the nose) on the right, as NiiVue draws it; the PNG viewer on "
-    "Segment & review puts anterior on the left. The readout under the picture gives NiiVue's 0-based voxel "
-    "indices and the raw voxel value."
+    "Segment & review puts anterior on the left. The numbers in the picture's lower-left corner are NiiVue's "
+    "0-based voxel indices (x x y x z) at the crosshair and the raw voxel value there."
 )
 
 #: NiiVue settings shared by every view: radiological convention (patient's right on the screen's left,
